@@ -1,0 +1,102 @@
+//! The keyspace: every key Cairn writes, tuple-encoded under one root so FoundationDB
+//! tools can read it and the order of keys is the order of their tuples.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `(cairn, seq, topic)` | next topic id (tuple `(u64,)`) |
+//! | `(cairn, tn, name)` | topic id |
+//! | `(cairn, t, topic_id)` | topic config (JSON) |
+//! | `(cairn, p, topic_id, partition)` | partition state |
+//! | `(cairn, i, topic_id, partition, end_offset)` | index entry |
+//! | `(cairn, o, object_key)` | object state |
+//! | `(cairn, or, object_key, chunk)` | the commit's base offsets, 8 bytes each |
+
+use foundationdb_tuple::{Subspace, TuplePack, TupleUnpack, pack, unpack};
+
+use crate::MetaError;
+
+const ROOT: &str = "cairn";
+
+fn key<T: TuplePack>(t: T) -> Vec<u8> {
+    Subspace::from(ROOT).pack(&t)
+}
+
+/// The half-open range of every key under a prefix tuple.
+fn range<T: TuplePack>(t: T) -> (Vec<u8>, Vec<u8>) {
+    Subspace::from(ROOT).subspace(&t).range()
+}
+
+pub(crate) fn next_topic_id() -> Vec<u8> {
+    key(("seq", "topic"))
+}
+
+pub(crate) fn topic_name(name: &str) -> Vec<u8> {
+    key(("tn", name))
+}
+
+pub(crate) fn topic_names() -> (Vec<u8>, Vec<u8>) {
+    range(("tn",))
+}
+
+pub(crate) fn topic(id: u64) -> Vec<u8> {
+    key(("t", id))
+}
+
+pub(crate) fn partition(topic_id: u64, partition: u32) -> Vec<u8> {
+    key(("p", topic_id, partition))
+}
+
+pub(crate) fn partitions(topic_id: u64) -> (Vec<u8>, Vec<u8>) {
+    range(("p", topic_id))
+}
+
+pub(crate) fn index(topic_id: u64, partition: u32, end_offset: i64) -> Vec<u8> {
+    key(("i", topic_id, partition, end_offset))
+}
+
+/// Index keys of one partition with end offset in `[from, ∞)`.
+pub(crate) fn index_from(topic_id: u64, partition: u32, from_end: i64) -> (Vec<u8>, Vec<u8>) {
+    let (_, end) = range(("i", topic_id, partition));
+    (index(topic_id, partition, from_end), end)
+}
+
+pub(crate) fn indexes_of_topic(topic_id: u64) -> (Vec<u8>, Vec<u8>) {
+    range(("i", topic_id))
+}
+
+pub(crate) fn object(object_key: &str) -> Vec<u8> {
+    key(("o", object_key))
+}
+
+pub(crate) fn object_result(object_key: &str, chunk: u32) -> Vec<u8> {
+    key(("or", object_key, chunk))
+}
+
+pub(crate) fn object_results(object_key: &str) -> (Vec<u8>, Vec<u8>) {
+    range(("or", object_key))
+}
+
+/// Encodes a value tuple.
+pub(crate) fn value<T: TuplePack>(t: &T) -> Vec<u8> {
+    pack(t)
+}
+
+/// Decodes a value tuple, naming the key on failure.
+pub(crate) fn decode<'de, T: TupleUnpack<'de>>(
+    what: &str,
+    bytes: &'de [u8],
+) -> Result<T, MetaError> {
+    unpack(bytes).map_err(|e| MetaError::Corrupt {
+        key: what.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads the little-endian i64 that `atomic_add` maintains (short values are zero-padded,
+/// as FoundationDB does).
+pub(crate) fn decode_i64_le(bytes: &[u8]) -> i64 {
+    let mut buf = [0u8; 8];
+    let n = bytes.len().min(8);
+    buf[..n].copy_from_slice(&bytes[..n]);
+    i64::from_le_bytes(buf)
+}

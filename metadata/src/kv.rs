@@ -1,0 +1,192 @@
+//! The transactional-KV trait every backend implements, shaped like FoundationDB's API:
+//! point and range reads, writes that the same transaction reads back, atomic add and a
+//! serializable commit. Also the retry policy and a fault-injecting wrapper for tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::KvError;
+
+/// One key and its value, as returned by range reads.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// A transactional ordered key-value store.
+#[async_trait]
+pub trait KvStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Starts a transaction. Reads see one consistent snapshot plus the transaction's own
+    /// writes; the commit fails with a retryable error if it would not be serializable.
+    async fn begin(&self) -> Result<Box<dyn KvTransaction>, KvError>;
+
+    /// Waits until `key` may have changed, or `timeout` passes. Backends without change
+    /// notification (SQLite, memory) just sleep a short poll interval; callers re-read.
+    async fn watch(&self, _key: &[u8], timeout: Duration) -> Result<(), KvError> {
+        tokio::time::sleep(timeout.min(Duration::from_millis(25))).await;
+        Ok(())
+    }
+
+    /// A short name for logs and `cairn status` (`sqlite`, `memory`, `fdb`).
+    fn name(&self) -> &'static str;
+}
+
+/// One transaction. Methods take `&self` so the retry loop can share it with the closure.
+#[async_trait]
+pub trait KvTransaction: Send + Sync {
+    /// Reads one key.
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
+    /// Reads keys in `[begin, end)`, at most `limit`, in ascending order (descending if
+    /// `reverse`).
+    async fn get_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, KvError>;
+    /// Writes one key.
+    async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError>;
+    /// Removes one key.
+    async fn clear(&self, key: &[u8]) -> Result<(), KvError>;
+    /// Removes every key in `[begin, end)`.
+    async fn clear_range(&self, begin: &[u8], end: &[u8]) -> Result<(), KvError>;
+    /// Adds `delta` to the little-endian i64 stored at `key` (absent counts as 0).
+    async fn atomic_add(&self, key: &[u8], delta: i64) -> Result<(), KvError>;
+    /// Commits. After an error the transaction must not be used again.
+    async fn commit(&self) -> Result<(), KvError>;
+}
+
+/// How the metadata layer retries a transaction that hit a retryable error.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts before giving up with the last error.
+    pub max_attempts: u32,
+    /// First backoff; doubles up to `max_backoff`, with jitter.
+    pub initial_backoff: Duration,
+    /// Largest backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 60,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+/// A wrapper that injects commit faults, for testing the commit path: each scheduled fault
+/// applies to the next commit that writes.
+#[derive(Debug)]
+pub struct FaultyKv {
+    inner: Arc<dyn KvStore>,
+    fail_commits: Arc<AtomicU32>,
+    unknown_commits: Arc<AtomicU32>,
+}
+
+impl FaultyKv {
+    /// Wraps a store; no faults are scheduled.
+    pub fn new(inner: Arc<dyn KvStore>) -> Self {
+        FaultyKv {
+            inner,
+            fail_commits: Arc::new(AtomicU32::new(0)),
+            unknown_commits: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// The next `n` commits fail with `Unavailable` and are not applied.
+    pub fn fail_next_commits(&self, n: u32) {
+        self.fail_commits.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` commits are applied but report `CommitUnknown`, like a lost reply.
+    pub fn unknown_next_commits(&self, n: u32) {
+        self.unknown_commits.store(n, Ordering::SeqCst);
+    }
+}
+
+fn take_one(counter: &AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+#[async_trait]
+impl KvStore for FaultyKv {
+    async fn begin(&self) -> Result<Box<dyn KvTransaction>, KvError> {
+        Ok(Box::new(FaultyTxn {
+            inner: self.inner.begin().await?,
+            fail_commits: self.fail_commits.clone(),
+            unknown_commits: self.unknown_commits.clone(),
+            wrote: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    async fn watch(&self, key: &[u8], timeout: Duration) -> Result<(), KvError> {
+        self.inner.watch(key, timeout).await
+    }
+
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+}
+
+struct FaultyTxn {
+    inner: Box<dyn KvTransaction>,
+    fail_commits: Arc<AtomicU32>,
+    unknown_commits: Arc<AtomicU32>,
+    wrote: std::sync::atomic::AtomicBool,
+}
+
+impl FaultyTxn {
+    fn wrote(&self) {
+        self.wrote.store(true, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl KvTransaction for FaultyTxn {
+    async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.inner.get(key).await
+    }
+    async fn get_range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, KvError> {
+        self.inner.get_range(begin, end, limit, reverse).await
+    }
+    async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
+        self.wrote();
+        self.inner.set(key, value).await
+    }
+    async fn clear(&self, key: &[u8]) -> Result<(), KvError> {
+        self.wrote();
+        self.inner.clear(key).await
+    }
+    async fn clear_range(&self, begin: &[u8], end: &[u8]) -> Result<(), KvError> {
+        self.wrote();
+        self.inner.clear_range(begin, end).await
+    }
+    async fn atomic_add(&self, key: &[u8], delta: i64) -> Result<(), KvError> {
+        self.wrote();
+        self.inner.atomic_add(key, delta).await
+    }
+    async fn commit(&self) -> Result<(), KvError> {
+        if self.wrote.load(Ordering::Relaxed) {
+            if take_one(&self.fail_commits) {
+                return Err(KvError::Unavailable("injected commit failure".into()));
+            }
+            if take_one(&self.unknown_commits) {
+                self.inner.commit().await?;
+                return Err(KvError::CommitUnknown("injected lost commit reply".into()));
+            }
+        }
+        self.inner.commit().await
+    }
+}

@@ -1,0 +1,67 @@
+//! Cairn's metadata layer: the only source of order.
+//!
+//! Topics, partition high watermarks and the offset→object index live in one tuple-encoded
+//! keyspace behind a small transactional-KV trait shaped like FoundationDB's API
+//! ([`KvStore`]/[`KvTransaction`]). One logic ([`Metadata`]) runs over every backend:
+//! SQLite (the embedded default), in-memory (unit tests) and FoundationDB (feature `fdb`).
+//! Every backend enforces FoundationDB's transaction limits, so a violation fails in tests.
+
+mod clock;
+pub mod conformance;
+mod error;
+#[cfg(feature = "fdb")]
+mod fdb;
+mod keys;
+mod kv;
+mod limits;
+mod memory;
+mod metadata;
+mod sqlite;
+mod types;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{ErrorKind, KvError, MetaError};
+#[cfg(feature = "fdb")]
+pub use fdb::FdbKv;
+pub use kv::{FaultyKv, KeyValue, KvStore, KvTransaction, RetryPolicy};
+pub use limits::Limits;
+pub use memory::MemoryKv;
+pub use metadata::{Metadata, transact};
+pub use sqlite::SqliteKv;
+pub use types::{
+    BatchOutcome, Codec, CommitBatch, IndexEntry, PartitionState, SegmentCommit, Topic,
+    TopicSpec, validate_topic_name,
+};
+
+use std::sync::Arc;
+
+/// Opens a metadata backend from a URL-like spec: `sqlite:PATH`, `memory:` or
+/// `fdb:CLUSTER_FILE` (the last only in builds with the `fdb` feature).
+pub async fn open_kv(spec: &str) -> Result<Arc<dyn KvStore>, MetaError> {
+    if let Some(path) = spec.strip_prefix("sqlite:") {
+        let path = path.strip_prefix("//").unwrap_or(path);
+        if path.is_empty() {
+            return Err(MetaError::InvalidArgument(
+                "metadata spec `sqlite:` needs a file path, e.g. sqlite:./cairn-data/meta.sqlite"
+                    .into(),
+            ));
+        }
+        return Ok(Arc::new(SqliteKv::open(path, Limits::default())?));
+    }
+    if spec == "memory:" || spec == "memory" {
+        return Ok(Arc::new(MemoryKv::new(Limits::default())));
+    }
+    if let Some(_cluster_file) = spec.strip_prefix("fdb:") {
+        #[cfg(feature = "fdb")]
+        {
+            return Ok(Arc::new(FdbKv::open(_cluster_file)?));
+        }
+        #[cfg(not(feature = "fdb"))]
+        return Err(MetaError::InvalidArgument(
+            "this build has no FoundationDB support: rebuild with `--features fdb`".into(),
+        ));
+    }
+    Err(MetaError::InvalidArgument(format!(
+        "unknown metadata spec `{spec}`: use sqlite:PATH, memory: or fdb:CLUSTER_FILE"
+    )))
+}

@@ -1,0 +1,234 @@
+//! The values the metadata layer speaks in: topics, partition states, index entries and the
+//! description of a segment to commit.
+
+use serde::{Deserialize, Serialize};
+
+use crate::MetaError;
+
+/// How a topic's stored batches are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Codec {
+    /// Uncompressed.
+    None,
+    /// Zstandard (the default).
+    #[default]
+    Zstd,
+    /// LZ4.
+    Lz4,
+}
+
+/// What a caller asks for when creating a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Topic name (see [`validate_topic_name`]).
+    pub name: String,
+    /// Partition count, 1 to [`TopicSpec::MAX_PARTITIONS`].
+    pub partitions: u32,
+    /// Compression of stored batches.
+    pub codec: Codec,
+    /// Time retention in ms, -1 for forever.
+    pub retention_ms: i64,
+    /// Size retention in bytes per partition, -1 for unlimited.
+    pub retention_bytes: i64,
+}
+
+impl TopicSpec {
+    /// Most partitions one topic may have.
+    pub const MAX_PARTITIONS: u32 = 10_000;
+
+    /// Checks every field, naming the first that is wrong.
+    pub fn validate(&self) -> Result<(), MetaError> {
+        validate_topic_name(&self.name)?;
+        validate_partition_count(&self.name, self.partitions)?;
+        for (what, v) in [
+            ("retention_ms", self.retention_ms),
+            ("retention_bytes", self.retention_bytes),
+        ] {
+            if v != -1 && v <= 0 {
+                return Err(MetaError::InvalidArgument(format!(
+                    "{what} must be a positive number or -1 (unlimited), got {v}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub(crate) fn validate_partition_count(topic: &str, n: u32) -> Result<(), MetaError> {
+    if n == 0 {
+        return Err(MetaError::InvalidArgument(format!(
+            "topic `{topic}` needs at least 1 partition, got 0"
+        )));
+    }
+    if n > TopicSpec::MAX_PARTITIONS {
+        return Err(MetaError::InvalidArgument(format!(
+            "topic `{topic}` may have at most {} partitions, got {n}",
+            TopicSpec::MAX_PARTITIONS
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a topic name: 1 to 249 characters of `[A-Za-z0-9._-]`, not `.` or `..`
+/// (Kafka's rules, so names move between the two systems).
+pub fn validate_topic_name(name: &str) -> Result<(), MetaError> {
+    let bad = |reason: &str| {
+        Err(MetaError::InvalidTopicName {
+            name: name.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name.len() > 249 {
+        return bad("it is longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("`.` and `..` are reserved");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return bad(&format!(
+            "character {c:?} is not allowed (use letters, digits, `.`, `_`, `-`)"
+        ));
+    }
+    Ok(())
+}
+
+/// A topic as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Topic {
+    /// Internal id, never reused.
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Partition count.
+    pub partitions: u32,
+    /// Compression of stored batches.
+    pub codec: Codec,
+    /// Time retention in ms, -1 for forever.
+    pub retention_ms: i64,
+    /// Size retention in bytes per partition, -1 for unlimited.
+    pub retention_bytes: i64,
+    /// Creation time, ms since the Unix epoch.
+    pub created_at_ms: i64,
+}
+
+impl Topic {
+    /// Fails unless `partition` exists in this topic.
+    pub fn check_partition(&self, partition: u32) -> Result<(), MetaError> {
+        if partition >= self.partitions {
+            return Err(MetaError::PartitionOutOfRange {
+                topic: self.name.clone(),
+                partition,
+                count: self.partitions,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The state of one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PartitionState {
+    /// Partition number.
+    pub partition: u32,
+    /// First readable offset.
+    pub start_offset: i64,
+    /// The high watermark: the next offset to assign.
+    pub next_offset: i64,
+    /// Stored bytes committed.
+    pub bytes: u64,
+    /// Index entries.
+    pub index_entries: u64,
+}
+
+/// One stored batch of a segment, in object order, as the agent asks to commit it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitBatch {
+    /// Topic id (not name: a deleted and re-created topic must not receive old batches).
+    pub topic_id: u64,
+    /// Partition.
+    pub partition: u32,
+    /// Byte position of the frame in the object.
+    pub position: u64,
+    /// Frame length in bytes.
+    pub length: u32,
+    /// Records in the batch.
+    pub record_count: u32,
+    /// Smallest record timestamp.
+    pub min_timestamp_ms: i64,
+    /// Largest record timestamp.
+    pub max_timestamp_ms: i64,
+}
+
+/// A written segment object and its batches, to be committed in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentCommit {
+    /// The object's key in the store: also the commit's idempotence key.
+    pub object_key: String,
+    /// Object size in bytes.
+    pub object_size: u64,
+    /// Batches in object order. Consecutive, byte-adjacent batches of one partition share
+    /// one index entry.
+    pub batches: Vec<CommitBatch>,
+}
+
+/// What happened to one batch of a segment commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// Committed; the batch's first record has this offset.
+    Committed {
+        /// Base offset.
+        base_offset: i64,
+    },
+    /// Not committed: its topic was deleted, or re-created with a new id, after the batch
+    /// was accepted.
+    TopicGone,
+}
+
+impl BatchOutcome {
+    pub(crate) fn encode(self) -> i64 {
+        match self {
+            BatchOutcome::Committed { base_offset } => base_offset,
+            BatchOutcome::TopicGone => -1,
+        }
+    }
+
+    pub(crate) fn decode(v: i64) -> Self {
+        if v >= 0 {
+            BatchOutcome::Committed { base_offset: v }
+        } else {
+            BatchOutcome::TopicGone
+        }
+    }
+}
+
+/// One index entry: a run of records of one partition stored contiguously in one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Topic id.
+    pub topic_id: u64,
+    /// Partition.
+    pub partition: u32,
+    /// First offset covered.
+    pub base_offset: i64,
+    /// One past the last offset covered.
+    pub end_offset: i64,
+    /// Object key.
+    pub object_key: String,
+    /// Byte position of the first frame.
+    pub position: u64,
+    /// Bytes covered (whole frames).
+    pub length: u64,
+    /// Frames covered.
+    pub batch_count: u32,
+    /// Smallest record timestamp.
+    pub min_timestamp_ms: i64,
+    /// Largest record timestamp.
+    pub max_timestamp_ms: i64,
+}

@@ -1,0 +1,88 @@
+//! Runs the metadata conformance suite against every backend present: memory and SQLite
+//! always, FoundationDB when built with `--features fdb` and `CAIRN_FDB_CLUSTER_FILE` is set.
+
+#![allow(clippy::expect_used)]
+
+use std::sync::Arc;
+
+use cairn_metadata::{KvStore, Limits, MemoryKv, SqliteKv, conformance};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_backend_conforms() {
+    conformance::run_all(|| async {
+        Arc::new(MemoryKv::new(Limits::default())) as Arc<dyn KvStore>
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_backend_conforms() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let mut n = 0;
+    let root = dir.path().to_path_buf();
+    conformance::run_all(|| {
+        n += 1;
+        let path = root.join(format!("meta-{n}.sqlite"));
+        async move {
+            Arc::new(SqliteKv::open(path, Limits::default()).expect("open sqlite"))
+                as Arc<dyn KvStore>
+        }
+    })
+    .await;
+    Ok(())
+}
+
+/// Two SQLite handles on one file behave like two agent processes sharing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_file_shared_by_two_handles() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("shared.sqlite");
+    let a: Arc<dyn KvStore> = Arc::new(SqliteKv::open(&path, Limits::default())?);
+    let b: Arc<dyn KvStore> = Arc::new(SqliteKv::open(&path, Limits::default())?);
+    let clock = Arc::new(cairn_metadata::SystemClock);
+    let ma = cairn_metadata::Metadata::new(a, clock.clone());
+    let mb = cairn_metadata::Metadata::new(b, clock);
+    let t = ma.create_topic(&conformance::spec("shared", 1)).await?;
+    let ta = {
+        let ma = ma.clone();
+        tokio::spawn(async move {
+            for i in 0..20 {
+                ma.commit_segment(&conformance::segment(&format!("a{i}"), &[(t.id, 0, 1)]))
+                    .await?;
+            }
+            Ok::<_, cairn_metadata::MetaError>(())
+        })
+    };
+    for i in 0..20 {
+        mb.commit_segment(&conformance::segment(&format!("b{i}"), &[(t.id, 0, 1)]))
+            .await?;
+    }
+    ta.await??;
+    assert_eq!(mb.partition_state(t.id, 0).await?.next_offset, 40);
+    let (_, entries) = ma.read_index(t.id, 0, 0, 100).await?;
+    let mut expect = 0;
+    for e in &entries {
+        assert_eq!(e.base_offset, expect);
+        expect = e.end_offset;
+    }
+    assert_eq!(expect, 40);
+    Ok(())
+}
+
+#[cfg(feature = "fdb")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fdb_backend_conforms() {
+    let Ok(cluster) = std::env::var("CAIRN_FDB_CLUSTER_FILE") else {
+        eprintln!("CAIRN_FDB_CLUSTER_FILE not set: no FoundationDB cluster to test against");
+        return;
+    };
+    let kv = Arc::new(cairn_metadata::FdbKv::open(&cluster).expect("open fdb"));
+    conformance::run_all(|| {
+        let kv = kv.clone();
+        async move {
+            kv.clear_all_for_tests().await.expect("clear fdb test keyspace");
+            kv as Arc<dyn KvStore>
+        }
+    })
+    .await;
+}

@@ -1,0 +1,22 @@
+//! Compiles the .proto files with protox (no `protoc` needed) and generates tonic/prost code
+//! plus the encoded descriptor set that gRPC server reflection serves.
+
+use prost::Message as _;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/cairn/v1/records.proto",
+        "proto/cairn/v1/segment.proto",
+        "proto/cairn/v1/api.proto",
+    ];
+    for p in &protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    let fds = protox::compile(protos, ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("cairn_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .compile_fds(fds)?;
+    Ok(())
+}
