@@ -80,7 +80,9 @@ async fn fdb_backend_conforms() {
     conformance::run_all(|| {
         let kv = kv.clone();
         async move {
-            kv.clear_all_for_tests().await.expect("clear fdb test keyspace");
+            kv.clear_all_for_tests()
+                .await
+                .expect("clear fdb test keyspace");
             kv as Arc<dyn KvStore>
         }
     })

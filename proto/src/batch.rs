@@ -129,12 +129,14 @@ pub(crate) fn compression_from_code(code: i32) -> Result<Compression, FormatErro
 pub fn compress(compression: Compression, data: &[u8]) -> Result<Bytes, FormatError> {
     match compression {
         Compression::None => Ok(Bytes::copy_from_slice(data)),
-        Compression::Zstd => zstd::bulk::compress(data, 1)
-            .map(Bytes::from)
-            .map_err(|e| FormatError::Invalid {
-                what: "zstd compression",
-                reason: e.to_string(),
-            }),
+        Compression::Zstd => {
+            zstd::bulk::compress(data, 1)
+                .map(Bytes::from)
+                .map_err(|e| FormatError::Invalid {
+                    what: "zstd compression",
+                    reason: e.to_string(),
+                })
+        }
         Compression::Lz4 => Ok(Bytes::from(lz4_flex::compress_prepend_size(data))),
         Compression::Unspecified => Err(FormatError::UnknownCompression(0)),
     }

@@ -9,7 +9,7 @@ mod error;
 mod segment;
 
 pub use batch::{
-    Frame, FrameHeader, FRAME_HEADER_LEN, compress, decode_records, decompress, encode_frame,
+    FRAME_HEADER_LEN, Frame, FrameHeader, compress, decode_records, decompress, encode_frame,
     frame_crc, parse_frames,
 };
 pub use error::FormatError;

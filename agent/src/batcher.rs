@@ -1,0 +1,393 @@
+//! The write path's core: one open segment buffer shared by every partition, sealed by size
+//! or linger; one object PUT per sealed segment (several may run at once); commits in seal
+//! order; each producer answered only after its segment's PUT and commit both succeeded.
+//!
+//! ```text
+//! produce handlers ──Append──▶ batcher task ──seal──▶ upload tasks (≤ max_inflight)
+//!                                   │                        │
+//!                                   └──in seal order──▶ committer task ──▶ replies
+//! ```
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cairn_metadata::{BatchOutcome, Clock, CommitBatch, Metadata, SegmentCommit};
+use cairn_proto::SegmentBuilder;
+use cairn_proto::v1::Compression;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, WriteMultipart};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::{AgentError, AgentSettings};
+
+/// One validated, compressed batch waiting for a segment.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingBatch {
+    pub(crate) topic_id: u64,
+    pub(crate) partition: u32,
+    pub(crate) record_count: u32,
+    pub(crate) compression: Compression,
+    pub(crate) payload: Bytes,
+    pub(crate) min_ts: i64,
+    pub(crate) max_ts: i64,
+}
+
+type Reply = oneshot::Sender<Result<Vec<BatchOutcome>, AgentError>>;
+
+enum Command {
+    Append(Vec<PendingBatch>, Reply),
+    Flush,
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The handle produce handlers use.
+#[derive(Debug, Clone)]
+pub(crate) struct Batcher {
+    tx: mpsc::Sender<Command>,
+}
+
+/// Where a request's batches ended up in a sealed segment.
+struct Waiter {
+    reply: Reply,
+    slots: Vec<usize>,
+}
+
+struct Open {
+    requests: Vec<(Vec<PendingBatch>, Reply)>,
+    bytes: usize,
+    batches: usize,
+    deadline: Instant,
+}
+
+struct Sealed {
+    key: Path,
+    commit: SegmentCommit,
+    waiters: Vec<Waiter>,
+    upload: JoinHandle<Result<(), AgentError>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Ctx {
+    settings: AgentSettings,
+    store: Arc<dyn ObjectStore>,
+    clock: Arc<dyn Clock>,
+    permits: Arc<Semaphore>,
+    sealed: mpsc::Sender<Sealed>,
+}
+
+impl Batcher {
+    /// Starts the batcher and committer tasks.
+    pub(crate) fn start(
+        settings: AgentSettings,
+        store: Arc<dyn ObjectStore>,
+        metadata: Metadata,
+    ) -> Batcher {
+        let (tx, rx) = mpsc::channel(1024);
+        let (sealed_tx, sealed_rx) = mpsc::channel(settings.max_inflight_segments);
+        let clock = metadata.clock().clone();
+        let committer = tokio::spawn(commit_loop(sealed_rx, metadata));
+        let ctx = Ctx {
+            permits: Arc::new(Semaphore::new(settings.max_inflight_segments)),
+            clock,
+            settings,
+            store,
+            sealed: sealed_tx,
+        };
+        tokio::spawn(batch_loop(rx, ctx, committer));
+        Batcher { tx }
+    }
+
+    /// Adds a request's batches to the open segment and waits for their outcomes.
+    pub(crate) async fn append(
+        &self,
+        batches: Vec<PendingBatch>,
+    ) -> Result<Vec<BatchOutcome>, AgentError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Append(batches, reply))
+            .await
+            .map_err(|_| AgentError::ShuttingDown("the segment writer has stopped".into()))?;
+        rx.await.map_err(|_| {
+            AgentError::ShuttingDown("the segment writer stopped before answering".into())
+        })?
+    }
+
+    /// Seals the open segment now instead of at its linger deadline.
+    pub(crate) async fn flush(&self) {
+        let _ = self.tx.send(Command::Flush).await;
+    }
+
+    /// Seals the open segment, waits until every sealed segment is committed and answered,
+    /// and stops. Appends after this fail with UNAVAILABLE.
+    pub(crate) async fn shutdown(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn batch_loop(mut rx: mpsc::Receiver<Command>, ctx: Ctx, committer: JoinHandle<()>) {
+    let mut open: Option<Open> = None;
+    let done = loop {
+        let deadline = open.as_ref().map(|o| o.deadline);
+        let cmd = tokio::select! {
+            biased;
+            cmd = rx.recv() => cmd,
+            _ = sleep_until(deadline), if deadline.is_some() => {
+                seal(&ctx, open.take()).await;
+                continue;
+            }
+        };
+        match cmd {
+            Some(Command::Append(batches, reply)) => {
+                let bytes: usize = batches.iter().map(|b| b.payload.len() + 64).sum();
+                if open
+                    .as_ref()
+                    .is_some_and(|o| o.batches + batches.len() > ctx.settings.segment_max_batches)
+                {
+                    seal(&ctx, open.take()).await;
+                }
+                let o = open.get_or_insert_with(|| Open {
+                    requests: Vec::new(),
+                    bytes: 0,
+                    batches: 0,
+                    deadline: Instant::now() + ctx.settings.linger,
+                });
+                o.bytes += bytes;
+                o.batches += batches.len();
+                o.requests.push((batches, reply));
+                if o.bytes >= ctx.settings.segment_max_bytes {
+                    seal(&ctx, open.take()).await;
+                }
+            }
+            Some(Command::Flush) => seal(&ctx, open.take()).await,
+            Some(Command::Shutdown(done)) => {
+                seal(&ctx, open.take()).await;
+                break Some(done);
+            }
+            None => {
+                seal(&ctx, open.take()).await;
+                break None;
+            }
+        }
+    };
+    rx.close();
+    // Answer anything that raced with shutdown.
+    while let Some(cmd) = rx.recv().await {
+        if let Command::Append(_, reply) = cmd {
+            let _ = reply.send(Err(AgentError::ShuttingDown(
+                "the agent is shutting down; retry on another agent".into(),
+            )));
+        }
+    }
+    drop(ctx);
+    let _ = committer.await;
+    if let Some(done) = done {
+        let _ = done.send(());
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A fresh object key: a hashed two-hex-digit prefix (so S3 spreads the load) and a UUIDv7
+/// (time-ordered, unique).
+fn object_key(clock: &dyn Clock) -> Path {
+    let ms = clock.now_ms().max(0) as u64;
+    let ts =
+        uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
+    let id = uuid::Uuid::new_v7(ts);
+    let hash = crc32c::crc32c(id.as_bytes()) & 0xff;
+    Path::from(format!("segments/{hash:02x}/{id}.seg"))
+}
+
+async fn seal(ctx: &Ctx, open: Option<Open>) {
+    let Some(open) = open else { return };
+    // Backpressure: wait for a slot before starting another upload.
+    let permit = match ctx.permits.clone().acquire_owned().await {
+        Ok(p) => p,
+        Err(_) => {
+            fail_all(
+                open.requests,
+                &AgentError::ShuttingDown("uploads closed".into()),
+            );
+            return;
+        }
+    };
+    let key = object_key(ctx.clock.as_ref());
+    let (bytes, commit, waiters) = match build(&key, open, ctx.clock.now_ms()) {
+        Ok(built) => built,
+        Err((e, requests)) => {
+            fail_all(requests, &e);
+            return;
+        }
+    };
+    let store = ctx.store.clone();
+    let threshold = ctx.settings.multipart_threshold;
+    let put_key = key.clone();
+    let upload =
+        tokio::spawn(async move { put_segment(store.as_ref(), &put_key, bytes, threshold).await });
+    let sealed = Sealed {
+        key,
+        commit,
+        waiters,
+        upload,
+        _permit: permit,
+    };
+    if let Err(mpsc::error::SendError(s)) = ctx.sealed.send(sealed).await {
+        for w in s.waiters {
+            let _ = w
+                .reply
+                .send(Err(AgentError::ShuttingDown("committer stopped".into())));
+        }
+    }
+}
+
+fn fail_all(requests: Vec<(Vec<PendingBatch>, Reply)>, e: &AgentError) {
+    for (_, reply) in requests {
+        let _ = reply.send(Err(e.share()));
+    }
+}
+
+type Built = (Bytes, SegmentCommit, Vec<Waiter>);
+
+/// Lays the segment out grouped by partition (arrival order kept within a partition), so
+/// each partition's batches form one contiguous byte range and one index entry.
+fn build(
+    key: &Path,
+    open: Open,
+    sealed_at_ms: i64,
+) -> Result<Built, (AgentError, Vec<(Vec<PendingBatch>, Reply)>)> {
+    let mut order: Vec<(usize, usize)> = open
+        .requests
+        .iter()
+        .enumerate()
+        .flat_map(|(r, (batches, _))| (0..batches.len()).map(move |b| (r, b)))
+        .collect();
+    order.sort_by_key(|&(r, b)| {
+        let batch = &open.requests[r].0[b];
+        (batch.topic_id, batch.partition)
+    });
+    let mut slots: Vec<Vec<usize>> = open
+        .requests
+        .iter()
+        .map(|(batches, _)| vec![0; batches.len()])
+        .collect();
+    let mut builder = SegmentBuilder::with_capacity(open.bytes);
+    let mut batches = Vec::with_capacity(order.len());
+    for (slot, &(r, b)) in order.iter().enumerate() {
+        let p = &open.requests[r].0[b];
+        let entry = match builder.push(
+            p.topic_id,
+            p.partition,
+            p.record_count,
+            p.compression,
+            &p.payload,
+            p.min_ts,
+            p.max_ts,
+        ) {
+            Ok(e) => e,
+            Err(e) => return Err((AgentError::Internal(e.to_string()), open.requests)),
+        };
+        batches.push(CommitBatch {
+            topic_id: p.topic_id,
+            partition: p.partition,
+            position: entry.position,
+            length: entry.length,
+            record_count: p.record_count,
+            min_timestamp_ms: p.min_ts,
+            max_timestamp_ms: p.max_ts,
+        });
+        slots[r][b] = slot;
+    }
+    let (bytes, _footer) = builder.finish(sealed_at_ms);
+    let commit = SegmentCommit {
+        object_key: key.to_string(),
+        object_size: bytes.len() as u64,
+        batches,
+    };
+    let waiters = open
+        .requests
+        .into_iter()
+        .zip(slots)
+        .map(|((_, reply), slots)| Waiter { reply, slots })
+        .collect();
+    Ok((bytes, commit, waiters))
+}
+
+/// Writes one immutable segment object: one PUT, or a multipart upload above `threshold`.
+async fn put_segment(
+    store: &dyn ObjectStore,
+    key: &Path,
+    bytes: Bytes,
+    threshold: usize,
+) -> Result<(), AgentError> {
+    let storage = |e: object_store::Error| AgentError::Storage(format!("PUT {key} failed: {e}"));
+    if bytes.len() <= threshold {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        store
+            .put_opts(key, bytes.into(), opts)
+            .await
+            .map_err(storage)?;
+    } else {
+        let upload = store.put_multipart(key).await.map_err(storage)?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
+        writer.put(bytes);
+        writer.finish().await.map_err(storage)?;
+    }
+    Ok(())
+}
+
+async fn commit_loop(mut rx: mpsc::Receiver<Sealed>, metadata: Metadata) {
+    while let Some(sealed) = rx.recv().await {
+        let outcome = match sealed.upload.await {
+            Ok(Ok(())) => {
+                metadata
+                    .commit_segment(&sealed.commit)
+                    .await
+                    .map_err(|e| match e.kind() {
+                        cairn_metadata::ErrorKind::Unavailable => AgentError::Storage(format!(
+                            "metadata commit of {} failed: {e}",
+                            sealed.key
+                        )),
+                        _ => AgentError::Meta(e),
+                    })
+            }
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(AgentError::Internal(format!("upload task failed: {e}"))),
+        };
+        match &outcome {
+            Ok(_) => {
+                tracing::debug!(object = %sealed.key, batches = sealed.commit.batches.len(), "segment committed")
+            }
+            Err(e) => {
+                tracing::warn!(object = %sealed.key, error = %e, "segment not committed; its producers get an error and retry")
+            }
+        }
+        for w in sealed.waiters {
+            let reply = match &outcome {
+                Ok(all) => w
+                    .slots
+                    .iter()
+                    .map(|&s| {
+                        all.get(s).copied().ok_or_else(|| {
+                            AgentError::Internal(format!("commit returned no outcome for slot {s}"))
+                        })
+                    })
+                    .collect(),
+                Err(e) => Err(e.share()),
+            };
+            let _ = w.reply.send(reply);
+        }
+    }
+}

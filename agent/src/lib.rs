@@ -1,0 +1,182 @@
+//! The Cairn agent: a stateless gRPC server. It batches produced records from every
+//! partition into shared segment objects, writes each with one PUT, commits offsets in the
+//! metadata store, and serves fetches from object storage through a cache. Any number of
+//! agents may serve the same topics; they share nothing but the object store and the
+//! metadata store.
+//!
+//! Build one with [`AgentBuilder`] and run it with [`Agent::serve`].
+
+mod batcher;
+mod error;
+mod fetch;
+mod service;
+mod settings;
+mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use cairn_metadata::{Clock, KvStore, Metadata, SystemClock};
+use cairn_proto::v1::{
+    admin_server::AdminServer, consumer_server::ConsumerServer, producer_server::ProducerServer,
+};
+use futures::StreamExt;
+use object_store::ObjectStore;
+use tokio::net::TcpListener;
+
+pub use error::AgentError;
+pub use settings::AgentSettings;
+pub use store::{FaultyStore, InstrumentedStore, StoreCounters, StoreStats, open_object_store};
+
+use batcher::Batcher;
+use fetch::Reader;
+use service::{AdminService, ConsumerService, ProducerService, Shared};
+
+/// Assembles an [`Agent`] from settings and injected components.
+#[derive(Debug)]
+pub struct AgentBuilder {
+    settings: AgentSettings,
+    store: Option<Arc<dyn ObjectStore>>,
+    kv: Option<Arc<dyn KvStore>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl AgentBuilder {
+    /// A builder with these settings, the system clock and no stores yet.
+    pub fn new(settings: AgentSettings) -> Self {
+        AgentBuilder {
+            settings,
+            store: None,
+            kv: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The object store segments are written to (required).
+    pub fn object_store(mut self, store: Arc<dyn ObjectStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The metadata store (required).
+    pub fn metadata_store(mut self, kv: Arc<dyn KvStore>) -> Self {
+        self.kv = Some(kv);
+        self
+    }
+
+    /// Replaces the clock (tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Validates the settings and starts the agent's background tasks (a Tokio runtime
+    /// must be running).
+    pub fn build(self) -> Result<Agent, AgentError> {
+        self.settings.validate()?;
+        let store = self
+            .store
+            .ok_or_else(|| AgentError::Config("no object store given".into()))?;
+        let kv = self
+            .kv
+            .ok_or_else(|| AgentError::Config("no metadata store given".into()))?;
+        let instrumented = InstrumentedStore::new(store);
+        let counters = instrumented.counters();
+        let store: Arc<dyn ObjectStore> = Arc::new(instrumented);
+        let metadata = Metadata::new(kv, self.clock);
+        let batcher = Batcher::start(self.settings.clone(), store.clone(), metadata.clone());
+        let reader = Reader::new(store, metadata.clone(), self.settings.cache_bytes);
+        let topics = moka::future::Cache::builder()
+            .max_capacity(100_000)
+            .time_to_live(self.settings.topic_cache_ttl)
+            .build();
+        Ok(Agent {
+            shared: Arc::new(Shared {
+                settings: self.settings,
+                metadata,
+                batcher,
+                reader,
+                topics,
+            }),
+            counters,
+        })
+    }
+}
+
+/// A running agent's state; [`Agent::serve`] puts it on the network.
+pub struct Agent {
+    shared: Arc<Shared>,
+    counters: Arc<StoreCounters>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("settings", &self.shared.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Object-store request counters of this agent.
+    pub fn store_counters(&self) -> Arc<StoreCounters> {
+        self.counters.clone()
+    }
+
+    /// The agent's metadata handle.
+    pub fn metadata(&self) -> &Metadata {
+        &self.shared.metadata
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` resolves; then stops accepting, seals
+    /// the open segment, lets in-flight requests finish and answers them, and returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), AgentError> {
+        let settings = &self.shared.settings;
+        let max_request = settings.max_request_bytes + (1 << 20);
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| AgentError::Internal(format!("gRPC reflection: {e}")))?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+            s.inspect(|s| {
+                // Small requests must not wait for Nagle's algorithm.
+                let _ = s.set_nodelay(true);
+            })
+        });
+        let batcher = self.shared.batcher.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: sealing the open segment and draining requests");
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            batcher.flush().await;
+        };
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(AdminServer::new(AdminService(self.shared.clone())))
+            .add_service(
+                ProducerServer::new(ProducerService(self.shared.clone()))
+                    .max_decoding_message_size(max_request),
+            )
+            .add_service(
+                ConsumerServer::new(ConsumerService(self.shared.clone()))
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .serve_with_incoming_shutdown(incoming, signal)
+            .await
+            .map_err(|e| AgentError::Internal(format!("gRPC server failed: {e}")))?;
+        self.shared.batcher.shutdown().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! Agent settings: plain data that comes from a TOML file, `CAIRN_` environment variables or
+//! flags (the CLI merges them). Components (object store, metadata store, clock) are
+//! injected separately through [`crate::AgentBuilder`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::AgentError;
+
+/// Tunables of one agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSettings {
+    /// A segment is sealed once it holds this many bytes.
+    pub segment_max_bytes: usize,
+    /// A segment is sealed this long after its first batch, if not full before.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Sealed segments whose PUT or commit is still running; more make producers wait.
+    pub max_inflight_segments: usize,
+    /// Segments above this size are uploaded in parts.
+    pub multipart_threshold: usize,
+    /// Most batches in one segment (bounds the commit transaction).
+    pub segment_max_batches: usize,
+    /// Largest produce request, in record bytes.
+    pub max_request_bytes: usize,
+    /// Largest single record (key + value + headers).
+    pub max_record_bytes: usize,
+    /// Bytes of object data cached for fetches.
+    pub cache_bytes: u64,
+    /// Longest a fetch may wait at the high watermark.
+    #[serde(with = "humantime_serde")]
+    pub max_fetch_wait: Duration,
+    /// How long topic metadata is cached before it is read again.
+    #[serde(with = "humantime_serde")]
+    pub topic_cache_ttl: Duration,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            segment_max_bytes: 4 << 20,
+            linger: Duration::from_millis(100),
+            max_inflight_segments: 8,
+            multipart_threshold: 16 << 20,
+            segment_max_batches: 50_000,
+            max_request_bytes: 16 << 20,
+            max_record_bytes: 1 << 20,
+            cache_bytes: 256 << 20,
+            max_fetch_wait: Duration::from_secs(30),
+            topic_cache_ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+impl AgentSettings {
+    /// Checks that the settings can work together.
+    pub fn validate(&self) -> Result<(), AgentError> {
+        let bad = |m: String| Err(AgentError::Config(m));
+        if self.segment_max_bytes < 1024 || self.segment_max_bytes > 1 << 30 {
+            return bad(format!(
+                "segment_max_bytes must be between 1 KiB and 1 GiB, got {}",
+                self.segment_max_bytes
+            ));
+        }
+        if self.linger.is_zero() || self.linger > Duration::from_secs(60) {
+            return bad(format!(
+                "linger must be between 1ms and 60s, got {:?}",
+                self.linger
+            ));
+        }
+        if self.max_inflight_segments == 0 {
+            return bad("max_inflight_segments must be at least 1".into());
+        }
+        if self.multipart_threshold < 5 << 20 {
+            return bad(format!(
+                "multipart_threshold must be at least 5 MiB (S3's smallest part), got {}",
+                self.multipart_threshold
+            ));
+        }
+        if self.segment_max_batches == 0 || self.segment_max_batches > 100_000 {
+            return bad(format!(
+                "segment_max_batches must be between 1 and 100000, got {}",
+                self.segment_max_batches
+            ));
+        }
+        if self.max_record_bytes == 0 || self.max_record_bytes > self.max_request_bytes {
+            return bad(format!(
+                "max_record_bytes ({}) must be positive and at most max_request_bytes ({})",
+                self.max_record_bytes, self.max_request_bytes
+            ));
+        }
+        if self.max_request_bytes > 256 << 20 {
+            return bad(format!(
+                "max_request_bytes must be at most 256 MiB, got {}",
+                self.max_request_bytes
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,417 @@
+//! Object stores: opening one from a URL, and the wrappers that stack on any store — an
+//! instrumented one that counts requests and bytes (tests, `cairn bench`, metrics) and a
+//! fault-injecting one for tests of the failure paths.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
+};
+
+use crate::AgentError;
+
+/// Opens the object store a URL names, with its key prefix applied:
+/// `file:///abs/dir` (or a plain directory path), `s3://bucket/prefix`, `memory://`.
+///
+/// S3 settings come from the usual `AWS_*` environment variables, then from `options`
+/// (`("aws_endpoint", "http://127.0.0.1:4566")`, …); an `http://` endpoint is allowed
+/// without TLS.
+pub fn open_object_store(
+    url: &str,
+    options: &[(String, String)],
+) -> Result<Arc<dyn ObjectStore>, AgentError> {
+    let bad = |m: String| AgentError::Config(m);
+    if url == "memory://" || url == "memory:" {
+        return Ok(Arc::new(object_store::memory::InMemory::new()));
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(bad(format!("object store URL `{url}` names no bucket")));
+        }
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let mut http = std::env::var("AWS_ENDPOINT")
+            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+            .is_ok_and(|e| e.starts_with("http://"));
+        for (k, v) in options {
+            let key = k
+                .parse()
+                .map_err(|e| bad(format!("unknown S3 option `{k}`: {e}")))?;
+            http |= k.contains("endpoint") && v.starts_with("http://");
+            builder = builder.with_config(key, v);
+        }
+        if http {
+            builder = builder.with_allow_http(true);
+        }
+        let s3 = builder
+            .build()
+            .map_err(|e| bad(format!("cannot configure S3 for `{url}`: {e}")))?;
+        return Ok(with_prefix(Arc::new(s3), prefix));
+    }
+    let dir = match url.strip_prefix("file://") {
+        Some(path) => path.to_string(),
+        None if !url.contains("://") => url.to_string(),
+        None => {
+            return Err(bad(format!(
+                "unsupported object store URL `{url}`: use file:///dir, s3://bucket/prefix or memory://"
+            )));
+        }
+    };
+    if dir.is_empty() {
+        return Err(bad(format!("object store URL `{url}` names no directory")));
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| bad(format!("cannot create object directory {dir}: {e}")))?;
+    let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+        .map_err(|e| bad(format!("cannot open object directory {dir}: {e}")))?;
+    Ok(Arc::new(local))
+}
+
+fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
+    let prefix = prefix.trim_matches('/');
+    if prefix.is_empty() {
+        store
+    } else {
+        Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+    }
+}
+
+/// Request and byte counters of an [`InstrumentedStore`].
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    puts: AtomicU64,
+    gets: AtomicU64,
+    deletes: AtomicU64,
+    lists: AtomicU64,
+    put_bytes: AtomicU64,
+    get_bytes: AtomicU64,
+}
+
+/// A point-in-time copy of [`StoreCounters`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// PUT requests (a multipart upload counts each part, plus one to complete it).
+    pub puts: u64,
+    /// GET requests (each range counts).
+    pub gets: u64,
+    /// DELETE requests.
+    pub deletes: u64,
+    /// LIST requests.
+    pub lists: u64,
+    /// Bytes uploaded.
+    pub put_bytes: u64,
+    /// Bytes downloaded.
+    pub get_bytes: u64,
+}
+
+impl StoreCounters {
+    /// The counters now.
+    pub fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            puts: self.puts.load(Ordering::Relaxed),
+            gets: self.gets.load(Ordering::Relaxed),
+            deletes: self.deletes.load(Ordering::Relaxed),
+            lists: self.lists.load(Ordering::Relaxed),
+            put_bytes: self.put_bytes.load(Ordering::Relaxed),
+            get_bytes: self.get_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// An [`ObjectStore`] that counts the requests and bytes passing through it.
+#[derive(Debug)]
+pub struct InstrumentedStore {
+    inner: Arc<dyn ObjectStore>,
+    counters: Arc<StoreCounters>,
+}
+
+impl InstrumentedStore {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        InstrumentedStore {
+            inner,
+            counters: Arc::new(StoreCounters::default()),
+        }
+    }
+
+    /// The live counters (shared; keep the `Arc` to read them later).
+    pub fn counters(&self) -> Arc<StoreCounters> {
+        self.counters.clone()
+    }
+}
+
+impl fmt::Display for InstrumentedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Instrumented({})", self.inner)
+    }
+}
+
+#[derive(Debug)]
+struct CountingUpload {
+    inner: Box<dyn MultipartUpload>,
+    counters: Arc<StoreCounters>,
+}
+
+#[async_trait]
+impl MultipartUpload for CountingUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .put_bytes
+            .fetch_add(data.content_length() as u64, Ordering::Relaxed);
+        self.inner.put_part(data)
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.inner.abort().await
+    }
+}
+
+#[async_trait]
+impl ObjectStore for InstrumentedStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .put_bytes
+            .fetch_add(payload.content_length() as u64, Ordering::Relaxed);
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(CountingUpload {
+            inner,
+            counters: self.counters.clone(),
+        }))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        let r = self.inner.get_opts(location, options).await?;
+        self.counters
+            .get_bytes
+            .fetch_add(r.range.end - r.range.start, Ordering::Relaxed);
+        Ok(r)
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        // Delegate so the inner store's coalescing applies; count what it returns.
+        let r = self.inner.get_ranges(location, ranges).await?;
+        self.counters
+            .gets
+            .fetch_add(coalesced_requests(ranges), Ordering::Relaxed);
+        let bytes: u64 = r.iter().map(|b| b.len() as u64).sum();
+        self.counters.get_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(r)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        let counters = self.counters.clone();
+        self.inner
+            .delete_stream(locations)
+            .inspect(move |r| {
+                if r.is_ok() {
+                    counters.deletes.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// How many GET requests `object_store`'s range coalescing makes for `ranges` (ranges
+/// closer than 1 MiB are merged), so the counters match what the store is billed.
+fn coalesced_requests(ranges: &[Range<u64>]) -> u64 {
+    let mut sorted: Vec<&Range<u64>> = ranges.iter().collect();
+    sorted.sort_by_key(|r| r.start);
+    let mut n = 0;
+    let mut end: Option<u64> = None;
+    for r in sorted {
+        match end {
+            Some(e) if r.start <= e + (1 << 20) => end = Some(e.max(r.end)),
+            _ => {
+                n += 1;
+                end = Some(r.end);
+            }
+        }
+    }
+    n
+}
+
+/// An [`ObjectStore`] that fails the next N PUTs or GETs on request, for tests of the
+/// failure paths. Failures are `object_store::Error::Generic`, as a 5xx would be.
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn ObjectStore>,
+    put_failures: AtomicU32,
+    get_failures: AtomicU32,
+}
+
+impl FaultyStore {
+    /// Wraps `inner`; no faults scheduled.
+    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        FaultyStore {
+            inner,
+            put_failures: AtomicU32::new(0),
+            get_failures: AtomicU32::new(0),
+        }
+    }
+
+    /// The next `n` PUTs (plain or multipart) fail.
+    pub fn fail_next_puts(&self, n: u32) {
+        self.put_failures.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` GETs fail.
+    pub fn fail_next_gets(&self, n: u32) {
+        self.get_failures.store(n, Ordering::SeqCst);
+    }
+
+    fn injected(counter: &AtomicU32, op: &str) -> object_store::Result<()> {
+        if counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(object_store::Error::Generic {
+                store: "FaultyStore",
+                source: format!("injected {op} failure").into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for FaultyStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Faulty({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultyStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        Self::injected(&self.put_failures, "PUT")?;
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        Self::injected(&self.put_failures, "multipart PUT")?;
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        Self::injected(&self.get_failures, "GET")?;
+        self.inner.get_opts(location, options).await
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        Self::injected(&self.get_failures, "GET")?;
+        self.inner.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalescing_counts_requests_like_object_store() {
+        assert_eq!(coalesced_requests(&[0..10, 20..30]), 1);
+        assert_eq!(coalesced_requests(&[0..10, (5 << 20)..(6 << 20)]), 2);
+        assert_eq!(coalesced_requests(&[]), 0);
+    }
+}

@@ -1,0 +1,141 @@
+//! `cairn agent`: configuration (defaults < TOML file < environment < flags) and the
+//! process lifecycle (listen, serve, stop gracefully on SIGINT/SIGTERM).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cairn_agent::{AgentBuilder, AgentSettings};
+use serde::Deserialize;
+
+use crate::size::parse_size;
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:7170";
+const DEFAULT_OBJECTS: &str = "./cairn-data/objects";
+const DEFAULT_METADATA: &str = "sqlite:./cairn-data/meta.sqlite";
+
+/// Flags of `cairn agent`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Examples:
+  cairn agent                                   # ./cairn-data, 127.0.0.1:7170
+  cairn agent --object-store s3://my-bucket/cairn --metadata sqlite:/var/lib/cairn/meta.sqlite
+  AWS_ENDPOINT_URL=http://127.0.0.1:4566 cairn agent --object-store s3://cairn
+
+A TOML file (--config) may set: listen, object_store, metadata, an [s3] table of object_store
+S3 options (endpoint, region, ...) and a [tuning] table (segment_max_bytes, linger,
+max_inflight_segments, multipart_threshold, segment_max_batches, max_request_bytes,
+max_record_bytes, cache_bytes, max_fetch_wait, topic_cache_ttl).")]
+pub(crate) struct AgentArgs {
+    /// TOML configuration file; flags and environment variables override it.
+    #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to serve gRPC on (port 0 picks a free port).
+    #[arg(long, env = "CAIRN_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Where segments are stored: a directory, file:///dir, s3://bucket/prefix or memory://.
+    /// S3 endpoint and credentials come from the AWS_* environment variables.
+    #[arg(long, env = "CAIRN_OBJECT_STORE", value_name = "URL")]
+    object_store: Option<String>,
+    /// Metadata store: sqlite:PATH or fdb:CLUSTER_FILE.
+    #[arg(long, env = "CAIRN_METADATA", value_name = "SPEC")]
+    metadata: Option<String>,
+    /// How long a segment stays open for more records before it is written.
+    #[arg(long, env = "CAIRN_LINGER", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    linger: Option<Duration>,
+    /// Size at which a segment is written without waiting for the linger time.
+    #[arg(long, env = "CAIRN_SEGMENT_MAX_BYTES", value_parser = parse_size, value_name = "SIZE")]
+    segment_max_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    object_store: Option<String>,
+    metadata: Option<String>,
+    #[serde(default)]
+    s3: BTreeMap<String, String>,
+    #[serde(default)]
+    tuning: AgentSettings,
+}
+
+pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            toml::from_str::<FileConfig>(&text)
+                .with_context(|| format!("invalid config file {}", path.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let mut settings = file.tuning;
+    if let Some(linger) = args.linger {
+        settings.linger = linger;
+    }
+    if let Some(size) = args.segment_max_bytes {
+        settings.segment_max_bytes = size;
+    }
+    let listen = match args.listen.or(file.listen) {
+        Some(a) => a,
+        None => DEFAULT_LISTEN.parse().context("default listen address")?,
+    };
+    let objects = args
+        .object_store
+        .or(file.object_store)
+        .unwrap_or_else(|| DEFAULT_OBJECTS.to_string());
+    let metadata = args
+        .metadata
+        .or(file.metadata)
+        .unwrap_or_else(|| DEFAULT_METADATA.to_string());
+    if !metadata.starts_with("sqlite:") && !metadata.starts_with("fdb:") {
+        bail!("unsupported metadata store `{metadata}`: use sqlite:PATH or fdb:CLUSTER_FILE");
+    }
+    let options: Vec<(String, String)> = file.s3.into_iter().collect();
+    let store = cairn_agent::open_object_store(&objects, &options)?;
+    let kv = cairn_metadata::open_kv(&metadata)
+        .await
+        .with_context(|| format!("cannot open metadata store {metadata}"))?;
+    let agent = AgentBuilder::new(settings)
+        .object_store(store)
+        .metadata_store(kv)
+        .build()?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener
+        .local_addr()
+        .context("listening socket has no address")?;
+    tracing::info!(objects = %objects, metadata = %metadata, "agent started");
+    // The one line on stdout: scripts and tests wait for it.
+    println!("cairn agent listening on http://{addr}");
+    agent.serve(listener, shutdown_signal()).await?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the agent");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,161 @@
+//! `cairn consume TOPIC`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use cairn_client::{ConsumedRecord, Consumer, ConsumerConfig, Offset};
+
+use crate::ConnectArgs;
+
+/// Flags of `cairn consume`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Without --follow, prints what the partitions hold now and exits. Without --from-beginning or
+--offset, starts at the end (like Kafka's console consumer), so only new records are shown.
+
+Examples:
+  cairn consume events --from-beginning
+  cairn consume events --partition 0 --offset 42 --format json
+  cairn consume events --follow")]
+pub(crate) struct ConsumeArgs {
+    /// Topic to read.
+    topic: String,
+    /// Partitions to read (repeatable); all when not given.
+    #[arg(long, short)]
+    partition: Vec<u32>,
+    /// Start at the oldest record.
+    #[arg(long, conflicts_with = "offset")]
+    from_beginning: bool,
+    /// Start at this offset (in each chosen partition).
+    #[arg(long)]
+    offset: Option<i64>,
+    /// Keep waiting for new records instead of exiting at the end.
+    #[arg(long, short)]
+    follow: bool,
+    /// Stop after this many records.
+    #[arg(long, value_name = "N")]
+    max_records: Option<u64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// In text format, print `key<TAB>value` instead of the value alone.
+    #[arg(long)]
+    print_key: bool,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+/// How records are printed.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Format {
+    /// The value, one record per line.
+    Text,
+    /// One JSON object per line with offset, timestamp, key, value and headers.
+    Json,
+}
+
+pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
+    if let Some(n) = args.offset
+        && n < 0
+    {
+        bail!("--offset must be 0 or more, got {n}");
+    }
+    let from = match (args.from_beginning, args.offset) {
+        (true, _) => Offset::Beginning,
+        (false, Some(n)) => Offset::At(n),
+        (false, None) => Offset::End,
+    };
+    let channel = args.connect.channel().await?;
+    let mut consumer = Consumer::new(channel, ConsumerConfig::default());
+    if args.partition.is_empty() {
+        consumer.assign_all(&args.topic, from).await?;
+    } else {
+        for &p in &args.partition {
+            consumer.assign(&args.topic, p, from).await?;
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut printed = 0u64;
+    let limit = args.max_records.unwrap_or(u64::MAX);
+    let wait = if args.follow {
+        Duration::from_secs(10)
+    } else {
+        Duration::ZERO
+    };
+    'poll: loop {
+        let records = consumer.poll(wait).await?;
+        if records.is_empty() && !args.follow && consumer.caught_up() {
+            break;
+        }
+        for r in &records {
+            print_record(&mut out, r, args.format, args.print_key)
+                .context("cannot write to stdout")?;
+            printed += 1;
+            if printed >= limit {
+                break 'poll;
+            }
+        }
+        out.flush().context("cannot write to stdout")?;
+    }
+    out.flush().context("cannot write to stdout")?;
+    if printed == 0 && from == Offset::End && !args.follow {
+        eprintln!("no new records (use --from-beginning to read what is stored)");
+    }
+    Ok(())
+}
+
+fn print_record(
+    out: &mut impl Write,
+    r: &ConsumedRecord,
+    format: Format,
+    print_key: bool,
+) -> std::io::Result<()> {
+    match format {
+        Format::Text => {
+            if print_key {
+                out.write_all(&r.key)?;
+                out.write_all(b"\t")?;
+            }
+            out.write_all(&r.value)?;
+            out.write_all(b"\n")
+        }
+        Format::Json => {
+            let mut obj = serde_json::Map::new();
+            obj.insert("topic".into(), r.topic.clone().into());
+            obj.insert("partition".into(), r.partition.into());
+            obj.insert("offset".into(), r.offset.into());
+            obj.insert("timestamp_ms".into(), r.timestamp_ms.into());
+            put_bytes(&mut obj, "key", &r.key);
+            put_bytes(&mut obj, "value", &r.value);
+            let headers: Vec<serde_json::Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    let mut h = serde_json::Map::new();
+                    h.insert("key".into(), k.clone().into());
+                    put_bytes(&mut h, "value", v);
+                    h.into()
+                })
+                .collect();
+            obj.insert("headers".into(), headers.into());
+            serde_json::to_writer(&mut *out, &serde_json::Value::Object(obj))?;
+            out.write_all(b"\n")
+        }
+    }
+}
+
+/// Text when the bytes are UTF-8, else `<name>_hex` with the bytes in hex.
+fn put_bytes(obj: &mut serde_json::Map<String, serde_json::Value>, name: &str, b: &Bytes) {
+    match std::str::from_utf8(b) {
+        Ok(s) => {
+            obj.insert(name.into(), s.into());
+        }
+        Err(_) => {
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            obj.insert(format!("{name}_hex"), hex.into());
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! `cairn`: run an agent, manage topics, produce and consume records, inspect segments.
+
+mod agent;
+mod consume;
+mod inspect;
+mod produce;
+mod size;
+mod topic;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Default address of an agent, for every client command.
+pub(crate) const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7170";
+
+/// Cairn: a diskless, event-sourced log on object storage.
+///
+/// Start an agent with `cairn agent` (data goes to ./cairn-data), then use the other
+/// commands against it. Every flag can also be given as a CAIRN_* environment variable.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an agent (with no flags: objects in ./cairn-data/objects, metadata in
+    /// ./cairn-data/meta.sqlite, gRPC on 127.0.0.1:7170).
+    Agent(agent::AgentArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(topic::TopicCommand),
+    /// Send lines from stdin as records.
+    Produce(produce::ProduceArgs),
+    /// Print records of a topic.
+    Consume(consume::ConsumeArgs),
+    /// Look inside stored objects.
+    #[command(subcommand)]
+    Inspect(inspect::InspectCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Agent(args) => agent::run(args).await,
+            Command::Topic(cmd) => topic::run(cmd).await,
+            Command::Produce(args) => produce::run(args).await,
+            Command::Consume(args) => consume::run(args).await,
+            Command::Inspect(cmd) => inspect::run(cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the error and its causes, no backtrace.
+            let mut line = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !line.contains(&cause) {
+                    line.push_str(": ");
+                    line.push_str(&cause);
+                }
+            }
+            eprintln!("error: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Connection flags shared by the client commands.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ConnectArgs {
+    /// Address of the agent.
+    #[arg(long, env = "CAIRN_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub(crate) endpoint: String,
+}
+
+impl ConnectArgs {
+    pub(crate) async fn channel(&self) -> anyhow::Result<cairn_client::Channel> {
+        use anyhow::Context;
+        let endpoint = if self.endpoint.contains("://") {
+            self.endpoint.clone()
+        } else {
+            format!("http://{}", self.endpoint)
+        };
+        cairn_client::connect(&endpoint)
+            .await
+            .with_context(|| "is an agent running? start one with `cairn agent`".to_string())
+    }
+}

@@ -1,0 +1,73 @@
+//! The Rust SDK for Cairn.
+//!
+//! - [`Admin`] creates, lists, describes and deletes topics.
+//! - [`Producer`] batches records per partition in memory, sends them when a batch is full
+//!   or its linger time is up, and retries `UNAVAILABLE` answers with backoff; each
+//!   [`Producer::send`] resolves to the record's offset once it is durable.
+//! - [`Consumer`] reads assigned partitions from an offset and can follow them.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cairn_client::ClientError> {
+//! use cairn_client::{Admin, Consumer, Offset, Producer, ProducerRecord, connect};
+//! let channel = connect("http://127.0.0.1:7170").await?;
+//! Admin::new(channel.clone()).create_topic("events", 4, Default::default()).await?;
+//! let producer = Producer::new(channel.clone(), Default::default());
+//! let ack = producer.send(ProducerRecord::new("events", "hello").key("k")).await?;
+//! println!("stored at {}", ack.await?.offset);
+//! let mut consumer = Consumer::new(channel, Default::default());
+//! consumer.assign("events", 0, Offset::Beginning).await?;
+//! for record in consumer.poll(std::time::Duration::from_secs(1)).await? {
+//!     println!("{}: {:?}", record.offset, record.value);
+//! }
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod consumer;
+mod error;
+mod producer;
+
+use std::time::Duration;
+
+use tonic::transport::Endpoint;
+
+pub use admin::{Admin, TopicOptions};
+pub use cairn_proto::v1::{Compression, DescribeTopicResponse, PartitionInfo, TopicInfo};
+pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Offset};
+pub use error::ClientError;
+pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+/// The gRPC channel to an agent, as returned by [`connect`].
+pub use tonic::transport::Channel;
+
+/// Largest gRPC message the client accepts or sends (fetches may carry many MiB).
+pub(crate) const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
+/// Opens a channel to an agent, e.g. `http://127.0.0.1:7170`. The channel is cheap to
+/// clone and shared by [`Admin`], [`Producer`] and [`Consumer`].
+pub async fn connect(endpoint: &str) -> Result<Channel, ClientError> {
+    let err = |source| ClientError::Connect {
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    Endpoint::from_shared(endpoint.to_string())
+        .map_err(err)?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect()
+        .await
+        .map_err(err)
+}
+
+/// A channel that connects on first use (and reconnects after failures), so building a
+/// client never fails because an agent is briefly down.
+pub fn connect_lazy(endpoint: &str) -> Result<Channel, ClientError> {
+    Ok(Endpoint::from_shared(endpoint.to_string())
+        .map_err(|source| ClientError::Connect {
+            endpoint: endpoint.to_string(),
+            source,
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
