@@ -52,6 +52,13 @@ pub fn open_object_store(
         if http {
             builder = builder.with_allow_http(true);
         }
+        // Fail fast enough that a producer hears UNAVAILABLE and retries elsewhere, rather
+        // than hanging for object_store's default three minutes.
+        builder = builder.with_retry(object_store::RetryConfig {
+            max_retries: 3,
+            retry_timeout: std::time::Duration::from_secs(15),
+            ..object_store::RetryConfig::default()
+        });
         let s3 = builder
             .build()
             .map_err(|e| bad(format!("cannot configure S3 for `{url}`: {e}")))?;

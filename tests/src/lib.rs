@@ -1,1 +1,398 @@
-//! placeholder
+//! Harness for Cairn's whole-system tests: real agent processes on loopback, real SQLite
+//! files, and LocalStack's S3 (started on first use through `localstack/host.sh` unless
+//! `CAIRN_TEST_S3_ENDPOINT` names one).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cairn_agent::{AgentBuilder, AgentSettings, StoreCounters};
+use cairn_client::{ConsumedRecord, Consumer, ConsumerConfig, Offset};
+use object_store::ObjectStore;
+
+/// The bucket the tests use.
+pub const BUCKET: &str = "cairn";
+
+/// Credentials LocalStack accepts.
+const S3_ENV: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_ALLOW_HTTP", "true"),
+];
+
+/// The S3 endpoint for this test process: `CAIRN_TEST_S3_ENDPOINT`, or a LocalStack that
+/// this process starts once and that stops when the process exits.
+pub fn s3_endpoint() -> anyhow::Result<String> {
+    static ENDPOINT: OnceLock<Result<String, String>> = OnceLock::new();
+    ENDPOINT
+        .get_or_init(|| start_localstack().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn start_localstack() -> anyhow::Result<String> {
+    if let Ok(ep) = std::env::var("CAIRN_TEST_S3_ENDPOINT")
+        && !ep.is_empty()
+    {
+        return Ok(ep);
+    }
+    let script = workspace_root().join("localstack/host.sh");
+    let mut child = Command::new("bash")
+        .arg(&script)
+        .args(["run", "--watch-pid", &std::process::id().to_string(), "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    let stdout = child.stdout.take().context("no stdout from host.sh")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading host.sh output")?;
+        if let Some(ep) = line.strip_prefix("LOCALSTACK_ENDPOINT=") {
+            // host.sh keeps running and stops LocalStack once this process is gone.
+            std::mem::forget(child);
+            return Ok(ep.trim().to_string());
+        }
+    }
+    let status = child.wait().context("waiting for host.sh")?;
+    bail!("localstack/host.sh exited ({status}) before LocalStack was ready; see its output above")
+}
+
+/// The environment an agent process needs to reach the test S3.
+pub fn s3_env() -> anyhow::Result<Vec<(String, String)>> {
+    let mut env: Vec<(String, String)> = S3_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.push(("AWS_ENDPOINT_URL".into(), s3_endpoint()?));
+    Ok(env)
+}
+
+/// A fresh `s3://` URL under the test bucket, unique to the caller.
+pub fn s3_url(test: &str) -> String {
+    format!("s3://{BUCKET}/{test}-{}", uuid_like())
+}
+
+/// An S3 object store for in-process agents, rooted at `url` (from [`s3_url`]).
+pub fn s3_store(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    let mut options: Vec<(String, String)> = vec![
+        ("endpoint".into(), s3_endpoint()?),
+        ("access_key_id".into(), "test".into()),
+        ("secret_access_key".into(), "test".into()),
+        ("region".into(), "us-east-1".into()),
+        ("allow_http".into(), "true".into()),
+    ];
+    options.sort();
+    Ok(cairn_agent::open_object_store(url, &options)?)
+}
+
+fn uuid_like() -> String {
+    use rand::Rng;
+    let n: u64 = rand::rng().random();
+    format!("{n:016x}")
+}
+
+/// The workspace directory (parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The `cairn` binary: `CAIRN_BIN`, or the one Cargo built next to this test.
+pub fn cairn_bin() -> anyhow::Result<PathBuf> {
+    if let Ok(p) = std::env::var("CAIRN_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().context("no current exe")?;
+    // target/<profile>/deps/<test> → target/<profile>/cairn
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("unexpected test binary location")?;
+    let bin = dir.join(format!("cairn{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        bail!(
+            "{} does not exist: run the tests with `cargo test --workspace` (which builds it) or set CAIRN_BIN",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// An agent running as a separate `cairn agent` process on a free loopback port.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Child,
+    /// The agent's gRPC endpoint (`http://127.0.0.1:PORT`).
+    pub endpoint: String,
+}
+
+impl AgentProcess {
+    /// Starts `cairn agent` with these flags and extra environment, and waits until it
+    /// listens.
+    pub fn start(args: &[&str], env: &[(String, String)]) -> anyhow::Result<AgentProcess> {
+        let mut cmd = Command::new(cairn_bin()?);
+        cmd.arg("agent")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("CAIRN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().context("cannot start cairn agent")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .context("reading the agent's first line")?;
+        let Some(endpoint) = line.trim().strip_prefix("cairn agent listening on ") else {
+            let status = child.wait()?;
+            bail!(
+                "cairn agent did not start ({status}); it printed `{}`",
+                line.trim()
+            );
+        };
+        Ok(AgentProcess {
+            endpoint: endpoint.to_string(),
+            child,
+        })
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let exit = self.child.wait().context("waiting for the agent")?;
+        if !exit.success() {
+            bail!("agent exited with {exit} after SIGTERM");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent running inside the test process, for tests that inject faults or read its
+/// object-store counters.
+#[derive(Debug)]
+pub struct InProcessAgent {
+    /// The agent's gRPC endpoint.
+    pub endpoint: String,
+    /// Its object-store counters.
+    pub counters: Arc<StoreCounters>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcessAgent {
+    /// Starts an agent over `store` and the SQLite file at `sqlite`.
+    pub async fn start(
+        store: Arc<dyn ObjectStore>,
+        sqlite: &Path,
+        settings: AgentSettings,
+    ) -> anyhow::Result<InProcessAgent> {
+        let kv = cairn_metadata::open_kv(&format!("sqlite:{}", sqlite.display())).await?;
+        let agent = AgentBuilder::new(settings)
+            .object_store(store)
+            .metadata_store(kv)
+            .build()?;
+        let counters = agent.store_counters();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let endpoint = format!("http://{}", listener.local_addr()?);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            agent
+                .serve(listener, async move {
+                    let _ = stopped.await;
+                })
+                .await?;
+            Ok(())
+        });
+        Ok(InProcessAgent {
+            endpoint,
+            counters,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Stops the agent gracefully and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+/// Reads every partition of `topic` from the beginning up to the current high watermarks.
+pub async fn read_all(endpoint: &str, topic: &str) -> anyhow::Result<Vec<ConsumedRecord>> {
+    let channel = cairn_client::connect(endpoint).await?;
+    let mut consumer = Consumer::new(channel, ConsumerConfig::default());
+    consumer.assign_all(topic, Offset::Beginning).await?;
+    let mut out = Vec::new();
+    loop {
+        let batch = consumer.poll(Duration::ZERO).await?;
+        if batch.is_empty() && consumer.caught_up() {
+            return Ok(out);
+        }
+        out.extend(batch);
+    }
+}
+
+/// A fresh temporary directory for one test's files.
+pub fn temp_dir() -> anyhow::Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new().prefix("cairn-test-").tempdir()?)
+}
+
+/// One record a workload producer sent, with where the agent said it landed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// Which producer sent it.
+    pub producer: usize,
+    /// Its sequence number within that producer.
+    pub seq: usize,
+    /// The key.
+    pub key: bytes::Bytes,
+    /// The value.
+    pub value: bytes::Bytes,
+    /// The headers.
+    pub headers: Vec<(String, bytes::Bytes)>,
+    /// The acknowledged partition.
+    pub partition: u32,
+    /// The acknowledged offset.
+    pub offset: i64,
+}
+
+/// Runs `producers` concurrent producers, producer `i` connected to
+/// `endpoints[i % endpoints.len()]`, each sending `per_producer` keyed records with headers
+/// to `topic`; returns every acknowledged record.
+pub async fn produce_workload(
+    endpoints: &[String],
+    topic: &str,
+    producers: usize,
+    per_producer: usize,
+) -> anyhow::Result<Vec<Sent>> {
+    use cairn_client::{Producer, ProducerConfig, ProducerRecord};
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        let endpoint = endpoints[p % endpoints.len()].clone();
+        let topic = topic.to_string();
+        tasks.push(tokio::spawn(async move {
+            let channel = cairn_client::connect(&endpoint).await?;
+            let producer = Producer::new(channel, ProducerConfig::default());
+            let mut pending = Vec::with_capacity(per_producer);
+            for seq in 0..per_producer {
+                let key = bytes::Bytes::from(format!("key-{}", (seq * 7 + p) % 1009));
+                let value = bytes::Bytes::from(format!(
+                    "producer {p} record {seq} {}",
+                    "x".repeat(seq % 50)
+                ));
+                let record = ProducerRecord::new(topic.clone(), value.clone())
+                    .key(key.clone())
+                    .header("producer", p.to_string())
+                    .header("seq", seq.to_string());
+                let headers = record.headers.clone();
+                let delivery = producer.send(record).await?;
+                pending.push((seq, key, value, headers, delivery));
+            }
+            let mut sent = Vec::with_capacity(per_producer);
+            for (seq, key, value, headers, delivery) in pending {
+                let meta = delivery.await?;
+                sent.push(Sent {
+                    producer: p,
+                    seq,
+                    key,
+                    value,
+                    headers,
+                    partition: meta.partition,
+                    offset: meta.offset,
+                });
+            }
+            producer.close().await?;
+            Ok::<_, anyhow::Error>(sent)
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    Ok(all)
+}
+
+/// Checks that `consumed` is exactly `sent`: same count, every partition's offsets dense from
+/// 0, every record where its acknowledgement said with the same key, value and headers,
+/// and each producer's records in send order within a partition.
+pub fn verify_exact(sent: &[Sent], consumed: &[ConsumedRecord]) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    if sent.len() != consumed.len() {
+        bail!("sent {} records, read back {}", sent.len(), consumed.len());
+    }
+    let mut next: HashMap<u32, i64> = HashMap::new();
+    for r in consumed {
+        let expected = next.entry(r.partition).or_insert(0);
+        if r.offset != *expected {
+            bail!(
+                "partition {} offsets are not dense: expected {expected}, got {}",
+                r.partition,
+                r.offset
+            );
+        }
+        *expected += 1;
+    }
+    let by_position: HashMap<(u32, i64), &Sent> =
+        sent.iter().map(|s| ((s.partition, s.offset), s)).collect();
+    if by_position.len() != sent.len() {
+        bail!("two acknowledgements named the same partition and offset");
+    }
+    let mut last_seq: HashMap<(u32, usize), usize> = HashMap::new();
+    for r in consumed {
+        let Some(s) = by_position.get(&(r.partition, r.offset)) else {
+            bail!(
+                "record at {}/{} was never acknowledged",
+                r.partition,
+                r.offset
+            );
+        };
+        if r.key != s.key || r.value != s.value || r.headers != s.headers {
+            bail!(
+                "record at {}/{} differs from what producer {} sent as #{}",
+                r.partition,
+                r.offset,
+                s.producer,
+                s.seq
+            );
+        }
+        if let Some(prev) = last_seq.insert((r.partition, s.producer), s.seq)
+            && prev > s.seq
+        {
+            bail!(
+                "producer {}'s record #{} precedes #{prev} in partition {}",
+                s.producer,
+                s.seq,
+                r.partition
+            );
+        }
+    }
+    Ok(())
+}

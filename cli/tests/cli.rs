@@ -1,0 +1,183 @@
+//! The `cairn` command end to end: an agent with the embedded defaults, topic commands,
+//! produce from stdin, consume, inspect, and one-line errors.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cairn");
+
+struct Agent {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `cairn agent` with no storage flags, in `dir`, on a free port.
+fn start_agent(dir: &Path) -> Agent {
+    let mut child = Command::new(BIN)
+        .args(["agent", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env("CAIRN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let endpoint = line
+        .trim()
+        .strip_prefix("cairn agent listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line `{line}`"))
+        .to_string();
+    Agent { child, endpoint }
+}
+
+fn cairn(agent: &Agent, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("CAIRN_ENDPOINT", &agent.endpoint)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn produce_consume_describe_inspect() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(dir.path());
+    assert!(dir.path().join("cairn-data/meta.sqlite").exists());
+
+    ok(cairn(
+        &agent,
+        &["topic", "create", "demo", "--partitions", "2"],
+        "",
+    ));
+    assert!(ok(cairn(&agent, &["topic", "list"], "")).starts_with("demo\tpartitions=2"));
+    ok(cairn(
+        &agent,
+        &["produce", "demo", "--key-separator", ":"],
+        "alice:one\nbob:two\nalice:three\n",
+    ));
+    ok(cairn(
+        &agent,
+        &["produce", "demo", "--partition", "1"],
+        "four\n",
+    ));
+
+    let text = ok(cairn(
+        &agent,
+        &["consume", "demo", "--from-beginning", "--print-key"],
+        "",
+    ));
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec!["\tfour", "alice\tone", "alice\tthree", "bob\ttwo"]
+    );
+
+    let json = ok(cairn(
+        &agent,
+        &[
+            "consume",
+            "demo",
+            "--partition",
+            "1",
+            "--offset",
+            "0",
+            "--format",
+            "json",
+        ],
+        "",
+    ));
+    let last: serde_json::Value = serde_json::from_str(json.lines().last().unwrap()).unwrap();
+    assert_eq!(last["value"], "four");
+    assert_eq!(last["partition"], 1);
+
+    let described = ok(cairn(&agent, &["topic", "describe", "demo"], ""));
+    let total: u64 = described
+        .lines()
+        .skip(2)
+        .map(|l| l.split('\t').nth(3).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 4, "{described}");
+
+    let segment = walk(&dir.path().join("cairn-data/objects"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "seg"))
+        .expect("a segment object");
+    let inspected = ok(cairn(
+        &agent,
+        &["inspect", "segment", segment.to_str().unwrap(), "--decode"],
+        "",
+    ));
+    assert!(inspected.contains("every CRC verified"), "{inspected}");
+
+    ok(cairn(&agent, &["topic", "delete", "demo"], ""));
+    let gone = cairn(&agent, &["topic", "describe", "demo"], "");
+    assert!(!gone.status.success());
+    let stderr = String::from_utf8(gone.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "one line, got: {stderr}");
+    assert!(
+        stderr.starts_with("error: not found: topic `demo` does not exist"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn clear_errors_without_agent_and_for_bad_flags() {
+    let out = Command::new(BIN)
+        .args(["topic", "list", "--endpoint", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("is an agent running?"), "{stderr}");
+
+    let out = Command::new(BIN)
+        .args(["agent", "--segment-max-bytes", "lots"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a size"));
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
