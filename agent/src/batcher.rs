@@ -250,21 +250,19 @@ async fn seal(ctx: &Ctx, open: Option<Open>) {
     }
 }
 
-fn fail_all(requests: Vec<(Vec<PendingBatch>, Reply)>, e: &AgentError) {
+fn fail_all(requests: Requests, e: &AgentError) {
     for (_, reply) in requests {
         let _ = reply.send(Err(e.share()));
     }
 }
 
 type Built = (Bytes, SegmentCommit, Vec<Waiter>);
+/// Requests handed back when a segment cannot be built, so each can be answered.
+type Requests = Vec<(Vec<PendingBatch>, Reply)>;
 
 /// Lays the segment out grouped by partition (arrival order kept within a partition), so
 /// each partition's batches form one contiguous byte range and one index entry.
-fn build(
-    key: &Path,
-    open: Open,
-    sealed_at_ms: i64,
-) -> Result<Built, (AgentError, Vec<(Vec<PendingBatch>, Reply)>)> {
+fn build(key: &Path, open: Open, sealed_at_ms: i64) -> Result<Built, (AgentError, Requests)> {
     let mut order: Vec<(usize, usize)> = open
         .requests
         .iter()

@@ -1,6 +1,9 @@
 //! The `cairn` command end to end: an agent with the embedded defaults, topic commands,
 //! produce from stdin, consume, inspect, and one-line errors.
 
+// A panic is how a test fails; helpers outside #[test] fns may unwrap too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

@@ -67,7 +67,12 @@ fn offsets(outcomes: &[BatchOutcome]) -> Vec<i64> {
 /// Point and range reads, read-your-writes, clears, atomic add, rollback on drop.
 pub async fn kv_basics(kv: Arc<dyn KvStore>) {
     let tx = kv.begin().await.unwrap();
-    for (k, v) in [(&b"a"[..], &b"1"[..]), (b"b", b"2"), (b"c", b"3"), (b"d", b"4")] {
+    for (k, v) in [
+        (&b"a"[..], &b"1"[..]),
+        (b"b", b"2"),
+        (b"c", b"3"),
+        (b"d", b"4"),
+    ] {
         tx.set(k, v).await.unwrap();
     }
     assert_eq!(tx.get(b"b").await.unwrap().as_deref(), Some(&b"2"[..]));
@@ -141,7 +146,12 @@ pub async fn kv_limits(kv: Arc<dyn KvStore>) {
     drop(tx);
     // Nothing of the refused transaction is visible.
     let tx = kv.begin().await.unwrap();
-    assert!(tx.get_range(b"", b"\xff", 10, false).await.unwrap().is_empty());
+    assert!(
+        tx.get_range(b"", b"\xff", 10, false)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     tx.commit().await.unwrap();
 }
 
@@ -185,7 +195,13 @@ pub async fn topics(kv: Arc<dyn KvStore>) {
     assert_eq!(a.partitions, 3);
     let err = m.create_topic(&spec("orders", 3)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
-    for (name, n) in [("", 1), ("bad name", 1), ("..", 1), ("ok", 0), ("ok", 10_001)] {
+    for (name, n) in [
+        ("", 1),
+        ("bad name", 1),
+        ("..", 1),
+        ("ok", 0),
+        ("ok", 10_001),
+    ] {
         let err = m.create_topic(&spec(name, n)).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Invalid, "{name:?}/{n}: {err}");
     }
@@ -269,7 +285,10 @@ pub async fn commit_and_index(kv: Arc<dyn KvStore>) {
     assert_eq!(entries[0].length, 200);
     assert_eq!(entries[2].object_key, "seg-2");
     let (_, from4) = m.read_index(t.id, 0, 4, 100).await.unwrap();
-    assert_eq!(from4[0].base_offset, 0, "the entry covering offset 4 comes first");
+    assert_eq!(
+        from4[0].base_offset, 0,
+        "the entry covering offset 4 comes first"
+    );
     let (_, from5) = m.read_index(t.id, 0, 5, 1).await.unwrap();
     assert_eq!(from5.len(), 1);
     assert_eq!(from5[0].base_offset, 5);
@@ -282,13 +301,11 @@ pub async fn commit_and_index(kv: Arc<dyn KvStore>) {
 /// keeps failing surfaces as Unavailable and leaves nothing visible.
 pub async fn commit_faults(kv: Arc<dyn KvStore>) {
     let faulty = Arc::new(FaultyKv::new(kv));
-    let m = Metadata::new(faulty.clone(), Arc::new(ManualClock::new(0))).with_retry(
-        RetryPolicy {
-            max_attempts: 3,
-            initial_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(2),
-        },
-    );
+    let m = Metadata::new(faulty.clone(), Arc::new(ManualClock::new(0))).with_retry(RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(2),
+    });
     let t = m.create_topic(&spec("faults", 1)).await.unwrap();
     m.commit_segment(&segment("a", &[(t.id, 0, 5)]))
         .await
@@ -328,12 +345,19 @@ pub async fn commit_too_large(kv: Arc<dyn KvStore>) {
     let states = m.partition_states(&t).await.unwrap();
     assert!(states.iter().all(|s| s.next_offset == 0));
     // The same number of batches in one run per partition is small enough.
-    let mut batches: Vec<(u64, u32, u32)> = (0..120_000u32).map(|i| (t.id, i % 10_000, 1)).collect();
+    let mut batches: Vec<(u64, u32, u32)> =
+        (0..120_000u32).map(|i| (t.id, i % 10_000, 1)).collect();
     batches.sort_by_key(|b| b.1);
     let out = m.commit_segment(&segment("fits", &batches)).await.unwrap();
     assert_eq!(out.len(), 120_000);
-    assert_eq!(m.partition_state(t.id, 9_999).await.unwrap().next_offset, 12);
-    assert_eq!(m.partition_state(t.id, 9_999).await.unwrap().index_entries, 1);
+    assert_eq!(
+        m.partition_state(t.id, 9_999).await.unwrap().next_offset,
+        12
+    );
+    assert_eq!(
+        m.partition_state(t.id, 9_999).await.unwrap().index_entries,
+        1
+    );
 }
 
 /// Concurrent committers to the same partitions: offsets stay dense and disjoint.
@@ -367,7 +391,10 @@ pub async fn concurrent_commits(kv: Arc<dyn KvStore>) {
     }
     p0.sort_unstable();
     assert_eq!(p0, (0..40).map(|i| i * 2).collect::<Vec<_>>());
-    let states = m.partition_states(&m.topic("race").await.unwrap()).await.unwrap();
+    let states = m
+        .partition_states(&m.topic("race").await.unwrap())
+        .await
+        .unwrap();
     let hwms: Vec<i64> = states.iter().map(|s| s.next_offset).collect();
     assert_eq!(hwms, [80, 120, 40]);
 }

@@ -102,10 +102,9 @@ impl KvTransaction for MemoryTxn {
             return Ok(Vec::new());
         }
         self.with(|s| {
-            let range = s.map.range::<[u8], _>((
-                Bound::Included(begin),
-                Bound::Excluded(end),
-            ));
+            let range = s
+                .map
+                .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)));
             let clone = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
             if reverse {
                 range.rev().take(limit).map(clone).collect()
@@ -146,7 +145,10 @@ impl KvTransaction for MemoryTxn {
         self.tracker.write(key, Some(&[0; 8]))?;
         self.with(|s| {
             let now = s.map.get(key).map_or(0, |v| crate::keys::decode_i64_le(v));
-            s.put(key.to_vec(), Some(now.wrapping_add(delta).to_le_bytes().to_vec()));
+            s.put(
+                key.to_vec(),
+                Some(now.wrapping_add(delta).to_le_bytes().to_vec()),
+            );
         })
     }
 

@@ -226,7 +226,8 @@ impl Metadata {
                 created_at_ms: now,
             };
             tx.set(&keys::topic(id), &encode_topic(&topic)?).await?;
-            tx.set(&keys::topic_name(&spec.name), &value(&(id,))).await?;
+            tx.set(&keys::topic_name(&spec.name), &value(&(id,)))
+                .await?;
             Ok(topic)
         })
         .await
@@ -244,8 +245,10 @@ impl Metadata {
 
     /// The topic with that id, if it still exists.
     pub async fn topic_by_id(&self, id: u64) -> Result<Option<Topic>, MetaError> {
-        self.run("topic_by_id", |tx| async move { read_topic_by_id(&tx, id).await })
-            .await
+        self.run("topic_by_id", |tx| async move {
+            read_topic_by_id(&tx, id).await
+        })
+        .await
     }
 
     /// Every topic, by name.
@@ -506,9 +509,8 @@ async fn write_segment(
                 seg.object_key, b.position
             )));
         }
-        if !topics.contains_key(&b.topic_id) {
-            let t = read_topic_by_id(tx, b.topic_id).await?;
-            topics.insert(b.topic_id, t);
+        if let std::collections::hash_map::Entry::Vacant(e) = topics.entry(b.topic_id) {
+            e.insert(read_topic_by_id(tx, b.topic_id).await?);
         }
         let alive = matches!(topics.get(&b.topic_id), Some(Some(t)) if b.partition < t.partitions);
         if !alive {
@@ -519,9 +521,8 @@ async fn write_segment(
             continue;
         }
         let key = (b.topic_id, b.partition);
-        if !states.contains_key(&key) {
-            let s = read_state(tx, b.topic_id, b.partition).await?;
-            states.insert(key, s);
+        if let std::collections::hash_map::Entry::Vacant(e) = states.entry(key) {
+            e.insert(read_state(tx, b.topic_id, b.partition).await?);
         }
         let Some(state) = states.get_mut(&key) else {
             continue;
@@ -564,8 +565,11 @@ async fn write_segment(
         flush_run(tx, r, &seg.object_key).await?;
     }
     for ((topic_id, partition), state) in &states {
-        tx.set(&keys::partition(*topic_id, *partition), &encode_state(state))
-            .await?;
+        tx.set(
+            &keys::partition(*topic_id, *partition),
+            &encode_state(state),
+        )
+        .await?;
     }
     tx.set(
         &keys::object(&seg.object_key),
@@ -573,7 +577,10 @@ async fn write_segment(
     )
     .await?;
     for (i, chunk) in outcomes.chunks(RESULTS_PER_CHUNK).enumerate() {
-        let bytes: Vec<u8> = chunk.iter().flat_map(|o| o.encode().to_le_bytes()).collect();
+        let bytes: Vec<u8> = chunk
+            .iter()
+            .flat_map(|o| o.encode().to_le_bytes())
+            .collect();
         tx.set(&keys::object_result(&seg.object_key, i as u32), &bytes)
             .await?;
     }

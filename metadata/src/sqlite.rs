@@ -224,7 +224,8 @@ impl KvTransaction for SqliteTxn {
                 "SELECT k, v FROM kv WHERE k >= ?1 AND k < ?2 ORDER BY k ASC LIMIT ?3"
             };
             let mut stmt = c.prepare_cached(sql)?;
-            let rows = stmt.query_map(params![begin, end, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows =
+                stmt.query_map(params![begin, end, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect()
         })
         .await

@@ -1,5 +1,8 @@
 //! A failed PUT is reported as UNAVAILABLE, leaves nothing visible, and a retry succeeds.
 
+// A panic is how a test fails; helpers outside #[test] fns may unwrap too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use cairn_agent::{AgentSettings, FaultyStore};

@@ -1,6 +1,9 @@
 //! Many producers against real agent processes, read back exactly; restart; two agents
 //! sharing one SQLite file and one bucket.
 
+// A panic is how a test fails; helpers outside #[test] fns may unwrap too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use cairn_client::{Admin, TopicOptions};
 use cairn_tests::{
     AgentProcess, produce_workload, read_all, s3_env, s3_url, temp_dir, verify_exact,
