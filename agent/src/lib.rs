@@ -141,11 +141,15 @@ impl Agent {
         health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| AgentError::Internal(format!("gRPC reflection: {e}")))?;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(cairn_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_err = |e| AgentError::Internal(format!("gRPC reflection: {e}"));
+        let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
+        // Older grpcurl and other tools still ask the v1alpha service.
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
             s.inspect(|s| {
                 // Small requests must not wait for Nagle's algorithm.
@@ -163,7 +167,8 @@ impl Agent {
         };
         tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(AdminServer::new(AdminService(self.shared.clone())))
             .add_service(
                 ProducerServer::new(ProducerService(self.shared.clone()))
