@@ -389,3 +389,165 @@ async fn commit_loop(mut rx: mpsc::Receiver<Sealed>, metadata: Metadata) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ops::Range;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use cairn_metadata::{MemoryKv, SystemClock, TopicSpec};
+    use futures::stream::BoxStream;
+    use object_store::{
+        CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta,
+        PutMultipartOptions, PutPayload, PutResult,
+    };
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    /// A store whose first PUT waits until released, so a later segment's PUT finishes
+    /// first.
+    #[derive(Debug)]
+    struct GatedStore {
+        inner: object_store::memory::InMemory,
+        puts: AtomicUsize,
+        gate: Notify,
+    }
+
+    impl std::fmt::Display for GatedStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "GatedStore")
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for GatedStore {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<PutResult> {
+            if self.puts.fetch_add(1, Ordering::SeqCst) == 0 {
+                self.gate.notified().await;
+            }
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: GetOptions,
+        ) -> object_store::Result<GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        async fn get_ranges(
+            &self,
+            location: &Path,
+            ranges: &[Range<u64>],
+        ) -> object_store::Result<Vec<Bytes>> {
+            self.inner.get_ranges(location, ranges).await
+        }
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(
+            &self,
+            prefix: Option<&Path>,
+        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&Path>,
+        ) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(
+            &self,
+            from: &Path,
+            to: &Path,
+            options: CopyOptions,
+        ) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    fn pending(topic_id: u64, value: &'static str) -> PendingBatch {
+        PendingBatch {
+            topic_id,
+            partition: 0,
+            record_count: 1,
+            compression: Compression::None,
+            payload: Bytes::from_static(value.as_bytes()),
+            min_ts: 1,
+            max_ts: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn commits_follow_seal_order_even_when_a_later_put_finishes_first() {
+        let store = Arc::new(GatedStore {
+            inner: object_store::memory::InMemory::new(),
+            puts: AtomicUsize::new(0),
+            gate: Notify::new(),
+        });
+        let kv = Arc::new(MemoryKv::new(cairn_metadata::Limits::default()));
+        let metadata = Metadata::new(kv, Arc::new(SystemClock));
+        let topic = metadata
+            .create_topic(&TopicSpec {
+                name: "t".into(),
+                partitions: 1,
+                codec: cairn_metadata::Codec::None,
+                retention_ms: -1,
+                retention_bytes: -1,
+            })
+            .await
+            .unwrap();
+        let settings = AgentSettings {
+            linger: std::time::Duration::from_secs(60),
+            ..AgentSettings::default()
+        };
+        let batcher = Batcher::start(settings, store.clone(), metadata.clone());
+
+        // Segment 1: its PUT blocks at the gate.
+        let b1 = batcher.clone();
+        let first = tokio::spawn(async move { b1.append(vec![pending(topic.id, "one")]).await });
+        while store.puts.load(Ordering::SeqCst) < 1 {
+            batcher.flush().await;
+            tokio::task::yield_now().await;
+        }
+        // Segment 2 is sealed after segment 1; its PUT completes at once.
+        let b2 = batcher.clone();
+        let mut second =
+            tokio::spawn(async move { b2.append(vec![pending(topic.id, "two")]).await });
+        // Wait until segment 2 has been appended, sealed and PUT.
+        while store.puts.load(Ordering::SeqCst) < 2 {
+            batcher.flush().await;
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !second.is_finished(),
+            "segment 2 was answered before segment 1 committed"
+        );
+        let state = metadata.partition_state(topic.id, 0).await.unwrap();
+        assert_eq!(state.next_offset, 0, "nothing may commit before segment 1");
+
+        store.gate.notify_one();
+        let first = first.await.unwrap().unwrap();
+        let second = second.await.unwrap().unwrap();
+        assert_eq!(first, vec![BatchOutcome::Committed { base_offset: 0 }]);
+        assert_eq!(second, vec![BatchOutcome::Committed { base_offset: 1 }]);
+        batcher.shutdown().await;
+    }
+}
