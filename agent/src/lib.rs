@@ -30,6 +30,7 @@ pub use store::{FaultyStore, InstrumentedStore, StoreCounters, StoreStats, open_
 
 use batcher::Batcher;
 use fetch::Reader;
+pub use service::AgentGauges;
 use service::{AdminService, ConsumerService, ProducerService, Shared};
 
 /// Assembles an [`Agent`] from settings and injected components.
@@ -97,6 +98,7 @@ impl AgentBuilder {
                 batcher,
                 reader,
                 topics,
+                gauges: Arc::default(),
             }),
             counters,
         })
@@ -121,6 +123,11 @@ impl Agent {
     /// Object-store request counters of this agent.
     pub fn store_counters(&self) -> Arc<StoreCounters> {
         self.counters.clone()
+    }
+
+    /// Live counts of the agent's work.
+    pub fn gauges(&self) -> Arc<AgentGauges> {
+        self.shared.gauges.clone()
     }
 
     /// The agent's metadata handle.

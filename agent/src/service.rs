@@ -2,6 +2,7 @@
 //! short-lived cache, and translation between the wire types and the agent's internals.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +29,36 @@ pub(crate) struct Shared {
     pub(crate) batcher: Batcher,
     pub(crate) reader: Reader,
     pub(crate) topics: moka::future::Cache<String, Arc<Topic>>,
+    pub(crate) gauges: Arc<AgentGauges>,
+}
+
+/// Live counts of what an agent is doing, for tests and (later) metrics.
+#[derive(Debug, Default)]
+pub struct AgentGauges {
+    produce_waiting: AtomicU64,
+}
+
+impl AgentGauges {
+    /// Produce requests validated and waiting for their segment's PUT and commit.
+    pub fn produce_waiting(&self) -> u64 {
+        self.produce_waiting.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a produce request as waiting while it is alive.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Waiting(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -315,7 +346,9 @@ impl v1::producer_server::Producer for ProducerService {
             pending.push(s.prepare(i, &topic, b, now).map_err(status)?);
         }
         let counts: Vec<u32> = pending.iter().map(|p| p.record_count).collect();
+        let waiting = Waiting::new(&s.gauges.produce_waiting);
         let outcomes = s.batcher.append(pending).await.map_err(status)?;
+        drop(waiting);
         let mut results = Vec::with_capacity(outcomes.len());
         for ((outcome, (topic, partition)), record_count) in
             outcomes.into_iter().zip(names).zip(counts)

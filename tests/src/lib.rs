@@ -197,6 +197,8 @@ pub struct InProcessAgent {
     pub endpoint: String,
     /// Its object-store counters.
     pub counters: Arc<StoreCounters>,
+    /// Its live gauges.
+    pub gauges: Arc<cairn_agent::AgentGauges>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -214,6 +216,7 @@ impl InProcessAgent {
             .metadata_store(kv)
             .build()?;
         let counters = agent.store_counters();
+        let gauges = agent.gauges();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -228,6 +231,7 @@ impl InProcessAgent {
         Ok(InProcessAgent {
             endpoint,
             counters,
+            gauges,
             stop: Some(stop),
             task: Some(task),
         })
