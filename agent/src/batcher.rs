@@ -536,8 +536,10 @@ mod tests {
             batcher.flush().await;
             tokio::task::yield_now().await;
         }
+        // Segment 2 is uploaded; give a wrongly ordered committer time to answer it.
+        let early = tokio::time::timeout(std::time::Duration::from_millis(200), &mut second).await;
         assert!(
-            !second.is_finished(),
+            early.is_err(),
             "segment 2 was answered before segment 1 committed"
         );
         let state = metadata.partition_state(topic.id, 0).await.unwrap();
