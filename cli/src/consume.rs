@@ -76,6 +76,15 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
             consumer.assign(&args.topic, p, from).await?;
         }
     }
+    if args.follow {
+        // After assignment, so a reader of stderr knows records produced now will show.
+        let n = consumer.positions().len();
+        eprintln!(
+            "following {} ({n} partition{}); Ctrl-C to stop",
+            args.topic,
+            if n == 1 { "" } else { "s" }
+        );
+    }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;

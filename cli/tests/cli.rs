@@ -154,6 +154,42 @@ fn produce_consume_describe_inspect() {
 }
 
 #[test]
+fn consume_follow_prints_records_as_they_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(dir.path());
+    ok(cairn(
+        &agent,
+        &["topic", "create", "live", "--partitions", "3"],
+        "",
+    ));
+    ok(cairn(&agent, &["produce", "live"], "old\n"));
+    let mut follower = Command::new(BIN)
+        .args(["consume", "live", "--follow"])
+        .env("CAIRN_ENDPOINT", &agent.endpoint)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The follower says on stderr once its partitions are assigned (at the end).
+    let mut ready = String::new();
+    BufReader::new(follower.stderr.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(
+        ready.starts_with("following live (3 partitions)"),
+        "{ready}"
+    );
+    ok(cairn(&agent, &["produce", "live", "--key", "k"], "new\n"));
+    let mut seen = String::new();
+    BufReader::new(follower.stdout.take().unwrap())
+        .read_line(&mut seen)
+        .unwrap();
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert_eq!(seen, "new\n", "the follower must print only the new record");
+}
+
+#[test]
 fn clear_errors_without_agent_and_for_bad_flags() {
     let out = Command::new(BIN)
         .args(["topic", "list", "--endpoint", "http://127.0.0.1:1"])
