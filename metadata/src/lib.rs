@@ -29,8 +29,8 @@ pub use memory::MemoryKv;
 pub use metadata::{Metadata, transact};
 pub use sqlite::SqliteKv;
 pub use types::{
-    BatchOutcome, Codec, CommitBatch, IndexEntry, PartitionState, SegmentCommit, Topic,
-    TopicSpec, validate_topic_name,
+    BatchOutcome, Codec, CommitBatch, IndexEntry, PartitionState, SegmentCommit, Topic, TopicSpec,
+    validate_topic_name,
 };
 
 use std::sync::Arc;
