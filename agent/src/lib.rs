@@ -6,6 +6,9 @@
 //!
 //! Build one with [`AgentBuilder`] and run it with [`Agent::serve`].
 
+// Only the FoundationDB adapter in cairn-metadata may use unsafe code.
+#![forbid(unsafe_code)]
+
 mod batcher;
 mod error;
 mod fetch;

@@ -1,5 +1,8 @@
 //! `cairn`: run an agent, manage topics, produce and consume records, inspect segments.
 
+// Only the FoundationDB adapter in cairn-metadata may use unsafe code.
+#![forbid(unsafe_code)]
+
 mod agent;
 mod consume;
 mod inspect;

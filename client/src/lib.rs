@@ -22,6 +22,9 @@
 //! # Ok(()) }
 //! ```
 
+// Only the FoundationDB adapter in cairn-metadata may use unsafe code.
+#![forbid(unsafe_code)]
+
 mod admin;
 mod consumer;
 mod error;

@@ -56,6 +56,9 @@ where
             Err(MetaError::Kv(e)) if e.is_retryable() && attempt < policy.max_attempts => {
                 tracing::debug!(what, attempt, error = %e, "retrying metadata transaction");
                 let nanos = backoff.as_nanos() as u64;
+                // Jitter only spreads retries apart; it never decides an outcome, so it
+                // may come from the thread RNG rather than an injected one.
+                #[allow(clippy::disallowed_methods)]
                 let sleep = rand::rng().random_range(nanos / 2..=nanos.max(1));
                 tokio::time::sleep(Duration::from_nanos(sleep)).await;
                 backoff = (backoff * 2).min(policy.max_backoff);

@@ -4,6 +4,9 @@
 //! Everything that crosses a process boundary or lands in object storage is defined here, so
 //! a format change is one reviewable diff with its snapshot tests.
 
+// Only the FoundationDB adapter in cairn-metadata may use unsafe code.
+#![forbid(unsafe_code)]
+
 mod batch;
 mod error;
 mod segment;

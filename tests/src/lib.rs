@@ -2,6 +2,9 @@
 //! files, and LocalStack's S3 (started on first use through `localstack/host.sh` unless
 //! `CAIRN_TEST_S3_ENDPOINT` names one).
 
+// Only the FoundationDB adapter in cairn-metadata may use unsafe code.
+#![forbid(unsafe_code)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -91,6 +94,8 @@ pub fn s3_store(url: &str) -> anyhow::Result<Arc<dyn ObjectStore>> {
 
 fn uuid_like() -> String {
     use rand::Rng;
+    // Only needs to differ between runs sharing one bucket; no test outcome depends on it.
+    #[allow(clippy::disallowed_methods)]
     let n: u64 = rand::rng().random();
     format!("{n:016x}")
 }

@@ -10,7 +10,7 @@ use cairn_client::{Admin, Compression, TopicOptions};
 use cairn_proto::v1::{self, producer_client::ProducerClient};
 use cairn_tests::{InProcessAgent, read_all, s3_store, s3_url, temp_dir};
 use prost::Message;
-use rand::RngCore;
+use rand::{RngCore, SeedableRng};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_segment_uses_multipart_upload() -> anyhow::Result<()> {
@@ -34,9 +34,10 @@ async fn large_segment_uses_multipart_upload() -> anyhow::Result<()> {
 
     // Ten batches of ~900 KiB of random bytes: one ~9 MiB segment.
     let mut values = Vec::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for _ in 0..10 {
         let mut v = vec![0u8; 900 << 10];
-        rand::rng().fill_bytes(&mut v);
+        rng.fill_bytes(&mut v);
         values.push(bytes::Bytes::from(v));
     }
     let before = agent.counters.snapshot();
