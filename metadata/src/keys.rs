@@ -9,7 +9,11 @@
 //! | `(cairn, p, topic_id, partition)` | partition state |
 //! | `(cairn, i, topic_id, partition, end_offset)` | index entry |
 //! | `(cairn, o, object_key)` | object state |
-//! | `(cairn, or, object_key, chunk)` | the commit's base offsets, 8 bytes each |
+//! | `(cairn, or, object_key, chunk)` | the commit's batch outcomes, 9 bytes each |
+//! | `(cairn, seq, producer)` | next producer id |
+//! | `(cairn, pn, name)` | producer id of a named producer |
+//! | `(cairn, pr, producer_id)` | producer: epoch, name, last init time |
+//! | `(cairn, ps, producer_id, topic_id, partition)` | the producer's last 5 batches there |
 
 use foundationdb_tuple::{Subspace, TuplePack, TupleUnpack, pack, unpack};
 
@@ -74,6 +78,43 @@ pub(crate) fn object_result(object_key: &str, chunk: u32) -> Vec<u8> {
 
 pub(crate) fn object_results(object_key: &str) -> (Vec<u8>, Vec<u8>) {
     range(("or", object_key))
+}
+
+pub(crate) fn next_producer_id() -> Vec<u8> {
+    key(("seq", "producer"))
+}
+
+pub(crate) fn producer_name(name: &str) -> Vec<u8> {
+    key(("pn", name))
+}
+
+pub(crate) fn producer(id: u64) -> Vec<u8> {
+    key(("pr", id))
+}
+
+/// Every producer record with id ≥ `from`.
+pub(crate) fn producers_from(from: u64) -> (Vec<u8>, Vec<u8>) {
+    let (_, end) = range(("pr",));
+    (producer(from), end)
+}
+
+pub(crate) fn producer_partition(id: u64, topic_id: u64, partition: u32) -> Vec<u8> {
+    key(("ps", id, topic_id, partition))
+}
+
+/// Every per-partition state of one producer.
+pub(crate) fn producer_partitions(id: u64) -> (Vec<u8>, Vec<u8>) {
+    range(("ps", id))
+}
+
+/// Every per-partition producer state from `(id, topic_id, partition)` on.
+pub(crate) fn producer_partitions_from(
+    id: u64,
+    topic_id: u64,
+    partition: u32,
+) -> (Vec<u8>, Vec<u8>) {
+    let (_, end) = range(("ps",));
+    (producer_partition(id, topic_id, partition), end)
 }
 
 /// Encodes a value tuple.

@@ -7,6 +7,7 @@
 //! Every backend enforces FoundationDB's transaction limits, so a violation fails in tests.
 
 mod clock;
+mod commit;
 pub mod conformance;
 mod error;
 #[cfg(feature = "fdb")]
@@ -16,6 +17,7 @@ mod kv;
 mod limits;
 mod memory;
 mod metadata;
+mod producer;
 mod sqlite;
 mod types;
 
@@ -27,10 +29,11 @@ pub use kv::{FaultyKv, KeyValue, KvStore, KvTransaction, RetryPolicy};
 pub use limits::Limits;
 pub use memory::MemoryKv;
 pub use metadata::{Metadata, transact};
+pub use producer::{ExpiryReport, ProducerStats, WINDOW as PRODUCER_WINDOW};
 pub use sqlite::SqliteKv;
 pub use types::{
-    BatchOutcome, Codec, CommitBatch, IndexEntry, PartitionState, SegmentCommit, Topic, TopicSpec,
-    validate_topic_name,
+    BatchOutcome, Codec, CommitBatch, IndexEntry, PartitionState, ProducerId, ProducerStamp,
+    Rejection, SegmentCommit, Topic, TopicSpec, validate_topic_name,
 };
 
 use std::sync::Arc;

@@ -2,7 +2,6 @@
 //! once over any [`KvStore`], with the retry loop that makes every operation a serializable
 //! transaction.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +9,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::watch;
 
+use crate::commit::{MAX_COMMIT_BYTES, commit_size_estimate, read_outcomes, write_segment};
 use crate::keys::{self, decode, value};
 use crate::kv::{KvStore, KvTransaction, RetryPolicy};
 use crate::types::validate_partition_count;
@@ -19,13 +19,6 @@ use crate::{
 
 /// A transaction handle shared between the retry loop and the operation's closure.
 pub(crate) type Tx = Arc<dyn KvTransaction>;
-
-/// Base offsets per result chunk key (8 bytes each: 64 KiB values, under the 100 kB limit).
-const RESULTS_PER_CHUNK: usize = 8192;
-
-/// Bytes a segment commit may write before it is refused as too large (FoundationDB allows
-/// 10 MB; the margin covers keys and conflict ranges we do not count exactly).
-const MAX_COMMIT_BYTES: usize = 8_000_000;
 
 /// Runs `f` in a transaction and commits it, rerunning both on retryable errors (conflicts,
 /// unknown commit results, transient unavailability) with jittered exponential backoff.
@@ -77,11 +70,11 @@ pub struct Metadata {
     commits: Arc<watch::Sender<u64>>,
 }
 
-fn encode_state(s: &PartitionState) -> Vec<u8> {
+pub(crate) fn encode_state(s: &PartitionState) -> Vec<u8> {
     value(&(s.start_offset, s.next_offset, s.bytes, s.index_entries))
 }
 
-fn decode_state(partition: u32, v: Option<&[u8]>) -> Result<PartitionState, MetaError> {
+pub(crate) fn decode_state(partition: u32, v: Option<&[u8]>) -> Result<PartitionState, MetaError> {
     let Some(v) = v else {
         return Ok(PartitionState {
             partition,
@@ -113,7 +106,7 @@ fn encode_topic(t: &Topic) -> Result<Vec<u8>, MetaError> {
     })
 }
 
-type IndexValue = (String, u64, u64, i64, u32, i64, i64);
+pub(crate) type IndexValue = (String, u64, u64, i64, u32, i64, i64);
 
 fn decode_index(
     topic_id: u64,
@@ -146,29 +139,20 @@ async fn read_topic(tx: &Tx, name: &str) -> Result<Option<Topic>, MetaError> {
     read_topic_by_id(tx, id).await
 }
 
-async fn read_topic_by_id(tx: &Tx, id: u64) -> Result<Option<Topic>, MetaError> {
+pub(crate) async fn read_topic_by_id(tx: &Tx, id: u64) -> Result<Option<Topic>, MetaError> {
     match tx.get(&keys::topic(id)).await? {
         Some(v) => Ok(Some(decode_topic(&v)?)),
         None => Ok(None),
     }
 }
 
-async fn read_state(tx: &Tx, topic_id: u64, partition: u32) -> Result<PartitionState, MetaError> {
-    let v = tx.get(&keys::partition(topic_id, partition)).await?;
-    decode_state(partition, v.as_deref())
-}
-
-/// An index entry under construction during a commit.
-struct Run {
+pub(crate) async fn read_state(
+    tx: &Tx,
     topic_id: u64,
     partition: u32,
-    base_offset: i64,
-    end_offset: i64,
-    position: u64,
-    length: u64,
-    batch_count: u32,
-    min_ts: i64,
-    max_ts: i64,
+) -> Result<PartitionState, MetaError> {
+    let v = tx.get(&keys::partition(topic_id, partition)).await?;
+    decode_state(partition, v.as_deref())
 }
 
 impl Metadata {
@@ -198,7 +182,7 @@ impl Metadata {
         &self.clock
     }
 
-    async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, MetaError>
+    pub(crate) async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, MetaError>
     where
         F: FnMut(Tx) -> Fut,
         Fut: Future<Output = Result<T, MetaError>>,
@@ -429,163 +413,4 @@ impl Metadata {
             }
         }
     }
-}
-
-/// Bytes a segment commit writes, counted the way [`write_segment`] writes them: one index
-/// entry per run of adjacent batches of a partition, one state per partition, 8 bytes of
-/// outcome per batch, plus keys.
-fn commit_size_estimate(seg: &SegmentCommit) -> usize {
-    let mut partitions = std::collections::HashSet::new();
-    let mut runs = 0usize;
-    let mut prev: Option<&crate::CommitBatch> = None;
-    for b in &seg.batches {
-        partitions.insert((b.topic_id, b.partition));
-        let extends = prev.is_some_and(|p| {
-            p.topic_id == b.topic_id
-                && p.partition == b.partition
-                && p.position + u64::from(p.length) == b.position
-        });
-        if !extends {
-            runs += 1;
-        }
-        prev = Some(b);
-    }
-    let key = 32 + seg.object_key.len();
-    runs * (32 + 48 + seg.object_key.len())
-        + partitions.len() * (32 + 40)
-        + seg.batches.len() * 8
-        + (seg.batches.len() / RESULTS_PER_CHUNK + 2) * key
-}
-
-async fn read_outcomes(tx: &Tx, seg: &SegmentCommit) -> Result<Vec<BatchOutcome>, MetaError> {
-    let (b, e) = keys::object_results(&seg.object_key);
-    let mut out = Vec::with_capacity(seg.batches.len());
-    for (_, v) in tx.get_range(&b, &e, usize::MAX, false).await? {
-        for chunk in v.chunks_exact(8) {
-            out.push(BatchOutcome::decode(keys::decode_i64_le(chunk)));
-        }
-    }
-    if out.len() != seg.batches.len() {
-        return Err(MetaError::Corrupt {
-            key: format!("object {}", seg.object_key),
-            reason: format!(
-                "committed with {} batches, asked again with {}",
-                out.len(),
-                seg.batches.len()
-            ),
-        });
-    }
-    Ok(out)
-}
-
-async fn flush_run(tx: &Tx, run: Run, object_key: &str) -> Result<(), MetaError> {
-    let v: IndexValue = (
-        object_key.to_string(),
-        run.position,
-        run.length,
-        run.base_offset,
-        run.batch_count,
-        run.min_ts,
-        run.max_ts,
-    );
-    tx.set(
-        &keys::index(run.topic_id, run.partition, run.end_offset),
-        &value(&v),
-    )
-    .await?;
-    Ok(())
-}
-
-async fn write_segment(
-    tx: &Tx,
-    seg: &SegmentCommit,
-    now: i64,
-) -> Result<Vec<BatchOutcome>, MetaError> {
-    let mut topics: HashMap<u64, Option<Topic>> = HashMap::new();
-    let mut states: HashMap<(u64, u32), PartitionState> = HashMap::new();
-    let mut outcomes = Vec::with_capacity(seg.batches.len());
-    let mut run: Option<Run> = None;
-    for b in &seg.batches {
-        if b.record_count == 0 || b.length == 0 {
-            return Err(MetaError::InvalidArgument(format!(
-                "segment {} holds an empty batch at byte {}",
-                seg.object_key, b.position
-            )));
-        }
-        if let std::collections::hash_map::Entry::Vacant(e) = topics.entry(b.topic_id) {
-            e.insert(read_topic_by_id(tx, b.topic_id).await?);
-        }
-        let alive = matches!(topics.get(&b.topic_id), Some(Some(t)) if b.partition < t.partitions);
-        if !alive {
-            if let Some(r) = run.take() {
-                flush_run(tx, r, &seg.object_key).await?;
-            }
-            outcomes.push(BatchOutcome::TopicGone);
-            continue;
-        }
-        let key = (b.topic_id, b.partition);
-        if let std::collections::hash_map::Entry::Vacant(e) = states.entry(key) {
-            e.insert(read_state(tx, b.topic_id, b.partition).await?);
-        }
-        let Some(state) = states.get_mut(&key) else {
-            continue;
-        };
-        let base = state.next_offset;
-        state.next_offset += i64::from(b.record_count);
-        state.bytes += u64::from(b.length);
-        outcomes.push(BatchOutcome::Committed { base_offset: base });
-        let extends = matches!(&run, Some(r) if r.topic_id == b.topic_id
-            && r.partition == b.partition
-            && r.position + r.length == b.position
-            && r.end_offset == base);
-        if extends {
-            if let Some(r) = run.as_mut() {
-                r.end_offset = state.next_offset;
-                r.length += u64::from(b.length);
-                r.batch_count += 1;
-                r.min_ts = r.min_ts.min(b.min_timestamp_ms);
-                r.max_ts = r.max_ts.max(b.max_timestamp_ms);
-            }
-        } else {
-            if let Some(r) = run.take() {
-                flush_run(tx, r, &seg.object_key).await?;
-            }
-            state.index_entries += 1;
-            run = Some(Run {
-                topic_id: b.topic_id,
-                partition: b.partition,
-                base_offset: base,
-                end_offset: state.next_offset,
-                position: b.position,
-                length: u64::from(b.length),
-                batch_count: 1,
-                min_ts: b.min_timestamp_ms,
-                max_ts: b.max_timestamp_ms,
-            });
-        }
-    }
-    if let Some(r) = run.take() {
-        flush_run(tx, r, &seg.object_key).await?;
-    }
-    for ((topic_id, partition), state) in &states {
-        tx.set(
-            &keys::partition(*topic_id, *partition),
-            &encode_state(state),
-        )
-        .await?;
-    }
-    tx.set(
-        &keys::object(&seg.object_key),
-        &value(&("live", now, seg.object_size, seg.batches.len() as u64)),
-    )
-    .await?;
-    for (i, chunk) in outcomes.chunks(RESULTS_PER_CHUNK).enumerate() {
-        let bytes: Vec<u8> = chunk
-            .iter()
-            .flat_map(|o| o.encode().to_le_bytes())
-            .collect();
-        tx.set(&keys::object_result(&seg.object_key, i as u32), &bytes)
-            .await?;
-    }
-    Ok(outcomes)
 }

@@ -164,6 +164,116 @@ pub struct CommitBatch {
     pub min_timestamp_ms: i64,
     /// Largest record timestamp.
     pub max_timestamp_ms: i64,
+    /// The producer's idempotence stamp, if it is an idempotent producer.
+    pub producer: Option<ProducerStamp>,
+    /// Commit only if the partition's next offset equals this (optimistic concurrency).
+    pub expected_offset: Option<i64>,
+    /// Batches with the same group commit all together or not at all (an atomic request).
+    pub atomic_group: Option<u32>,
+}
+
+impl CommitBatch {
+    /// A plain batch: no producer stamp, no expected offset, not atomic.
+    pub fn plain(topic_id: u64, partition: u32, position: u64, length: u32, records: u32) -> Self {
+        CommitBatch {
+            topic_id,
+            partition,
+            position,
+            length,
+            record_count: records,
+            min_timestamp_ms: 0,
+            max_timestamp_ms: 0,
+            producer: None,
+            expected_offset: None,
+            atomic_group: None,
+        }
+    }
+}
+
+/// Identifies an idempotent producer's batch: who sent it, under which epoch, and the
+/// sequence number of its first record in this partition (the rest follow densely).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProducerStamp {
+    /// The producer id from `init_producer`.
+    pub producer_id: u64,
+    /// The producer's epoch; an older epoch is fenced.
+    pub epoch: u32,
+    /// Sequence number of the batch's first record, per partition, from 0.
+    pub base_sequence: i64,
+}
+
+/// A producer id and epoch handed out by `init_producer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerId {
+    /// The id (never 0).
+    pub id: u64,
+    /// The epoch; each `init_producer` for the same name raises it and fences the old one.
+    pub epoch: u32,
+}
+
+/// Why a batch was not committed although its segment was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The batch's sequence is not the next one expected for its producer and partition
+    /// (a gap or a reorder).
+    OutOfOrderSequence {
+        /// The sequence the partition expects next from this producer.
+        expected: i64,
+    },
+    /// A newer epoch of the same producer exists: this producer instance is a zombie.
+    Fenced {
+        /// The current epoch.
+        current_epoch: u32,
+    },
+    /// The producer id is unknown (never issued, or expired after idling).
+    UnknownProducer,
+    /// A conditional append whose expected offset was not the partition's next offset.
+    OffsetMismatch {
+        /// The partition's next offset when the batch was evaluated.
+        next_offset: i64,
+    },
+    /// Another batch of the same atomic request was rejected, so none committed.
+    AtomicAborted,
+}
+
+impl Rejection {
+    /// A machine-readable reason, as sent to clients.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::OutOfOrderSequence { .. } => "OUT_OF_ORDER_SEQUENCE",
+            Rejection::Fenced { .. } => "FENCED",
+            Rejection::UnknownProducer => "UNKNOWN_PRODUCER",
+            Rejection::OffsetMismatch { .. } => "OFFSET_MISMATCH",
+            Rejection::AtomicAborted => "ATOMIC_ABORTED",
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::OutOfOrderSequence { expected } => write!(
+                f,
+                "out-of-order sequence: the partition expects sequence {expected} next from this producer"
+            ),
+            Rejection::Fenced { current_epoch } => write!(
+                f,
+                "producer fenced: epoch {current_epoch} of this producer is newer"
+            ),
+            Rejection::UnknownProducer => write!(
+                f,
+                "unknown producer id (never issued, or expired while idle): initialise the producer again"
+            ),
+            Rejection::OffsetMismatch { next_offset } => write!(
+                f,
+                "expected offset does not match: the partition's next offset is {next_offset}"
+            ),
+            Rejection::AtomicAborted => write!(
+                f,
+                "another batch of this atomic request was rejected, so none of it was committed"
+            ),
+        }
+    }
 }
 
 /// A written segment object and its batches, to be committed in one transaction.
@@ -186,25 +296,66 @@ pub enum BatchOutcome {
         /// Base offset.
         base_offset: i64,
     },
+    /// A retry of a batch this producer already committed: nothing new was written and
+    /// this is the original batch's base offset.
+    Duplicate {
+        /// The original base offset.
+        base_offset: i64,
+    },
     /// Not committed: its topic was deleted, or re-created with a new id, after the batch
     /// was accepted.
     TopicGone,
+    /// Not committed, for the reason given.
+    Rejected(Rejection),
 }
 
 impl BatchOutcome {
-    pub(crate) fn encode(self) -> i64 {
+    /// The base offset, if the batch's records are in the log (now or from before).
+    pub fn base_offset(&self) -> Option<i64> {
         match self {
-            BatchOutcome::Committed { base_offset } => base_offset,
-            BatchOutcome::TopicGone => -1,
+            BatchOutcome::Committed { base_offset } | BatchOutcome::Duplicate { base_offset } => {
+                Some(*base_offset)
+            }
+            _ => None,
         }
     }
 
-    pub(crate) fn decode(v: i64) -> Self {
-        if v >= 0 {
-            BatchOutcome::Committed { base_offset: v }
-        } else {
-            BatchOutcome::TopicGone
+    /// Encodes as (code, detail) for the stored outcomes of a commit.
+    pub(crate) fn encode(self) -> (u8, i64) {
+        match self {
+            BatchOutcome::Committed { base_offset } => (0, base_offset),
+            BatchOutcome::Duplicate { base_offset } => (1, base_offset),
+            BatchOutcome::TopicGone => (2, 0),
+            BatchOutcome::Rejected(r) => match r {
+                Rejection::OutOfOrderSequence { expected } => (3, expected),
+                Rejection::Fenced { current_epoch } => (4, i64::from(current_epoch)),
+                Rejection::UnknownProducer => (5, 0),
+                Rejection::OffsetMismatch { next_offset } => (6, next_offset),
+                Rejection::AtomicAborted => (7, 0),
+            },
         }
+    }
+
+    pub(crate) fn decode(code: u8, detail: i64) -> Option<Self> {
+        Some(match code {
+            0 => BatchOutcome::Committed {
+                base_offset: detail,
+            },
+            1 => BatchOutcome::Duplicate {
+                base_offset: detail,
+            },
+            2 => BatchOutcome::TopicGone,
+            3 => BatchOutcome::Rejected(Rejection::OutOfOrderSequence { expected: detail }),
+            4 => BatchOutcome::Rejected(Rejection::Fenced {
+                current_epoch: u32::try_from(detail).ok()?,
+            }),
+            5 => BatchOutcome::Rejected(Rejection::UnknownProducer),
+            6 => BatchOutcome::Rejected(Rejection::OffsetMismatch {
+                next_offset: detail,
+            }),
+            7 => BatchOutcome::Rejected(Rejection::AtomicAborted),
+            _ => return None,
+        })
     }
 }
 
