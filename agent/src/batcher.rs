@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cairn_metadata::{BatchOutcome, Clock, CommitBatch, Metadata, SegmentCommit};
+use cairn_metadata::{BatchOutcome, Clock, CommitBatch, Metadata, ProducerStamp, SegmentCommit};
 use cairn_proto::SegmentBuilder;
 use cairn_proto::v1::Compression;
 use object_store::path::Path;
@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::faults::Faults;
 use crate::{AgentError, AgentSettings};
 
 /// One validated, compressed batch waiting for a segment.
@@ -32,12 +33,24 @@ pub(crate) struct PendingBatch {
     pub(crate) payload: Bytes,
     pub(crate) min_ts: i64,
     pub(crate) max_ts: i64,
+    /// The idempotent producer's stamp, if any.
+    pub(crate) producer: Option<ProducerStamp>,
+    /// Conditional append: the partition's expected next offset.
+    pub(crate) expected_offset: Option<i64>,
 }
 
 type Reply = oneshot::Sender<Result<Vec<BatchOutcome>, AgentError>>;
 
+/// One produce request's batches, waiting in the open segment.
+struct Request {
+    batches: Vec<PendingBatch>,
+    /// All batches commit together or none does.
+    atomic: bool,
+    reply: Reply,
+}
+
 enum Command {
-    Append(Vec<PendingBatch>, Reply),
+    Append(Request),
     Flush,
     Shutdown(oneshot::Sender<()>),
 }
@@ -55,7 +68,7 @@ struct Waiter {
 }
 
 struct Open {
-    requests: Vec<(Vec<PendingBatch>, Reply)>,
+    requests: Vec<Request>,
     bytes: usize,
     batches: usize,
     deadline: Instant,
@@ -83,11 +96,12 @@ impl Batcher {
         settings: AgentSettings,
         store: Arc<dyn ObjectStore>,
         metadata: Metadata,
+        faults: Arc<Faults>,
     ) -> Batcher {
         let (tx, rx) = mpsc::channel(1024);
         let (sealed_tx, sealed_rx) = mpsc::channel(settings.max_inflight_segments);
         let clock = metadata.clock().clone();
-        let committer = tokio::spawn(commit_loop(sealed_rx, metadata));
+        let committer = tokio::spawn(commit_loop(sealed_rx, metadata, faults));
         let ctx = Ctx {
             permits: Arc::new(Semaphore::new(settings.max_inflight_segments)),
             clock,
@@ -99,14 +113,20 @@ impl Batcher {
         Batcher { tx }
     }
 
-    /// Adds a request's batches to the open segment and waits for their outcomes.
+    /// Adds a request's batches to the open segment and waits for their outcomes. An
+    /// atomic request's batches commit together or not at all.
     pub(crate) async fn append(
         &self,
         batches: Vec<PendingBatch>,
+        atomic: bool,
     ) -> Result<Vec<BatchOutcome>, AgentError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Append(batches, reply))
+            .send(Command::Append(Request {
+                batches,
+                atomic,
+                reply,
+            }))
             .await
             .map_err(|_| AgentError::ShuttingDown("the segment writer has stopped".into()))?;
         rx.await.map_err(|_| {
@@ -142,11 +162,12 @@ async fn batch_loop(mut rx: mpsc::Receiver<Command>, ctx: Ctx, committer: JoinHa
             }
         };
         match cmd {
-            Some(Command::Append(batches, reply)) => {
-                let bytes: usize = batches.iter().map(|b| b.payload.len() + 64).sum();
+            Some(Command::Append(request)) => {
+                let n = request.batches.len();
+                let bytes: usize = request.batches.iter().map(|b| b.payload.len() + 64).sum();
                 if open
                     .as_ref()
-                    .is_some_and(|o| o.batches + batches.len() > ctx.settings.segment_max_batches)
+                    .is_some_and(|o| o.batches + n > ctx.settings.segment_max_batches)
                 {
                     seal(&ctx, open.take()).await;
                 }
@@ -157,8 +178,8 @@ async fn batch_loop(mut rx: mpsc::Receiver<Command>, ctx: Ctx, committer: JoinHa
                     deadline: Instant::now() + ctx.settings.linger,
                 });
                 o.bytes += bytes;
-                o.batches += batches.len();
-                o.requests.push((batches, reply));
+                o.batches += n;
+                o.requests.push(request);
                 if o.bytes >= ctx.settings.segment_max_bytes {
                     seal(&ctx, open.take()).await;
                 }
@@ -177,8 +198,8 @@ async fn batch_loop(mut rx: mpsc::Receiver<Command>, ctx: Ctx, committer: JoinHa
     rx.close();
     // Answer anything that raced with shutdown.
     while let Some(cmd) = rx.recv().await {
-        if let Command::Append(_, reply) = cmd {
-            let _ = reply.send(Err(AgentError::ShuttingDown(
+        if let Command::Append(request) = cmd {
+            let _ = request.reply.send(Err(AgentError::ShuttingDown(
                 "the agent is shutting down; retry on another agent".into(),
             )));
         }
@@ -251,14 +272,14 @@ async fn seal(ctx: &Ctx, open: Option<Open>) {
 }
 
 fn fail_all(requests: Requests, e: &AgentError) {
-    for (_, reply) in requests {
-        let _ = reply.send(Err(e.share()));
+    for r in requests {
+        let _ = r.reply.send(Err(e.share()));
     }
 }
 
 type Built = (Bytes, SegmentCommit, Vec<Waiter>);
 /// Requests handed back when a segment cannot be built, so each can be answered.
-type Requests = Vec<(Vec<PendingBatch>, Reply)>;
+type Requests = Vec<Request>;
 
 /// Lays the segment out grouped by partition (arrival order kept within a partition), so
 /// each partition's batches form one contiguous byte range and one index entry.
@@ -267,21 +288,23 @@ fn build(key: &Path, open: Open, sealed_at_ms: i64) -> Result<Built, (AgentError
         .requests
         .iter()
         .enumerate()
-        .flat_map(|(r, (batches, _))| (0..batches.len()).map(move |b| (r, b)))
+        .flat_map(|(r, req)| (0..req.batches.len()).map(move |b| (r, b)))
         .collect();
+    // Stable: arrival order is kept within a partition.
     order.sort_by_key(|&(r, b)| {
-        let batch = &open.requests[r].0[b];
+        let batch = &open.requests[r].batches[b];
         (batch.topic_id, batch.partition)
     });
     let mut slots: Vec<Vec<usize>> = open
         .requests
         .iter()
-        .map(|(batches, _)| vec![0; batches.len()])
+        .map(|req| vec![0; req.batches.len()])
         .collect();
     let mut builder = SegmentBuilder::with_capacity(open.bytes);
     let mut batches = Vec::with_capacity(order.len());
     for (slot, &(r, b)) in order.iter().enumerate() {
-        let p = &open.requests[r].0[b];
+        let req = &open.requests[r];
+        let p = &req.batches[b];
         let entry = match builder.push(
             p.topic_id,
             p.partition,
@@ -302,6 +325,9 @@ fn build(key: &Path, open: Open, sealed_at_ms: i64) -> Result<Built, (AgentError
             record_count: p.record_count,
             min_timestamp_ms: p.min_ts,
             max_timestamp_ms: p.max_ts,
+            producer: p.producer,
+            expected_offset: p.expected_offset,
+            atomic_group: req.atomic.then_some(r as u32),
         });
         slots[r][b] = slot;
     }
@@ -315,7 +341,10 @@ fn build(key: &Path, open: Open, sealed_at_ms: i64) -> Result<Built, (AgentError
         .requests
         .into_iter()
         .zip(slots)
-        .map(|((_, reply), slots)| Waiter { reply, slots })
+        .map(|(req, slots)| Waiter {
+            reply: req.reply,
+            slots,
+        })
         .collect();
     Ok((bytes, commit, waiters))
 }
@@ -346,20 +375,27 @@ async fn put_segment(
     Ok(())
 }
 
-async fn commit_loop(mut rx: mpsc::Receiver<Sealed>, metadata: Metadata) {
+async fn commit_loop(mut rx: mpsc::Receiver<Sealed>, metadata: Metadata, faults: Arc<Faults>) {
     while let Some(sealed) = rx.recv().await {
         let outcome = match sealed.upload.await {
             Ok(Ok(())) => {
-                metadata
+                let committed = metadata
                     .commit_segment(&sealed.commit)
                     .await
                     .map_err(|e| match e.kind() {
-                        cairn_metadata::ErrorKind::Unavailable => AgentError::Storage(format!(
+                        // The store failed, not the request: nothing was committed
+                        // and a retry is safe (idempotent producers dedupe it).
+                        cairn_metadata::ErrorKind::Unavailable
+                        | cairn_metadata::ErrorKind::Internal => AgentError::Storage(format!(
                             "metadata commit of {} failed: {e}",
                             sealed.key
                         )),
                         _ => AgentError::Meta(e),
-                    })
+                    });
+                if committed.is_ok() {
+                    faults.after_commit();
+                }
+                committed
             }
             Ok(Err(e)) => Err(e),
             Err(e) => Err(AgentError::Internal(format!("upload task failed: {e}"))),
@@ -492,6 +528,8 @@ mod tests {
             payload: Bytes::from_static(value.as_bytes()),
             min_ts: 1,
             max_ts: 1,
+            producer: None,
+            expected_offset: None,
         }
     }
 
@@ -518,11 +556,13 @@ mod tests {
             linger: std::time::Duration::from_secs(60),
             ..AgentSettings::default()
         };
-        let batcher = Batcher::start(settings, store.clone(), metadata.clone());
+        let faults = Arc::new(Faults::new(&crate::FaultSpec::default(), None, None));
+        let batcher = Batcher::start(settings, store.clone(), metadata.clone(), faults);
 
         // Segment 1: its PUT blocks at the gate.
         let b1 = batcher.clone();
-        let first = tokio::spawn(async move { b1.append(vec![pending(topic.id, "one")]).await });
+        let first =
+            tokio::spawn(async move { b1.append(vec![pending(topic.id, "one")], false).await });
         while store.puts.load(Ordering::SeqCst) < 1 {
             batcher.flush().await;
             tokio::task::yield_now().await;
@@ -530,7 +570,7 @@ mod tests {
         // Segment 2 is sealed after segment 1; its PUT completes at once.
         let b2 = batcher.clone();
         let mut second =
-            tokio::spawn(async move { b2.append(vec![pending(topic.id, "two")]).await });
+            tokio::spawn(async move { b2.append(vec![pending(topic.id, "two")], false).await });
         // Wait until segment 2 has been appended, sealed and PUT.
         while store.puts.load(Ordering::SeqCst) < 2 {
             batcher.flush().await;

@@ -11,6 +11,7 @@
 
 mod batcher;
 mod error;
+mod faults;
 mod fetch;
 mod service;
 mod settings;
@@ -28,10 +29,12 @@ use object_store::ObjectStore;
 use tokio::net::TcpListener;
 
 pub use error::AgentError;
+pub use faults::{FaultReport, FaultSpec};
 pub use settings::AgentSettings;
 pub use store::{FaultyStore, InstrumentedStore, StoreCounters, StoreStats, open_object_store};
 
 use batcher::Batcher;
+use faults::Faults;
 use fetch::Reader;
 pub use service::AgentGauges;
 use service::{AdminService, ConsumerService, ProducerService, Shared};
@@ -43,6 +46,7 @@ pub struct AgentBuilder {
     store: Option<Arc<dyn ObjectStore>>,
     kv: Option<Arc<dyn KvStore>>,
     clock: Arc<dyn Clock>,
+    faults: FaultSpec,
 }
 
 impl AgentBuilder {
@@ -53,6 +57,7 @@ impl AgentBuilder {
             store: None,
             kv: None,
             clock: Arc::new(SystemClock),
+            faults: FaultSpec::default(),
         }
     }
 
@@ -74,6 +79,13 @@ impl AgentBuilder {
         self
     }
 
+    /// Injects faults (tests of the delivery guarantees): PUT and commit failures wrap the
+    /// stores given; lost replies and crashes happen in the agent.
+    pub fn faults(mut self, spec: FaultSpec) -> Self {
+        self.faults = spec;
+        self
+    }
+
     /// Validates the settings and starts the agent's background tasks (a Tokio runtime
     /// must be running).
     pub fn build(self) -> Result<Agent, AgentError> {
@@ -81,14 +93,42 @@ impl AgentBuilder {
         let store = self
             .store
             .ok_or_else(|| AgentError::Config("no object store given".into()))?;
-        let kv = self
+        let mut kv = self
             .kv
             .ok_or_else(|| AgentError::Config("no metadata store given".into()))?;
+        let mut store = store;
+        let spec = &self.faults;
+        let mut faulty_store = None;
+        let mut faulty_kv = None;
+        if spec.put_fail_rate > 0.0 {
+            let f = Arc::new(FaultyStore::with_put_fail_rate(
+                store,
+                spec.put_fail_rate,
+                spec.seed,
+            ));
+            faulty_store = Some(f.clone());
+            store = f;
+        }
+        if spec.commit_fail_rate > 0.0 {
+            let f = Arc::new(cairn_metadata::FaultyKv::with_break_rate(
+                kv,
+                spec.commit_fail_rate,
+                spec.seed.wrapping_add(2),
+            ));
+            faulty_kv = Some(f.clone());
+            kv = f;
+        }
+        let faults = Arc::new(Faults::new(spec, faulty_store, faulty_kv));
         let instrumented = InstrumentedStore::new(store);
         let counters = instrumented.counters();
         let store: Arc<dyn ObjectStore> = Arc::new(instrumented);
         let metadata = Metadata::new(kv, self.clock);
-        let batcher = Batcher::start(self.settings.clone(), store.clone(), metadata.clone());
+        let batcher = Batcher::start(
+            self.settings.clone(),
+            store.clone(),
+            metadata.clone(),
+            faults.clone(),
+        );
         let reader = Reader::new(store, metadata.clone(), self.settings.cache_bytes);
         let topics = moka::future::Cache::builder()
             .max_capacity(100_000)
@@ -102,9 +142,27 @@ impl AgentBuilder {
                 reader,
                 topics,
                 gauges: Arc::default(),
+                faults,
             }),
             counters,
         })
+    }
+}
+
+/// Injects faults into a serving agent (tests of producer retries).
+#[derive(Debug, Clone)]
+pub struct FaultControl(Arc<Faults>);
+
+impl FaultControl {
+    /// Loses the next `n` produce replies after their segments committed, answering
+    /// UNAVAILABLE instead, as if the responses were lost on the way.
+    pub fn drop_next_replies(&self, n: u32) {
+        self.0.drop_next_replies(n);
+    }
+
+    /// How many faults were injected so far.
+    pub fn report(&self) -> FaultReport {
+        self.0.report()
     }
 }
 
@@ -131,6 +189,11 @@ impl Agent {
     /// Live counts of the agent's work.
     pub fn gauges(&self) -> Arc<AgentGauges> {
         self.shared.gauges.clone()
+    }
+
+    /// A handle to inject faults into this agent while it serves (tests).
+    pub fn fault_control(&self) -> FaultControl {
+        FaultControl(self.shared.faults.clone())
     }
 
     /// The agent's metadata handle.
@@ -166,6 +229,10 @@ impl Agent {
                 let _ = s.set_nodelay(true);
             })
         });
+        let expiry = tokio::spawn(expire_producers(
+            self.shared.metadata.clone(),
+            settings.producer_idle_expiry,
+        ));
         let batcher = self.shared.batcher.clone();
         let signal = async move {
             shutdown.await;
@@ -191,7 +258,28 @@ impl Agent {
             .serve_with_incoming_shutdown(incoming, signal)
             .await
             .map_err(|e| AgentError::Internal(format!("gRPC server failed: {e}")))?;
+        expiry.abort();
         self.shared.batcher.shutdown().await;
         Ok(())
+    }
+}
+
+/// Removes idle producer state now and then. Every agent runs it; sweeps are idempotent.
+async fn expire_producers(metadata: Metadata, idle: std::time::Duration) {
+    let every = (idle / 100).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(600),
+    );
+    loop {
+        tokio::time::sleep(every).await;
+        match metadata.expire_producers(idle).await {
+            Ok(r) if r.producers + r.partition_states > 0 => tracing::info!(
+                producers = r.producers,
+                partition_states = r.partition_states,
+                "expired idle producer state"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "producer expiry failed; will retry"),
+        }
     }
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_metadata::{BatchOutcome, Codec, MetaError, Metadata, Topic, TopicSpec};
+use cairn_metadata::{
+    BatchOutcome, Codec, MetaError, Metadata, ProducerStamp, Rejection, Topic, TopicSpec,
+};
 use cairn_proto::v1::{self, Compression, RecordBatch};
 use prost::Message;
 use tonic::{Request, Response, Status};
@@ -14,6 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::AgentError;
 use crate::AgentSettings;
 use crate::batcher::{Batcher, PendingBatch};
+use crate::faults::Faults;
 use crate::fetch::Reader;
 
 /// Most batches in one produce request.
@@ -30,18 +33,26 @@ pub(crate) struct Shared {
     pub(crate) reader: Reader,
     pub(crate) topics: moka::future::Cache<String, Arc<Topic>>,
     pub(crate) gauges: Arc<AgentGauges>,
+    pub(crate) faults: Arc<Faults>,
 }
 
 /// Live counts of what an agent is doing, for tests and (later) metrics.
 #[derive(Debug, Default)]
 pub struct AgentGauges {
     produce_waiting: AtomicU64,
+    duplicates: AtomicU64,
 }
 
 impl AgentGauges {
     /// Produce requests validated and waiting for their segment's PUT and commit.
     pub fn produce_waiting(&self) -> u64 {
         self.produce_waiting.load(Ordering::SeqCst)
+    }
+
+    /// Batches recognised as retries of committed ones and answered with their original
+    /// offsets instead of being stored again.
+    pub fn duplicates_answered(&self) -> u64 {
+        self.duplicates.load(Ordering::SeqCst)
     }
 }
 
@@ -119,6 +130,36 @@ impl Shared {
         if records.records.is_empty() {
             return Err(AgentError::Invalid(format!("{}: holds no records", at())));
         }
+        let producer = if batch.producer_id == 0 {
+            if batch.producer_epoch != 0 || batch.base_sequence != 0 {
+                return Err(AgentError::Invalid(format!(
+                    "{}: producer_epoch and base_sequence need a producer_id (0 means none)",
+                    at()
+                )));
+            }
+            None
+        } else {
+            if batch.base_sequence < 0 {
+                return Err(AgentError::Invalid(format!(
+                    "{}: base_sequence must be 0 or more, got {}",
+                    at(),
+                    batch.base_sequence
+                )));
+            }
+            Some(ProducerStamp {
+                producer_id: batch.producer_id,
+                epoch: batch.producer_epoch,
+                base_sequence: batch.base_sequence,
+            })
+        };
+        if let Some(e) = batch.expected_offset
+            && e < 0
+        {
+            return Err(AgentError::Invalid(format!(
+                "{}: expected_offset must be 0 or more, got {e}",
+                at()
+            )));
+        }
         let record_count = u32::try_from(records.records.len())
             .map_err(|_| AgentError::TooLarge(format!("{}: too many records", at())))?;
         let mut stamped = false;
@@ -167,8 +208,77 @@ impl Shared {
             payload,
             min_ts,
             max_ts,
+            producer,
+            expected_offset: batch.expected_offset,
         })
     }
+}
+
+/// The wire form of a batch that was not committed.
+fn batch_error(topic: &str, partition: u32, outcome: BatchOutcome) -> Option<v1::BatchError> {
+    use v1::ProduceErrorReason as R;
+    let mut e = v1::BatchError::default();
+    match outcome {
+        BatchOutcome::Committed { .. } | BatchOutcome::Duplicate { .. } => return None,
+        BatchOutcome::TopicGone => {
+            e.set_reason(R::TopicDeleted);
+            e.message =
+                format!("{topic}/{partition}: the topic was deleted while the batch was in flight");
+        }
+        BatchOutcome::Rejected(r) => {
+            let reason = match r {
+                Rejection::OutOfOrderSequence { expected } => {
+                    e.expected_sequence = expected;
+                    R::OutOfOrderSequence
+                }
+                Rejection::Fenced { current_epoch } => {
+                    e.current_epoch = current_epoch;
+                    R::Fenced
+                }
+                Rejection::UnknownProducer => R::UnknownProducer,
+                Rejection::OffsetMismatch { next_offset } => {
+                    e.next_offset = next_offset;
+                    R::OffsetMismatch
+                }
+                Rejection::AtomicAborted => R::AtomicAborted,
+            };
+            e.set_reason(reason);
+            e.message = format!("{topic}/{partition}: {r}");
+        }
+    }
+    Some(e)
+}
+
+/// A batch failure as the status of a whole call, with a machine-readable ErrorInfo.
+fn batch_error_status(e: &v1::BatchError) -> Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    use v1::ProduceErrorReason as R;
+    let reason = e.reason();
+    let mut metadata = std::collections::HashMap::new();
+    match reason {
+        R::OffsetMismatch => {
+            metadata.insert("next_offset".to_string(), e.next_offset.to_string());
+        }
+        R::OutOfOrderSequence => {
+            metadata.insert(
+                "expected_sequence".to_string(),
+                e.expected_sequence.to_string(),
+            );
+        }
+        R::Fenced => {
+            metadata.insert("current_epoch".to_string(), e.current_epoch.to_string());
+        }
+        _ => {}
+    }
+    let code = match reason {
+        R::TopicDeleted => tonic::Code::NotFound,
+        _ => tonic::Code::FailedPrecondition,
+    };
+    Status::with_error_details(
+        code,
+        e.message.clone(),
+        ErrorDetails::with_error_info(reason.as_str_name(), "cairn", metadata),
+    )
 }
 
 pub(crate) fn codec_to_proto(c: Codec) -> Compression {
@@ -310,12 +420,29 @@ impl v1::admin_server::Admin for AdminService {
 
 #[tonic::async_trait]
 impl v1::producer_server::Producer for ProducerService {
+    async fn init_producer(
+        &self,
+        request: Request<v1::InitProducerRequest>,
+    ) -> Result<Response<v1::InitProducerResponse>, Status> {
+        let name = request.into_inner().name;
+        let id = self
+            .0
+            .metadata
+            .init_producer((!name.is_empty()).then_some(name.as_str()))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::InitProducerResponse {
+            producer_id: id.id,
+            epoch: id.epoch,
+        }))
+    }
+
     async fn produce(
         &self,
         request: Request<v1::ProduceRequest>,
     ) -> Result<Response<v1::ProduceResponse>, Status> {
         let s = &self.0;
-        let batches = request.into_inner().batches;
+        let v1::ProduceRequest { batches, atomic } = request.into_inner();
         if batches.is_empty() {
             return Err(status(AgentError::Invalid(
                 "a produce request needs at least one batch".into(),
@@ -347,28 +474,43 @@ impl v1::producer_server::Producer for ProducerService {
         }
         let counts: Vec<u32> = pending.iter().map(|p| p.record_count).collect();
         let waiting = Waiting::new(&s.gauges.produce_waiting);
-        let outcomes = s.batcher.append(pending).await.map_err(status)?;
+        let outcomes = s.batcher.append(pending, atomic).await.map_err(status)?;
         drop(waiting);
+        if s.faults.drop_reply() {
+            return Err(Status::unavailable(
+                "injected fault: the reply was lost after the commit (CAIRN_TEST_FAULTS)",
+            ));
+        }
+        let single = outcomes.len() == 1;
         let mut results = Vec::with_capacity(outcomes.len());
         for ((outcome, (topic, partition)), record_count) in
             outcomes.into_iter().zip(names).zip(counts)
         {
-            match outcome {
-                BatchOutcome::Committed { base_offset } => results.push(v1::BatchResult {
-                    topic,
-                    partition,
-                    base_offset,
-                    record_count,
-                }),
-                BatchOutcome::TopicGone => {
-                    s.topics.invalidate(&topic).await;
-                    return Err(status(AgentError::Shared {
-                        kind: cairn_metadata::ErrorKind::NotFound,
-                        message: format!(
-                            "topic `{topic}` was deleted while the batch was in flight"
-                        ),
-                    }));
-                }
+            if outcome == BatchOutcome::TopicGone {
+                s.topics.invalidate(&topic).await;
+            }
+            if matches!(outcome, BatchOutcome::Duplicate { .. }) {
+                s.gauges.duplicates.fetch_add(1, Ordering::SeqCst);
+            }
+            let error = batch_error(&topic, partition, outcome);
+            results.push(v1::BatchResult {
+                base_offset: outcome.base_offset().unwrap_or(-1),
+                duplicate: matches!(outcome, BatchOutcome::Duplicate { .. }),
+                topic,
+                partition,
+                record_count,
+                error,
+            });
+        }
+        // One batch, or an atomic request: one fate, so a failure is the call's status
+        // (for an atomic request, the batch that caused the abort).
+        if single || atomic {
+            let errors = || results.iter().filter_map(|r| r.error.as_ref());
+            let cause = errors()
+                .find(|e| e.reason() != v1::ProduceErrorReason::AtomicAborted)
+                .or_else(|| errors().next());
+            if let Some(e) = cause {
+                return Err(batch_error_status(e));
             }
         }
         Ok(Response::new(v1::ProduceResponse { results }))

@@ -35,6 +35,10 @@ pub struct AgentSettings {
     /// How long topic metadata is cached before it is read again.
     #[serde(with = "humantime_serde")]
     pub topic_cache_ttl: Duration,
+    /// Idempotent-producer state unused for this long is removed (its retries are then no
+    /// longer recognised). Kafka's default is 7 days too.
+    #[serde(with = "humantime_serde")]
+    pub producer_idle_expiry: Duration,
 }
 
 impl Default for AgentSettings {
@@ -50,6 +54,7 @@ impl Default for AgentSettings {
             cache_bytes: 256 << 20,
             max_fetch_wait: Duration::from_secs(30),
             topic_cache_ttl: Duration::from_secs(1),
+            producer_idle_expiry: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -89,6 +94,12 @@ impl AgentSettings {
             return bad(format!(
                 "max_record_bytes ({}) must be positive and at most max_request_bytes ({})",
                 self.max_record_bytes, self.max_request_bytes
+            ));
+        }
+        if self.producer_idle_expiry < Duration::from_secs(60) {
+            return bad(format!(
+                "producer_idle_expiry must be at least 1m, got {:?}",
+                self.producer_idle_expiry
             ));
         }
         if self.max_request_bytes > 256 << 20 {

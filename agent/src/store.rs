@@ -305,16 +305,52 @@ pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     put_failures: AtomicU32,
     get_failures: AtomicU32,
+    /// Probability (parts per million) that any PUT fails.
+    put_fail_ppm: u32,
+    rng: std::sync::Mutex<rand::rngs::StdRng>,
+    failed_puts: std::sync::atomic::AtomicU64,
 }
 
 impl FaultyStore {
     /// Wraps `inner`; no faults scheduled.
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
+        Self::with_put_fail_rate(inner, 0.0, 0)
+    }
+
+    /// Wraps `inner` so that each PUT fails with probability `rate`, in a sequence that
+    /// `seed` makes repeatable.
+    pub fn with_put_fail_rate(inner: Arc<dyn ObjectStore>, rate: f64, seed: u64) -> Self {
+        use rand::SeedableRng;
         FaultyStore {
             inner,
             put_failures: AtomicU32::new(0),
             get_failures: AtomicU32::new(0),
+            put_fail_ppm: (rate.clamp(0.0, 1.0) * 1e6) as u32,
+            rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
+            failed_puts: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// PUTs failed on purpose so far.
+    pub fn failed_puts(&self) -> u64 {
+        self.failed_puts.load(Ordering::SeqCst)
+    }
+
+    fn put_fault(&self, op: &str) -> object_store::Result<()> {
+        use rand::Rng;
+        let scheduled = Self::injected(&self.put_failures, op);
+        let random = self.put_fail_ppm > 0 && {
+            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            rng.random_range(0..1_000_000) < self.put_fail_ppm
+        };
+        if scheduled.is_err() || random {
+            self.failed_puts.fetch_add(1, Ordering::SeqCst);
+            return Err(object_store::Error::Generic {
+                store: "FaultyStore",
+                source: format!("injected {op} failure").into(),
+            });
+        }
+        Ok(())
     }
 
     /// The next `n` PUTs (plain or multipart) fail.
@@ -355,7 +391,7 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        Self::injected(&self.put_failures, "PUT")?;
+        self.put_fault("PUT")?;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -364,7 +400,7 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        Self::injected(&self.put_failures, "multipart PUT")?;
+        self.put_fault("multipart PUT")?;
         self.inner.put_multipart_opts(location, opts).await
     }
 

@@ -3,7 +3,10 @@
 //! - [`Admin`] creates, lists, describes and deletes topics.
 //! - [`Producer`] batches records per partition in memory, sends them when a batch is full
 //!   or its linger time is up, and retries `UNAVAILABLE` answers with backoff; each
-//!   [`Producer::send`] resolves to the record's offset once it is durable.
+//!   [`Producer::send`] resolves to the record's offset once it is durable. It is
+//!   idempotent by default: a retry never stores a second copy. [`Producer::append`] makes
+//!   conditional appends (expected offset) and [`Producer::append_atomic`] appends to
+//!   several partitions all-or-nothing.
 //! - [`Consumer`] reads assigned partitions from an offset and can follow them.
 //!
 //! ```no_run
@@ -37,10 +40,16 @@ use tonic::transport::Endpoint;
 pub use admin::{Admin, TopicOptions};
 pub use cairn_proto::v1::{Compression, DescribeTopicResponse, PartitionInfo, TopicInfo};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Offset};
-pub use error::ClientError;
-pub use producer::{Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use error::{ClientError, RejectReason, Rejected};
+pub use producer::{
+    AppendBatch, AppendResult, Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+};
 /// The gRPC channel to an agent, as returned by [`connect`].
 pub use tonic::transport::Channel;
+
+/// Most requests an idempotent producer keeps in flight: the agent remembers a producer's
+/// last 5 batches per partition, so a retry of any of them is recognised.
+pub(crate) const MAX_IN_FLIGHT: usize = 5;
 
 /// Largest gRPC message the client accepts or sends (fetches may carry many MiB).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 256 << 20;

@@ -83,28 +83,75 @@ impl Default for RetryPolicy {
 #[derive(Debug)]
 pub struct FaultyKv {
     inner: Arc<dyn KvStore>,
-    fail_commits: Arc<AtomicU32>,
-    unknown_commits: Arc<AtomicU32>,
+    faults: Arc<Faults>,
+}
+
+#[derive(Debug)]
+struct Faults {
+    fail_commits: AtomicU32,
+    unknown_commits: AtomicU32,
+    broken_commits: AtomicU32,
+    /// Probability (parts per million) that a writing commit fails for good.
+    break_ppm: u32,
+    rng: std::sync::Mutex<rand::rngs::StdRng>,
+    broken: std::sync::atomic::AtomicU64,
+}
+
+impl Faults {
+    fn roll(&self) -> bool {
+        use rand::Rng;
+        if self.break_ppm == 0 {
+            return false;
+        }
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        rng.random_range(0..1_000_000) < self.break_ppm
+    }
 }
 
 impl FaultyKv {
     /// Wraps a store; no faults are scheduled.
     pub fn new(inner: Arc<dyn KvStore>) -> Self {
+        Self::with_break_rate(inner, 0.0, 0)
+    }
+
+    /// Wraps a store so that each writing commit, with probability `rate`, fails for good
+    /// (a non-retryable backend error, not applied): the caller sees the failure. `seed`
+    /// makes the sequence of failures repeatable.
+    pub fn with_break_rate(inner: Arc<dyn KvStore>, rate: f64, seed: u64) -> Self {
+        use rand::SeedableRng;
         FaultyKv {
             inner,
-            fail_commits: Arc::new(AtomicU32::new(0)),
-            unknown_commits: Arc::new(AtomicU32::new(0)),
+            faults: Arc::new(Faults {
+                fail_commits: AtomicU32::new(0),
+                unknown_commits: AtomicU32::new(0),
+                broken_commits: AtomicU32::new(0),
+                break_ppm: (rate.clamp(0.0, 1.0) * 1e6) as u32,
+                rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
+                broken: std::sync::atomic::AtomicU64::new(0),
+            }),
         }
     }
 
-    /// The next `n` commits fail with `Unavailable` and are not applied.
+    /// Commits failed for good on purpose so far (by rate or by `break_next_commits`).
+    pub fn broken_commits(&self) -> u64 {
+        self.faults.broken.load(Ordering::SeqCst)
+    }
+
+    /// The next `n` commits fail with `Unavailable` and are not applied (the metadata
+    /// layer retries these).
     pub fn fail_next_commits(&self, n: u32) {
-        self.fail_commits.store(n, Ordering::SeqCst);
+        self.faults.fail_commits.store(n, Ordering::SeqCst);
     }
 
     /// The next `n` commits are applied but report `CommitUnknown`, like a lost reply.
     pub fn unknown_next_commits(&self, n: u32) {
-        self.unknown_commits.store(n, Ordering::SeqCst);
+        self.faults.unknown_commits.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` commits fail for good (a non-retryable backend error, not applied), so
+    /// the operation itself fails.
+    pub fn break_next_commits(&self, n: u32) {
+        self.faults.broken_commits.store(n, Ordering::SeqCst);
     }
 }
 
@@ -119,8 +166,7 @@ impl KvStore for FaultyKv {
     async fn begin(&self) -> Result<Box<dyn KvTransaction>, KvError> {
         Ok(Box::new(FaultyTxn {
             inner: self.inner.begin().await?,
-            fail_commits: self.fail_commits.clone(),
-            unknown_commits: self.unknown_commits.clone(),
+            faults: self.faults.clone(),
             wrote: std::sync::atomic::AtomicBool::new(false),
         }))
     }
@@ -136,8 +182,7 @@ impl KvStore for FaultyKv {
 
 struct FaultyTxn {
     inner: Box<dyn KvTransaction>,
-    fail_commits: Arc<AtomicU32>,
-    unknown_commits: Arc<AtomicU32>,
+    faults: Arc<Faults>,
     wrote: std::sync::atomic::AtomicBool,
 }
 
@@ -179,10 +224,15 @@ impl KvTransaction for FaultyTxn {
     }
     async fn commit(&self) -> Result<(), KvError> {
         if self.wrote.load(Ordering::Relaxed) {
-            if take_one(&self.fail_commits) {
+            let f = &self.faults;
+            if take_one(&f.broken_commits) || f.roll() {
+                f.broken.fetch_add(1, Ordering::SeqCst);
+                return Err(KvError::Backend("injected commit failure".into()));
+            }
+            if take_one(&f.fail_commits) {
                 return Err(KvError::Unavailable("injected commit failure".into()));
             }
-            if take_one(&self.unknown_commits) {
+            if take_one(&f.unknown_commits) {
                 self.inner.commit().await?;
                 return Err(KvError::CommitUnknown("injected lost commit reply".into()));
             }

@@ -364,6 +364,15 @@ impl Metadata {
         Ok(outcomes)
     }
 
+    /// Whether a segment object's commit went through (objects written but never committed
+    /// are orphans for the garbage collector).
+    pub async fn is_object_committed(&self, object_key: &str) -> Result<bool, MetaError> {
+        self.run("is_object_committed", |tx| async move {
+            Ok(tx.get(&keys::object(object_key)).await?.is_some())
+        })
+        .await
+    }
+
     /// Reads a partition's state and up to `limit` index entries covering `offset` onwards,
     /// in one snapshot.
     pub async fn read_index(

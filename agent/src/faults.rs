@@ -1,0 +1,197 @@
+//! Fault injection for tests of the no-loss, no-duplicate guarantees: PUTs that fail,
+//! metadata commits that fail, replies lost after a successful commit, and a process crash
+//! between commit and reply. Off unless configured; the CLI reads a spec from
+//! `CAIRN_TEST_FAULTS` and logs a warning when it is set.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use cairn_metadata::FaultyKv;
+
+use crate::{AgentError, FaultyStore};
+
+/// How many faults an agent injected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultReport {
+    /// Segment PUTs that failed.
+    pub puts_failed: u64,
+    /// Metadata commits that failed.
+    pub commits_failed: u64,
+    /// Produce replies lost after their commit.
+    pub replies_dropped: u64,
+}
+
+/// Which faults to inject, and how often.
+///
+/// Parsed from `key=value` pairs separated by commas, e.g.
+/// `put_fail_rate=0.05,commit_fail_rate=0.05,reply_drop_rate=0.05,seed=7` or
+/// `crash_after_commits=3`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FaultSpec {
+    /// Probability that a segment PUT fails.
+    pub put_fail_rate: f64,
+    /// Probability that a metadata commit fails for good (not applied).
+    pub commit_fail_rate: f64,
+    /// Probability that a produce reply is replaced by UNAVAILABLE after its commit
+    /// succeeded, as if the response were lost on the way.
+    pub reply_drop_rate: f64,
+    /// Abort the process right after this many successful segment commits, before any of
+    /// the last segment's producers is answered.
+    pub crash_after_commits: Option<u64>,
+    /// Seed of the fault sequence.
+    pub seed: u64,
+}
+
+impl FaultSpec {
+    /// Whether any fault is configured.
+    pub fn is_active(&self) -> bool {
+        self.put_fail_rate > 0.0
+            || self.commit_fail_rate > 0.0
+            || self.reply_drop_rate > 0.0
+            || self.crash_after_commits.is_some()
+    }
+}
+
+impl FromStr for FaultSpec {
+    type Err = AgentError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut spec = FaultSpec::default();
+        for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let bad = |why: &str| AgentError::Config(format!("fault spec `{pair}`: {why}"));
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| bad("expected key=value"))?;
+            let rate = || {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| bad("a rate is a number from 0 to 1"))
+            };
+            match k {
+                "put_fail_rate" => spec.put_fail_rate = rate()?,
+                "commit_fail_rate" => spec.commit_fail_rate = rate()?,
+                "reply_drop_rate" => spec.reply_drop_rate = rate()?,
+                "crash_after_commits" => {
+                    spec.crash_after_commits = Some(v.parse().map_err(|_| bad("expected a count"))?)
+                }
+                "seed" => spec.seed = v.parse().map_err(|_| bad("expected an integer"))?,
+                _ => {
+                    return Err(bad(
+                        "unknown key (use put_fail_rate, commit_fail_rate, reply_drop_rate, \
+                         crash_after_commits, seed)",
+                    ));
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// The faults the agent itself injects (PUT and commit faults live in the wrapped stores).
+#[derive(Debug)]
+pub(crate) struct Faults {
+    store: Option<Arc<FaultyStore>>,
+    kv: Option<Arc<FaultyKv>>,
+    replies_dropped: AtomicU64,
+    reply_drop_ppm: u32,
+    crash_after_commits: Option<u64>,
+    commits: AtomicU64,
+    drop_next_replies: AtomicU32,
+    rng: Mutex<StdRng>,
+}
+
+impl Faults {
+    pub(crate) fn new(
+        spec: &FaultSpec,
+        store: Option<Arc<FaultyStore>>,
+        kv: Option<Arc<FaultyKv>>,
+    ) -> Self {
+        Faults {
+            store,
+            kv,
+            replies_dropped: AtomicU64::new(0),
+            reply_drop_ppm: (spec.reply_drop_rate * 1e6) as u32,
+            crash_after_commits: spec.crash_after_commits,
+            commits: AtomicU64::new(0),
+            drop_next_replies: AtomicU32::new(0),
+            rng: Mutex::new(StdRng::seed_from_u64(spec.seed.wrapping_add(1))),
+        }
+    }
+
+    /// Called after each successful segment commit, before its producers are answered.
+    pub(crate) fn after_commit(&self) {
+        let n = self.commits.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.crash_after_commits.is_some_and(|limit| n >= limit) {
+            tracing::error!(
+                commits = n,
+                "injected crash after commit (CAIRN_TEST_FAULTS)"
+            );
+            std::process::abort();
+        }
+    }
+
+    /// Whether to lose this produce reply.
+    pub(crate) fn drop_reply(&self) -> bool {
+        let lost = self.roll_reply();
+        if lost {
+            self.replies_dropped.fetch_add(1, Ordering::SeqCst);
+        }
+        lost
+    }
+
+    /// What was injected so far.
+    pub(crate) fn report(&self) -> FaultReport {
+        FaultReport {
+            puts_failed: self.store.as_ref().map_or(0, |s| s.failed_puts()),
+            commits_failed: self.kv.as_ref().map_or(0, |k| k.broken_commits()),
+            replies_dropped: self.replies_dropped.load(Ordering::SeqCst),
+        }
+    }
+
+    fn roll_reply(&self) -> bool {
+        if self
+            .drop_next_replies
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return true;
+        }
+        if self.reply_drop_ppm == 0 {
+            return false;
+        }
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        rng.random_range(0..1_000_000) < self.reply_drop_ppm
+    }
+
+    /// Loses the next `n` produce replies after their commits.
+    pub(crate) fn drop_next_replies(&self, n: u32) {
+        self.drop_next_replies.store(n, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_specs_and_names_bad_parts() {
+        let s: FaultSpec = "put_fail_rate=0.05, reply_drop_rate=0.1,crash_after_commits=3,seed=9"
+            .parse()
+            .unwrap();
+        assert_eq!(s.put_fail_rate, 0.05);
+        assert_eq!(s.reply_drop_rate, 0.1);
+        assert_eq!(s.crash_after_commits, Some(3));
+        assert_eq!(s.seed, 9);
+        assert!(s.is_active());
+        assert!(!FaultSpec::from_str("").unwrap().is_active());
+        let e = FaultSpec::from_str("put_fail_rate=2").unwrap_err();
+        assert!(e.to_string().contains("from 0 to 1"), "{e}");
+        let e = FaultSpec::from_str("nope=1").unwrap_err();
+        assert!(e.to_string().contains("unknown key"), "{e}");
+    }
+}
