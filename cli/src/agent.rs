@@ -99,10 +99,18 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let kv = cairn_metadata::open_kv(&metadata)
         .await
         .with_context(|| format!("cannot open metadata store {metadata}"))?;
-    let agent = AgentBuilder::new(settings)
+    let mut builder = AgentBuilder::new(settings)
         .object_store(store)
-        .metadata_store(kv)
-        .build()?;
+        .metadata_store(kv);
+    // Fault injection for the delivery-guarantee tests; never set in production.
+    if let Ok(spec) = std::env::var("CAIRN_TEST_FAULTS") {
+        let faults: cairn_agent::FaultSpec = spec.parse().context("invalid CAIRN_TEST_FAULTS")?;
+        if faults.is_active() {
+            tracing::warn!(?faults, "CAIRN_TEST_FAULTS is set: injecting faults");
+            builder = builder.faults(faults);
+        }
+    }
+    let agent = builder.build()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

@@ -220,3 +220,83 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn produce_with_expected_offset_is_conditional() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(dir.path());
+    ok(cairn(
+        &agent,
+        &["topic", "create", "ledger", "--partitions", "1"],
+        "",
+    ));
+
+    let first = cairn(
+        &agent,
+        &[
+            "produce",
+            "ledger",
+            "--partition",
+            "0",
+            "--expected-offset",
+            "0",
+        ],
+        "opened\ndeposited\n",
+    );
+    ok(first.clone());
+    let said = String::from_utf8_lossy(&first.stderr);
+    assert!(said.contains("at offsets 0..2"), "{said}");
+
+    // A writer that still believes the stream is at 0 loses, and learns where it is.
+    let stale = cairn(
+        &agent,
+        &[
+            "produce",
+            "ledger",
+            "--partition",
+            "0",
+            "--expected-offset",
+            "0",
+        ],
+        "withdrew\n",
+    );
+    assert!(!stale.status.success());
+    let err = String::from_utf8_lossy(&stale.stderr);
+    assert!(err.contains("OFFSET_MISMATCH"), "{err}");
+    assert!(err.contains("next offset is 2"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+
+    ok(cairn(
+        &agent,
+        &[
+            "produce",
+            "ledger",
+            "--partition",
+            "0",
+            "--expected-offset",
+            "2",
+        ],
+        "withdrew\n",
+    ));
+    let out = ok(cairn(
+        &agent,
+        &[
+            "consume",
+            "ledger",
+            "--from-beginning",
+            "--max-records",
+            "3",
+        ],
+        "",
+    ));
+    assert_eq!(out, "opened\ndeposited\nwithdrew\n");
+
+    let missing = cairn(
+        &agent,
+        &["produce", "ledger", "--expected-offset", "3"],
+        "x\n",
+    );
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("--partition"), "{err}");
+}

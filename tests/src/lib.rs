@@ -12,8 +12,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use cairn_agent::{AgentBuilder, AgentSettings, StoreCounters};
+use cairn_agent::{AgentBuilder, AgentSettings, FaultControl, FaultSpec, StoreCounters};
 use cairn_client::{ConsumedRecord, Consumer, ConsumerConfig, Offset};
+use cairn_metadata::KvStore;
 use object_store::ObjectStore;
 
 /// The bucket the tests use.
@@ -204,6 +205,10 @@ pub struct InProcessAgent {
     pub counters: Arc<StoreCounters>,
     /// Its live gauges.
     pub gauges: Arc<cairn_agent::AgentGauges>,
+    /// Injects faults while it serves.
+    pub faults: FaultControl,
+    /// Its metadata handle.
+    pub metadata: cairn_metadata::Metadata,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -216,12 +221,25 @@ impl InProcessAgent {
         settings: AgentSettings,
     ) -> anyhow::Result<InProcessAgent> {
         let kv = cairn_metadata::open_kv(&format!("sqlite:{}", sqlite.display())).await?;
+        Self::start_with(store, kv, settings, FaultSpec::default()).await
+    }
+
+    /// Starts an agent over `store` and `kv` with `faults` injected.
+    pub async fn start_with(
+        store: Arc<dyn ObjectStore>,
+        kv: Arc<dyn KvStore>,
+        settings: AgentSettings,
+        faults: FaultSpec,
+    ) -> anyhow::Result<InProcessAgent> {
         let agent = AgentBuilder::new(settings)
             .object_store(store)
             .metadata_store(kv)
+            .faults(faults)
             .build()?;
         let counters = agent.store_counters();
         let gauges = agent.gauges();
+        let fault_control = agent.fault_control();
+        let metadata = agent.metadata().clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -237,6 +255,8 @@ impl InProcessAgent {
             endpoint,
             counters,
             gauges,
+            faults: fault_control,
+            metadata,
             stop: Some(stop),
             task: Some(task),
         })

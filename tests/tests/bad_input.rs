@@ -44,6 +44,7 @@ fn batch(topic: &str, partition: u32, values: &[Vec<u8>]) -> v1::PartitionBatch 
         topic: topic.into(),
         partition,
         records: records.encode_to_vec().into(),
+        ..Default::default()
     }
 }
 
@@ -82,6 +83,7 @@ async fn bad_input_gets_precise_errors() -> anyhow::Result<()> {
     producer
         .produce(v1::ProduceRequest {
             batches: vec![batch("orders", 0, &[b"one".to_vec()])],
+            ..Default::default()
         })
         .await?;
 
@@ -117,7 +119,10 @@ async fn bad_input_gets_precise_errors() -> anyhow::Result<()> {
     );
 
     // Produce.
-    let produce = |b: v1::PartitionBatch| v1::ProduceRequest { batches: vec![b] };
+    let produce = |b: v1::PartitionBatch| v1::ProduceRequest {
+        batches: vec![b],
+        atomic: false,
+    };
     expect(
         producer
             .produce(produce(batch("nope", 0, &[b"x".to_vec()])))
@@ -150,6 +155,7 @@ async fn bad_input_gets_precise_errors() -> anyhow::Result<()> {
         topic: "orders".into(),
         partition: 0,
         records: vec![0xff, 0xff, 0xff, 0x07].into(),
+        ..Default::default()
     };
     expect(
         producer.produce(produce(garbage)).await,
@@ -163,7 +169,10 @@ async fn bad_input_gets_precise_errors() -> anyhow::Result<()> {
     );
     expect(
         producer
-            .produce(v1::ProduceRequest { batches: vec![] })
+            .produce(v1::ProduceRequest {
+                batches: vec![],
+                atomic: false,
+            })
             .await,
         Code::InvalidArgument,
         "at least one batch",

@@ -46,7 +46,9 @@ async fn ten_thousand_small_requests_share_segments() -> anyhow::Result<()> {
                             topic: "small".into(),
                             partition: (i % 4) as u32,
                             records: records.encode_to_vec().into(),
+                            ..Default::default()
                         }],
+                        atomic: false,
                     })
                     .await?;
             }

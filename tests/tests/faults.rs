@@ -39,7 +39,9 @@ async fn failed_put_is_unavailable_and_invisible_then_retry_succeeds() -> anyhow
             }
             .encode_to_vec()
             .into(),
+            ..Default::default()
         }],
+        atomic: false,
     };
     let mut raw = ProducerClient::new(channel.clone());
     faulty.fail_next_puts(1);

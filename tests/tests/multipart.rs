@@ -56,11 +56,15 @@ async fn large_segment_uses_multipart_upload() -> anyhow::Result<()> {
             }
             .encode_to_vec()
             .into(),
+            ..Default::default()
         })
         .collect();
     ProducerClient::new(channel.clone())
         .max_encoding_message_size(64 << 20)
-        .produce(v1::ProduceRequest { batches })
+        .produce(v1::ProduceRequest {
+            batches,
+            atomic: false,
+        })
         .await?;
     let stats = agent.counters.snapshot();
     let puts = stats.puts - before.puts;

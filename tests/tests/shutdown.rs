@@ -45,7 +45,9 @@ async fn shutdown_flushes_commits_and_answers_waiting_producers() -> anyhow::Res
             }
             .encode_to_vec()
             .into(),
+            ..Default::default()
         }],
+        atomic: false,
     };
     let produce = tokio::spawn(async move { client.produce(request).await });
     // Wait until the request sits in the open segment.
