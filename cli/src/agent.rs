@@ -27,7 +27,7 @@ Examples:
 A TOML file (--config) may set: listen, object_store, metadata, an [s3] table of object_store
 S3 options (endpoint, region, ...) and a [tuning] table (segment_max_bytes, linger,
 max_inflight_segments, multipart_threshold, segment_max_batches, max_request_bytes,
-max_record_bytes, cache_bytes, max_fetch_wait, topic_cache_ttl).")]
+max_record_bytes, cache_bytes, max_fetch_wait, topic_cache_ttl, producer_idle_expiry).")]
 pub(crate) struct AgentArgs {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
@@ -145,5 +145,24 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The configuration example in the README is a valid file.
+    #[test]
+    fn readme_config_example_parses() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("```toml").expect("README has a TOML example") + "```toml".len();
+        let len = readme[start..].find("```").expect("the TOML example ends");
+        let config: FileConfig = toml::from_str(&readme[start..start + len]).unwrap();
+        config.tuning.validate().unwrap();
+        assert_eq!(
+            config.tuning.producer_idle_expiry,
+            Duration::from_secs(7 * 24 * 3600)
+        );
     }
 }
