@@ -163,13 +163,29 @@ impl ClientError {
         }
     }
 
-    /// Whether sending the same request again may succeed.
+    /// Whether sending the same request again may succeed: the agent was unavailable, the
+    /// call timed out, or the connection broke before an answer came (the request may or
+    /// may not have been applied; idempotent producers make resending it safe).
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.code(),
             Some(tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::DeadlineExceeded)
         ) || matches!(self, ClientError::Connect { .. })
+            || matches!(self, ClientError::Status(s) if is_transport_failure(s))
     }
+}
+
+/// A status the client library made up because the connection failed (tonic reports a
+/// connection reset mid-call as `UNKNOWN: transport error`), not one the agent sent.
+fn is_transport_failure(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// A short, human name for a gRPC code ("not found", "invalid argument").

@@ -171,6 +171,25 @@ impl AgentProcess {
         })
     }
 
+    /// Waits until the process exits by itself (it is expected to crash or stop), up to
+    /// `timeout`, and returns its exit status.
+    pub async fn wait_for_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().context("checking the agent")? {
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!("agent still running after {timeout:?}");
+            }
+            // No portable exit notification for a std child: poll it.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Sends SIGTERM and waits for a clean exit.
     pub fn stop(mut self) -> anyhow::Result<()> {
         let status = Command::new("kill")

@@ -191,16 +191,20 @@ async fn agent_killed_between_commit_and_reply() -> anyhow::Result<()> {
         ["one", "two", "three"]
     );
 
-    // The SDK producer does the same on its own when an agent dies under it: a second
-    // doomed agent and a channel that balances over both agents.
-    let doomed2 = AgentProcess::start(
+    // The SDK producer does the same on its own when its agent dies under it: it talks to
+    // a second doomed agent first, and once that one is dead it can reach only the survivor.
+    let mut doomed2 = AgentProcess::start(
         &args,
         &[("CAIRN_TEST_FAULTS".into(), "crash_after_commits=1".into())],
     )?;
-    let endpoints = [doomed2.endpoint.clone(), survivor.endpoint.clone()]
-        .into_iter()
-        .map(|e| tonic::transport::Endpoint::from_shared(e).unwrap());
-    let channel = tonic::transport::Channel::balance_list(endpoints);
+    let (channel, routes) = tonic::transport::Channel::balance_channel::<&str>(4);
+    let endpoint = |e: &str| tonic::transport::Endpoint::from_shared(e.to_string()).unwrap();
+    routes
+        .send(tonic::transport::channel::Change::Insert(
+            "doomed",
+            endpoint(&doomed2.endpoint),
+        ))
+        .await?;
     let producer = Producer::new(channel, ProducerConfig::default());
     let mut deliveries = Vec::new();
     for i in 0..20 {
@@ -210,6 +214,20 @@ async fn agent_killed_between_commit_and_reply() -> anyhow::Result<()> {
                 .await?,
         );
     }
+    let status = doomed2.wait_for_exit(Duration::from_secs(30)).await?;
+    assert!(
+        !status.success(),
+        "the agent crashed after its commit: {status}"
+    );
+    routes
+        .send(tonic::transport::channel::Change::Remove("doomed"))
+        .await?;
+    routes
+        .send(tonic::transport::channel::Change::Insert(
+            "survivor",
+            endpoint(&survivor.endpoint),
+        ))
+        .await?;
     let mut offsets = Vec::new();
     for d in deliveries {
         offsets.push(d.await?.offset);
@@ -221,7 +239,6 @@ async fn agent_killed_between_commit_and_reply() -> anyhow::Result<()> {
     let unique: HashSet<&String> = read.iter().collect();
     assert_eq!(unique.len(), 23, "no duplicates: {read:?}");
     drop(doomed);
-    drop(doomed2);
     survivor.stop()?;
     Ok(())
 }
