@@ -541,3 +541,120 @@ async fn named_producer_fences_its_zombie() -> anyhow::Result<()> {
     agent.stop().await?;
     Ok(())
 }
+
+/// Stamp and condition errors answer with a precise status and a machine-readable reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_have_precise_statuses() -> anyhow::Result<()> {
+    use tonic_types::StatusExt;
+    let dir = temp_dir()?;
+    let agent = InProcessAgent::start(
+        file_store(dir.path())?,
+        &dir.path().join("meta.sqlite"),
+        settings(),
+    )
+    .await?;
+    let channel = cairn_client::connect(&agent.endpoint).await?;
+    Admin::new(channel.clone())
+        .create_topic("strict", 1, TopicOptions::default())
+        .await?;
+    let mut raw = ProducerClient::new(channel);
+    let id = raw
+        .init_producer(v1::InitProducerRequest::default())
+        .await?
+        .into_inner();
+    let batch = |seq: i64| v1::PartitionBatch {
+        topic: "strict".into(),
+        partition: 0,
+        records: v1::RecordBatch {
+            records: vec![v1::Record {
+                value: "v".into(),
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+        .into(),
+        producer_id: id.producer_id,
+        producer_epoch: id.epoch,
+        base_sequence: seq,
+        ..Default::default()
+    };
+    let one = |b: v1::PartitionBatch| v1::ProduceRequest {
+        batches: vec![b],
+        atomic: false,
+    };
+    let reason = |s: &tonic::Status| s.get_details_error_info().map(|i| (i.reason, i.metadata));
+
+    // A gap: sequence 5 before 0.
+    let err = raw.produce(one(batch(5))).await.expect_err("a gap");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    let (r, meta) = reason(&err).expect("ErrorInfo");
+    assert_eq!(r, "OUT_OF_ORDER_SEQUENCE");
+    assert_eq!(meta.get("expected_sequence").map(String::as_str), Some("0"));
+    assert!(err.message().contains("strict/0"), "{}", err.message());
+
+    // In a multi-batch request the same refusal is per batch, beside a committed one.
+    let mixed = raw
+        .produce(v1::ProduceRequest {
+            batches: vec![batch(0), batch(7)],
+            atomic: false,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(mixed.results[0].base_offset, 0);
+    assert!(mixed.results[0].error.is_none());
+    let e = mixed.results[1].error.as_ref().expect("refused");
+    assert_eq!(e.reason(), v1::ProduceErrorReason::OutOfOrderSequence);
+    assert_eq!(e.expected_sequence, 1);
+    assert_eq!(mixed.results[1].base_offset, -1);
+
+    // A retry of the committed batch is answered as a duplicate.
+    let dup = raw.produce(one(batch(0))).await?.into_inner();
+    assert!(dup.results[0].duplicate);
+    assert_eq!(dup.results[0].base_offset, 0);
+
+    // An id the agent never issued.
+    let mut ghost = batch(0);
+    ghost.producer_id = 999_999;
+    let err = raw.produce(one(ghost)).await.expect_err("unknown id");
+    assert_eq!(
+        reason(&err).map(|r| r.0).as_deref(),
+        Some("UNKNOWN_PRODUCER")
+    );
+
+    // Malformed stamps and conditions are invalid arguments.
+    let mut no_id = batch(0);
+    no_id.producer_id = 0;
+    no_id.base_sequence = 3;
+    let mut negative = batch(-1);
+    negative.base_sequence = -1;
+    let mut bad_offset = batch(1);
+    bad_offset.expected_offset = Some(-2);
+    for (b, words) in [
+        (no_id, "need a producer_id"),
+        (negative, "base_sequence must be 0 or more"),
+        (bad_offset, "expected_offset must be 0 or more"),
+    ] {
+        let err = raw.produce(one(b)).await.expect_err(words);
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{}",
+            err.message()
+        );
+        assert!(err.message().contains(words), "{}", err.message());
+    }
+    let err = raw
+        .init_producer(v1::InitProducerRequest {
+            name: "no spaces allowed".into(),
+        })
+        .await
+        .expect_err("bad name");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("invalid producer name"),
+        "{}",
+        err.message()
+    );
+    agent.stop().await?;
+    Ok(())
+}
