@@ -520,7 +520,8 @@ impl Worker {
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
         let mut open = true;
         loop {
-            if self.ready.is_empty() && self.due(!flushes.is_empty() || !open) {
+            if self.ready.is_empty() && self.due(!flushes.is_empty() || !open, !inflight.is_empty())
+            {
                 let out = self.drain();
                 if !out.batches.is_empty() {
                     self.ready.push_back(out);
@@ -566,7 +567,7 @@ impl Worker {
                     return;
                 }
             }
-            let deadline = if self.ready.is_empty() {
+            let deadline = if self.ready.is_empty() && inflight.is_empty() {
                 self.pending
                     .values()
                     .map(|p| p.since + self.config.linger)
@@ -672,8 +673,11 @@ impl Worker {
         }
     }
 
-    /// Whether a request should be formed now.
-    fn due(&self, flushing: bool) -> bool {
+    /// Whether a request should be formed now: a batch is full, or a flush asks for it, or
+    /// (with nothing in flight) the oldest batch has lingered long enough. While requests
+    /// are in flight only full batches go out, so records gather into large requests
+    /// instead of many small ones that would all wait for the same segment anyway.
+    fn due(&self, flushing: bool, busy: bool) -> bool {
         if self.pending.is_empty() {
             return false;
         }
@@ -681,9 +685,9 @@ impl Worker {
             return true;
         }
         let now = Instant::now();
-        self.pending
-            .values()
-            .any(|p| p.bytes >= self.config.batch_max_bytes || p.since + self.config.linger <= now)
+        self.pending.values().any(|p| {
+            p.bytes >= self.config.batch_max_bytes || (!busy && p.since + self.config.linger <= now)
+        })
     }
 
     /// Every pending batch, as requests of at most the request size limit.

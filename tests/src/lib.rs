@@ -341,14 +341,33 @@ pub async fn produce_workload(
     producers: usize,
     per_producer: usize,
 ) -> anyhow::Result<Vec<Sent>> {
-    use cairn_client::{Producer, ProducerConfig, ProducerRecord};
+    produce_workload_with(
+        endpoints,
+        topic,
+        producers,
+        per_producer,
+        cairn_client::ProducerConfig::default(),
+    )
+    .await
+}
+
+/// [`produce_workload`] with a given producer configuration.
+pub async fn produce_workload_with(
+    endpoints: &[String],
+    topic: &str,
+    producers: usize,
+    per_producer: usize,
+    config: cairn_client::ProducerConfig,
+) -> anyhow::Result<Vec<Sent>> {
+    use cairn_client::{Producer, ProducerRecord};
     let mut tasks = Vec::new();
     for p in 0..producers {
         let endpoint = endpoints[p % endpoints.len()].clone();
         let topic = topic.to_string();
+        let config = config.clone();
         tasks.push(tokio::spawn(async move {
             let channel = cairn_client::connect(&endpoint).await?;
-            let producer = Producer::new(channel, ProducerConfig::default());
+            let producer = Producer::new(channel, config);
             let mut pending = Vec::with_capacity(per_producer);
             for seq in 0..per_producer {
                 let key = bytes::Bytes::from(format!("key-{}", (seq * 7 + p) % 1009));

@@ -16,7 +16,7 @@ use cairn_client::{
 use cairn_metadata::{FaultyKv, KvStore};
 use cairn_proto::v1::{self, producer_client::ProducerClient};
 use cairn_tests::{
-    AgentProcess, InProcessAgent, produce_workload, read_all, s3_store, s3_url, temp_dir,
+    AgentProcess, InProcessAgent, produce_workload_with, read_all, s3_store, s3_url, temp_dir,
     verify_exact,
 };
 use futures::StreamExt;
@@ -270,7 +270,19 @@ async fn random_faults_lose_and_duplicate_nothing() -> anyhow::Result<()> {
         .create_topic("faulty", 4, TopicOptions::default())
         .await?;
     let started = std::time::Instant::now();
-    let sent = produce_workload(std::slice::from_ref(&agent.endpoint), "faulty", 8, 10_000).await?;
+    // Small batches, so that many requests and segments meet the faults.
+    let config = ProducerConfig {
+        batch_max_bytes: 8 << 10,
+        ..ProducerConfig::default()
+    };
+    let sent = produce_workload_with(
+        std::slice::from_ref(&agent.endpoint),
+        "faulty",
+        8,
+        10_000,
+        config,
+    )
+    .await?;
     let consumed = read_all(&agent.endpoint, "faulty").await?;
     let unique: HashSet<(u32, i64)> = consumed.iter().map(|r| (r.partition, r.offset)).collect();
     let distinct_values: HashSet<&bytes::Bytes> = consumed.iter().map(|r| &r.value).collect();
