@@ -129,6 +129,17 @@ pub enum MetaError {
         /// High watermark.
         hwm: i64,
     },
+    /// No consumer group of that name.
+    #[error("group `{0}` does not exist")]
+    GroupNotFound(String),
+    /// A caller whose standing is gone (an expired member, a stale generation).
+    #[error("{message}")]
+    Fenced {
+        /// A machine-readable reason (`UNKNOWN_MEMBER`, `STALE_GENERATION`, ...).
+        reason: &'static str,
+        /// What happened, for people.
+        message: String,
+    },
     /// Any other invalid argument, with a message that names it.
     #[error("{0}")]
     InvalidArgument(String),
@@ -152,7 +163,8 @@ impl MetaError {
     /// What a caller should do about this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            MetaError::TopicNotFound(_) => ErrorKind::NotFound,
+            MetaError::TopicNotFound(_) | MetaError::GroupNotFound(_) => ErrorKind::NotFound,
+            MetaError::Fenced { .. } => ErrorKind::Conflict,
             MetaError::TopicExists(_) => ErrorKind::AlreadyExists,
             MetaError::InvalidTopicName { .. }
             | MetaError::InvalidArgument(_)

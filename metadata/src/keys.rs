@@ -14,6 +14,10 @@
 //! | `(cairn, pn, name)` | producer id of a named producer |
 //! | `(cairn, pr, producer_id)` | producer: epoch, name, last init time |
 //! | `(cairn, ps, producer_id, topic_id, partition)` | the producer's last 5 batches there |
+//! | `(cairn, seq, member)` | next consumer-group member number |
+//! | `(cairn, cg, group)` | consumer group: generation, members, assignment (JSON) |
+//! | `(cairn, cgh, group, member)` | the member's last heartbeat (i64 LE) |
+//! | `(cairn, co, group, topic_id, partition)` | committed offset, commit time |
 
 use foundationdb_tuple::{Subspace, TuplePack, TupleUnpack, pack, unpack};
 
@@ -115,6 +119,34 @@ pub(crate) fn producer_partitions_from(
 ) -> (Vec<u8>, Vec<u8>) {
     let (_, end) = range(("ps",));
     (producer_partition(id, topic_id, partition), end)
+}
+
+pub(crate) fn next_member_id() -> Vec<u8> {
+    key(("seq", "member"))
+}
+
+pub(crate) fn group(name: &str) -> Vec<u8> {
+    key(("cg", name))
+}
+
+pub(crate) fn groups() -> (Vec<u8>, Vec<u8>) {
+    range(("cg",))
+}
+
+pub(crate) fn group_heartbeat(group: &str, member: &str) -> Vec<u8> {
+    key(("cgh", group, member))
+}
+
+pub(crate) fn group_heartbeats(group: &str) -> (Vec<u8>, Vec<u8>) {
+    range(("cgh", group))
+}
+
+pub(crate) fn group_offset(group: &str, topic_id: u64, partition: u32) -> Vec<u8> {
+    key(("co", group, topic_id, partition))
+}
+
+pub(crate) fn group_offsets(group: &str) -> (Vec<u8>, Vec<u8>) {
+    range(("co", group))
 }
 
 /// Encodes a value tuple.

@@ -12,6 +12,7 @@ pub mod conformance;
 mod error;
 #[cfg(feature = "fdb")]
 mod fdb;
+mod groups;
 mod keys;
 mod kv;
 mod limits;
@@ -25,6 +26,10 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{ErrorKind, KvError, MetaError};
 #[cfg(feature = "fdb")]
 pub use fdb::FdbKv;
+pub use groups::{
+    GroupDescription, GroupMember, MemberAssignment, OffsetReset, PartitionLag,
+    SESSION_TIMEOUT_RANGE_MS, TopicPartition,
+};
 pub use kv::{FaultyKv, KeyValue, KvStore, KvTransaction, RetryPolicy};
 pub use limits::Limits;
 pub use memory::MemoryKv;

@@ -108,7 +108,7 @@ fn encode_topic(t: &Topic) -> Result<Vec<u8>, MetaError> {
 
 pub(crate) type IndexValue = (String, u64, u64, i64, u32, i64, i64);
 
-fn decode_index(
+pub(crate) fn decode_index(
     topic_id: u64,
     partition: u32,
     key: &[u8],
@@ -131,7 +131,7 @@ fn decode_index(
     })
 }
 
-async fn read_topic(tx: &Tx, name: &str) -> Result<Option<Topic>, MetaError> {
+pub(crate) async fn read_topic(tx: &Tx, name: &str) -> Result<Option<Topic>, MetaError> {
     let Some(id) = tx.get(&keys::topic_name(name)).await? else {
         return Ok(None);
     };
