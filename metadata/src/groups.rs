@@ -630,9 +630,8 @@ async fn read_committed(tx: &Tx, group: &str) -> Result<Vec<(String, u32, i64)>,
         let (_, _, _, topic_id, partition): (String, String, String, u64, u32) =
             decode("group offset key", &k)?;
         let (offset, _at): (i64, i64) = decode("group offset", &v)?;
-        if !names.contains_key(&topic_id) {
-            let name = read_topic_by_id(tx, topic_id).await?.map(|t| t.name);
-            names.insert(topic_id, name);
+        if let std::collections::btree_map::Entry::Vacant(slot) = names.entry(topic_id) {
+            slot.insert(read_topic_by_id(tx, topic_id).await?.map(|t| t.name));
         }
         if let Some(Some(name)) = names.get(&topic_id) {
             out.push((name.clone(), partition, offset));
