@@ -68,6 +68,14 @@ impl AgentError {
 impl From<AgentError> for tonic::Status {
     fn from(e: AgentError) -> Self {
         let msg = e.to_string();
+        if let AgentError::Meta(MetaError::Fenced { reason, .. }) = &e {
+            use tonic_types::{ErrorDetails, StatusExt};
+            return tonic::Status::with_error_details(
+                tonic::Code::FailedPrecondition,
+                msg,
+                ErrorDetails::with_error_info(*reason, "cairn", std::collections::HashMap::new()),
+            );
+        }
         match e.kind() {
             ErrorKind::Invalid => tonic::Status::invalid_argument(msg),
             ErrorKind::NotFound => tonic::Status::not_found(msg),

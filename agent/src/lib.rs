@@ -13,6 +13,7 @@ mod batcher;
 mod error;
 mod faults;
 mod fetch;
+mod groups;
 mod service;
 mod settings;
 mod store;
@@ -22,7 +23,8 @@ use std::sync::Arc;
 
 use cairn_metadata::{Clock, KvStore, Metadata, SystemClock};
 use cairn_proto::v1::{
-    admin_server::AdminServer, consumer_server::ConsumerServer, producer_server::ProducerServer,
+    admin_server::AdminServer, consumer_server::ConsumerServer, groups_server::GroupsServer,
+    producer_server::ProducerServer,
 };
 use futures::StreamExt;
 use object_store::ObjectStore;
@@ -247,6 +249,9 @@ impl Agent {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(AdminServer::new(AdminService(self.shared.clone())))
+            .add_service(GroupsServer::new(groups::GroupsService(
+                self.shared.clone(),
+            )))
             .add_service(
                 ProducerServer::new(ProducerService(self.shared.clone()))
                     .max_decoding_message_size(max_request),

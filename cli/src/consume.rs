@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use cairn_client::{ConsumedRecord, Consumer, ConsumerConfig, Offset};
+use cairn_client::{ConsumedRecord, Consumer, ConsumerConfig, GroupConfig, GroupConsumer, Offset};
 
 use crate::ConnectArgs;
 
@@ -18,18 +18,30 @@ Without --follow, prints what the partitions hold now and exits. Without --from-
 Examples:
   cairn consume events --from-beginning
   cairn consume events --partition 0 --offset 42 --format json
-  cairn consume events --follow")]
+  cairn consume events --follow
+  cairn consume events --group billing --follow     # share partitions with other members
+
+With --group, the agent assigns this consumer some of the topic's partitions (sticky, shared
+with the group's other members); it starts each at the group's committed offset (else where
+--from-beginning says), and commits its position after printing each batch. If it dies, its
+partitions move to the others after --session-timeout.")]
 pub(crate) struct ConsumeArgs {
     /// Topic to read.
     topic: String,
     /// Partitions to read (repeatable); all when not given.
-    #[arg(long, short)]
+    #[arg(long, short, conflicts_with = "group")]
     partition: Vec<u32>,
+    /// Consume as a member of this consumer group.
+    #[arg(long, short)]
+    group: Option<String>,
+    /// With --group: how long without a heartbeat before this member's partitions move.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", requires = "group")]
+    session_timeout: Duration,
     /// Start at the oldest record.
     #[arg(long, conflicts_with = "offset")]
     from_beginning: bool,
     /// Start at this offset (in each chosen partition).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     offset: Option<i64>,
     /// Keep waiting for new records instead of exiting at the end.
     #[arg(long, short)]
@@ -68,6 +80,9 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         (false, None) => Offset::End,
     };
     let channel = args.connect.channel().await?;
+    if let Some(group) = args.group.clone() {
+        return run_group(args, channel, &group, from).await;
+    }
     let mut consumer = Consumer::new(channel, ConsumerConfig::default());
     if args.partition.is_empty() {
         consumer.assign_all(&args.topic, from).await?;
@@ -113,6 +128,77 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
     if printed == 0 && from == Offset::End && !args.follow {
         eprintln!("no new records (use --from-beginning to read what is stored)");
     }
+    Ok(())
+}
+
+/// `cairn consume --group`: a group member that commits after printing each batch.
+async fn run_group(
+    args: ConsumeArgs,
+    channel: cairn_client::Channel,
+    group: &str,
+    from: Offset,
+) -> anyhow::Result<()> {
+    let config = GroupConfig {
+        session_timeout: args.session_timeout,
+        start: from,
+        ..GroupConfig::default()
+    };
+    let mut member = GroupConsumer::join(channel, group, &[args.topic.as_str()], config).await?;
+    eprintln!(
+        "joined group {group} as {} (generation {}, {} partition(s)); Ctrl-C to stop",
+        member.member_id(),
+        member.generation(),
+        member.assignment().len()
+    );
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut printed = 0u64;
+    let limit = args.max_records.unwrap_or(u64::MAX);
+    let wait = if args.follow {
+        Duration::from_secs(10)
+    } else {
+        Duration::ZERO
+    };
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        let records = tokio::select! {
+            r = member.poll(wait) => r?,
+            _ = &mut stop => break,
+        };
+        if records.is_empty() && !args.follow && member.caught_up() {
+            break;
+        }
+        let mut take = records.len();
+        if printed + take as u64 > limit {
+            take = (limit - printed) as usize;
+            // Commit only what is printed: the rest stays for the group.
+            let mut first: std::collections::BTreeMap<(String, u32), i64> = Default::default();
+            for r in &records[take..] {
+                first
+                    .entry((r.topic.clone(), r.partition))
+                    .or_insert(r.offset);
+            }
+            for ((t, p), o) in first {
+                member.seek(&t, p, o).await?;
+            }
+        }
+        for r in &records[..take] {
+            print_record(&mut out, r, args.format, args.print_key)
+                .context("cannot write to stdout")?;
+        }
+        printed += take as u64;
+        out.flush().context("cannot write to stdout")?;
+        if take > 0 {
+            member.commit().await?;
+        }
+        if printed >= limit {
+            break;
+        }
+    }
+    out.flush().context("cannot write to stdout")?;
+    member.commit().await?;
+    member.leave().await?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 
 mod agent;
 mod consume;
+mod group;
 mod inspect;
 mod produce;
 mod size;
@@ -45,6 +46,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records of a topic.
     Consume(consume::ConsumeArgs),
+    /// List, describe and reset consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Look inside stored objects.
     #[command(subcommand)]
     Inspect(inspect::InspectCommand),
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
             Command::Produce(args) => produce::run(args).await,
             Command::Consume(args) => consume::run(args).await,
             Command::Inspect(cmd) => inspect::run(cmd).await,
+            Command::Group(cmd) => group::run(cmd).await,
         }
     });
     match result {

@@ -1,6 +1,6 @@
-//! Topic administration.
+//! Topic and consumer-group administration.
 
-use cairn_proto::v1::{self, Compression, admin_client::AdminClient};
+use cairn_proto::v1::{self, Compression, admin_client::AdminClient, groups_client::GroupsClient};
 use tonic::transport::Channel;
 
 use crate::ClientError;
@@ -16,18 +16,88 @@ pub struct TopicOptions {
     pub retention_bytes: Option<i64>,
 }
 
-/// Creates, lists, describes and deletes topics.
+/// Where [`Admin::reset_offsets`] moves a group's committed offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetTo {
+    /// Each partition's first readable offset.
+    Earliest,
+    /// Each partition's high watermark.
+    Latest,
+    /// This offset (clamped into each partition's readable range).
+    Offset(i64),
+    /// The first records at or after this time, ms since the Unix epoch.
+    Timestamp(i64),
+}
+
+/// Creates, lists, describes and deletes topics; lists, describes and resets consumer
+/// groups.
 #[derive(Debug, Clone)]
 pub struct Admin {
     client: AdminClient<Channel>,
+    groups: GroupsClient<Channel>,
 }
 
 impl Admin {
     /// An admin client over `channel`.
     pub fn new(channel: Channel) -> Self {
         Admin {
-            client: AdminClient::new(channel),
+            client: AdminClient::new(channel.clone()),
+            groups: GroupsClient::new(channel),
         }
+    }
+
+    /// Every consumer group's name.
+    pub async fn list_groups(&self) -> Result<Vec<String>, ClientError> {
+        Ok(self
+            .groups
+            .clone()
+            .list_groups(v1::ListGroupsRequest {})
+            .await?
+            .into_inner()
+            .groups)
+    }
+
+    /// A group's generation, live members and per-partition committed offset and lag.
+    pub async fn describe_group(
+        &self,
+        group: &str,
+    ) -> Result<v1::DescribeGroupResponse, ClientError> {
+        Ok(self
+            .groups
+            .clone()
+            .describe_group(v1::DescribeGroupRequest {
+                group: group.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Moves `group`'s committed offsets for every partition of `topic`; the group must
+    /// have no live member. Returns the new offsets.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+        to: ResetTo,
+    ) -> Result<Vec<v1::PartitionOffset>, ClientError> {
+        use v1::reset_offsets_request::To;
+        let to = match to {
+            ResetTo::Earliest => To::Earliest(true),
+            ResetTo::Latest => To::Latest(true),
+            ResetTo::Offset(n) => To::Offset(n),
+            ResetTo::Timestamp(ms) => To::TimestampMs(ms),
+        };
+        Ok(self
+            .groups
+            .clone()
+            .reset_offsets(v1::ResetOffsetsRequest {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                to: Some(to),
+            })
+            .await?
+            .into_inner()
+            .offsets)
     }
 
     /// Creates a topic with `partitions` partitions.

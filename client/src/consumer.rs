@@ -137,6 +137,12 @@ impl Consumer {
         Ok(())
     }
 
+    /// Stops reading `topic`/`partition`.
+    pub fn unassign(&mut self, topic: &str, partition: u32) {
+        self.assigned
+            .retain(|a| !(a.topic == topic && a.partition == partition));
+    }
+
     /// Assigns every partition of `topic`, each starting at `from`.
     pub async fn assign_all(&mut self, topic: &str, from: Offset) -> Result<u32, ClientError> {
         let described = self

@@ -155,6 +155,17 @@ impl ClientError {
         }
     }
 
+    /// The machine-readable reason the agent attached to an error status
+    /// (google.rpc.ErrorInfo), e.g. `UNKNOWN_MEMBER` or `OFFSET_MISMATCH`.
+    pub fn reason(&self) -> Option<String> {
+        use tonic_types::StatusExt;
+        match self {
+            ClientError::Rejected(r) => Some(r.reason.name().to_string()),
+            ClientError::Status(s) => s.get_details_error_info().map(|i| i.reason),
+            _ => None,
+        }
+    }
+
     /// The rejection, if the agent refused a batch for a reason a program can act on.
     pub fn rejected(&self) -> Option<&Rejected> {
         match self {

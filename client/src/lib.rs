@@ -8,6 +8,8 @@
 //!   conditional appends (expected offset) and [`Producer::append_atomic`] appends to
 //!   several partitions all-or-nothing.
 //! - [`Consumer`] reads assigned partitions from an offset and can follow them.
+//! - [`GroupConsumer`] is a consumer-group member: the agent assigns partitions, the member
+//!   commits its progress after processing.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), cairn_client::ClientError> {
@@ -31,16 +33,21 @@
 mod admin;
 mod consumer;
 mod error;
+mod group;
 mod producer;
 
 use std::time::Duration;
 
 use tonic::transport::Endpoint;
 
-pub use admin::{Admin, TopicOptions};
-pub use cairn_proto::v1::{Compression, DescribeTopicResponse, PartitionInfo, TopicInfo};
+pub use admin::{Admin, ResetTo, TopicOptions};
+pub use cairn_proto::v1::{
+    Compression, DescribeGroupResponse, DescribeTopicResponse, PartitionInfo, PartitionOffset,
+    TopicInfo,
+};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Offset};
 pub use error::{ClientError, RejectReason, Rejected};
+pub use group::{GroupConfig, GroupConsumer};
 pub use producer::{
     AppendBatch, AppendResult, Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };

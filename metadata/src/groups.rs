@@ -34,6 +34,8 @@ pub struct MemberAssignment {
     pub generation: u64,
     /// The partitions this member owns now.
     pub partitions: Vec<TopicPartition>,
+    /// The member's session timeout.
+    pub session_timeout_ms: i64,
 }
 
 /// One member as described.
@@ -281,6 +283,7 @@ fn assignment_of(g: &GroupState, member: &str) -> MemberAssignment {
             .get(member)
             .map(|m| m.partitions.clone())
             .unwrap_or_default(),
+        session_timeout_ms: g.members.get(member).map_or(0, |m| m.session_timeout_ms),
     }
 }
 

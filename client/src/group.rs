@@ -1,0 +1,281 @@
+//! [`GroupConsumer`]: a consumer-group member (stream mode). The agent assigns partitions
+//! (sticky); the member reads them from the group's committed offsets and commits its
+//! progress after processing. Heartbeats ride on `poll`, like Kafka's poll loop: poll at
+//! least every heartbeat interval (a third of the session timeout), or the member is
+//! considered dead and its partitions move to others.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use cairn_proto::v1::{self, groups_client::GroupsClient};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::{ClientError, ConsumedRecord, Consumer, ConsumerConfig, Offset};
+
+/// Settings of a group member.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Without a heartbeat for this long the member is removed and its partitions move.
+    pub session_timeout: Duration,
+    /// Where to start a partition the group has committed nothing for.
+    pub start: Offset,
+    /// The underlying consumer's settings.
+    pub consumer: ConsumerConfig,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            session_timeout: Duration::from_secs(10),
+            start: Offset::End,
+            consumer: ConsumerConfig::default(),
+        }
+    }
+}
+
+/// A member of a consumer group. Auto-commit is off: call [`GroupConsumer::commit`] after
+/// processing what [`GroupConsumer::poll`] returned, so a crash re-delivers (to whoever
+/// owns the partition next) only what was not yet processed.
+#[derive(Debug)]
+pub struct GroupConsumer {
+    groups: GroupsClient<Channel>,
+    consumer: Consumer,
+    group: String,
+    topics: Vec<String>,
+    config: GroupConfig,
+    member_id: String,
+    generation: u64,
+    heartbeat_interval: Duration,
+    next_heartbeat: Instant,
+    owned: BTreeSet<(String, u32)>,
+}
+
+impl GroupConsumer {
+    /// Joins `group`, subscribed to `topics`, and takes the assigned partitions.
+    pub async fn join(
+        channel: Channel,
+        group: &str,
+        topics: &[&str],
+        config: GroupConfig,
+    ) -> Result<Self, ClientError> {
+        if topics.is_empty() {
+            return Err(ClientError::Invalid(
+                "a group member needs at least one topic".into(),
+            ));
+        }
+        let mut me = GroupConsumer {
+            groups: GroupsClient::new(channel.clone()),
+            consumer: Consumer::new(channel, config.consumer.clone()),
+            group: group.to_string(),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            config,
+            member_id: String::new(),
+            generation: 0,
+            heartbeat_interval: Duration::from_secs(1),
+            next_heartbeat: Instant::now(),
+            owned: BTreeSet::new(),
+        };
+        me.rejoin().await?;
+        Ok(me)
+    }
+
+    async fn rejoin(&mut self) -> Result<(), ClientError> {
+        let timeout_ms = i64::try_from(self.config.session_timeout.as_millis()).unwrap_or(i64::MAX);
+        let a = self
+            .groups
+            .join_group(v1::JoinGroupRequest {
+                group: self.group.clone(),
+                member_id: self.member_id.clone(),
+                topics: self.topics.clone(),
+                session_timeout_ms: timeout_ms,
+            })
+            .await?
+            .into_inner();
+        // A new membership: nothing read under the old one may be committed.
+        for (t, p) in std::mem::take(&mut self.owned) {
+            self.consumer.unassign(&t, p);
+        }
+        self.apply(a).await
+    }
+
+    /// Takes a new assignment: drops partitions that moved away, starts new ones at the
+    /// group's committed offsets.
+    async fn apply(&mut self, a: v1::GroupAssignment) -> Result<(), ClientError> {
+        self.member_id = a.member_id;
+        self.generation = a.generation;
+        self.heartbeat_interval = Duration::from_millis(a.heartbeat_interval_ms.max(1) as u64);
+        self.next_heartbeat = Instant::now() + self.heartbeat_interval;
+        let now: BTreeSet<(String, u32)> = a
+            .partitions
+            .into_iter()
+            .map(|tp| (tp.topic, tp.partition))
+            .collect();
+        for (t, p) in self.owned.difference(&now) {
+            self.consumer.unassign(t, *p);
+        }
+        let added: Vec<(String, u32)> = now.difference(&self.owned).cloned().collect();
+        if !added.is_empty() {
+            let committed: BTreeMap<(String, u32), i64> = self
+                .groups
+                .fetch_committed_offsets(v1::FetchCommittedOffsetsRequest {
+                    group: self.group.clone(),
+                })
+                .await?
+                .into_inner()
+                .offsets
+                .into_iter()
+                .map(|o| ((o.topic, o.partition), o.offset))
+                .collect();
+            for (t, p) in &added {
+                let from = committed
+                    .get(&(t.clone(), *p))
+                    .map_or(self.config.start, |&o| Offset::At(o));
+                self.consumer.assign(t, *p, from).await?;
+            }
+        }
+        self.owned = now;
+        Ok(())
+    }
+
+    async fn heartbeat(&mut self) -> Result<(), ClientError> {
+        let answer = self
+            .groups
+            .heartbeat(v1::HeartbeatRequest {
+                group: self.group.clone(),
+                member_id: self.member_id.clone(),
+            })
+            .await;
+        match answer {
+            Ok(a) => self.apply(a.into_inner()).await,
+            Err(status) => {
+                let err = ClientError::from(status);
+                if err.reason().as_deref() == Some("UNKNOWN_MEMBER") {
+                    tracing::warn!(group = %self.group, member = %self.member_id, "session expired; joining again");
+                    self.member_id.clear();
+                    self.rejoin().await
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Heartbeats when due and reads what is available from the owned partitions, waiting up
+    /// to `wait` (never past the next heartbeat) if nothing is.
+    pub async fn poll(&mut self, wait: Duration) -> Result<Vec<ConsumedRecord>, ClientError> {
+        if Instant::now() >= self.next_heartbeat {
+            self.heartbeat().await?;
+        }
+        let until_beat = self
+            .next_heartbeat
+            .saturating_duration_since(Instant::now());
+        let wait = wait.min(until_beat);
+        if self.owned.is_empty() {
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
+        }
+        self.consumer.poll(wait).await
+    }
+
+    /// Commits the position of every owned partition (everything `poll` returned counts as
+    /// processed). If the group moved to a new generation in which this member kept its
+    /// partitions, the commit is retried at the new generation; if the member was removed,
+    /// it joins again and the error is returned (records since the last commit will be read
+    /// again by whoever owns them now).
+    pub async fn commit(&mut self) -> Result<(), ClientError> {
+        for attempt in 0..2 {
+            let offsets: Vec<v1::PartitionOffset> = self
+                .consumer
+                .positions()
+                .into_iter()
+                .filter(|(t, p, _)| self.owned.contains(&(t.clone(), *p)))
+                .map(|(topic, partition, offset)| v1::PartitionOffset {
+                    topic,
+                    partition,
+                    offset,
+                })
+                .collect();
+            if offsets.is_empty() {
+                return Ok(());
+            }
+            let answer = self
+                .groups
+                .commit_offsets(v1::CommitOffsetsRequest {
+                    group: self.group.clone(),
+                    member_id: self.member_id.clone(),
+                    generation: self.generation,
+                    offsets,
+                })
+                .await;
+            let err = match answer {
+                Ok(_) => return Ok(()),
+                Err(status) => ClientError::from(status),
+            };
+            match err.reason().as_deref() {
+                Some("STALE_GENERATION" | "NOT_ASSIGNED") if attempt == 0 => {
+                    self.heartbeat().await?;
+                }
+                Some("UNKNOWN_MEMBER") => {
+                    self.member_id.clear();
+                    self.rejoin().await?;
+                    return Err(err);
+                }
+                _ => return Err(err),
+            }
+        }
+        Err(ClientError::Invalid(
+            "the group kept rebalancing during the commit".into(),
+        ))
+    }
+
+    /// Whether every owned partition has been read up to the high watermark last seen.
+    pub fn caught_up(&self) -> bool {
+        self.consumer.caught_up()
+    }
+
+    /// Moves the read position of an owned partition (e.g. back to the first record that
+    /// was returned but not processed, so the next commit does not cover it).
+    pub async fn seek(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+    ) -> Result<(), ClientError> {
+        if !self.owned.contains(&(topic.to_string(), partition)) {
+            return Err(ClientError::Invalid(format!(
+                "{topic}/{partition} is not assigned to this member"
+            )));
+        }
+        self.consumer
+            .assign(topic, partition, Offset::At(offset))
+            .await
+    }
+
+    /// The partitions this member owns now.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.owned.iter().cloned().collect()
+    }
+
+    /// The member id the agent issued.
+    pub fn member_id(&self) -> &str {
+        &self.member_id
+    }
+
+    /// The generation of the current assignment.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Leaves the group at once, so its partitions move without waiting for the session
+    /// timeout. Commit first to keep the progress.
+    pub async fn leave(mut self) -> Result<(), ClientError> {
+        self.groups
+            .leave_group(v1::LeaveGroupRequest {
+                group: self.group.clone(),
+                member_id: self.member_id.clone(),
+            })
+            .await?;
+        Ok(())
+    }
+}
