@@ -18,6 +18,8 @@
 //! | `(cairn, cg, group)` | consumer group: generation, members, assignment (JSON) |
 //! | `(cairn, cgh, group, member)` | the member's last heartbeat (i64 LE) |
 //! | `(cairn, co, group, topic_id, partition)` | committed offset, commit time |
+//! | `(cairn, sg, group)` | share group (creation time) |
+//! | `(cairn, sp, group, topic_id, partition)` | share-partition: start offset, in-flight records |
 
 use foundationdb_tuple::{Subspace, TuplePack, TupleUnpack, pack, unpack};
 
@@ -147,6 +149,18 @@ pub(crate) fn group_offset(group: &str, topic_id: u64, partition: u32) -> Vec<u8
 
 pub(crate) fn group_offsets(group: &str) -> (Vec<u8>, Vec<u8>) {
     range(("co", group))
+}
+
+pub(crate) fn share_group(name: &str) -> Vec<u8> {
+    key(("sg", name))
+}
+
+pub(crate) fn share_groups() -> (Vec<u8>, Vec<u8>) {
+    range(("sg",))
+}
+
+pub(crate) fn share_partition(group: &str, topic_id: u64, partition: u32) -> Vec<u8> {
+    key(("sp", group, topic_id, partition))
 }
 
 /// Encodes a value tuple.

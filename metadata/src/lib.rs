@@ -19,6 +19,7 @@ mod limits;
 mod memory;
 mod metadata;
 mod producer;
+mod share;
 mod sqlite;
 mod types;
 
@@ -35,6 +36,7 @@ pub use limits::Limits;
 pub use memory::MemoryKv;
 pub use metadata::{Metadata, transact};
 pub use producer::{ExpiryReport, ProducerStats, WINDOW as PRODUCER_WINDOW};
+pub use share::{Acquired, MAX_IN_FLIGHT as SHARE_MAX_IN_FLIGHT, ShareAction, SharePartitionInfo};
 pub use sqlite::SqliteKv;
 pub use types::{
     BatchOutcome, Codec, CommitBatch, IndexEntry, PartitionState, ProducerId, ProducerStamp,
