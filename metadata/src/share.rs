@@ -89,7 +89,7 @@ impl SharePartition {
             key: "share partition".into(),
             reason: reason.into(),
         };
-        if v.len() < 8 || (v.len() - 8) % REC_BYTES != 0 {
+        if v.len() < 8 || !(v.len() - 8).is_multiple_of(REC_BYTES) {
             return Err(bad("wrong length"));
         }
         let start = keys::decode_i64_le(&v[..8]);
