@@ -16,6 +16,7 @@ mod fetch;
 mod groups;
 mod service;
 mod settings;
+mod share;
 mod store;
 
 use std::future::Future;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use cairn_metadata::{Clock, KvStore, Metadata, SystemClock};
 use cairn_proto::v1::{
     admin_server::AdminServer, consumer_server::ConsumerServer, groups_server::GroupsServer,
-    producer_server::ProducerServer,
+    producer_server::ProducerServer, share_server::ShareServer,
 };
 use futures::StreamExt;
 use object_store::ObjectStore;
@@ -252,6 +253,10 @@ impl Agent {
             .add_service(GroupsServer::new(groups::GroupsService(
                 self.shared.clone(),
             )))
+            .add_service(
+                ShareServer::new(share::ShareService(self.shared.clone()))
+                    .max_encoding_message_size(usize::MAX),
+            )
             .add_service(
                 ProducerServer::new(ProducerService(self.shared.clone()))
                     .max_decoding_message_size(max_request),

@@ -74,7 +74,7 @@ impl Drop for Waiting<'_> {
 
 impl Shared {
     /// A topic by name, cached for `topic_cache_ttl`.
-    async fn topic(&self, name: &str) -> Result<Arc<Topic>, AgentError> {
+    pub(crate) async fn topic(&self, name: &str) -> Result<Arc<Topic>, AgentError> {
         if name.is_empty() {
             return Err(AgentError::Invalid("topic name is empty".into()));
         }
@@ -96,7 +96,7 @@ impl Shared {
 
     /// A topic whose partition count covers `partition`, re-reading a cached topic once in
     /// case partitions were added since.
-    async fn topic_with_partition(
+    pub(crate) async fn topic_with_partition(
         &self,
         name: &str,
         partition: u32,
@@ -113,7 +113,7 @@ impl Shared {
 
     /// Validates one produce batch and prepares it for a segment: decodes the records,
     /// checks sizes, stamps missing timestamps, compresses with the topic's codec.
-    fn prepare(
+    pub(crate) fn prepare(
         &self,
         index: usize,
         topic: &Topic,

@@ -39,6 +39,9 @@ pub struct AgentSettings {
     /// longer recognised). Kafka's default is 7 days too.
     #[serde(with = "humantime_serde")]
     pub producer_idle_expiry: Duration,
+    /// Share groups: a record delivered this many times without an acknowledgement goes
+    /// to the dead-letter topic `<topic>.dlq` instead of being delivered again.
+    pub share_max_deliveries: u32,
 }
 
 impl Default for AgentSettings {
@@ -55,6 +58,7 @@ impl Default for AgentSettings {
             max_fetch_wait: Duration::from_secs(30),
             topic_cache_ttl: Duration::from_secs(1),
             producer_idle_expiry: Duration::from_secs(7 * 24 * 3600),
+            share_max_deliveries: 5,
         }
     }
 }
@@ -94,6 +98,12 @@ impl AgentSettings {
             return bad(format!(
                 "max_record_bytes ({}) must be positive and at most max_request_bytes ({})",
                 self.max_record_bytes, self.max_request_bytes
+            ));
+        }
+        if !(1..=100).contains(&self.share_max_deliveries) {
+            return bad(format!(
+                "share_max_deliveries must be between 1 and 100, got {}",
+                self.share_max_deliveries
             ));
         }
         if self.producer_idle_expiry < Duration::from_secs(60) {

@@ -309,7 +309,7 @@ impl Metadata {
     /// Settles records `member` holds in one partition, all or none: every offset must be
     /// held by `member` under a live lease (or, for `DeadLettered`, reserved to it for
     /// dead-lettering); otherwise nothing changes and the error names the first offset
-    /// that is not, and why.
+    /// that is not, and why. Returns each record's delivery count.
     pub async fn share_settle(
         &self,
         group: &str,
@@ -318,7 +318,7 @@ impl Metadata {
         partition: u32,
         offsets: &[i64],
         action: ShareAction,
-    ) -> Result<(), MetaError> {
+    ) -> Result<Vec<u32>, MetaError> {
         validate_share_group(group)?;
         if offsets.is_empty() {
             return Err(MetaError::InvalidArgument(
@@ -338,6 +338,7 @@ impl Metadata {
             let mut sp = read_share(&tx, group, t.id, partition)
                 .await?
                 .unwrap_or_default();
+            let mut counts = Vec::with_capacity(offsets.len());
             for &offset in offsets {
                 let not_held = |why: String| {
                     Err(MetaError::Fenced {
@@ -372,6 +373,7 @@ impl Metadata {
                         ),
                     });
                 }
+                counts.push(u32::from(r.deliveries));
                 match action {
                     ShareAction::Ack => r.state = State::Acked,
                     ShareAction::Release => {
@@ -389,7 +391,7 @@ impl Metadata {
             sp.advance();
             tx.set(&keys::share_partition(group, t.id, partition), &sp.encode())
                 .await?;
-            Ok(())
+            Ok(counts)
         })
         .await
     }
