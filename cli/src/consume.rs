@@ -202,7 +202,7 @@ async fn run_group(
     Ok(())
 }
 
-fn print_record(
+pub(crate) fn print_record(
     out: &mut impl Write,
     r: &ConsumedRecord,
     format: Format,

@@ -8,6 +8,7 @@ mod consume;
 mod group;
 mod inspect;
 mod produce;
+mod share;
 mod size;
 mod topic;
 
@@ -46,6 +47,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records of a topic.
     Consume(consume::ConsumeArgs),
+    /// Consume from share groups (queue mode, per-record acknowledgement).
+    #[command(subcommand)]
+    Share(share::ShareCommand),
     /// List, describe and reset consumer groups.
     #[command(subcommand)]
     Group(group::GroupCommand),
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
             Command::Consume(args) => consume::run(args).await,
             Command::Inspect(cmd) => inspect::run(cmd).await,
             Command::Group(cmd) => group::run(cmd).await,
+            Command::Share(cmd) => share::run(cmd).await,
         }
     });
     match result {

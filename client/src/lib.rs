@@ -10,6 +10,8 @@
 //! - [`Consumer`] reads assigned partitions from an offset and can follow them.
 //! - [`GroupConsumer`] is a consumer-group member: the agent assigns partitions, the member
 //!   commits its progress after processing.
+//! - [`ShareConsumer`] is a share-group (queue) member: records are leased one consumer at a
+//!   time and settled by acknowledgement; unacknowledged ones come back to anyone.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), cairn_client::ClientError> {
@@ -35,6 +37,7 @@ mod consumer;
 mod error;
 mod group;
 mod producer;
+mod share;
 
 use std::time::Duration;
 
@@ -51,6 +54,7 @@ pub use group::{GroupConfig, GroupConsumer};
 pub use producer::{
     AppendBatch, AppendResult, Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
+pub use share::{ShareConfig, ShareConsumer, ShareRecord};
 /// The gRPC channel to an agent, as returned by [`connect`].
 pub use tonic::transport::Channel;
 
