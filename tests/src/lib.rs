@@ -250,10 +250,29 @@ impl InProcessAgent {
         settings: AgentSettings,
         faults: FaultSpec,
     ) -> anyhow::Result<InProcessAgent> {
+        Self::start_with_clock(
+            store,
+            kv,
+            settings,
+            faults,
+            Arc::new(cairn_metadata::SystemClock),
+        )
+        .await
+    }
+
+    /// Starts an agent whose time comes from `clock` (tests of leases and expiry).
+    pub async fn start_with_clock(
+        store: Arc<dyn ObjectStore>,
+        kv: Arc<dyn KvStore>,
+        settings: AgentSettings,
+        faults: FaultSpec,
+        clock: Arc<dyn cairn_metadata::Clock>,
+    ) -> anyhow::Result<InProcessAgent> {
         let agent = AgentBuilder::new(settings)
             .object_store(store)
             .metadata_store(kv)
             .faults(faults)
+            .clock(clock)
             .build()?;
         let counters = agent.store_counters();
         let gauges = agent.gauges();
