@@ -195,7 +195,11 @@ impl v1::groups_server::Groups for GroupsService {
         _request: Request<v1::ListGroupsRequest>,
     ) -> Result<Response<v1::ListGroupsResponse>, Status> {
         let groups = self.0.metadata.list_groups().await.map_err(status)?;
-        Ok(Response::new(v1::ListGroupsResponse { groups }))
+        let share_groups = self.0.metadata.list_share_groups().await.map_err(status)?;
+        Ok(Response::new(v1::ListGroupsResponse {
+            groups,
+            share_groups,
+        }))
     }
 
     async fn reset_offsets(

@@ -8,7 +8,7 @@ use crate::ConnectArgs;
 /// Consumer-group administration.
 #[derive(Debug, Subcommand)]
 pub(crate) enum GroupCommand {
-    /// List consumer groups.
+    /// List consumer groups and share groups.
     List {
         #[command(flatten)]
         connect: ConnectArgs,
@@ -52,8 +52,12 @@ pub(crate) async fn run(cmd: GroupCommand) -> anyhow::Result<()> {
     match cmd {
         GroupCommand::List { connect } => {
             let admin = Admin::new(connect.channel().await?);
-            for g in admin.list_groups().await? {
-                println!("{g}");
+            let (groups, shares) = admin.list_groups().await?;
+            for g in groups {
+                println!("{g}\tconsumer");
+            }
+            for g in shares {
+                println!("{g}\tshare");
             }
         }
         GroupCommand::Describe { group, connect } => {

@@ -300,3 +300,103 @@ fn produce_with_expected_offset_is_conditional() {
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(err.contains("--partition"), "{err}");
 }
+
+#[test]
+fn groups_and_share_groups_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = start_agent(dir.path());
+    ok(cairn(
+        &agent,
+        &["topic", "create", "jobs", "--partitions", "2"],
+        "",
+    ));
+    ok(cairn(
+        &agent,
+        &["produce", "jobs", "--partition", "0"],
+        "a\nb\nc\n",
+    ));
+
+    // A group member reads from the beginning, commits, leaves.
+    let out = ok(cairn(
+        &agent,
+        &["consume", "jobs", "--group", "billing", "--from-beginning"],
+        "",
+    ));
+    assert_eq!(out, "a\nb\nc\n");
+    let described = ok(cairn(&agent, &["group", "describe", "billing"], ""));
+    assert!(described.contains("jobs\t0\t3\t3\t0"), "{described}");
+    // Committed: a second run of the group prints nothing new.
+    let again = ok(cairn(
+        &agent,
+        &["consume", "jobs", "--group", "billing"],
+        "",
+    ));
+    assert_eq!(again, "");
+    // Reset to the beginning; the group reads everything again.
+    let reset = ok(cairn(
+        &agent,
+        &[
+            "group",
+            "reset",
+            "billing",
+            "--topic",
+            "jobs",
+            "--to-earliest",
+        ],
+        "",
+    ));
+    assert!(reset.contains("jobs\t0\t0"), "{reset}");
+    let out = ok(cairn(
+        &agent,
+        &["consume", "jobs", "--group", "billing"],
+        "",
+    ));
+    assert_eq!(out, "a\nb\nc\n");
+    let bad = cairn(
+        &agent,
+        &["group", "reset", "billing", "--topic", "jobs"],
+        "",
+    );
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("say where to"));
+    let missing = cairn(&agent, &["group", "describe", "nobody"], "");
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("group `nobody` does not exist"));
+
+    // A share group: a peek leaves records queued; --ack settles them.
+    let peek = ok(cairn(
+        &agent,
+        &[
+            "share",
+            "consume",
+            "jobs",
+            "--group",
+            "q",
+            "--max-records",
+            "2",
+        ],
+        "",
+    ));
+    assert_eq!(peek, "a\nb\n");
+    let taken = ok(cairn(
+        &agent,
+        &["share", "consume", "jobs", "--group", "q", "--ack"],
+        "",
+    ));
+    assert_eq!(taken, "a\nb\nc\n");
+    let none = ok(cairn(
+        &agent,
+        &["share", "consume", "jobs", "--group", "q", "--ack"],
+        "",
+    ));
+    assert_eq!(none, "");
+    let list = ok(cairn(&agent, &["group", "list"], ""));
+    assert_eq!(list, "billing\tconsumer\nq\tshare\n");
+    let bad = cairn(
+        &agent,
+        &[
+            "share", "consume", "jobs", "--group", "q", "--lease", "100ms",
+        ],
+        "",
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("lease_ms must be between"));
+}

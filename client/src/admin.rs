@@ -46,15 +46,15 @@ impl Admin {
         }
     }
 
-    /// Every consumer group's name.
-    pub async fn list_groups(&self) -> Result<Vec<String>, ClientError> {
-        Ok(self
+    /// Every group's name: `(consumer groups, share groups)`.
+    pub async fn list_groups(&self) -> Result<(Vec<String>, Vec<String>), ClientError> {
+        let r = self
             .groups
             .clone()
             .list_groups(v1::ListGroupsRequest {})
             .await?
-            .into_inner()
-            .groups)
+            .into_inner();
+        Ok((r.groups, r.share_groups))
     }
 
     /// A group's generation, live members and per-partition committed offset and lag.
