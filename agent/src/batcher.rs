@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::faults::Faults;
+use crate::metrics::AgentMetrics;
 use crate::{AgentError, AgentSettings};
 
 /// One validated, compressed batch waiting for a segment.
@@ -68,6 +69,7 @@ struct Waiter {
 }
 
 struct Open {
+    opened: Instant,
     requests: Vec<Request>,
     bytes: usize,
     batches: usize,
@@ -83,6 +85,7 @@ struct Sealed {
 }
 
 struct Ctx {
+    metrics: Arc<AgentMetrics>,
     settings: AgentSettings,
     store: Arc<dyn ObjectStore>,
     clock: Arc<dyn Clock>,
@@ -97,12 +100,14 @@ impl Batcher {
         store: Arc<dyn ObjectStore>,
         metadata: Metadata,
         faults: Arc<Faults>,
+        metrics: Arc<AgentMetrics>,
     ) -> Batcher {
         let (tx, rx) = mpsc::channel(1024);
         let (sealed_tx, sealed_rx) = mpsc::channel(settings.max_inflight_segments);
         let clock = metadata.clock().clone();
-        let committer = tokio::spawn(commit_loop(sealed_rx, metadata, faults));
+        let committer = tokio::spawn(commit_loop(sealed_rx, metadata, faults, metrics.clone()));
         let ctx = Ctx {
+            metrics,
             permits: Arc::new(Semaphore::new(settings.max_inflight_segments)),
             clock,
             settings,
@@ -172,6 +177,7 @@ async fn batch_loop(mut rx: mpsc::Receiver<Command>, ctx: Ctx, committer: JoinHa
                     seal(&ctx, open.take()).await;
                 }
                 let o = open.get_or_insert_with(|| Open {
+                    opened: Instant::now(),
                     requests: Vec::new(),
                     bytes: 0,
                     batches: 0,
@@ -242,6 +248,9 @@ async fn seal(ctx: &Ctx, open: Option<Open>) {
             return;
         }
     };
+    ctx.metrics
+        .segment_fill_seconds
+        .observe(open.opened.elapsed().as_secs_f64());
     let key = object_key(ctx.clock.as_ref());
     let (bytes, commit, waiters) = match build(&key, open, ctx.clock.now_ms()) {
         Ok(built) => built,
@@ -250,6 +259,8 @@ async fn seal(ctx: &Ctx, open: Option<Open>) {
             return;
         }
     };
+    ctx.metrics.segment_bytes.observe(bytes.len() as f64);
+    ctx.metrics.segments_inflight.inc();
     let store = ctx.store.clone();
     let threshold = ctx.settings.multipart_threshold;
     let put_key = key.clone();
@@ -375,10 +386,16 @@ async fn put_segment(
     Ok(())
 }
 
-async fn commit_loop(mut rx: mpsc::Receiver<Sealed>, metadata: Metadata, faults: Arc<Faults>) {
+async fn commit_loop(
+    mut rx: mpsc::Receiver<Sealed>,
+    metadata: Metadata,
+    faults: Arc<Faults>,
+    metrics: Arc<AgentMetrics>,
+) {
     while let Some(sealed) = rx.recv().await {
         let outcome = match sealed.upload.await {
             Ok(Ok(())) => {
+                let started = std::time::Instant::now();
                 let committed = metadata
                     .commit_segment(&sealed.commit)
                     .await
@@ -392,7 +409,11 @@ async fn commit_loop(mut rx: mpsc::Receiver<Sealed>, metadata: Metadata, faults:
                         )),
                         _ => AgentError::Meta(e),
                     });
+                metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 if committed.is_ok() {
+                    metrics.commits.inc();
                     faults.after_commit();
                 }
                 committed
@@ -408,6 +429,7 @@ async fn commit_loop(mut rx: mpsc::Receiver<Sealed>, metadata: Metadata, faults:
                 tracing::warn!(object = %sealed.key, error = %e, "segment not committed; its producers get an error and retry")
             }
         }
+        metrics.segments_inflight.dec();
         for w in sealed.waiters {
             let reply = match &outcome {
                 Ok(all) => w
@@ -557,7 +579,8 @@ mod tests {
             ..AgentSettings::default()
         };
         let faults = Arc::new(Faults::new(&crate::FaultSpec::default(), None, None));
-        let batcher = Batcher::start(settings, store.clone(), metadata.clone(), faults);
+        let metrics = Arc::new(AgentMetrics::new(crate::StoreCounters::default()));
+        let batcher = Batcher::start(settings, store.clone(), metadata.clone(), faults, metrics);
 
         // Segment 1: its PUT blocks at the gate.
         let b1 = batcher.clone();

@@ -27,6 +27,7 @@ pub(crate) struct Reader {
     store: Arc<dyn ObjectStore>,
     metadata: Metadata,
     cache: moka::future::Cache<ChunkKey, Arc<Vec<Frame>>>,
+    metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// What a fetch returns.
@@ -37,7 +38,12 @@ pub(crate) struct Fetched {
 }
 
 impl Reader {
-    pub(crate) fn new(store: Arc<dyn ObjectStore>, metadata: Metadata, cache_bytes: u64) -> Self {
+    pub(crate) fn new(
+        store: Arc<dyn ObjectStore>,
+        metadata: Metadata,
+        cache_bytes: u64,
+        metrics: Arc<crate::metrics::AgentMetrics>,
+    ) -> Self {
         let cache = moka::future::Cache::builder()
             .max_capacity(cache_bytes)
             .weigher(|_k: &ChunkKey, v: &Arc<Vec<Frame>>| {
@@ -49,6 +55,7 @@ impl Reader {
             store,
             metadata,
             cache,
+            metrics,
         }
     }
 
@@ -130,6 +137,11 @@ impl Reader {
     /// The verified frames of one index entry, from the cache or one range GET.
     async fn chunk(&self, e: &IndexEntry) -> Result<Arc<Vec<Frame>>, AgentError> {
         let key = (e.object_key.clone(), e.position, e.length);
+        if let Some(hit) = self.cache.get(&key).await {
+            self.metrics.cache_hits.inc();
+            return Ok(hit);
+        }
+        self.metrics.cache_misses.inc();
         let store = self.store.clone();
         let entry = e.clone();
         self.cache

@@ -14,6 +14,7 @@ mod error;
 mod faults;
 mod fetch;
 mod groups;
+mod metrics;
 mod service;
 mod settings;
 mod share;
@@ -33,6 +34,7 @@ use tokio::net::TcpListener;
 
 pub use error::AgentError;
 pub use faults::{FaultReport, FaultSpec};
+pub use metrics::AgentMetrics;
 pub use settings::AgentSettings;
 pub use store::{FaultyStore, InstrumentedStore, StoreCounters, StoreStats, open_object_store};
 
@@ -50,6 +52,7 @@ pub struct AgentBuilder {
     kv: Option<Arc<dyn KvStore>>,
     clock: Arc<dyn Clock>,
     faults: FaultSpec,
+    store_url: String,
 }
 
 impl AgentBuilder {
@@ -61,6 +64,7 @@ impl AgentBuilder {
             kv: None,
             clock: Arc::new(SystemClock),
             faults: FaultSpec::default(),
+            store_url: "(given in code)".into(),
         }
     }
 
@@ -73,6 +77,12 @@ impl AgentBuilder {
     /// The metadata store (required).
     pub fn metadata_store(mut self, kv: Arc<dyn KvStore>) -> Self {
         self.kv = Some(kv);
+        self
+    }
+
+    /// How the object store is described in `cairn status` (its URL).
+    pub fn store_url(mut self, url: impl Into<String>) -> Self {
+        self.store_url = url.into();
         self
     }
 
@@ -124,15 +134,23 @@ impl AgentBuilder {
         let faults = Arc::new(Faults::new(spec, faulty_store, faulty_kv));
         let instrumented = InstrumentedStore::new(store);
         let counters = instrumented.counters();
+        let metrics = Arc::new(AgentMetrics::new((*counters).clone()));
         let store: Arc<dyn ObjectStore> = Arc::new(instrumented);
         let metadata = Metadata::new(kv, self.clock);
+        let started_ms = metadata.clock().now_ms();
         let batcher = Batcher::start(
             self.settings.clone(),
             store.clone(),
             metadata.clone(),
             faults.clone(),
+            metrics.clone(),
         );
-        let reader = Reader::new(store, metadata.clone(), self.settings.cache_bytes);
+        let reader = Reader::new(
+            store,
+            metadata.clone(),
+            self.settings.cache_bytes,
+            metrics.clone(),
+        );
         let topics = moka::future::Cache::builder()
             .max_capacity(100_000)
             .time_to_live(self.settings.topic_cache_ttl)
@@ -146,6 +164,9 @@ impl AgentBuilder {
                 topics,
                 gauges: Arc::default(),
                 faults,
+                metrics,
+                store_url: self.store_url,
+                started_ms,
             }),
             counters,
         })
@@ -199,6 +220,11 @@ impl Agent {
         FaultControl(self.shared.faults.clone())
     }
 
+    /// The agent's metrics.
+    pub fn metrics(&self) -> Arc<AgentMetrics> {
+        self.shared.metrics.clone()
+    }
+
     /// The agent's metadata handle.
     pub fn metadata(&self) -> &Metadata {
         &self.shared.metadata
@@ -211,6 +237,32 @@ impl Agent {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AgentError> {
+        self.serve_with_metrics(listener, None, shutdown).await
+    }
+
+    /// [`Agent::serve`], also serving `/metrics`, `/healthz` and `/readyz` over HTTP on
+    /// `metrics` when given.
+    pub async fn serve_with_metrics(
+        self,
+        listener: TcpListener,
+        metrics: Option<TcpListener>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), AgentError> {
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = metrics.map(|l| {
+            tokio::spawn(metrics::serve(
+                l,
+                metrics::Http {
+                    metrics: self.shared.metrics.clone(),
+                    metadata: self.shared.metadata.clone(),
+                    stopping: stopping.clone(),
+                },
+                async move {
+                    let _ = http_stopped.await;
+                },
+            ))
+        });
         let settings = &self.shared.settings;
         let max_request = settings.max_request_bytes + (1 << 20);
         let (health, health_service) = tonic_health::server::health_reporter();
@@ -237,8 +289,10 @@ impl Agent {
             settings.producer_idle_expiry,
         ));
         let batcher = self.shared.batcher.clone();
+        let stop_flag = stopping.clone();
         let signal = async move {
             shutdown.await;
+            stop_flag.store(true, std::sync::atomic::Ordering::SeqCst);
             tracing::info!("shutting down: sealing the open segment and draining requests");
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -270,6 +324,10 @@ impl Agent {
             .map_err(|e| AgentError::Internal(format!("gRPC server failed: {e}")))?;
         expiry.abort();
         self.shared.batcher.shutdown().await;
+        let _ = http_stop.send(());
+        if let Some(h) = http {
+            let _ = h.await;
+        }
         Ok(())
     }
 }

@@ -34,6 +34,9 @@ pub(crate) struct Shared {
     pub(crate) topics: moka::future::Cache<String, Arc<Topic>>,
     pub(crate) gauges: Arc<AgentGauges>,
     pub(crate) faults: Arc<Faults>,
+    pub(crate) metrics: Arc<crate::metrics::AgentMetrics>,
+    pub(crate) store_url: String,
+    pub(crate) started_ms: i64,
 }
 
 /// Live counts of what an agent is doing, for tests and (later) metrics.
@@ -400,6 +403,39 @@ impl v1::admin_server::Admin for AdminService {
         Ok(Response::new(v1::DeleteTopicResponse {}))
     }
 
+    async fn agent_status(
+        &self,
+        _request: Request<v1::AgentStatusRequest>,
+    ) -> Result<Response<v1::AgentStatusResponse>, Status> {
+        let s = &self.0;
+        s.metrics.sync(&s.metadata);
+        let m = &s.metrics;
+        let topics = s.metadata.list_topics().await.map_err(status)?.len() as u32;
+        let store = m.store.snapshot();
+        Ok(Response::new(v1::AgentStatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_ms: s.started_ms,
+            uptime_seconds: m.uptime_secs(),
+            object_store: s.store_url.clone(),
+            metadata_backend: s.metadata.kv().name().to_string(),
+            topics,
+            produce_requests: m.produce_requests.get(),
+            produce_records: m.produce_records.get(),
+            produce_bytes: m.produce_bytes.get(),
+            fetch_requests: m.fetch_requests.get(),
+            fetch_bytes: m.fetch_bytes.get(),
+            cache_hits: m.cache_hits.get(),
+            cache_misses: m.cache_misses.get(),
+            object_puts: store.puts,
+            object_gets: store.gets,
+            object_put_bytes: store.put_bytes,
+            object_get_bytes: store.get_bytes,
+            metadata_commits: m.commits.get(),
+            metadata_retries: m.metadata_retries(),
+            cpu_seconds: crate::metrics::process_cpu_seconds(),
+        }))
+    }
+
     async fn add_partitions(
         &self,
         request: Request<v1::AddPartitionsRequest>,
@@ -437,11 +473,13 @@ impl v1::producer_server::Producer for ProducerService {
         }))
     }
 
+    #[tracing::instrument(level = "debug", name = "produce", skip_all)]
     async fn produce(
         &self,
         request: Request<v1::ProduceRequest>,
     ) -> Result<Response<v1::ProduceResponse>, Status> {
         let s = &self.0;
+        let started = std::time::Instant::now();
         let v1::ProduceRequest { batches, atomic } = request.into_inner();
         if batches.is_empty() {
             return Err(status(AgentError::Invalid(
@@ -473,6 +511,7 @@ impl v1::producer_server::Producer for ProducerService {
             pending.push(s.prepare(i, &topic, b, now).map_err(status)?);
         }
         let counts: Vec<u32> = pending.iter().map(|p| p.record_count).collect();
+        let record_bytes = total as u64;
         let waiting = Waiting::new(&s.gauges.produce_waiting);
         let outcomes = s.batcher.append(pending, atomic).await.map_err(status)?;
         drop(waiting);
@@ -513,17 +552,32 @@ impl v1::producer_server::Producer for ProducerService {
                 return Err(batch_error_status(e));
             }
         }
+        let acked: u64 = results
+            .iter()
+            .filter(|r| r.error.is_none() && !r.duplicate)
+            .map(|r| u64::from(r.record_count))
+            .sum();
+        s.metrics.produce_requests.inc();
+        s.metrics.produce_records.inc_by(acked);
+        if acked > 0 {
+            s.metrics.produce_bytes.inc_by(record_bytes);
+        }
+        s.metrics
+            .produce_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(Response::new(v1::ProduceResponse { results }))
     }
 }
 
 #[tonic::async_trait]
 impl v1::consumer_server::Consumer for ConsumerService {
+    #[tracing::instrument(level = "debug", name = "fetch", skip_all)]
     async fn fetch(
         &self,
         request: Request<v1::FetchRequest>,
     ) -> Result<Response<v1::FetchResponse>, Status> {
         let s = &self.0;
+        let started = std::time::Instant::now();
         let r = request.into_inner();
         if r.offset < 0 {
             return Err(status(AgentError::Invalid(format!(
@@ -552,6 +606,13 @@ impl v1::consumer_server::Consumer for ConsumerService {
             .fetch(&topic, r.partition, r.offset, max_bytes, max_wait)
             .await
             .map_err(status)?;
+        s.metrics.fetch_requests.inc();
+        s.metrics
+            .fetch_bytes
+            .inc_by(fetched.batches.iter().map(|b| b.data.len() as u64).sum());
+        s.metrics
+            .fetch_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(Response::new(v1::FetchResponse {
             batches: fetched.batches,
             high_watermark: fetched.high_watermark,

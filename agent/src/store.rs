@@ -5,7 +5,10 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -92,15 +95,33 @@ fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore
     }
 }
 
-/// Request and byte counters of an [`InstrumentedStore`].
-#[derive(Debug, Default)]
+/// Request and byte counters of an [`InstrumentedStore`]; the same counters are exported
+/// as Prometheus metrics.
+#[derive(Debug, Clone)]
 pub struct StoreCounters {
-    puts: AtomicU64,
-    gets: AtomicU64,
-    deletes: AtomicU64,
-    lists: AtomicU64,
-    put_bytes: AtomicU64,
-    get_bytes: AtomicU64,
+    pub(crate) puts: Counter,
+    pub(crate) gets: Counter,
+    pub(crate) deletes: Counter,
+    pub(crate) lists: Counter,
+    pub(crate) put_bytes: Counter,
+    pub(crate) get_bytes: Counter,
+    pub(crate) put_seconds: Histogram,
+    pub(crate) get_seconds: Histogram,
+}
+
+impl Default for StoreCounters {
+    fn default() -> Self {
+        StoreCounters {
+            puts: Counter::default(),
+            gets: Counter::default(),
+            deletes: Counter::default(),
+            lists: Counter::default(),
+            put_bytes: Counter::default(),
+            get_bytes: Counter::default(),
+            put_seconds: Histogram::new(crate::metrics::latency_buckets()),
+            get_seconds: Histogram::new(crate::metrics::latency_buckets()),
+        }
+    }
 }
 
 /// A point-in-time copy of [`StoreCounters`].
@@ -124,12 +145,12 @@ impl StoreCounters {
     /// The counters now.
     pub fn snapshot(&self) -> StoreStats {
         StoreStats {
-            puts: self.puts.load(Ordering::Relaxed),
-            gets: self.gets.load(Ordering::Relaxed),
-            deletes: self.deletes.load(Ordering::Relaxed),
-            lists: self.lists.load(Ordering::Relaxed),
-            put_bytes: self.put_bytes.load(Ordering::Relaxed),
-            get_bytes: self.get_bytes.load(Ordering::Relaxed),
+            puts: self.puts.get(),
+            gets: self.gets.get(),
+            deletes: self.deletes.get(),
+            lists: self.lists.get(),
+            put_bytes: self.put_bytes.get(),
+            get_bytes: self.get_bytes.get(),
         }
     }
 }
@@ -171,15 +192,13 @@ struct CountingUpload {
 #[async_trait]
 impl MultipartUpload for CountingUpload {
     fn put_part(&mut self, data: PutPayload) -> UploadPart {
-        self.counters.puts.fetch_add(1, Ordering::Relaxed);
-        self.counters
-            .put_bytes
-            .fetch_add(data.content_length() as u64, Ordering::Relaxed);
+        self.counters.puts.inc_by(1);
+        self.counters.put_bytes.inc_by(data.content_length() as u64);
         self.inner.put_part(data)
     }
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
-        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.counters.puts.inc_by(1);
         self.inner.complete().await
     }
 
@@ -196,10 +215,10 @@ impl ObjectStore for InstrumentedStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
-        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.counters.puts.inc_by(1);
         self.counters
             .put_bytes
-            .fetch_add(payload.content_length() as u64, Ordering::Relaxed);
+            .inc_by(payload.content_length() as u64);
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -220,11 +239,13 @@ impl ObjectStore for InstrumentedStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.counters.gets.inc_by(1);
+        let started = std::time::Instant::now();
         let r = self.inner.get_opts(location, options).await?;
         self.counters
-            .get_bytes
-            .fetch_add(r.range.end - r.range.start, Ordering::Relaxed);
+            .get_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.counters.get_bytes.inc_by(r.range.end - r.range.start);
         Ok(r)
     }
 
@@ -234,12 +255,14 @@ impl ObjectStore for InstrumentedStore {
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
         // Delegate so the inner store's coalescing applies; count what it returns.
+        let started = std::time::Instant::now();
         let r = self.inner.get_ranges(location, ranges).await?;
         self.counters
-            .gets
-            .fetch_add(coalesced_requests(ranges), Ordering::Relaxed);
+            .get_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.counters.gets.inc_by(coalesced_requests(ranges));
         let bytes: u64 = r.iter().map(|b| b.len() as u64).sum();
-        self.counters.get_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.counters.get_bytes.inc_by(bytes);
         Ok(r)
     }
 
@@ -252,19 +275,19 @@ impl ObjectStore for InstrumentedStore {
             .delete_stream(locations)
             .inspect(move |r| {
                 if r.is_ok() {
-                    counters.deletes.fetch_add(1, Ordering::Relaxed);
+                    counters.deletes.inc_by(1);
                 }
             })
             .boxed()
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        self.counters.lists.inc_by(1);
         self.inner.list(prefix)
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.counters.lists.fetch_add(1, Ordering::Relaxed);
+        self.counters.lists.inc_by(1);
         self.inner.list_with_delimiter(prefix).await
     }
 
@@ -274,7 +297,7 @@ impl ObjectStore for InstrumentedStore {
         to: &Path,
         options: CopyOptions,
     ) -> object_store::Result<()> {
-        self.counters.puts.fetch_add(1, Ordering::Relaxed);
+        self.counters.puts.inc_by(1);
         self.inner.copy_opts(from, to, options).await
     }
 }

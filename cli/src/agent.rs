@@ -35,6 +35,10 @@ pub(crate) struct AgentArgs {
     /// Address to serve gRPC on (port 0 picks a free port).
     #[arg(long, env = "CAIRN_LISTEN", value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Address of the HTTP endpoint with /metrics (Prometheus), /healthz and /readyz.
+    /// Default: the gRPC address with the port plus one (port 0 when gRPC's is 0).
+    #[arg(long, env = "CAIRN_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// Where segments are stored: a directory, file:///dir, s3://bucket/prefix or memory://.
     /// S3 endpoint and credentials come from the AWS_* environment variables.
     #[arg(long, env = "CAIRN_OBJECT_STORE", value_name = "URL")]
@@ -54,6 +58,7 @@ pub(crate) struct AgentArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
     object_store: Option<String>,
     metadata: Option<String>,
     #[serde(default)]
@@ -101,7 +106,8 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open metadata store {metadata}"))?;
     let mut builder = AgentBuilder::new(settings)
         .object_store(store)
-        .metadata_store(kv);
+        .metadata_store(kv)
+        .store_url(objects.clone());
     // Fault injection for the delivery-guarantee tests; never set in production.
     if let Ok(spec) = std::env::var("CAIRN_TEST_FAULTS") {
         let faults: cairn_agent::FaultSpec = spec.parse().context("invalid CAIRN_TEST_FAULTS")?;
@@ -118,9 +124,31 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .local_addr()
         .context("listening socket has no address")?;
     tracing::info!(objects = %objects, metadata = %metadata, "agent started");
+    let metrics_addr = args
+        .metrics_listen
+        .or(file.metrics_listen)
+        .unwrap_or_else(|| {
+            let port = if addr.port() == 0 {
+                0
+            } else {
+                addr.port().wrapping_add(1)
+            };
+            SocketAddr::new(addr.ip(), port)
+        });
+    let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .with_context(|| {
+            format!("cannot listen on {metrics_addr} for metrics (--metrics-listen)")
+        })?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .context("metrics socket has no address")?;
+    eprintln!("cairn agent metrics on http://{metrics_addr}/metrics (also /healthz, /readyz)");
     // The one line on stdout: scripts and tests wait for it.
     println!("cairn agent listening on http://{addr}");
-    agent.serve(listener, shutdown_signal()).await?;
+    agent
+        .serve_with_metrics(listener, Some(metrics_listener), shutdown_signal())
+        .await?;
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -10,6 +10,7 @@ mod inspect;
 mod produce;
 mod share;
 mod size;
+mod status;
 mod topic;
 
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records of a topic.
     Consume(consume::ConsumeArgs),
+    /// One screen about a running agent: version, uptime, stores, throughput, cache.
+    Status(status::StatusArgs),
     /// Consume from share groups (queue mode, per-record acknowledgement).
     #[command(subcommand)]
     Share(share::ShareCommand),
@@ -61,6 +64,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
             Command::Inspect(cmd) => inspect::run(cmd).await,
             Command::Group(cmd) => group::run(cmd).await,
             Command::Share(cmd) => share::run(cmd).await,
+            Command::Status(args) => status::run(args).await,
         }
     });
     match result {

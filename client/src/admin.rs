@@ -46,6 +46,16 @@ impl Admin {
         }
     }
 
+    /// The agent's version, uptime, stores and counters.
+    pub async fn agent_status(&self) -> Result<v1::AgentStatusResponse, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .agent_status(v1::AgentStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// Every group's name: `(consumer groups, share groups)`.
     pub async fn list_groups(&self) -> Result<(Vec<String>, Vec<String>), ClientError> {
         let r = self

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -28,6 +29,21 @@ pub async fn transact<T, F, Fut>(
     kv: &dyn KvStore,
     policy: &RetryPolicy,
     what: &'static str,
+    f: F,
+) -> Result<T, MetaError>
+where
+    F: FnMut(Tx) -> Fut,
+    Fut: Future<Output = Result<T, MetaError>>,
+{
+    transact_counted(kv, policy, what, None, f).await
+}
+
+/// [`transact`], counting retries in `retries`.
+async fn transact_counted<T, F, Fut>(
+    kv: &dyn KvStore,
+    policy: &RetryPolicy,
+    what: &'static str,
+    retries: Option<&AtomicU64>,
     mut f: F,
 ) -> Result<T, MetaError>
 where
@@ -48,6 +64,9 @@ where
         match result {
             Err(MetaError::Kv(e)) if e.is_retryable() && attempt < policy.max_attempts => {
                 tracing::debug!(what, attempt, error = %e, "retrying metadata transaction");
+                if let Some(r) = retries {
+                    r.fetch_add(1, Ordering::Relaxed);
+                }
                 let nanos = backoff.as_nanos() as u64;
                 // Jitter only spreads retries apart; it never decides an outcome, so it
                 // may come from the thread RNG rather than an injected one.
@@ -68,6 +87,7 @@ pub struct Metadata {
     clock: Arc<dyn Clock>,
     retry: RetryPolicy,
     commits: Arc<watch::Sender<u64>>,
+    retries: Arc<AtomicU64>,
 }
 
 pub(crate) fn encode_state(s: &PartitionState) -> Vec<u8> {
@@ -163,6 +183,7 @@ impl Metadata {
             clock,
             retry: RetryPolicy::default(),
             commits: Arc::new(watch::channel(0).0),
+            retries: Arc::default(),
         }
     }
 
@@ -170,6 +191,11 @@ impl Metadata {
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
+    }
+
+    /// Transactions retried so far (conflicts, unknown results, transient faults).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// The underlying store.
@@ -187,7 +213,7 @@ impl Metadata {
         F: FnMut(Tx) -> Fut,
         Fut: Future<Output = Result<T, MetaError>>,
     {
-        transact(self.kv.as_ref(), &self.retry, what, f).await
+        transact_counted(self.kv.as_ref(), &self.retry, what, Some(&self.retries), f).await
     }
 
     /// Creates a topic with a fresh id.

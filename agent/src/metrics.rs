@@ -1,0 +1,301 @@
+//! The agent's Prometheus metrics (one registry per agent, `prometheus-client`) and the
+//! HTTP endpoint that serves them with `/healthz` and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use cairn_metadata::Metadata;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::StoreCounters;
+
+/// Latency buckets in seconds: 0.5 ms to ~33 s, doubling.
+pub(crate) fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 17)
+}
+
+/// Everything an agent counts.
+#[derive(Debug)]
+pub struct AgentMetrics {
+    registry: Registry,
+    started: Instant,
+    pub(crate) produce_requests: Counter,
+    pub(crate) produce_records: Counter,
+    pub(crate) produce_bytes: Counter,
+    pub(crate) produce_seconds: Histogram,
+    pub(crate) fetch_requests: Counter,
+    pub(crate) fetch_bytes: Counter,
+    pub(crate) fetch_seconds: Histogram,
+    pub(crate) segment_bytes: Histogram,
+    pub(crate) segment_fill_seconds: Histogram,
+    pub(crate) segments_inflight: Gauge,
+    pub(crate) commit_seconds: Histogram,
+    pub(crate) commits: Counter,
+    metadata_retries: Counter,
+    metadata_retries_seen: AtomicU64,
+    pub(crate) cache_hits: Counter,
+    pub(crate) cache_misses: Counter,
+    pub(crate) store: StoreCounters,
+}
+
+impl AgentMetrics {
+    pub(crate) fn new(store: StoreCounters) -> Self {
+        let mut registry = Registry::with_prefix("cairn");
+        let m = AgentMetrics {
+            registry: Registry::default(),
+            started: Instant::now(),
+            produce_requests: Counter::default(),
+            produce_records: Counter::default(),
+            produce_bytes: Counter::default(),
+            produce_seconds: Histogram::new(latency_buckets()),
+            fetch_requests: Counter::default(),
+            fetch_bytes: Counter::default(),
+            fetch_seconds: Histogram::new(latency_buckets()),
+            segment_bytes: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(1024.0, 2.0, 18),
+            ),
+            segment_fill_seconds: Histogram::new(latency_buckets()),
+            segments_inflight: Gauge::default(),
+            commit_seconds: Histogram::new(latency_buckets()),
+            commits: Counter::default(),
+            metadata_retries: Counter::default(),
+            metadata_retries_seen: AtomicU64::new(0),
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            store,
+        };
+        let r = &mut registry;
+        r.register(
+            "produce_requests",
+            "Produce requests answered",
+            m.produce_requests.clone(),
+        );
+        r.register(
+            "produce_records",
+            "Records acknowledged",
+            m.produce_records.clone(),
+        );
+        r.register_with_unit(
+            "produce",
+            "Record bytes acknowledged",
+            Unit::Bytes,
+            m.produce_bytes.clone(),
+        );
+        r.register_with_unit(
+            "produce_latency",
+            "Produce request latency",
+            Unit::Seconds,
+            m.produce_seconds.clone(),
+        );
+        r.register(
+            "fetch_requests",
+            "Fetch requests answered",
+            m.fetch_requests.clone(),
+        );
+        r.register_with_unit(
+            "fetch",
+            "Stored bytes returned by fetches",
+            Unit::Bytes,
+            m.fetch_bytes.clone(),
+        );
+        r.register_with_unit(
+            "fetch_latency",
+            "Fetch latency (long-polls included)",
+            Unit::Seconds,
+            m.fetch_seconds.clone(),
+        );
+        r.register_with_unit(
+            "segment_size",
+            "Size of sealed segment objects",
+            Unit::Bytes,
+            m.segment_bytes.clone(),
+        );
+        r.register_with_unit(
+            "segment_fill",
+            "Time from a segment's first batch to its seal",
+            Unit::Seconds,
+            m.segment_fill_seconds.clone(),
+        );
+        r.register(
+            "segments_inflight",
+            "Sealed segments uploading or committing",
+            m.segments_inflight.clone(),
+        );
+        r.register_with_unit(
+            "metadata_commit",
+            "Segment commit transaction latency",
+            Unit::Seconds,
+            m.commit_seconds.clone(),
+        );
+        r.register("metadata_commits", "Segment commits", m.commits.clone());
+        r.register(
+            "metadata_retries",
+            "Metadata transactions retried after conflicts or faults",
+            m.metadata_retries.clone(),
+        );
+        r.register("cache_hits", "Fetch cache hits", m.cache_hits.clone());
+        r.register(
+            "cache_misses",
+            "Fetch cache misses (object GETs)",
+            m.cache_misses.clone(),
+        );
+        r.register(
+            "object_puts",
+            "Object store PUT requests (multipart parts count)",
+            m.store.puts.clone(),
+        );
+        r.register(
+            "object_gets",
+            "Object store GET requests",
+            m.store.gets.clone(),
+        );
+        r.register(
+            "object_deletes",
+            "Object store DELETE requests",
+            m.store.deletes.clone(),
+        );
+        r.register(
+            "object_lists",
+            "Object store LIST requests",
+            m.store.lists.clone(),
+        );
+        r.register_with_unit(
+            "object_put",
+            "Bytes uploaded",
+            Unit::Bytes,
+            m.store.put_bytes.clone(),
+        );
+        r.register_with_unit(
+            "object_get",
+            "Bytes downloaded",
+            Unit::Bytes,
+            m.store.get_bytes.clone(),
+        );
+        r.register_with_unit(
+            "object_put_latency",
+            "Object PUT latency",
+            Unit::Seconds,
+            m.store.put_seconds.clone(),
+        );
+        r.register_with_unit(
+            "object_get_latency",
+            "Object GET latency",
+            Unit::Seconds,
+            m.store.get_seconds.clone(),
+        );
+        AgentMetrics { registry, ..m }
+    }
+
+    /// Brings mirrored counters up to date (the metadata layer counts its own retries).
+    pub(crate) fn sync(&self, metadata: &Metadata) {
+        let now = metadata.retries();
+        let seen = self.metadata_retries_seen.swap(now, Ordering::Relaxed);
+        if now > seen {
+            self.metadata_retries.inc_by(now - seen);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Seconds since the agent started.
+    pub fn uptime_secs(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Metadata transactions retried so far.
+    pub fn metadata_retries(&self) -> u64 {
+        self.metadata_retries.get()
+    }
+}
+
+/// User + system CPU seconds of this process, from `/proc/self/stat` (0 elsewhere).
+pub(crate) fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start after ") ".
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Linux reports in clock ticks of USER_HZ, which is 100 on every mainstream platform.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// What the HTTP endpoint needs.
+#[derive(Clone)]
+pub(crate) struct Http {
+    pub(crate) metrics: Arc<AgentMetrics>,
+    pub(crate) metadata: Metadata,
+    pub(crate) stopping: Arc<AtomicBool>,
+}
+
+async fn metrics(State(h): State<Http>) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    h.metrics.sync(&h.metadata);
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        h.metrics.render(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready when not shutting down and the metadata store answers.
+async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
+    if h.stopping.load(Ordering::SeqCst) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+    }
+    match h.metadata.topic_by_id(0).await {
+        Ok(_) => (StatusCode::OK, "ready\n".into()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("metadata store unavailable: {e}\n"),
+        ),
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Http,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::warn!(?addr, error = %e, "metrics endpoint stopped");
+    }
+}

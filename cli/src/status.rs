@@ -1,0 +1,75 @@
+//! `cairn status`: one screen about an agent.
+
+use std::time::Duration;
+
+use cairn_client::Admin;
+
+use crate::ConnectArgs;
+
+/// Flags of `cairn status`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Shows the agent's version, uptime, stores, topic count, throughput over the last second,
+cache hit ratio, object-store requests and CPU time.")]
+pub(crate) struct StatusArgs {
+    /// How long to measure throughput.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    sample: Duration,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
+    let admin = Admin::new(args.connect.channel().await?);
+    let a = admin.agent_status().await?;
+    tokio::time::sleep(args.sample).await;
+    let b = admin.agent_status().await?;
+    let secs = (b.uptime_seconds - a.uptime_seconds).max(1e-9);
+    let rate = |x: u64, y: u64| (y.saturating_sub(x)) as f64 / secs;
+    let lookups = b.cache_hits + b.cache_misses;
+    let hit_ratio = if lookups == 0 {
+        "-".to_string()
+    } else {
+        format!("{:.1}%", 100.0 * b.cache_hits as f64 / lookups as f64)
+    };
+    let up = Duration::from_secs(b.uptime_seconds as u64);
+    println!(
+        "agent          {} (cairn {})",
+        args.connect.endpoint, b.version
+    );
+    println!("uptime         {}", humantime::format_duration(up));
+    println!("object store   {}", b.object_store);
+    println!("metadata       {}", b.metadata_backend);
+    println!("topics         {}", b.topics);
+    println!(
+        "produce        {:.0} records/s, {:.2} MiB/s ({} records, {:.1} MiB in all)",
+        rate(a.produce_records, b.produce_records),
+        rate(a.produce_bytes, b.produce_bytes) / (1024.0 * 1024.0),
+        b.produce_records,
+        mib(b.produce_bytes)
+    );
+    println!(
+        "fetch          {:.0} requests/s, {:.2} MiB/s ({:.1} MiB in all)",
+        rate(a.fetch_requests, b.fetch_requests),
+        rate(a.fetch_bytes, b.fetch_bytes) / (1024.0 * 1024.0),
+        mib(b.fetch_bytes)
+    );
+    println!("cache hits     {hit_ratio} of {lookups} lookups");
+    println!(
+        "object store   {} PUTs ({:.1} MiB), {} GETs ({:.1} MiB)",
+        b.object_puts,
+        mib(b.object_put_bytes),
+        b.object_gets,
+        mib(b.object_get_bytes)
+    );
+    println!(
+        "metadata       {} segment commits, {} retries",
+        b.metadata_commits, b.metadata_retries
+    );
+    println!("cpu            {:.2} s", b.cpu_seconds);
+    Ok(())
+}
