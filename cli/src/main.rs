@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod bench;
 mod consume;
 mod group;
 mod inspect;
@@ -48,6 +49,9 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records of a topic.
     Consume(consume::ConsumeArgs),
+    /// Benchmarks: produce, end-to-end, consume, raw PUT; with the object-store bill.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// One screen about a running agent: version, uptime, stores, throughput, cache.
     Status(status::StatusArgs),
     /// Consume from share groups (queue mode, per-record acknowledgement).
@@ -90,6 +94,7 @@ fn main() -> ExitCode {
             Command::Group(cmd) => group::run(cmd).await,
             Command::Share(cmd) => share::run(cmd).await,
             Command::Status(args) => status::run(args).await,
+            Command::Bench(cmd) => bench::run(cmd).await,
         }
     });
     match result {

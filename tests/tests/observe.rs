@@ -1,0 +1,235 @@
+//! Observability: the metrics endpoint serves parseable Prometheus text whose counters move
+//! with traffic, health endpoints answer, `cairn status` shows the agent, and `cairn bench`
+//! runs in a smoke mode with every field in its JSON.
+
+// A panic is how a test fails; helpers outside #[test] fns may unwrap too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+use cairn_client::{Admin, Producer, ProducerConfig, ProducerRecord, TopicOptions};
+use cairn_tests::{AgentProcess, cairn_bin, temp_dir};
+
+/// A plain HTTP/1.0 GET: (status code, body).
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
+fn counter(text: &str, name: &str) -> f64 {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("parseable Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a plain value"),
+        })
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_status() -> anyhow::Result<()> {
+    let dir = temp_dir()?;
+    let objects = format!("file://{}", dir.path().join("objects").display());
+    let metadata = format!("sqlite:{}", dir.path().join("meta.sqlite").display());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let agent = AgentProcess::start(
+        &[
+            "--object-store",
+            &objects,
+            "--metadata",
+            &metadata,
+            "--metrics-listen",
+            &metrics,
+        ],
+        &[],
+    )?;
+    assert_eq!(http_get(&metrics, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_get(&metrics, "/readyz"), (200, "ready\n".into()));
+    let (code, before) = http_get(&metrics, "/metrics");
+    assert_eq!(code, 200);
+    assert_eq!(counter(&before, "cairn_produce_requests_total"), 0.0);
+
+    let channel = cairn_client::connect(&agent.endpoint).await?;
+    Admin::new(channel.clone())
+        .create_topic("m", 2, TopicOptions::default())
+        .await?;
+    let producer = Producer::new(channel, ProducerConfig::default());
+    let mut acks = Vec::new();
+    for i in 0..100 {
+        acks.push(
+            producer
+                .send(ProducerRecord::new("m", format!("v{i}")))
+                .await?,
+        );
+    }
+    for a in acks {
+        a.await?;
+    }
+    producer.close().await?;
+    let (_, after) = http_get(&metrics, "/metrics");
+    assert!(counter(&after, "cairn_produce_requests_total") >= 1.0);
+    assert_eq!(counter(&after, "cairn_produce_records_total"), 100.0);
+    assert!(counter(&after, "cairn_object_puts_total") >= 1.0);
+    assert!(counter(&after, "cairn_metadata_commits_total") >= 1.0);
+    assert!(
+        after.contains("cairn_produce_latency_seconds_bucket"),
+        "{after}"
+    );
+    assert!(after.contains("cairn_segment_size_bytes_bucket"), "{after}");
+
+    let out = Command::new(cairn_bin()?)
+        .args(["status", "--sample", "100ms", "--endpoint", &agent.endpoint])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    for want in [
+        "uptime",
+        "object store   file://",
+        "metadata       sqlite",
+        "topics         1",
+        "100 records",
+        "cache hits",
+    ] {
+        assert!(text.contains(want), "`{want}` missing from\n{text}");
+    }
+    agent.stop()?;
+    Ok(())
+}
+
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(cairn_bin().unwrap())
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--duration", "1s"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+const REPORT_FIELDS: &[&str] = &[
+    "bench",
+    "object_store",
+    "metadata",
+    "producers",
+    "partitions",
+    "record_size",
+    "linger_ms",
+    "segment_max_bytes",
+    "seconds",
+    "records",
+    "bytes",
+    "records_per_sec",
+    "mib_per_sec",
+    "produce_latency",
+    "e2e_latency",
+    "read_records",
+    "read_mib_per_sec",
+    "bill",
+    "agent_cpu_seconds",
+    "agent_cpu_seconds_per_gib",
+    "agent_mib_per_cpu_second",
+    "raw_put_mib_per_sec",
+    "ingest_to_raw_put_ratio",
+];
+const BILL_FIELDS: &[&str] = &[
+    "puts",
+    "gets",
+    "put_bytes",
+    "get_bytes",
+    "puts_per_gib_ingested",
+    "gets_per_gib_read",
+    "metadata_commits",
+    "metadata_txns_per_gib",
+    "metadata_retries",
+    "usd_per_tib_ingested",
+    "usd_per_tib_read",
+    "s3_put_usd_per_1000",
+    "s3_get_usd_per_1000",
+];
+
+#[test]
+fn bench_smoke_reports_every_field() {
+    let r = bench_json(&["produce", "--embedded", "--baseline", "--producers", "2"]);
+    for f in REPORT_FIELDS {
+        assert!(r.get(f).is_some(), "produce report lacks {f}: {r}");
+    }
+    for f in BILL_FIELDS {
+        assert!(r["bill"].get(f).is_some(), "bill lacks {f}: {r}");
+    }
+    assert!(r["records"].as_u64().unwrap() > 0);
+    assert!(r["bill"]["puts"].as_u64().unwrap() > 0);
+    assert!(r["produce_latency"]["p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(r["raw_put_mib_per_sec"].as_f64().unwrap() > 0.0);
+    assert!(r["ingest_to_raw_put_ratio"].as_f64().unwrap() > 0.0);
+    assert!(
+        r["agent_cpu_seconds"].as_f64().unwrap() > 0.0,
+        "CPU time is measured"
+    );
+
+    let e2e = bench_json(&["e2e", "--embedded", "--linger", "20ms", "--rate", "2000"]);
+    assert!(
+        e2e["e2e_latency"]["p50_ms"].as_f64().unwrap() > 0.0,
+        "{e2e}"
+    );
+    let consume = bench_json(&["consume", "--embedded", "--producers", "1"]);
+    assert_eq!(consume["read_records"], consume["records"], "{consume}");
+    assert!(consume["bill"]["gets"].as_u64().unwrap() > 0);
+
+    let out = Command::new(cairn_bin().unwrap())
+        .args([
+            "bench",
+            "raw-put",
+            "--json",
+            "--duration",
+            "500ms",
+            "--object-size",
+            "64KiB",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let raw: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for f in [
+        "object_store",
+        "object_size",
+        "concurrency",
+        "seconds",
+        "puts",
+        "puts_per_sec",
+        "mib_per_sec",
+        "put_latency",
+    ] {
+        assert!(raw.get(f).is_some(), "raw-put lacks {f}: {raw}");
+    }
+    assert!(raw["puts"].as_u64().unwrap() > 0);
+}
