@@ -424,6 +424,8 @@ type PartitionKey = (String, u32);
 
 struct Pending {
     records: Vec<v1::Record>,
+    /// Each record's size, to split a batch that outgrew a request.
+    sizes: Vec<usize>,
     acks: Vec<Ack>,
     permits: Vec<OwnedSemaphorePermit>,
     bytes: usize,
@@ -713,12 +715,35 @@ impl Worker {
             let Some(p) = self.pending.get(&key) else {
                 continue;
             };
-            if !batches.is_empty() && bytes + p.bytes > self.config.request_max_bytes {
+            let room = self.config.request_max_bytes.saturating_sub(bytes);
+            if !batches.is_empty() && p.sizes.first().is_some_and(|&s| s > room) {
                 break;
             }
-            let Some(p) = self.pending.remove(&key) else {
+            let Some(mut p) = self.pending.remove(&key) else {
                 continue;
             };
+            let mut full = false;
+            if p.bytes > room {
+                // The batch outgrew a request (it kept filling while requests were in
+                // flight): send its oldest records now, keep the rest pending.
+                let mut take = 0;
+                let mut taken = 0;
+                while take < p.sizes.len() && (take == 0 || taken + p.sizes[take] <= room) {
+                    taken += p.sizes[take];
+                    take += 1;
+                }
+                let rest = Pending {
+                    records: p.records.split_off(take),
+                    sizes: p.sizes.split_off(take),
+                    acks: p.acks.split_off(take),
+                    permits: p.permits.split_off(take),
+                    bytes: p.bytes - taken,
+                    since: p.since,
+                };
+                p.bytes = taken;
+                self.pending.insert(key.clone(), rest);
+                full = true;
+            }
             bytes += p.bytes;
             self.pending_bytes -= p.bytes;
             // Unkeyed records stick to one partition until its batch is sent.
@@ -738,6 +763,9 @@ impl Worker {
                 acks: p.acks,
                 _permits: p.permits,
             });
+            if full {
+                break;
+            }
         }
         Outgoing {
             batches,
@@ -771,12 +799,14 @@ impl Worker {
             .entry((record.topic.clone(), partition))
             .or_insert_with(|| Pending {
                 records: Vec::new(),
+                sizes: Vec::new(),
                 acks: Vec::new(),
                 permits: Vec::new(),
                 bytes: 0,
                 since: Instant::now(),
             });
         entry.records.push(to_wire(record));
+        entry.sizes.push(size);
         entry.acks.push(ack);
         entry.permits.push(permit);
         entry.bytes += size;

@@ -670,3 +670,46 @@ async fn refusals_have_precise_statuses() -> anyhow::Result<()> {
     agent.stop().await?;
     Ok(())
 }
+
+/// A partition's batch that keeps growing while requests are in flight is split into
+/// requests within the producer's (and the agent's) size limit, not sent as one oversize
+/// request the agent must refuse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_is_split_into_requests_the_agent_accepts() -> anyhow::Result<()> {
+    let dir = temp_dir()?;
+    let agent = InProcessAgent::start(
+        file_store(dir.path())?,
+        &dir.path().join("meta.sqlite"),
+        AgentSettings {
+            max_request_bytes: 256 << 10,
+            max_record_bytes: 8 << 10,
+            ..settings()
+        },
+    )
+    .await?;
+    let channel = cairn_client::connect(&agent.endpoint).await?;
+    Admin::new(channel.clone())
+        .create_topic("backlog", 1, TopicOptions::default())
+        .await?;
+    let producer = Producer::new(
+        channel,
+        ProducerConfig {
+            request_max_bytes: 128 << 10,
+            batch_max_bytes: 1 << 20,
+            ..ProducerConfig::default()
+        },
+    );
+    let mut acks = Vec::new();
+    for i in 0..2_000 {
+        let value = format!("{i:06}{}", "x".repeat(1000));
+        acks.push(producer.send(ProducerRecord::new("backlog", value)).await?);
+    }
+    let mut offsets = Vec::new();
+    for a in acks {
+        offsets.push(a.await?.offset);
+    }
+    producer.close().await?;
+    assert_eq!(offsets, (0..2_000).collect::<Vec<i64>>());
+    agent.stop().await?;
+    Ok(())
+}
