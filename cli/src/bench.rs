@@ -41,7 +41,8 @@ Examples:
     Produce(Common),
     /// Producers and a consumer together: end-to-end latency from send to receipt.
     E2e(Common),
-    /// Catch-up reads: produce for --duration, then read it all back from offset 0.
+    /// Catch-up reads: produce for --duration, then read it all back from offset 0; or, with
+    /// --topic, read an existing topic from --from.
     Consume(Common),
     /// The object store's own PUT throughput and latency for segment-sized objects: the
     /// baseline an agent is compared against.
@@ -85,6 +86,12 @@ pub(crate) struct Common {
     /// Print the result as JSON (for scripts) instead of a table.
     #[arg(long)]
     json: bool,
+    /// `consume` only: read this existing topic instead of producing one first.
+    #[arg(long)]
+    topic: Option<String>,
+    /// `consume --topic` only: the offset to start at in every partition.
+    #[arg(long, default_value_t = 0, requires = "topic")]
+    from: i64,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -470,6 +477,12 @@ async fn run_against(
     };
     let channel = cairn_client::connect(endpoint).await?;
     let admin = Admin::new(channel.clone());
+    if let Some(existing) = &c.topic {
+        if kind != Kind::Consume {
+            bail!("--topic is for `cairn bench consume` (produce benches make their own topic)");
+        }
+        return read_existing(c, &admin, channel, existing).await;
+    }
     let topic = format!("bench-{}", std::process::id());
     admin
         .create_topic(&topic, c.partitions, TopicOptions::default())
@@ -628,6 +641,74 @@ async fn run_against(
         read_mib,
         raw,
     ))
+}
+
+/// `bench consume --topic T --from N`: catch-up read throughput of stored data.
+async fn read_existing(
+    c: &Common,
+    admin: &Admin,
+    channel: cairn_client::Channel,
+    topic: &str,
+) -> anyhow::Result<Report> {
+    if c.from < 0 {
+        bail!("--from must be 0 or more, got {}", c.from);
+    }
+    let before = admin.agent_status().await?;
+    let described = admin.describe_topic(topic).await?;
+    let partitions = described.partitions.len() as u32;
+    let mut consumer = Consumer::new(channel, ConsumerConfig::default());
+    for p in &described.partitions {
+        let from = c.from.clamp(p.start_offset, p.high_watermark);
+        consumer
+            .assign(topic, p.partition, Offset::At(from))
+            .await?;
+    }
+    let total: i64 = described
+        .partitions
+        .iter()
+        .map(|p| p.high_watermark - c.from.clamp(p.start_offset, p.high_watermark))
+        .sum();
+    let bar = progress(Duration::from_millis(total.max(1) as u64), c.json, "read");
+    let started = Instant::now();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    loop {
+        let got = consumer.poll(Duration::ZERO).await?;
+        n += got.len() as u64;
+        bytes += got
+            .iter()
+            .map(|r| (r.key.len() + r.value.len()) as u64)
+            .sum::<u64>();
+        bar.set_position(n);
+        if got.is_empty() && consumer.caught_up() {
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let after = admin.agent_status().await?;
+    let d = |a: u64, b: u64| b.saturating_sub(a);
+    let gets = d(before.object_gets, after.object_gets);
+    let gib = (bytes as f64 / GIB).max(1e-12);
+    Ok(Report {
+        bench: "consume".into(),
+        object_store: after.object_store.clone(),
+        metadata: after.metadata_backend.clone(),
+        partitions,
+        seconds: secs,
+        read_records: Some(n),
+        read_mib_per_sec: Some(bytes as f64 / MIB / secs),
+        bill: Bill {
+            gets,
+            get_bytes: d(before.object_get_bytes, after.object_get_bytes),
+            gets_per_gib_read: gets as f64 / gib,
+            usd_per_tib_read: gets as f64 / gib * 1024.0 * S3_GET_PER_1000 / 1000.0,
+            s3_put_usd_per_1000: S3_PUT_PER_1000,
+            s3_get_usd_per_1000: S3_GET_PER_1000,
+            ..Bill::default()
+        },
+        agent_cpu_seconds: (after.cpu_seconds - before.cpu_seconds).max(0.0),
+        ..Report::default()
+    })
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -117,6 +117,31 @@ async fn metrics_health_and_status() -> anyhow::Result<()> {
     ] {
         assert!(text.contains(want), "`{want}` missing from\n{text}");
     }
+    // Catch-up read of the stored topic from an offset.
+    let out = Command::new(cairn_bin()?)
+        .args([
+            "bench",
+            "consume",
+            "--json",
+            "--topic",
+            "m",
+            "--from",
+            "10",
+            "--endpoint",
+            &agent.endpoint,
+        ])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let read = r["read_records"].as_u64().unwrap();
+    assert!(
+        (80..=90).contains(&read),
+        "100 records over 2 partitions from offset 10: {r}"
+    );
     agent.stop()?;
     Ok(())
 }
