@@ -59,7 +59,7 @@ pub(crate) fn commit_size_estimate(seg: &SegmentCommit) -> usize {
         prev = Some(b);
     }
     let key = 32 + seg.object_key.len();
-    runs * (32 + 48 + seg.object_key.len())
+    runs * (2 * (32 + seg.object_key.len()) + 48)
         + partitions.len() * (32 + 40)
         + producers.len() * (40 + 13 + crate::producer::WINDOW * 21)
         + seg.batches.len() * 9
@@ -331,6 +331,11 @@ async fn flush_run(tx: &Tx, run: Run, object_key: &str) -> Result<(), MetaError>
     tx.set(
         &keys::index(run.topic_id, run.partition, run.end_offset),
         &value(&v),
+    )
+    .await?;
+    tx.set(
+        &keys::object_ref(object_key, run.topic_id, run.partition, run.end_offset),
+        b"",
     )
     .await?;
     Ok(())

@@ -18,6 +18,8 @@
 //! | `(cairn, cg, group)` | consumer group: generation, members, assignment (JSON) |
 //! | `(cairn, cgh, group, member)` | the member's last heartbeat (i64 LE) |
 //! | `(cairn, co, group, topic_id, partition)` | committed offset, commit time |
+//! | `(cairn, oi, object_key, topic_id, partition, end_offset)` | the object holds this index entry |
+//! | `(cairn, od, object_key)` | when the object was first seen unreferenced (ms) |
 //! | `(cairn, sg, group)` | share group (creation time) |
 //! | `(cairn, sp, group, topic_id, partition)` | share-partition: start offset, in-flight records |
 
@@ -76,6 +78,24 @@ pub(crate) fn indexes_of_topic(topic_id: u64) -> (Vec<u8>, Vec<u8>) {
 
 pub(crate) fn object(object_key: &str) -> Vec<u8> {
     key(("o", object_key))
+}
+
+/// Every object record from `from` on.
+pub(crate) fn objects_from(from: &str) -> (Vec<u8>, Vec<u8>) {
+    let (_, end) = range(("o",));
+    (object(from), end)
+}
+
+pub(crate) fn object_ref(object_key: &str, topic_id: u64, partition: u32, end: i64) -> Vec<u8> {
+    key(("oi", object_key, topic_id, partition, end))
+}
+
+pub(crate) fn object_refs(object_key: &str) -> (Vec<u8>, Vec<u8>) {
+    range(("oi", object_key))
+}
+
+pub(crate) fn object_dead(object_key: &str) -> Vec<u8> {
+    key(("od", object_key))
 }
 
 pub(crate) fn object_result(object_key: &str, chunk: u32) -> Vec<u8> {

@@ -15,6 +15,7 @@ mod fdb;
 mod groups;
 mod keys;
 mod kv;
+mod lifecycle;
 mod limits;
 mod memory;
 mod metadata;
@@ -32,6 +33,7 @@ pub use groups::{
     SESSION_TIMEOUT_RANGE_MS, TopicPartition,
 };
 pub use kv::{FaultyKv, KeyValue, KvStore, KvTransaction, RetryPolicy};
+pub use lifecycle::{GcPage, RetentionReport};
 pub use limits::Limits;
 pub use memory::MemoryKv;
 pub use metadata::{Metadata, transact};
