@@ -403,6 +403,23 @@ impl v1::admin_server::Admin for AdminService {
         Ok(Response::new(v1::DeleteTopicResponse {}))
     }
 
+    async fn delete_records(
+        &self,
+        request: Request<v1::DeleteRecordsRequest>,
+    ) -> Result<Response<v1::DeleteRecordsResponse>, Status> {
+        let r = request.into_inner();
+        if r.topic.is_empty() {
+            return Err(status(AgentError::Invalid("topic name is empty".into())));
+        }
+        let start_offset = self
+            .0
+            .metadata
+            .delete_records(&r.topic, r.partition, r.before_offset)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::DeleteRecordsResponse { start_offset }))
+    }
+
     async fn agent_status(
         &self,
         _request: Request<v1::AgentStatusRequest>,

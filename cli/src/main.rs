@@ -5,6 +5,7 @@
 
 mod agent;
 mod bench;
+mod compactor;
 mod consume;
 mod group;
 mod inspect;
@@ -49,6 +50,8 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records of a topic.
     Consume(consume::ConsumeArgs),
+    /// Run the compactor: retention and garbage collection of segment objects.
+    Compactor(compactor::CompactorArgs),
     /// Benchmarks: produce, end-to-end, consume, raw PUT; with the object-store bill.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
             Command::Share(cmd) => share::run(cmd).await,
             Command::Status(args) => status::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Compactor(args) => compactor::run(args).await,
         }
     });
     match result {

@@ -22,6 +22,9 @@ pub(crate) enum TopicCommand {
         /// How long records are kept (e.g. 7d); forever when not given.
         #[arg(long, value_parser = humantime::parse_duration)]
         retention: Option<std::time::Duration>,
+        /// Bytes kept per partition (e.g. 10GiB); the oldest go first. Unlimited when not given.
+        #[arg(long, value_parser = crate::size::parse_size, value_name = "SIZE")]
+        retention_bytes: Option<usize>,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -41,6 +44,20 @@ pub(crate) enum TopicCommand {
     Delete {
         /// Topic name.
         name: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Make a partition's records before an offset unreadable (the compactor then deletes
+    /// their objects).
+    DeleteRecords {
+        /// Topic name.
+        name: String,
+        /// Partition.
+        #[arg(long, short)]
+        partition: u32,
+        /// The first offset to keep.
+        #[arg(long, value_name = "OFFSET")]
+        before: i64,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -101,6 +118,7 @@ pub(crate) async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             partitions,
             compression,
             retention,
+            retention_bytes,
             connect,
         } => {
             let admin = Admin::new(connect.channel().await?);
@@ -115,7 +133,9 @@ pub(crate) async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
                     Codec::Lz4 => Compression::Lz4,
                 }),
                 retention_ms,
-                retention_bytes: None,
+                retention_bytes: retention_bytes
+                    .map(|b| i64::try_from(b).context("retention bytes is too large"))
+                    .transpose()?,
             };
             let t = admin.create_topic(&name, partitions, options).await?;
             eprintln!("created topic {} with {} partitions", t.name, t.partitions);
@@ -150,6 +170,17 @@ pub(crate) async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
                 .delete_topic(&name)
                 .await?;
             eprintln!("deleted topic {name}");
+        }
+        TopicCommand::DeleteRecords {
+            name,
+            partition,
+            before,
+            connect,
+        } => {
+            let start = Admin::new(connect.channel().await?)
+                .delete_records(&name, partition, before)
+                .await?;
+            eprintln!("{name}/{partition} now starts at offset {start}");
         }
         TopicCommand::AddPartitions {
             name,

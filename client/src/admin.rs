@@ -46,6 +46,27 @@ impl Admin {
         }
     }
 
+    /// Makes `topic`/`partition`'s offsets before `before` unreadable; returns the new
+    /// start offset.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        partition: u32,
+        before: i64,
+    ) -> Result<i64, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .delete_records(v1::DeleteRecordsRequest {
+                topic: topic.to_string(),
+                partition,
+                before_offset: before,
+            })
+            .await?
+            .into_inner()
+            .start_offset)
+    }
+
     /// The agent's version, uptime, stores and counters.
     pub async fn agent_status(&self) -> Result<v1::AgentStatusResponse, ClientError> {
         Ok(self
