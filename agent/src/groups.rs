@@ -8,24 +8,13 @@ use cairn_proto::v1;
 use tonic::{Request, Response, Status};
 
 use crate::AgentError;
-use crate::service::Shared;
+use crate::service::{Shared, need, status};
 
 /// Session timeout when a member asks for none.
 const DEFAULT_SESSION_TIMEOUT_MS: i64 = 10_000;
 
 /// The Groups service.
 pub(crate) struct GroupsService(pub(crate) Arc<Shared>);
-
-fn status(e: impl Into<AgentError>) -> Status {
-    Status::from(e.into())
-}
-
-fn need(what: &str, v: &str) -> Result<(), Status> {
-    if v.is_empty() {
-        return Err(status(AgentError::Invalid(format!("{what} is empty"))));
-    }
-    Ok(())
-}
 
 fn to_proto(a: MemberAssignment) -> v1::GroupAssignment {
     let session_timeout_ms = a.session_timeout_ms;

@@ -315,9 +315,18 @@ fn topic_info(t: &Topic) -> v1::TopicInfo {
     }
 }
 
-fn status(e: impl Into<AgentError>) -> Status {
+/// An error as the gRPC status its kind maps to.
+pub(crate) fn status(e: impl Into<AgentError>) -> Status {
     let e: AgentError = e.into();
     Status::from(e)
+}
+
+/// INVALID_ARGUMENT unless the named field is set.
+pub(crate) fn need(what: &str, v: &str) -> Result<(), Status> {
+    if v.is_empty() {
+        return Err(status(AgentError::Invalid(format!("{what} is empty"))));
+    }
+    Ok(())
 }
 
 /// The Admin service.

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::AgentError;
-use crate::service::Shared;
+use crate::service::{Shared, need, status};
 
 const DEFAULT_LEASE_MS: i64 = 30_000;
 const LEASE_RANGE_MS: (i64, i64) = (1_000, 600_000);
@@ -22,17 +22,6 @@ const MAX_RECORDS: u32 = 10_000;
 
 /// The Share service.
 pub(crate) struct ShareService(pub(crate) Arc<Shared>);
-
-fn status(e: impl Into<AgentError>) -> Status {
-    Status::from(e.into())
-}
-
-fn need(what: &str, v: &str) -> Result<(), Status> {
-    if v.is_empty() {
-        return Err(status(AgentError::Invalid(format!("{what} is empty"))));
-    }
-    Ok(())
-}
 
 fn lease(ms: i64) -> Result<i64, Status> {
     let (lo, hi) = LEASE_RANGE_MS;

@@ -130,6 +130,16 @@ pub fn cairn_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// `cairn agent` flags for a `file://` object store and a SQLite file under `dir`.
+pub fn file_agent_args(dir: &Path) -> Vec<String> {
+    vec![
+        "--object-store".into(),
+        format!("file://{}", dir.join("objects").display()),
+        "--metadata".into(),
+        format!("sqlite:{}", dir.join("meta.sqlite").display()),
+    ]
+}
+
 /// An agent running as a separate `cairn agent` process on a free loopback port.
 #[derive(Debug)]
 pub struct AgentProcess {

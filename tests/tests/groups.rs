@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use cairn_client::{Admin, Producer, ProducerConfig, ProducerRecord, TopicOptions};
 use cairn_proto::v1::{self, groups_client::GroupsClient};
-use cairn_tests::{AgentProcess, cairn_bin, temp_dir};
+use cairn_tests::{AgentProcess, cairn_bin, file_agent_args, temp_dir};
 use tokio::sync::watch;
 
 const PARTITIONS: u32 = 12;
@@ -91,19 +91,10 @@ async fn produce(endpoint: &str, from: usize, to: usize) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_share_partitions_and_survive_a_kill() -> anyhow::Result<()> {
     let dir = temp_dir()?;
-    let objects = format!("file://{}", dir.path().join("objects").display());
-    let metadata = format!("sqlite:{}", dir.path().join("meta.sqlite").display());
-    let agent = AgentProcess::start(
-        &[
-            "--object-store",
-            &objects,
-            "--metadata",
-            &metadata,
-            "--linger",
-            "10ms",
-        ],
-        &[],
-    )?;
+    let mut args = file_agent_args(dir.path());
+    args.extend(["--linger".to_string(), "10ms".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::start(&args, &[])?;
     let channel = cairn_client::connect(&agent.endpoint).await?;
     let admin = Admin::new(channel.clone());
     admin

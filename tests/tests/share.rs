@@ -17,7 +17,7 @@ use cairn_client::{
 };
 use cairn_metadata::ManualClock;
 use cairn_proto::v1::{self, share_client::ShareClient};
-use cairn_tests::{AgentProcess, InProcessAgent, read_all, temp_dir};
+use cairn_tests::{AgentProcess, InProcessAgent, file_agent_args, read_all, temp_dir};
 use rand::{Rng, SeedableRng};
 
 async fn produce(endpoint: &str, topic: &str, n: usize) -> anyhow::Result<()> {
@@ -47,19 +47,10 @@ async fn produce(endpoint: &str, topic: &str, n: usize) -> anyhow::Result<()> {
 async fn crashing_consumers_lose_nothing() -> anyhow::Result<()> {
     const RECORDS: usize = 50_000;
     let dir = temp_dir()?;
-    let objects = format!("file://{}", dir.path().join("objects").display());
-    let metadata = format!("sqlite:{}", dir.path().join("meta.sqlite").display());
-    let agent = AgentProcess::start(
-        &[
-            "--object-store",
-            &objects,
-            "--metadata",
-            &metadata,
-            "--linger",
-            "10ms",
-        ],
-        &[],
-    )?;
+    let mut args = file_agent_args(dir.path());
+    args.extend(["--linger".to_string(), "10ms".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::start(&args, &[])?;
     let channel = cairn_client::connect(&agent.endpoint).await?;
     Admin::new(channel.clone())
         .create_topic("work", 4, TopicOptions::default())
@@ -183,9 +174,9 @@ async fn crashing_consumers_lose_nothing() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_go_to_the_dead_letter_topic() -> anyhow::Result<()> {
     let dir = temp_dir()?;
-    let objects = format!("file://{}", dir.path().join("objects").display());
-    let metadata = format!("sqlite:{}", dir.path().join("meta.sqlite").display());
-    let agent = AgentProcess::start(&["--object-store", &objects, "--metadata", &metadata], &[])?;
+    let args = file_agent_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::start(&args, &[])?;
     let channel = cairn_client::connect(&agent.endpoint).await?;
     Admin::new(channel.clone())
         .create_topic("orders", 1, TopicOptions::default())
