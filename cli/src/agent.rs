@@ -143,7 +143,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let metrics_addr = metrics_listener
         .local_addr()
         .context("metrics socket has no address")?;
-    eprintln!("cairn agent metrics on http://{metrics_addr}/metrics (also /healthz, /readyz)");
+    tracing::info!("metrics on http://{metrics_addr}/metrics (also /healthz, /readyz)");
     // The one line on stdout: scripts and tests wait for it.
     println!("cairn agent listening on http://{addr}");
     agent
