@@ -128,10 +128,13 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .metrics_listen
         .or(file.metrics_listen)
         .unwrap_or_else(|| {
-            let port = if addr.port() == 0 {
+            // From the port asked for, not the one bound: with `--listen HOST:0` the gRPC
+            // port is picked at random, and so must the metrics port be (port + 1 of a
+            // random port may be taken).
+            let port = if listen.port() == 0 {
                 0
             } else {
-                addr.port().wrapping_add(1)
+                listen.port().wrapping_add(1)
             };
             SocketAddr::new(addr.ip(), port)
         });
