@@ -61,14 +61,16 @@ async fn crashing_consumers_lose_nothing() -> anyhow::Result<()> {
     let dropped: Arc<Mutex<HashMap<(u32, i64), u32>>> = Arc::default();
     let deliveries = Arc::new(AtomicUsize::new(0));
     let crashes = Arc::new(AtomicUsize::new(0));
+    let late_acks = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for c in 0..4u64 {
         let (channel, acked, dropped) = (channel.clone(), acked.clone(), dropped.clone());
         let (deliveries, crashes) = (deliveries.clone(), crashes.clone());
+        let late_acks = late_acks.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(c);
             let config = ShareConfig {
-                lease: Duration::from_secs(1),
+                lease: Duration::from_secs(2),
                 max_records: 200,
                 member_id: None,
             };
@@ -104,15 +106,44 @@ async fn crashing_consumers_lose_nothing() -> anyhow::Result<()> {
                         ShareConsumer::new(channel.clone(), "workers", "work", config.clone());
                     continue;
                 }
-                consumer.ack(&batch).await?;
-                let mut a = acked.lock().unwrap();
-                for r in &batch {
-                    let prev = a.insert((r.record.partition, r.record.offset), r.delivery_count);
-                    assert!(
-                        prev.is_none(),
-                        "{:?} acknowledged twice",
-                        (r.record.partition, r.record.offset)
-                    );
+                // Acknowledge per partition (each is all or none). Under load a lease can
+                // end before the ack arrives: then the record was not settled and will be
+                // delivered again, exactly like a crash.
+                let mut by_partition: HashMap<u32, Vec<cairn_client::ShareRecord>> = HashMap::new();
+                for r in batch {
+                    by_partition.entry(r.record.partition).or_default().push(r);
+                }
+                for (_, records) in by_partition {
+                    match consumer.ack(&records).await {
+                        Ok(()) => {
+                            let mut a = acked.lock().unwrap();
+                            for r in &records {
+                                let prev = a.insert(
+                                    (r.record.partition, r.record.offset),
+                                    r.delivery_count,
+                                );
+                                assert!(
+                                    prev.is_none(),
+                                    "{:?} acknowledged twice",
+                                    (r.record.partition, r.record.offset)
+                                );
+                            }
+                        }
+                        // Expired, or expired and already taken by another consumer.
+                        Err(e)
+                            if matches!(
+                                e.reason().as_deref(),
+                                Some("LEASE_EXPIRED" | "NOT_HELD")
+                            ) =>
+                        {
+                            late_acks.fetch_add(1, Ordering::SeqCst);
+                            let mut d = dropped.lock().unwrap();
+                            for r in &records {
+                                d.insert((r.record.partition, r.record.offset), r.delivery_count);
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
             }
             Ok::<_, ClientError>(())
@@ -125,9 +156,10 @@ async fn crashing_consumers_lose_nothing() -> anyhow::Result<()> {
     let dropped = dropped.lock().unwrap().clone();
     let redelivered = acked.values().filter(|n| **n > 1).count();
     eprintln!(
-        "share groups: {RECORDS} records, {} deliveries, {} crashes dropping {} records, {redelivered} redelivered, {} acked, 0 dead-lettered, lost {}",
+        "share groups: {RECORDS} records, {} deliveries, {} crashes and {} late acks dropping {} records, {redelivered} redelivered, {} acked, 0 dead-lettered, lost {}",
         deliveries.load(Ordering::SeqCst),
         crashes.load(Ordering::SeqCst),
+        late_acks.load(Ordering::SeqCst),
         dropped.len(),
         acked.len(),
         RECORDS - acked.len()
