@@ -25,7 +25,8 @@ pub(crate) const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7170";
 /// Cairn: a diskless, event-sourced log on object storage.
 ///
 /// Start an agent with `cairn agent` (data goes to ./cairn-data), then use the other
-/// commands against it. Every flag can also be given as a CAIRN_* environment variable.
+/// commands against it. The agent's settings and the agent address (--endpoint) can also be
+/// given as CAIRN_* environment variables (see each command's --help).
 #[derive(Debug, Parser)]
 #[command(
     name = "cairn",
