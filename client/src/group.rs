@@ -40,6 +40,7 @@ impl Default for GroupConfig {
 #[derive(Debug)]
 pub struct GroupConsumer {
     groups: GroupsClient<Channel>,
+    admin: crate::Admin,
     consumer: Consumer,
     group: String,
     topics: Vec<String>,
@@ -66,6 +67,7 @@ impl GroupConsumer {
         }
         let mut me = GroupConsumer {
             groups: GroupsClient::new(channel.clone()),
+            admin: crate::Admin::new(channel.clone()),
             consumer: Consumer::new(channel, config.consumer.clone()),
             group: group.to_string(),
             topics: topics.iter().map(|t| t.to_string()).collect(),
@@ -127,10 +129,26 @@ impl GroupConsumer {
                 .into_iter()
                 .map(|o| ((o.topic, o.partition), o.offset))
                 .collect();
+            let mut starts: BTreeMap<(String, u32), i64> = BTreeMap::new();
             for (t, p) in &added {
-                let from = committed
-                    .get(&(t.clone(), *p))
-                    .map_or(self.config.start, |&o| Offset::At(o));
+                let from = match committed.get(&(t.clone(), *p)) {
+                    None => self.config.start,
+                    Some(&o) => {
+                        // Retention or DeleteRecords may have removed records the group never
+                        // read: resume at the partition's first readable offset then.
+                        if !starts.keys().any(|(st, _)| st == t) {
+                            let d = self.admin.describe_topic(t).await?;
+                            for info in d.partitions {
+                                starts.insert((t.clone(), info.partition), info.start_offset);
+                            }
+                        }
+                        let start = starts.get(&(t.clone(), *p)).copied().unwrap_or(0);
+                        if o < start {
+                            tracing::warn!(topic = %t, partition = p, committed = o, start, "committed offset is before the partition's start; resuming at the start");
+                        }
+                        Offset::At(o.max(start))
+                    }
+                };
                 self.consumer.assign(t, *p, from).await?;
             }
         }

@@ -11,7 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_agent::{AgentSettings, FaultSpec};
-use cairn_client::{Admin, Producer, ProducerConfig, ProducerRecord, TopicOptions};
+use cairn_client::{
+    Admin, GroupConfig, GroupConsumer, Offset, Producer, ProducerConfig, ProducerRecord,
+    TopicOptions,
+};
 use cairn_compactor::{Compactor, CompactorConfig};
 use cairn_metadata::{Clock, ManualClock, Metadata, SystemClock};
 use cairn_tests::{InProcessAgent, read_all, temp_dir};
@@ -162,6 +165,28 @@ async fn retention_and_garbage_collection() -> anyhow::Result<()> {
     assert_eq!(admin.delete_records("forever", 0, 2).await?, 2);
     let forever: Vec<_> = read_all(&agent.endpoint, "forever").await?;
     assert_eq!(forever.iter().map(|r| r.offset).collect::<Vec<_>>(), [2]);
+
+    // A consumer group whose committed offset was removed resumes at the new start.
+    let config = GroupConfig {
+        start: Offset::Beginning,
+        ..GroupConfig::default()
+    };
+    let mut member =
+        GroupConsumer::join(channel.clone(), "readers", &["forever"], config.clone()).await?;
+    let got = member.poll(Duration::from_secs(1)).await?;
+    assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), [2]);
+    member.commit().await?;
+    member.leave().await?;
+    produce(&agent.endpoint, "forever", &["f3", "f4", "f5"]).await?;
+    assert_eq!(admin.delete_records("forever", 0, 5).await?, 5);
+    let mut member = GroupConsumer::join(channel, "readers", &["forever"], config).await?;
+    let got = member.poll(Duration::from_secs(1)).await?;
+    assert_eq!(
+        got.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        [5],
+        "resumed at the start"
+    );
+    member.leave().await?;
     agent.stop().await?;
     Ok(())
 }
