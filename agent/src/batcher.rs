@@ -328,6 +328,9 @@ fn build(key: &Path, open: Open, sealed_at_ms: i64) -> Result<Built, (AgentError
             Ok(e) => e,
             Err(e) => return Err((AgentError::Internal(e.to_string()), open.requests)),
         };
+        if let Some(stamp) = p.producer {
+            builder.stamp_last(stamp.producer_id, stamp.epoch, stamp.base_sequence);
+        }
         batches.push(CommitBatch {
             topic_id: p.topic_id,
             partition: p.partition,

@@ -39,7 +39,9 @@ pub(crate) async fn run(cmd: InspectCommand) -> anyhow::Result<()> {
         footer.batches.len(),
         footer.sealed_at_ms
     );
-    println!("  TOPIC-ID\tPARTITION\tPOSITION\tLENGTH\tRECORDS\tCODEC\tCRC32C\tMIN-TS\tMAX-TS");
+    println!(
+        "  TOPIC-ID\tPARTITION\tPOSITION\tLENGTH\tRECORDS\tCODEC\tCRC32C\tMIN-TS\tMAX-TS\tPRODUCER"
+    );
     let mut records = 0u64;
     for (b, frame) in footer.batches.iter().zip(&frames) {
         let codec = Compression::try_from(b.compression).unwrap_or(Compression::Unspecified);
@@ -50,8 +52,13 @@ pub(crate) async fn run(cmd: InspectCommand) -> anyhow::Result<()> {
         } else {
             records += u64::from(b.record_count);
         }
+        let producer = if b.producer_id == 0 {
+            "-".to_string()
+        } else {
+            format!("{}.{}@{}", b.producer_id, b.producer_epoch, b.base_sequence)
+        };
         println!(
-            "  {}\t{}\t{}\t{}\t{}\t{}\t{:#010x}\t{}\t{}",
+            "  {}\t{}\t{}\t{}\t{}\t{}\t{:#010x}\t{}\t{}\t{producer}",
             b.topic_id,
             b.partition,
             b.position,

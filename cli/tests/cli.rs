@@ -141,6 +141,17 @@ fn produce_consume_describe_inspect() {
         "",
     ));
     assert!(inspected.contains("every CRC verified"), "{inspected}");
+    // `cairn produce` is idempotent: the footer carries its stamp (id.epoch@sequence).
+    let stamp = inspected
+        .lines()
+        .filter(|l| l.starts_with("  ") && l.matches('\t').count() == 9 && !l.contains("TOPIC-ID"))
+        .map(|l| l.rsplit('\t').next().unwrap().to_string())
+        .next()
+        .unwrap();
+    assert!(
+        stamp.contains(".0@"),
+        "a producer stamp, got `{stamp}` in {inspected}"
+    );
 
     ok(cairn(&agent, &["topic", "delete", "demo"], ""));
     let gone = cairn(&agent, &["topic", "describe", "demo"], "");

@@ -65,9 +65,21 @@ impl SegmentBuilder {
             max_timestamp_ms,
             crc32c: header.crc32c,
             compression: compression as i32,
+            producer_id: 0,
+            producer_epoch: 0,
+            base_sequence: 0,
         };
         self.footer.batches.push(entry);
         Ok(entry)
+    }
+
+    /// Records the idempotent producer's stamp on the batch pushed last.
+    pub fn stamp_last(&mut self, producer_id: u64, producer_epoch: u32, base_sequence: i64) {
+        if let Some(last) = self.footer.batches.last_mut() {
+            last.producer_id = producer_id;
+            last.producer_epoch = producer_epoch;
+            last.base_sequence = base_sequence;
+        }
     }
 
     /// Bytes written so far (frames and preamble).
@@ -237,6 +249,23 @@ mod tests {
                 "flipping byte {i} went unnoticed"
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn producer_stamps_travel_in_the_footer() -> Result<(), FormatError> {
+        let mut b = SegmentBuilder::with_capacity(64);
+        b.push(1, 0, 2, Compression::None, b"ab", 1, 2)?;
+        b.stamp_last(42, 3, 100);
+        b.push(1, 1, 1, Compression::None, b"c", 1, 2)?;
+        let (bytes, _) = b.finish(5);
+        let footer = SegmentReader::footer(&bytes)?;
+        let stamps: Vec<(u64, u32, i64)> = footer
+            .batches
+            .iter()
+            .map(|e| (e.producer_id, e.producer_epoch, e.base_sequence))
+            .collect();
+        assert_eq!(stamps, [(42, 3, 100), (0, 0, 0)]);
         Ok(())
     }
 
