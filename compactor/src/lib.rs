@@ -2,13 +2,15 @@
 //! index entry references any more (after a grace period longer than any fetch) and orphans
 //! that no commit ever referenced (a PUT whose commit failed, an agent that died). Any number
 //! of compactors may run; every step is idempotent. Parquet compaction and SQL are the next
-//! steps of this crate.
+//! steps of this crate; [`parquet_file`] is the table layout they will write.
 
 // Only the FoundationDB adapter in cairn-metadata may use unsafe code.
 #![forbid(unsafe_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
+
+pub mod parquet_file;
 
 use cairn_metadata::{MetaError, Metadata};
 use futures::StreamExt;
@@ -68,6 +70,9 @@ pub enum CompactorError {
     /// The object store failed.
     #[error("object store: {0}")]
     Store(String),
+    /// Records could not be laid out or written as Parquet.
+    #[error("parquet: {0}")]
+    Format(String),
 }
 
 /// The compactor over one object store and metadata store.
