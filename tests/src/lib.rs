@@ -101,6 +101,55 @@ fn uuid_like() -> String {
     format!("{n:016x}")
 }
 
+/// A Python with `pyarrow` (an engine no one here wrote, to read our Parquet): a venv cached
+/// in `~/.cache/cairn/pyarrow` (or `CAIRN_PYARROW_HOME`), created with `python3` and a pinned
+/// pyarrow from PyPI on first use.
+pub fn pyarrow_python() -> anyhow::Result<PathBuf> {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| install_pyarrow().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+fn install_pyarrow() -> anyhow::Result<PathBuf> {
+    const PYARROW: &str = "pyarrow==26.0.1";
+    let home = match std::env::var_os("CAIRN_PYARROW_HOME") {
+        Some(h) => PathBuf::from(h),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?)
+            .join(".cache/cairn/pyarrow"),
+    };
+    let python = home.join("venv/bin/python");
+    let ready = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import pyarrow.parquet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if ready(&python) {
+        return Ok(python);
+    }
+    std::fs::create_dir_all(&home)?;
+    let status = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(home.join("venv"))
+        .status()
+        .context("running python3 -m venv (is python3 installed?)")?;
+    if !status.success() {
+        bail!("python3 -m venv failed ({status})");
+    }
+    let status = Command::new(home.join("venv/bin/pip"))
+        .args(["install", "--quiet", PYARROW])
+        .status()
+        .context("running pip")?;
+    if !status.success() || !ready(&python) {
+        bail!("could not install {PYARROW} into {}", home.display());
+    }
+    Ok(python)
+}
+
 /// The workspace directory (parent of this crate).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
