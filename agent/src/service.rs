@@ -373,9 +373,7 @@ impl v1::admin_server::Admin for AdminService {
         request: Request<v1::DescribeTopicRequest>,
     ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
         let name = request.into_inner().name;
-        if name.is_empty() {
-            return Err(status(AgentError::Invalid("topic name is empty".into())));
-        }
+        need("topic name", &name)?;
         let topic = self.0.metadata.topic(&name).await.map_err(status)?;
         let states = self
             .0
@@ -404,9 +402,7 @@ impl v1::admin_server::Admin for AdminService {
         request: Request<v1::DeleteTopicRequest>,
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
         let name = request.into_inner().name;
-        if name.is_empty() {
-            return Err(status(AgentError::Invalid("topic name is empty".into())));
-        }
+        need("topic name", &name)?;
         self.0.metadata.delete_topic(&name).await.map_err(status)?;
         self.0.topics.invalidate(&name).await;
         Ok(Response::new(v1::DeleteTopicResponse {}))
@@ -417,9 +413,7 @@ impl v1::admin_server::Admin for AdminService {
         request: Request<v1::DeleteRecordsRequest>,
     ) -> Result<Response<v1::DeleteRecordsResponse>, Status> {
         let r = request.into_inner();
-        if r.topic.is_empty() {
-            return Err(status(AgentError::Invalid("topic name is empty".into())));
-        }
+        need("topic name", &r.topic)?;
         let start_offset = self
             .0
             .metadata

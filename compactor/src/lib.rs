@@ -149,7 +149,7 @@ impl Compactor {
                 break;
             }
             let key = meta.location.to_string();
-            if self.metadata.is_object_known(&key).await? {
+            if self.metadata.is_object_committed(&key).await? {
                 continue;
             }
             if now_ms - meta.last_modified.timestamp_millis() < grace_ms {
@@ -157,7 +157,7 @@ impl Compactor {
                 continue;
             }
             // Checked again right before deleting: a commit may have landed meanwhile.
-            if self.metadata.is_object_known(&key).await? {
+            if self.metadata.is_object_committed(&key).await? {
                 continue;
             }
             self.delete(&key).await?;

@@ -1310,9 +1310,9 @@ pub async fn lifecycle(kv: Arc<dyn KvStore>) {
     for o in &page.deletable {
         m.forget_object(o).await.unwrap();
         m.forget_object(o).await.unwrap();
-        assert!(!m.is_object_known(o).await.unwrap());
+        assert!(!m.is_object_committed(o).await.unwrap());
     }
-    assert!(m.is_object_known("shared").await.unwrap());
+    assert!(m.is_object_committed("shared").await.unwrap());
     assert!(
         m.forget_object("shared").await.is_err(),
         "a referenced object stays"

@@ -181,11 +181,6 @@ impl Metadata {
         })
         .await
     }
-
-    /// Whether metadata knows the object at all (committed, live or dead).
-    pub async fn is_object_known(&self, object_key: &str) -> Result<bool, MetaError> {
-        self.is_object_committed(object_key).await
-    }
 }
 
 /// Whether any index entry still points into `object` (clearing dangling reverse keys).
@@ -243,8 +238,7 @@ async fn retention_step(
         let entry = decode_index(t.id, p, k, v)?;
         let too_old = t.retention_ms != -1 && entry.max_timestamp_ms < now - t.retention_ms;
         let too_big = t.retention_bytes != -1 && live > t.retention_bytes as u64;
-        // Never remove the last entry's records that are still being appended after: an
-        // entry is whole, so removing it is always safe; keep going while a rule says so.
+        // Entries go whole and oldest first, while either rule still asks for it.
         if !(too_old || too_big) {
             break;
         }
