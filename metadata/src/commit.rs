@@ -15,10 +15,11 @@ use std::collections::{HashMap, HashSet};
 use futures::future::try_join_all;
 
 use crate::keys::{self, value};
-use crate::metadata::{IndexValue, Tx, encode_state, read_state, read_topic_by_id};
+use crate::metadata::{Tx, encode_index, encode_state, read_state, read_topic_by_id};
 use crate::producer::{ProducerPartition, ProducerRecord, SeqEntry, read_producer};
 use crate::{
-    BatchOutcome, CommitBatch, MetaError, PartitionState, Rejection, SegmentCommit, Topic,
+    BatchOutcome, CommitBatch, EntryKind, IndexEntry, MetaError, PartitionState, Rejection,
+    SegmentCommit, Topic,
 };
 
 /// Outcomes per result chunk key (9 bytes each: 63 kB values, under the 100 kB limit).
@@ -319,18 +320,22 @@ struct Run {
 }
 
 async fn flush_run(tx: &Tx, run: Run, object_key: &str) -> Result<(), MetaError> {
-    let v: IndexValue = (
-        object_key.to_string(),
-        run.position,
-        run.length,
-        run.base_offset,
-        run.batch_count,
-        run.min_ts,
-        run.max_ts,
-    );
+    let entry = IndexEntry {
+        topic_id: run.topic_id,
+        partition: run.partition,
+        base_offset: run.base_offset,
+        end_offset: run.end_offset,
+        object_key: object_key.to_string(),
+        position: run.position,
+        length: run.length,
+        batch_count: run.batch_count,
+        min_timestamp_ms: run.min_ts,
+        max_timestamp_ms: run.max_ts,
+        kind: EntryKind::Segment,
+    };
     tx.set(
         &keys::index(run.topic_id, run.partition, run.end_offset),
-        &value(&v),
+        &encode_index(&entry),
     )
     .await?;
     tx.set(

@@ -22,6 +22,8 @@
 //! | `(cairn, od, object_key)` | when the object was first seen unreferenced (ms) |
 //! | `(cairn, sg, group)` | share group (creation time) |
 //! | `(cairn, sp, group, topic_id, partition)` | share-partition: start offset, in-flight records |
+//! | `(cairn, seq, compaction)` | next compaction claim token |
+//! | `(cairn, cc, topic_id, partition)` | compaction claim: owner, token, lease expiry (ms) |
 
 use foundationdb_tuple::{Subspace, TuplePack, TupleUnpack, pack, unpack};
 
@@ -74,6 +76,14 @@ pub(crate) fn index_from(topic_id: u64, partition: u32, from_end: i64) -> (Vec<u
 
 pub(crate) fn indexes_of_topic(topic_id: u64) -> (Vec<u8>, Vec<u8>) {
     range(("i", topic_id))
+}
+
+pub(crate) fn next_compaction_token() -> Vec<u8> {
+    key(("seq", "compaction"))
+}
+
+pub(crate) fn compaction_claim(topic_id: u64, partition: u32) -> Vec<u8> {
+    key(("cc", topic_id, partition))
 }
 
 pub(crate) fn object(object_key: &str) -> Vec<u8> {

@@ -8,6 +8,7 @@
 
 mod clock;
 mod commit;
+mod compaction;
 pub mod conformance;
 mod error;
 #[cfg(feature = "fdb")]
@@ -25,6 +26,7 @@ mod sqlite;
 mod types;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use compaction::{CompactedFile, CompactionClaim, MAX_SWAP_ENTRIES};
 pub use error::{ErrorKind, KvError, MetaError};
 #[cfg(feature = "fdb")]
 pub use fdb::FdbKv;
@@ -41,8 +43,8 @@ pub use producer::{ExpiryReport, ProducerStats, WINDOW as PRODUCER_WINDOW};
 pub use share::{Acquired, MAX_IN_FLIGHT as SHARE_MAX_IN_FLIGHT, ShareAction, SharePartitionInfo};
 pub use sqlite::SqliteKv;
 pub use types::{
-    BatchOutcome, Codec, CommitBatch, IndexEntry, PartitionState, ProducerId, ProducerStamp,
-    Rejection, SegmentCommit, Topic, TopicSpec, validate_topic_name,
+    BatchOutcome, Codec, CommitBatch, EntryKind, IndexEntry, PartitionState, ProducerId,
+    ProducerStamp, Rejection, SegmentCommit, Topic, TopicSpec, validate_topic_name,
 };
 
 use std::sync::Arc;

@@ -191,7 +191,7 @@ async fn referenced(tx: &Tx, object: &str) -> Result<bool, MetaError> {
             decode("object ref", &k)?;
         match tx.get(&keys::index(topic_id, partition, end)).await? {
             Some(v) => {
-                let (entry_object, ..): crate::metadata::IndexValue = decode("index entry", &v)?;
+                let (entry_object, ..) = crate::metadata::decode_index_value(&v)?;
                 if entry_object == object {
                     return Ok(true);
                 }

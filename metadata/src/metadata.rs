@@ -15,7 +15,8 @@ use crate::keys::{self, decode, value};
 use crate::kv::{KvStore, KvTransaction, RetryPolicy};
 use crate::types::validate_partition_count;
 use crate::{
-    BatchOutcome, Clock, IndexEntry, MetaError, PartitionState, SegmentCommit, Topic, TopicSpec,
+    BatchOutcome, Clock, EntryKind, IndexEntry, MetaError, PartitionState, SegmentCommit, Topic,
+    TopicSpec,
 };
 
 /// A transaction handle shared between the retry loop and the operation's closure.
@@ -126,7 +127,36 @@ fn encode_topic(t: &Topic) -> Result<Vec<u8>, MetaError> {
     })
 }
 
-pub(crate) type IndexValue = (String, u64, u64, i64, u32, i64, i64);
+/// An index entry as stored: object, position, length, base offset, batch count, min and
+/// max timestamp, kind code. (Entries written before kinds existed lack the last field and
+/// are segment entries.)
+pub(crate) type IndexValue = (String, u64, u64, i64, u32, i64, i64, u32);
+type IndexValueV0 = (String, u64, u64, i64, u32, i64, i64);
+
+pub(crate) fn encode_index(e: &IndexEntry) -> Vec<u8> {
+    let v: IndexValue = (
+        e.object_key.clone(),
+        e.position,
+        e.length,
+        e.base_offset,
+        e.batch_count,
+        e.min_timestamp_ms,
+        e.max_timestamp_ms,
+        e.kind.code(),
+    );
+    value(&v)
+}
+
+/// Decodes a stored index value (either layout).
+pub(crate) fn decode_index_value(v: &[u8]) -> Result<IndexValue, MetaError> {
+    match decode::<IndexValue>("index entry", v) {
+        Ok(x) => Ok(x),
+        Err(e) => match decode::<IndexValueV0>("index entry", v) {
+            Ok((o, p, l, b, n, lo, hi)) => Ok((o, p, l, b, n, lo, hi, 0)),
+            Err(_) => Err(e),
+        },
+    }
+}
 
 pub(crate) fn decode_index(
     topic_id: u64,
@@ -135,8 +165,12 @@ pub(crate) fn decode_index(
     v: &[u8],
 ) -> Result<IndexEntry, MetaError> {
     let (_, _, _, _, end_offset): (String, String, u64, u32, i64) = decode("index key", key)?;
-    let (object_key, position, length, base_offset, batch_count, min_ts, max_ts): IndexValue =
-        decode("index entry", v)?;
+    let (object_key, position, length, base_offset, batch_count, min_ts, max_ts, kind) =
+        decode_index_value(v)?;
+    let kind = EntryKind::from_code(kind).ok_or_else(|| MetaError::Corrupt {
+        key: format!("index entry {topic_id}/{partition}/{end_offset}"),
+        reason: format!("unknown entry kind {kind}"),
+    })?;
     Ok(IndexEntry {
         topic_id,
         partition,
@@ -148,6 +182,7 @@ pub(crate) fn decode_index(
         batch_count,
         min_timestamp_ms: min_ts,
         max_timestamp_ms: max_ts,
+        kind,
     })
 }
 

@@ -359,6 +359,33 @@ impl BatchOutcome {
     }
 }
 
+/// What kind of object an index entry points into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    /// Whole frames at `position..position + length` of a segment object.
+    Segment,
+    /// A compacted Parquet file of this partition alone (`position` 0, `length` its size,
+    /// `batch_count` its row groups).
+    Parquet,
+}
+
+impl EntryKind {
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            EntryKind::Segment => 0,
+            EntryKind::Parquet => 1,
+        }
+    }
+
+    pub(crate) fn from_code(code: u32) -> Option<Self> {
+        match code {
+            0 => Some(EntryKind::Segment),
+            1 => Some(EntryKind::Parquet),
+            _ => None,
+        }
+    }
+}
+
 /// One index entry: a run of records of one partition stored contiguously in one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -382,4 +409,6 @@ pub struct IndexEntry {
     pub min_timestamp_ms: i64,
     /// Largest record timestamp.
     pub max_timestamp_ms: i64,
+    /// Segment frames or a Parquet file.
+    pub kind: EntryKind,
 }

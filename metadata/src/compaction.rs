@@ -1,0 +1,236 @@
+//! Compaction in metadata: claiming a partition's compaction with a lease, and the one
+//! transaction that swaps a run of index entries for the Parquet file that replaced them.
+//!
+//! A compactor claims `(topic, partition)` and gets a fencing token, a number no other claim
+//! ever had. It reads the run, writes the file (named with the token, so two writers never
+//! write the same object) and calls [`Metadata::swap_compacted`], which checks in one
+//! transaction that the claim is still its own and that every covered entry is exactly as it
+//! read it; otherwise nothing changes and the file is left for the orphan collector. Entries
+//! produced meanwhile sit after the run and are untouched, so a produce racing a compaction
+//! neither loses nor doubles a record.
+
+use std::time::Duration;
+
+use crate::keys::{self, decode, value};
+use crate::metadata::{
+    Tx, decode_index_value, encode_index, encode_state, read_state, read_topic_by_id,
+};
+use crate::{EntryKind, IndexEntry, MetaError, Metadata};
+
+/// Most index entries one swap may replace (keeps the transaction well inside the limits).
+pub const MAX_SWAP_ENTRIES: usize = 2_000;
+
+/// A claim on one partition's compaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionClaim {
+    /// Topic id.
+    pub topic_id: u64,
+    /// Partition.
+    pub partition: u32,
+    /// The fencing token: unique to this claim.
+    pub token: u64,
+}
+
+/// A Parquet file written to replace a run of index entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactedFile {
+    /// Object key.
+    pub object_key: String,
+    /// Object size in bytes.
+    pub size: u64,
+    /// Row groups in the file.
+    pub row_groups: u32,
+    /// Smallest record timestamp.
+    pub min_timestamp_ms: i64,
+    /// Largest record timestamp.
+    pub max_timestamp_ms: i64,
+}
+
+type ClaimValue = (String, u64, i64);
+
+impl Metadata {
+    /// Claims `topic_id`/`partition` for compaction by `owner` for `lease`. Returns `None`
+    /// while another owner's lease is running; a claim of the same owner is replaced.
+    pub async fn claim_compaction(
+        &self,
+        topic_id: u64,
+        partition: u32,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<CompactionClaim>, MetaError> {
+        let now = self.clock().now_ms();
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        self.run("claim_compaction", |tx| async move {
+            let key = keys::compaction_claim(topic_id, partition);
+            if let Some(v) = tx.get(&key).await? {
+                let (holder, _, expires): ClaimValue = decode("compaction claim", &v)?;
+                if holder != owner && expires > now {
+                    return Ok(None);
+                }
+            }
+            let token = match tx.get(&keys::next_compaction_token()).await? {
+                Some(v) => decode::<(u64,)>("next compaction token", &v)?.0,
+                None => 1,
+            };
+            tx.set(&keys::next_compaction_token(), &value(&(token + 1,)))
+                .await?;
+            let claim: ClaimValue = (owner.to_string(), token, now.saturating_add(lease_ms));
+            tx.set(&key, &value(&claim)).await?;
+            Ok(Some(CompactionClaim {
+                topic_id,
+                partition,
+                token,
+            }))
+        })
+        .await
+    }
+
+    /// Gives a claim up (nothing happens if it was already taken over).
+    pub async fn release_compaction(&self, claim: CompactionClaim) -> Result<(), MetaError> {
+        self.run("release_compaction", |tx| async move {
+            let key = keys::compaction_claim(claim.topic_id, claim.partition);
+            if check_claim(&tx, &claim).await.is_ok() {
+                tx.clear(&key).await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Replaces the contiguous run `covered` (as read by the claimer) with one Parquet
+    /// index entry for `file`, in one transaction. Fails with `Fenced` (reason
+    /// `CLAIM_LOST` or `COMPACTION_CONFLICT`) and changes nothing if the claim was taken
+    /// over or any covered entry was removed or replaced meanwhile.
+    pub async fn swap_compacted(
+        &self,
+        claim: CompactionClaim,
+        covered: &[IndexEntry],
+        file: &CompactedFile,
+    ) -> Result<(), MetaError> {
+        let (Some(first), Some(last)) = (covered.first(), covered.last()) else {
+            return Err(MetaError::InvalidArgument(
+                "a compaction must cover at least one index entry".into(),
+            ));
+        };
+        if covered.len() > MAX_SWAP_ENTRIES {
+            return Err(MetaError::TooLarge(format!(
+                "a compaction may replace at most {MAX_SWAP_ENTRIES} index entries, not {}",
+                covered.len()
+            )));
+        }
+        for pair in covered.windows(2) {
+            if pair[0].end_offset != pair[1].base_offset {
+                return Err(MetaError::InvalidArgument(format!(
+                    "covered entries are not contiguous: {} then {}",
+                    pair[0].end_offset, pair[1].base_offset
+                )));
+            }
+        }
+        if covered
+            .iter()
+            .any(|e| e.topic_id != claim.topic_id || e.partition != claim.partition)
+        {
+            return Err(MetaError::InvalidArgument(
+                "covered entries belong to another partition than the claim".into(),
+            ));
+        }
+        let replacement = IndexEntry {
+            topic_id: claim.topic_id,
+            partition: claim.partition,
+            base_offset: first.base_offset,
+            end_offset: last.end_offset,
+            object_key: file.object_key.clone(),
+            position: 0,
+            length: file.size,
+            batch_count: file.row_groups,
+            min_timestamp_ms: file.min_timestamp_ms,
+            max_timestamp_ms: file.max_timestamp_ms,
+            kind: EntryKind::Parquet,
+        };
+        let now = self.clock().now_ms();
+        self.run("swap_compacted", |tx| {
+            let replacement = replacement.clone();
+            async move {
+                let (tid, p) = (claim.topic_id, claim.partition);
+                if read_topic_by_id(&tx, tid).await?.is_none() {
+                    return Err(MetaError::Fenced {
+                        reason: "COMPACTION_CONFLICT",
+                        message: format!("topic {tid} was deleted during its compaction"),
+                    });
+                }
+                check_claim(&tx, &claim).await?;
+                let mut removed_bytes = 0u64;
+                for e in covered {
+                    let k = keys::index(tid, p, e.end_offset);
+                    let unchanged = match tx.get(&k).await? {
+                        Some(v) => {
+                            let (o, pos, len, base, n, _, _, kind) = decode_index_value(&v)?;
+                            o == e.object_key
+                                && pos == e.position
+                                && len == e.length
+                                && base == e.base_offset
+                                && n == e.batch_count
+                                && kind == e.kind.code()
+                        }
+                        None => false,
+                    };
+                    if !unchanged {
+                        return Err(MetaError::Fenced {
+                            reason: "COMPACTION_CONFLICT",
+                            message: format!(
+                                "index entry {tid}/{p} ending at {} changed during its compaction",
+                                e.end_offset
+                            ),
+                        });
+                    }
+                    tx.clear(&k).await?;
+                    tx.clear(&keys::object_ref(&e.object_key, tid, p, e.end_offset))
+                        .await?;
+                    removed_bytes += e.length;
+                }
+                let end = replacement.end_offset;
+                tx.set(&keys::index(tid, p, end), &encode_index(&replacement))
+                    .await?;
+                tx.set(&keys::object_ref(&replacement.object_key, tid, p, end), b"")
+                    .await?;
+                tx.set(
+                    &keys::object(&replacement.object_key),
+                    &value(&("live", now, replacement.length, 1u64)),
+                )
+                .await?;
+                let mut state = read_state(&tx, tid, p).await?;
+                state.bytes = state.bytes.saturating_sub(removed_bytes) + replacement.length;
+                state.index_entries = state
+                    .index_entries
+                    .saturating_sub(covered.len() as u64)
+                    .saturating_add(1);
+                tx.set(&keys::partition(tid, p), &encode_state(&state))
+                    .await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+}
+
+async fn check_claim(tx: &Tx, claim: &CompactionClaim) -> Result<(), MetaError> {
+    let key = keys::compaction_claim(claim.topic_id, claim.partition);
+    let held = match tx.get(&key).await? {
+        Some(v) => {
+            let (_, token, _): ClaimValue = decode("compaction claim", &v)?;
+            token == claim.token
+        }
+        None => false,
+    };
+    if held {
+        Ok(())
+    } else {
+        Err(MetaError::Fenced {
+            reason: "CLAIM_LOST",
+            message: format!(
+                "compaction claim {} on {}/{} was taken over",
+                claim.token, claim.topic_id, claim.partition
+            ),
+        })
+    }
+}
