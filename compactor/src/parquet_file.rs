@@ -7,19 +7,30 @@
 
 use std::sync::Arc;
 
+use arrow_array::Array;
 use arrow_array::builder::{
     BinaryBuilder, Int64Builder, TimestampMillisecondBuilder, UInt64Builder,
 };
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Int64Type, TimestampMillisecondType, UInt64Type};
 use arrow_array::{ArrayRef, BinaryArray, ListArray, RecordBatch, StringArray, StructArray};
 use arrow_buffer::OffsetBuffer;
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
-use object_store::ObjectStore;
+use futures::FutureExt;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use object_store::{ObjectStore, ObjectStoreExt};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::arrow::async_reader::AsyncFileReader;
+use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder};
 use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::ParquetMetaData;
+use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::statistics::Statistics;
 
 use crate::CompactorError;
 
@@ -55,6 +66,14 @@ pub struct ParquetFile {
     pub last_offset: i64,
     /// Rows.
     pub rows: u64,
+    /// Bytes of the object.
+    pub size: u64,
+    /// Row groups.
+    pub row_groups: u32,
+    /// Smallest record timestamp.
+    pub min_timestamp_ms: i64,
+    /// Largest record timestamp.
+    pub max_timestamp_ms: i64,
 }
 
 fn header_fields() -> Fields {
@@ -89,10 +108,11 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-/// Where a partition's file covering `first..=last` lives.
-pub fn file_path(topic: &str, partition: u32, first: i64, last: i64) -> Path {
+/// Where a partition's file covering `first..=last` lives; `writer` (the compaction claim's
+/// token) keeps two writers of the same range from ever writing the same object.
+pub fn file_path(topic: &str, partition: u32, first: i64, last: i64, writer: u64) -> Path {
     Path::from(format!(
-        "topics/{topic}/partition={partition}/{first:020}-{last:020}.parquet"
+        "topics/{topic}/partition={partition}/{first:020}-{last:020}-{writer:x}.parquet"
     ))
 }
 
@@ -159,17 +179,19 @@ fn to_batch(records: &[StoredRecord]) -> Result<RecordBatch, CompactorError> {
     .map_err(|e| CompactorError::Format(e.to_string()))
 }
 
-/// Writes `records` (one partition, ascending dense offsets) as one Parquet file.
+/// Writes `records` (one partition, ascending dense offsets) as one Parquet file; `writer`
+/// names the writer (see [`file_path`]).
 pub async fn write(
     store: Arc<dyn ObjectStore>,
     topic: &str,
     partition: u32,
+    writer: u64,
     records: &[StoredRecord],
 ) -> Result<ParquetFile, CompactorError> {
     let (Some(first), Some(last)) = (records.first(), records.last()) else {
         return Err(CompactorError::Format("no records to write".into()));
     };
-    let path = file_path(topic, partition, first.offset, last.offset);
+    let path = file_path(topic, partition, first.offset, last.offset, writer);
     let avg = records
         .iter()
         .map(|r| r.key.len() + r.value.len() + 32)
@@ -189,21 +211,191 @@ pub async fn write(
     for chunk in records.chunks(rows_per_group) {
         writer.write(&to_batch(chunk)?).await.map_err(format)?;
     }
-    writer.close().await.map_err(format)?;
+    let meta = writer.finish().await.map_err(format)?;
+    let size = writer.bytes_written() as u64;
     Ok(ParquetFile {
         path: path.to_string(),
         first_offset: first.offset,
         last_offset: last.offset,
         rows: records.len() as u64,
+        size,
+        row_groups: u32::try_from(meta.num_row_groups()).unwrap_or(u32::MAX),
+        min_timestamp_ms: records.iter().map(|r| r.timestamp_ms).min().unwrap_or(0),
+        max_timestamp_ms: records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0),
     })
+}
+
+/// Bytes of the file tail fetched first: the footer usually fits, so opening a file costs
+/// one GET.
+const FOOTER_PREFETCH: usize = 64 << 10;
+
+/// Reads one Parquet object of known size with bounded range GETs.
+struct StoreReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    size: u64,
+}
+
+fn store_error(e: object_store::Error) -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for StoreReader {
+    fn get_bytes(
+        &mut self,
+        range: std::ops::Range<u64>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        async move {
+            self.store
+                .get_range(&self.path, range)
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<std::ops::Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(store_error)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let size = self.size;
+            let meta = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .with_prefetch_hint(Some(FOOTER_PREFETCH))
+                .load_and_finish(self, size)
+                .await?;
+            Ok(Arc::new(meta))
+        }
+        .boxed()
+    }
+}
+
+/// A file's footer (schema, row groups, statistics), read with bounded range GETs.
+pub async fn open(
+    store: Arc<dyn ObjectStore>,
+    path: &str,
+    size: u64,
+) -> Result<ArrowReaderMetadata, CompactorError> {
+    let mut reader = StoreReader {
+        store,
+        path: Path::from(path),
+        size,
+    };
+    ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+        .await
+        .map_err(|e| CompactorError::Format(format!("{path}: cannot read the footer: {e}")))
+}
+
+/// The offsets `first..=last` each row group of `meta` holds (from the `offset` column's
+/// statistics), in file order.
+pub fn row_group_offsets(meta: &ParquetMetaData) -> Result<Vec<(i64, i64)>, CompactorError> {
+    meta.row_groups()
+        .iter()
+        .enumerate()
+        .map(|(i, rg)| match rg.column(0).statistics() {
+            Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
+                (Some(lo), Some(hi)) => Ok((*lo, *hi)),
+                _ => Err(CompactorError::Format(format!(
+                    "row group {i} has no offset bounds"
+                ))),
+            },
+            _ => Err(CompactorError::Format(format!(
+                "row group {i} has no int64 statistics on `offset`"
+            ))),
+        })
+        .collect()
+}
+
+/// Reads the records of row groups `groups` (ascending) of a file opened with [`open`].
+pub async fn read_row_groups(
+    store: Arc<dyn ObjectStore>,
+    path: &str,
+    size: u64,
+    meta: &ArrowReaderMetadata,
+    groups: Vec<usize>,
+) -> Result<Vec<StoredRecord>, CompactorError> {
+    let reader = StoreReader {
+        store,
+        path: Path::from(path),
+        size,
+    };
+    let format = |e: parquet::errors::ParquetError| CompactorError::Format(format!("{path}: {e}"));
+    let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta.clone())
+        .with_row_groups(groups)
+        .with_batch_size(8_192)
+        .build()
+        .map_err(format)?;
+    let mut out = Vec::new();
+    while let Some(batch) = stream.next().await {
+        from_batch(&batch.map_err(format)?, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn from_batch(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), CompactorError> {
+    let wrong = |what: &str| CompactorError::Format(format!("column `{what}` has the wrong type"));
+    let col = |i: usize| batch.column(i).as_ref();
+    let offsets = col(0)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| wrong("offset"))?;
+    let ts = col(1)
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .ok_or_else(|| wrong("timestamp"))?;
+    let keys = col(2).as_binary_opt::<i32>().ok_or_else(|| wrong("key"))?;
+    let values = col(3)
+        .as_binary_opt::<i32>()
+        .ok_or_else(|| wrong("value"))?;
+    let headers = col(4)
+        .as_list_opt::<i32>()
+        .ok_or_else(|| wrong("headers"))?;
+    let producers = col(5)
+        .as_primitive_opt::<UInt64Type>()
+        .ok_or_else(|| wrong("producer_id"))?;
+    let sequences = col(6)
+        .as_primitive_opt::<Int64Type>()
+        .ok_or_else(|| wrong("sequence"))?;
+    out.reserve(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        let h = headers.value(i);
+        let h = h.as_struct_opt().ok_or_else(|| wrong("headers"))?;
+        let hk = h
+            .column(0)
+            .as_string_opt::<i32>()
+            .ok_or_else(|| wrong("headers.key"))?;
+        let hv = h
+            .column(1)
+            .as_binary_opt::<i32>()
+            .ok_or_else(|| wrong("headers.value"))?;
+        out.push(StoredRecord {
+            offset: offsets.value(i),
+            timestamp_ms: ts.value(i),
+            key: Bytes::copy_from_slice(keys.value(i)),
+            value: Bytes::copy_from_slice(values.value(i)),
+            headers: (0..h.len())
+                .map(|j| (hk.value(j).to_string(), Bytes::copy_from_slice(hv.value(j))))
+                .collect(),
+            producer: (!producers.is_null(i)).then(|| (producers.value(i), sequences.value(i))),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use arrow_array::Array;
-    use arrow_array::cast::AsArray;
-    use arrow_array::types::{Int64Type, TimestampMillisecondType, UInt64Type};
-    use object_store::ObjectStoreExt;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
@@ -232,11 +424,26 @@ mod tests {
     async fn round_trips_with_stats_and_bloom_filter() {
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         let input = records(100_000);
-        let file = write(store.clone(), "orders", 3, &input).await.unwrap();
+        let file = write(store.clone(), "orders", 3, 0x2a, &input)
+            .await
+            .unwrap();
         assert_eq!(
             file.path,
-            "topics/orders/partition=3/00000000000000000100-00000000000000100099.parquet"
+            "topics/orders/partition=3/00000000000000000100-00000000000000100099-2a.parquet"
         );
+        let head = store.head(&Path::from(file.path.as_str())).await.unwrap();
+        assert_eq!(head.size, file.size, "the writer counts every byte");
+        let meta = open(store.clone(), &file.path, head.size).await.unwrap();
+        let groups = row_group_offsets(meta.metadata()).unwrap();
+        assert_eq!(groups.len() as u32, file.row_groups);
+        assert_eq!(groups.first().map(|g| g.0), Some(100));
+        assert_eq!(groups.last().map(|g| g.1), Some(100_099));
+        let last = groups.len() - 1;
+        let tail = read_row_groups(store.clone(), &file.path, head.size, &meta, vec![last])
+            .await
+            .unwrap();
+        assert_eq!(tail.first().map(|r| r.offset), Some(groups[last].0));
+        assert_eq!(tail.last(), input.last());
         assert_eq!(
             (file.first_offset, file.last_offset, file.rows),
             (100, 100_099, 100_000)
@@ -312,6 +519,6 @@ mod tests {
     #[tokio::test]
     async fn refuses_to_write_nothing() {
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        assert!(write(store, "t", 0, &[]).await.is_err());
+        assert!(write(store, "t", 0, 1, &[]).await.is_err());
     }
 }

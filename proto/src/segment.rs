@@ -147,21 +147,31 @@ impl SegmentReader {
             )));
         }
         let footer_len = Self::footer_len(object)?;
-        let end = object.len() - TRAILER_LEN;
-        if footer_len > end - PREAMBLE_LEN {
+        if footer_len > object.len() - TRAILER_LEN - PREAMBLE_LEN {
             return Err(FormatError::Truncated {
                 what: "segment footer",
                 need: footer_len,
-                have: end - PREAMBLE_LEN,
+                have: object.len() - TRAILER_LEN - PREAMBLE_LEN,
             });
         }
-        let footer = &object[end - footer_len..end];
-        let stored = u32::from_le_bytes([
-            object[end],
-            object[end + 1],
-            object[end + 2],
-            object[end + 3],
-        ]);
+        Self::footer_from_tail(object)
+    }
+
+    /// Parses and verifies the footer from the tail of an object (at least the footer and
+    /// trailer: [`SegmentReader::footer_len`] + [`SegmentReader::TRAILER_LEN`] bytes), as a
+    /// reader gets it with one suffix range GET.
+    pub fn footer_from_tail(tail: &[u8]) -> Result<SegmentFooter, FormatError> {
+        let footer_len = Self::footer_len(tail)?;
+        let end = tail.len() - TRAILER_LEN;
+        if footer_len > end {
+            return Err(FormatError::Truncated {
+                what: "segment footer",
+                need: footer_len,
+                have: end,
+            });
+        }
+        let footer = &tail[end - footer_len..end];
+        let stored = u32::from_le_bytes([tail[end], tail[end + 1], tail[end + 2], tail[end + 3]]);
         let computed = crc32c::crc32c(footer);
         if stored != computed {
             return Err(FormatError::Checksum {
@@ -235,6 +245,10 @@ mod tests {
             SegmentReader::footer_len(&bytes[bytes.len() - SegmentReader::TRAILER_LEN..])?,
             footer.encode_to_vec().len()
         );
+        let tail =
+            &bytes[bytes.len() - footer.encode_to_vec().len() - SegmentReader::TRAILER_LEN..];
+        assert_eq!(SegmentReader::footer_from_tail(tail)?, footer);
+        assert!(SegmentReader::footer_from_tail(&tail[1..]).is_err());
         Ok(())
     }
 
