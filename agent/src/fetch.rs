@@ -4,13 +4,22 @@
 //! Segments are laid out grouped by partition, so one index entry is one contiguous byte
 //! range: a fetch costs one range GET per entry it touches (none when cached), and
 //! concurrent fetches of the same range share one GET.
+//!
+//! Compacted offsets live in Parquet files: the footer (cached) gives each row group's
+//! offset range from the `offset` column statistics, and only the row groups that hold
+//! wanted offsets are read (their column chunks' byte ranges). Their records are re-framed
+//! as lz4 batches with the same CRC, so a consumer sees the same response shape whether an
+//! offset was compacted or not.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_metadata::{IndexEntry, MetaError, Metadata, Topic};
-use cairn_proto::v1::FetchedBatch;
-use cairn_proto::{Frame, parse_frames};
+use cairn_compactor::parquet_file::{self, StoredRecord};
+use cairn_metadata::{EntryKind, IndexEntry, MetaError, Metadata, Topic};
+use cairn_proto::v1::{Compression, FetchedBatch, Header, Record, RecordBatch};
+use cairn_proto::{Frame, compress, frame_crc, parse_frames};
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use prost::Message;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -20,6 +29,10 @@ use crate::AgentError;
 const ENTRIES_PER_FETCH: usize = 64;
 
 type ChunkKey = (String, u64, u64);
+/// A Parquet row group: object key and row group index.
+type GroupKey = (String, usize);
+/// Records per re-framed batch from Parquet.
+const PARQUET_BATCH_RECORDS: usize = 2_000;
 
 /// Reads committed batches.
 #[derive(Clone)]
@@ -27,6 +40,8 @@ pub(crate) struct Reader {
     store: Arc<dyn ObjectStore>,
     metadata: Metadata,
     cache: moka::future::Cache<ChunkKey, Arc<Vec<Frame>>>,
+    footers: moka::future::Cache<String, ArrowReaderMetadata>,
+    groups: moka::future::Cache<GroupKey, Arc<Vec<FetchedBatch>>>,
     metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
@@ -51,10 +66,20 @@ impl Reader {
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .build();
+        let footers = moka::future::Cache::builder().max_capacity(4_096).build();
+        let groups = moka::future::Cache::builder()
+            .max_capacity(cache_bytes)
+            .weigher(|_k: &GroupKey, v: &Arc<Vec<FetchedBatch>>| {
+                let bytes: usize = v.iter().map(|b| b.data.len() + 64).sum();
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .build();
         Reader {
             store,
             metadata,
             cache,
+            footers,
+            groups,
             metrics,
         }
     }
@@ -98,12 +123,28 @@ impl Reader {
         let mut chosen = Vec::new();
         let mut total = 0u64;
         for e in entries {
-            if !chosen.is_empty() && total + e.length > max_bytes as u64 {
+            // A Parquet entry is served alone (it may be far larger than one response).
+            if !chosen.is_empty()
+                && (total + e.length > max_bytes as u64 || e.kind == EntryKind::Parquet)
+            {
                 break;
             }
             total += e.length;
             chosen.push(e);
         }
+        // Parquet entries come first (the compacted prefix): serve only from the first one,
+        // and only its row groups that hold wanted offsets.
+        if let Some(first) = chosen.first()
+            && first.kind == EntryKind::Parquet
+        {
+            let batches = self.parquet_batches(first, offset, max_bytes).await?;
+            return Ok(Fetched {
+                batches,
+                high_watermark: state.next_offset,
+                start_offset: state.start_offset,
+            });
+        }
+        chosen.retain(|e| e.kind == EntryKind::Segment);
         let chunks = futures::future::try_join_all(chosen.iter().map(|e| self.chunk(e))).await?;
         let mut batches = Vec::new();
         let mut bytes = 0usize;
@@ -132,6 +173,79 @@ impl Reader {
             high_watermark: state.next_offset,
             start_offset: state.start_offset,
         })
+    }
+
+    /// Batches from a Parquet entry, from the first row group holding `offset` on, up to
+    /// about `max_bytes` (at least one row group).
+    async fn parquet_batches(
+        &self,
+        e: &IndexEntry,
+        offset: i64,
+        max_bytes: usize,
+    ) -> Result<Vec<FetchedBatch>, AgentError> {
+        let store = self.store.clone();
+        let entry = e.clone();
+        let meta = self
+            .footers
+            .try_get_with(e.object_key.clone(), async move {
+                parquet_file::open(store, &entry.object_key, entry.length)
+                    .await
+                    .map_err(|err| AgentError::Storage(err.to_string()))
+            })
+            .await
+            .map_err(|err: Arc<AgentError>| err.share())?;
+        let ranges = parquet_file::row_group_offsets(meta.metadata())
+            .map_err(|err| AgentError::Storage(format!("{}: {err}", e.object_key)))?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (i, &(_, last)) in ranges.iter().enumerate() {
+            if last < offset {
+                continue;
+            }
+            if !out.is_empty() && bytes >= max_bytes {
+                break;
+            }
+            let batches = self.row_group(e, &meta, i).await?;
+            for b in batches.iter() {
+                if b.base_offset + i64::from(b.record_count) <= offset {
+                    continue;
+                }
+                bytes += b.data.len();
+                out.push(b.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    /// One row group re-framed as batches, from the cache or its byte ranges.
+    async fn row_group(
+        &self,
+        e: &IndexEntry,
+        meta: &ArrowReaderMetadata,
+        group: usize,
+    ) -> Result<Arc<Vec<FetchedBatch>>, AgentError> {
+        let key = (e.object_key.clone(), group);
+        if let Some(hit) = self.groups.get(&key).await {
+            self.metrics.cache_hits.inc();
+            return Ok(hit);
+        }
+        self.metrics.cache_misses.inc();
+        let store = self.store.clone();
+        let (object, size, meta) = (e.object_key.clone(), e.length, meta.clone());
+        self.groups
+            .try_get_with(key, async move {
+                let records =
+                    parquet_file::read_row_groups(store, &object, size, &meta, vec![group])
+                        .await
+                        .map_err(|err| AgentError::Storage(err.to_string()))?;
+                let mut batches = Vec::new();
+                for chunk in records.chunks(PARQUET_BATCH_RECORDS) {
+                    batches.push(reframe(&object, chunk)?);
+                }
+                Ok(Arc::new(batches))
+            })
+            .await
+            .map_err(|err: Arc<AgentError>| err.share())
     }
 
     /// The verified frames of one index entry, from the cache or one range GET.
@@ -186,4 +300,45 @@ impl Reader {
             .await
             .map_err(|e: Arc<AgentError>| e.share())
     }
+}
+
+/// Records read from Parquet as one lz4 batch, framed and checksummed like a stored batch.
+fn reframe(object: &str, records: &[StoredRecord]) -> Result<FetchedBatch, AgentError> {
+    let corrupt = |source| AgentError::Corrupt {
+        object: object.to_string(),
+        source,
+    };
+    let first = records.first().map_or(0, |r| r.offset);
+    let batch = RecordBatch {
+        records: records
+            .iter()
+            .map(|r| Record {
+                timestamp_ms: r.timestamp_ms,
+                key: r.key.clone(),
+                value: r.value.clone(),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| Header {
+                        key: k.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let data = compress(Compression::Lz4, &batch.encode_to_vec()).map_err(corrupt)?;
+    let record_count = u32::try_from(records.len()).map_err(|_| {
+        corrupt(cairn_proto::FormatError::Invalid {
+            what: "row group",
+            reason: "too many records".into(),
+        })
+    })?;
+    Ok(FetchedBatch {
+        base_offset: first,
+        record_count,
+        compression: Compression::Lz4 as i32,
+        crc32c: frame_crc(record_count, Compression::Lz4, &data),
+        data,
+    })
 }

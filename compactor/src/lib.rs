@@ -1,8 +1,10 @@
-//! The compactor role: applies topic retention and collects garbage — segment objects no
-//! index entry references any more (after a grace period longer than any fetch) and orphans
-//! that no commit ever referenced (a PUT whose commit failed, an agent that died). Any number
-//! of compactors may run; every step is idempotent. Parquet compaction and SQL are the next
-//! steps of this crate; [`parquet_file`] is the table layout they will write.
+//! The compactor role: turns each partition's run of small segment batches into Parquet
+//! (and merges small Parquet files into larger ones), applies topic retention, and collects
+//! garbage — objects no index entry references any more (after a grace period longer than
+//! any fetch) and orphans no commit ever referenced (a PUT whose commit failed, an agent
+//! that died, a compaction that lost a race). Any number of compactors may run: a partition's
+//! compaction is claimed in metadata with a lease, and every step is idempotent.
+//! [`parquet_file`] is the table layout, which agents also read to serve compacted offsets.
 
 // Only the FoundationDB adapter in cairn-metadata may use unsafe code.
 #![forbid(unsafe_code)]
@@ -10,15 +12,39 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod compact;
+mod metrics;
 pub mod parquet_file;
+
+pub use metrics::CompactorMetrics;
 
 use cairn_metadata::{MetaError, Metadata};
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-/// Where agents write segment objects (see the agent's object keys).
-const SEGMENTS_PREFIX: &str = "segments";
+/// Where agents write segment objects (see the agent's object keys) and compactors write
+/// Parquet files: the prefixes listed for orphans.
+const OBJECT_PREFIXES: [&str; 2] = ["segments", "topics"];
+
+/// What a cycle is doing, for a progress display.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress<'a> {
+    /// A step starts.
+    Step(&'a str),
+    /// Compaction runs were planned: this many input bytes will be read.
+    Planned {
+        /// Runs planned.
+        runs: u64,
+        /// Input bytes of all of them.
+        bytes: u64,
+    },
+    /// Input bytes read.
+    BytesRead(u64),
+}
+
+/// Runs one partition may compact in one cycle.
+const MAX_RUNS_PER_PARTITION: usize = 16;
 
 /// Compactor tunables.
 #[derive(Debug, Clone)]
@@ -30,6 +56,18 @@ pub struct CompactorConfig {
     pub max_deletes_per_cycle: usize,
     /// Pause between cycles when running continuously.
     pub interval: Duration,
+    /// A partition's uncompacted batches are compacted once they hold this many bytes...
+    pub min_bytes: u64,
+    /// ...or their oldest record is this old.
+    pub max_age: Duration,
+    /// Input bytes per Parquet file (fresh runs and merges stop there).
+    pub target_bytes: u64,
+    /// Consecutive small Parquet files (under half the target) merged at once.
+    pub merge_fan_in: usize,
+    /// How long a partition's compaction claim lasts.
+    pub lease: Duration,
+    /// This compactor's name in claims (unique per running compactor).
+    pub owner: String,
 }
 
 impl Default for CompactorConfig {
@@ -38,13 +76,46 @@ impl Default for CompactorConfig {
             grace: Duration::from_secs(600),
             max_deletes_per_cycle: 1_000,
             interval: Duration::from_secs(30),
+            min_bytes: 8 << 20,
+            max_age: Duration::from_secs(600),
+            target_bytes: 128 << 20,
+            merge_fan_in: 8,
+            lease: Duration::from_secs(300),
+            owner: default_owner(),
         }
     }
+}
+
+/// A claim owner name unique to this process: host, pid and start time.
+pub fn default_owner() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "compactor".into());
+    #[allow(clippy::disallowed_methods)] // a name, not a clock reading that logic depends on
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{host}-{}-{started:x}", std::process::id())
 }
 
 /// What one cycle did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CycleReport {
+    /// Runs compacted into Parquet files that were swapped in.
+    pub runs: u64,
+    /// Of which merges of smaller Parquet files.
+    pub merges: u64,
+    /// Runs whose swap lost a race (their file is left for collection).
+    pub conflicts: u64,
+    /// Partitions skipped because another compactor holds them.
+    pub claimed_elsewhere: u64,
+    /// Bytes read (segment frames or Parquet files) by swapped runs.
+    pub bytes_in: u64,
+    /// Parquet bytes written by swapped runs.
+    pub bytes_out: u64,
+    /// Records written to Parquet by swapped runs.
+    pub records_compacted: u64,
+    /// Index entries replaced.
+    pub entries_replaced: u64,
     /// Topics whose retention was applied.
     pub topics: u64,
     /// Index entries removed by retention.
@@ -55,6 +126,8 @@ pub struct CycleReport {
     pub objects_marked_dead: u64,
     /// Unreferenced objects deleted.
     pub objects_deleted: u64,
+    /// Runs that failed (storage or format errors; retried next cycle).
+    pub failed_runs: u64,
     /// Orphan objects (never committed) deleted.
     pub orphans_deleted: u64,
     /// Orphan candidates younger than the grace period, left for a later cycle.
@@ -81,6 +154,7 @@ pub struct Compactor {
     store: Arc<dyn ObjectStore>,
     metadata: Metadata,
     config: CompactorConfig,
+    metrics: Arc<CompactorMetrics>,
 }
 
 impl Compactor {
@@ -90,18 +164,25 @@ impl Compactor {
             store,
             metadata,
             config,
+            metrics: Arc::new(CompactorMetrics::new()),
         }
     }
 
-    /// One cycle: retention of every topic, then collection of dead and orphan objects.
-    /// `progress` is told what the cycle is doing (for a progress display).
+    /// The counters of every cycle so far.
+    pub fn metrics(&self) -> &Arc<CompactorMetrics> {
+        &self.metrics
+    }
+
+    /// One cycle: retention of every topic, compaction of every partition that is due, then
+    /// collection of dead and orphan objects. `progress` is told what the cycle is doing.
     pub async fn run_once(
         &self,
-        progress: &(dyn Fn(&str) + Sync),
+        progress: &(dyn Fn(Progress<'_>) + Sync),
     ) -> Result<CycleReport, CompactorError> {
         let mut report = CycleReport::default();
-        for t in self.metadata.list_topics().await? {
-            progress(&format!("retention of {}", t.name));
+        let topics = self.metadata.list_topics().await?;
+        for t in &topics {
+            progress(Progress::Step(&format!("retention of {}", t.name)));
             let r = match self.metadata.apply_retention(&t.name).await {
                 Ok(r) => r,
                 Err(MetaError::TopicNotFound(_)) => continue,
@@ -111,13 +192,78 @@ impl Compactor {
             report.retention_entries_removed += r.entries_removed;
             report.retention_bytes_removed += r.bytes_removed;
         }
+        self.compact_all(&topics, progress, &mut report).await?;
+        self.collect(progress, &mut report).await?;
+        self.metrics.record(&report);
+        tracing::info!(?report, "compactor cycle done");
+        Ok(report)
+    }
+
+    async fn compact_all(
+        &self,
+        topics: &[cairn_metadata::Topic],
+        progress: &(dyn Fn(Progress<'_>) + Sync),
+        report: &mut CycleReport,
+    ) -> Result<(), CompactorError> {
+        progress(Progress::Step("planning compaction"));
+        let mut due = Vec::new();
+        let (mut runs, mut bytes) = (0u64, 0u64);
+        for t in topics {
+            for p in 0..t.partitions {
+                if let Some(run) = self.plan(t, p).await? {
+                    runs += 1;
+                    bytes += run.bytes();
+                    due.push((t, p));
+                }
+            }
+        }
+        progress(Progress::Planned { runs, bytes });
+        for (t, p) in due {
+            progress(Progress::Step(&format!("compacting {}/{p}", t.name)));
+            // A partition may have several runs due (a long backlog, then merges).
+            for _ in 0..MAX_RUNS_PER_PARTITION {
+                match self.compact_partition(t, p, progress).await {
+                    Ok(compact::Attempt::Busy) => {
+                        report.claimed_elsewhere += 1;
+                        break;
+                    }
+                    Ok(compact::Attempt::NothingDue) => break,
+                    Ok(compact::Attempt::Done { merge, report: r }) => {
+                        if r.conflict {
+                            report.conflicts += 1;
+                            break;
+                        }
+                        report.runs += 1;
+                        report.merges += u64::from(merge);
+                        report.bytes_in += r.bytes_in;
+                        report.bytes_out += r.bytes_out;
+                        report.records_compacted += r.records;
+                        report.entries_replaced += r.entries_replaced;
+                    }
+                    Err(CompactorError::Meta(MetaError::TopicNotFound(_))) => break,
+                    Err(e) => {
+                        tracing::warn!(topic = %t.name, partition = p, error = %e, "compaction failed; retrying next cycle");
+                        report.failed_runs += 1;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn collect(
+        &self,
+        progress: &(dyn Fn(Progress<'_>) + Sync),
+        report: &mut CycleReport,
+    ) -> Result<(), CompactorError> {
         let mut budget = self.config.max_deletes_per_cycle;
         let mut from = String::new();
         loop {
-            progress(&format!(
+            progress(Progress::Step(&format!(
                 "collecting unreferenced objects ({} deleted)",
                 report.objects_deleted
-            ));
+            )));
             let page = self.metadata.gc_scan(&from, self.config.grace).await?;
             report.objects_marked_dead += page.newly_dead;
             for object in page.deletable {
@@ -134,15 +280,18 @@ impl Compactor {
                 _ => break,
             }
         }
-        progress("looking for orphan objects");
+        progress(Progress::Step("looking for orphan objects"));
         let now_ms = self.metadata.clock().now_ms();
         let grace_ms = self.config.grace.as_millis() as i64;
-        let prefix = Path::from(SEGMENTS_PREFIX);
-        let mut listing = self.store.list(Some(&prefix));
         let mut candidates = Vec::new();
-        while let Some(meta) = listing.next().await {
-            let meta = meta.map_err(|e| CompactorError::Store(format!("LIST {prefix}: {e}")))?;
-            candidates.push(meta);
+        for prefix in OBJECT_PREFIXES {
+            let prefix = Path::from(prefix);
+            let mut listing = self.store.list(Some(&prefix));
+            while let Some(meta) = listing.next().await {
+                let meta =
+                    meta.map_err(|e| CompactorError::Store(format!("LIST {prefix}: {e}")))?;
+                candidates.push(meta);
+            }
         }
         for meta in candidates {
             if budget == 0 {
@@ -164,8 +313,7 @@ impl Compactor {
             report.orphans_deleted += 1;
             budget -= 1;
         }
-        tracing::info!(?report, "compactor cycle done");
-        Ok(report)
+        Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<(), CompactorError> {
