@@ -18,10 +18,10 @@ use cairn_compactor::parquet_file::{self, StoredRecord};
 use cairn_metadata::{EntryKind, IndexEntry, MetaError, Metadata, Topic};
 use cairn_proto::v1::{Compression, FetchedBatch, Header, Record, RecordBatch};
 use cairn_proto::{Frame, compress, frame_crc, parse_frames};
-use parquet::arrow::arrow_reader::ArrowReaderMetadata;
-use prost::Message;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use prost::Message;
 
 use crate::AgentError;
 

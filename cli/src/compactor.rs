@@ -159,7 +159,10 @@ pub(crate) async fn run(args: CompactorArgs) -> anyhow::Result<()> {
             r.orphans_waiting
         );
         if r.failed_runs > 0 {
-            anyhow::bail!("{} compaction runs failed (see the log); they are retried next cycle", r.failed_runs);
+            anyhow::bail!(
+                "{} compaction runs failed (see the log); they are retried next cycle",
+                r.failed_runs
+            );
         }
         return Ok(());
     }

@@ -111,7 +111,8 @@ impl Compactor {
         let mut run = Vec::new();
         let mut bytes = 0;
         for e in &entries[first_segment..] {
-            if run.len() == MAX_SWAP_ENTRIES || (!run.is_empty() && bytes + e.length > c.target_bytes)
+            if run.len() == MAX_SWAP_ENTRIES
+                || (!run.is_empty() && bytes + e.length > c.target_bytes)
             {
                 break;
             }
@@ -155,7 +156,10 @@ impl Compactor {
             let r = self
                 .compact_run(topic, partition, claim, &run, progress)
                 .await?;
-            Ok(Attempt::Done { merge: run.merge, report: r })
+            Ok(Attempt::Done {
+                merge: run.merge,
+                report: r,
+            })
         }
         .await;
         if let Err(e) = self.metadata.release_compaction(claim).await {
@@ -287,7 +291,8 @@ impl Compactor {
                     .map_err(|e| CompactorError::Store(format!("GET tail of {object}: {e}")))
             }
         };
-        let corrupt = |e: cairn_proto::FormatError| CompactorError::Format(format!("{object}: {e}"));
+        let corrupt =
+            |e: cairn_proto::FormatError| CompactorError::Format(format!("{object}: {e}"));
         let mut tail: Bytes = get(FOOTER_GUESS).await?;
         let need = SegmentReader::footer_len(&tail).map_err(corrupt)? + SegmentReader::TRAILER_LEN;
         if need > tail.len() {

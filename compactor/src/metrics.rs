@@ -49,14 +49,22 @@ impl CompactorMetrics {
             Unit::Bytes,
             m.bytes_out.clone(),
         );
-        r.register("files_written", "Parquet files swapped in", m.files_written.clone());
+        r.register(
+            "files_written",
+            "Parquet files swapped in",
+            m.files_written.clone(),
+        );
         r.register("records", "Records written to Parquet", m.records.clone());
         r.register(
             "conflicts",
             "Runs whose swap lost a race (their file is collected later)",
             m.conflicts.clone(),
         );
-        r.register("failed_runs", "Runs that failed and wait for the next cycle", m.failed_runs.clone());
+        r.register(
+            "failed_runs",
+            "Runs that failed and wait for the next cycle",
+            m.failed_runs.clone(),
+        );
         r.register(
             "objects_deleted",
             "Unreferenced and orphan objects deleted",
