@@ -12,6 +12,8 @@ mod inspect;
 mod produce;
 mod share;
 mod size;
+#[cfg(feature = "sql")]
+mod sql;
 mod status;
 mod topic;
 
@@ -51,8 +53,11 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print records of a topic.
     Consume(consume::ConsumeArgs),
-    /// Run the compactor: retention and garbage collection of segment objects.
+    /// Run the compactor: Parquet compaction, retention and garbage collection.
     Compactor(compactor::CompactorArgs),
+    /// SQL over live topics (compacted Parquet plus the uncompacted tail).
+    #[cfg(feature = "sql")]
+    Sql(sql::SqlArgs),
     /// Benchmarks: produce, end-to-end, consume, raw PUT; with the object-store bill.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -100,6 +105,8 @@ fn main() -> ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Compactor(args) => compactor::run(args).await,
+            #[cfg(feature = "sql")]
+            Command::Sql(args) => sql::run(args).await,
         }
     });
     match result {

@@ -180,39 +180,7 @@ impl Compactor {
             bytes_in: run.bytes(),
             ..RunReport::default()
         };
-        let mut records = Vec::new();
-        if run.merge {
-            for e in &run.entries {
-                let meta = parquet_file::open(self.store.clone(), &e.object_key, e.length).await?;
-                let groups = (0..meta.metadata().num_row_groups()).collect();
-                let mut r = parquet_file::read_row_groups(
-                    self.store.clone(),
-                    &e.object_key,
-                    e.length,
-                    &meta,
-                    groups,
-                )
-                .await?;
-                check_offsets(e, &r)?;
-                records.append(&mut r);
-                progress(Progress::BytesRead(e.length));
-            }
-        } else {
-            let stamps = self.footers(&run.entries).await?;
-            let chunks: Vec<Vec<StoredRecord>> = futures::stream::iter(run.entries.iter())
-                .map(|e| {
-                    let stamps = stamps.get(&e.object_key).cloned().unwrap_or_default();
-                    async move {
-                        let r = self.read_segment_entry(e, &stamps).await?;
-                        progress(Progress::BytesRead(e.length));
-                        Ok::<_, CompactorError>(r)
-                    }
-                })
-                .buffered(READ_CONCURRENCY)
-                .try_collect()
-                .await?;
-            records = chunks.into_iter().flatten().collect();
-        }
+        let records = self.read_entries(&run.entries, progress).await?;
         report.records = records.len() as u64;
         let file = parquet_file::write(
             self.store.clone(),
@@ -246,6 +214,54 @@ impl Compactor {
             Err(e) => return Err(e.into()),
         }
         Ok(report)
+    }
+
+    /// The records of `entries` (segment frames or Parquet files), in offset order.
+    pub(crate) async fn read_entries(
+        &self,
+        entries: &[IndexEntry],
+        progress: &(dyn Fn(Progress<'_>) + Sync),
+    ) -> Result<Vec<StoredRecord>, CompactorError> {
+        let segments: Vec<IndexEntry> = entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::Segment)
+            .cloned()
+            .collect();
+        let stamps = self.footers(&segments).await?;
+        let chunks: Vec<Vec<StoredRecord>> = futures::stream::iter(entries.iter())
+            .map(|e| {
+                let stamps = stamps.get(&e.object_key).cloned().unwrap_or_default();
+                async move {
+                    let r = match e.kind {
+                        EntryKind::Segment => self.read_segment_entry(e, &stamps).await?,
+                        EntryKind::Parquet => self.read_parquet_entry(e).await?,
+                    };
+                    progress(Progress::BytesRead(e.length));
+                    Ok::<_, CompactorError>(r)
+                }
+            })
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(chunks.into_iter().flatten().collect())
+    }
+
+    async fn read_parquet_entry(
+        &self,
+        e: &IndexEntry,
+    ) -> Result<Vec<StoredRecord>, CompactorError> {
+        let meta = parquet_file::open(self.store.clone(), &e.object_key, e.length).await?;
+        let groups = (0..meta.metadata().num_row_groups()).collect();
+        let r = parquet_file::read_row_groups(
+            self.store.clone(),
+            &e.object_key,
+            e.length,
+            &meta,
+            groups,
+        )
+        .await?;
+        check_offsets(e, &r)?;
+        Ok(r)
     }
 
     /// The producer stamps of every segment the entries point into (one suffix GET each).

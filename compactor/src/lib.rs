@@ -15,6 +15,8 @@ use std::time::Duration;
 mod compact;
 mod metrics;
 pub mod parquet_file;
+#[cfg(feature = "sql")]
+pub mod sql;
 
 pub use metrics::CompactorMetrics;
 
@@ -146,6 +148,9 @@ pub enum CompactorError {
     /// Records could not be laid out or written as Parquet.
     #[error("parquet: {0}")]
     Format(String),
+    /// A SQL query failed (parse, plan or execution).
+    #[error("sql: {0}")]
+    Query(String),
 }
 
 /// The compactor over one object store and metadata store.

@@ -116,7 +116,7 @@ pub fn file_path(topic: &str, partition: u32, first: i64, last: i64, writer: u64
     ))
 }
 
-fn to_batch(records: &[StoredRecord]) -> Result<RecordBatch, CompactorError> {
+pub(crate) fn to_batch(records: &[StoredRecord]) -> Result<RecordBatch, CompactorError> {
     let n = records.len();
     let mut offset = Int64Builder::with_capacity(n);
     let mut ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");

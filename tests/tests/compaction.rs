@@ -95,7 +95,8 @@ async fn compact_and_read_back(url: &str, store: Arc<dyn ObjectStore>) -> anyhow
     admin
         .create_topic("orders", 4, TopicOptions::default())
         .await?;
-    let mut sent = produce_workload(std::slice::from_ref(&agent.endpoint), "orders", 4, 50_000).await?;
+    let mut sent =
+        produce_workload(std::slice::from_ref(&agent.endpoint), "orders", 4, 50_000).await?;
     assert_eq!(sent.len(), 200_000);
     let m = Metadata::new(cairn_metadata::open_kv(&sqlite).await?, clock.clone());
     let before = entries(&m, "orders").await;
