@@ -92,6 +92,10 @@ pub(crate) struct Common {
     /// `consume --topic` only: the offset to start at in every partition.
     #[arg(long, default_value_t = 0, requires = "topic")]
     from: i64,
+    /// Keep the benchmark topic (it is printed) instead of deleting it, e.g. to compact it
+    /// and read it again with `cairn bench consume --topic`.
+    #[arg(long, conflicts_with = "topic")]
+    keep: bool,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -626,7 +630,11 @@ async fn run_against(
         (None, None)
     };
     let after = admin.agent_status().await?;
-    admin.delete_topic(&topic).await?;
+    if c.keep {
+        eprintln!("kept topic {topic}");
+    } else {
+        admin.delete_topic(&topic).await?;
+    }
     Ok(report(
         c,
         kind,
