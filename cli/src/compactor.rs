@@ -54,34 +54,15 @@ pub(crate) struct CompactorArgs {
     /// Serve Prometheus metrics (bytes in/out, files written) on this address.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
-    /// Where segments are stored (as for `cairn agent`).
-    #[arg(
-        long,
-        env = "CAIRN_OBJECT_STORE",
-        value_name = "URL",
-        default_value = "./cairn-data/objects"
-    )]
-    object_store: String,
-    /// Metadata store (as for `cairn agent`).
-    #[arg(
-        long,
-        env = "CAIRN_METADATA",
-        value_name = "SPEC",
-        default_value = "sqlite:./cairn-data/meta.sqlite"
-    )]
-    metadata: String,
+    #[command(flatten)]
+    stores: crate::stores::StoreArgs,
 }
 
 pub(crate) async fn run(args: CompactorArgs) -> anyhow::Result<()> {
     if args.grace < Duration::from_secs(1) {
         anyhow::bail!("--grace must be at least 1s, got {:?}", args.grace);
     }
-    let store = cairn_agent::open_object_store(&args.object_store, &[])?;
-    let kv = cairn_metadata::open_kv(&args.metadata)
-        .await
-        .with_context(|| format!("cannot open metadata store {}", args.metadata))?;
-    let metadata =
-        cairn_metadata::Metadata::new(kv, std::sync::Arc::new(cairn_metadata::SystemClock));
+    let (store, metadata) = args.stores.open().await?;
     let compactor = Compactor::new(
         store,
         metadata,

@@ -15,6 +15,7 @@ mod size;
 #[cfg(feature = "sql")]
 mod sql;
 mod status;
+mod stores;
 mod topic;
 
 use std::process::ExitCode;

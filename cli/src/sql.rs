@@ -1,9 +1,6 @@
 //! `cairn sql`: SQL over live topics (DataFusion over the compacted Parquet files plus the
 //! uncompacted tail).
 
-use std::sync::Arc;
-
-use anyhow::Context;
 use cairn_compactor::sql::{OutputFormat, query, render};
 use cairn_compactor::{Compactor, CompactorConfig};
 
@@ -39,33 +36,15 @@ pub(crate) struct SqlArgs {
     /// How to print the rows.
     #[arg(long, value_enum, default_value = "table")]
     format: Format,
-    /// Where objects are stored (as for `cairn agent`).
-    #[arg(
-        long,
-        env = "CAIRN_OBJECT_STORE",
-        value_name = "URL",
-        default_value = "./cairn-data/objects"
-    )]
-    object_store: String,
-    /// Metadata store (as for `cairn agent`).
-    #[arg(
-        long,
-        env = "CAIRN_METADATA",
-        value_name = "SPEC",
-        default_value = "sqlite:./cairn-data/meta.sqlite"
-    )]
-    metadata: String,
+    #[command(flatten)]
+    stores: crate::stores::StoreArgs,
 }
 
 pub(crate) async fn run(args: SqlArgs) -> anyhow::Result<()> {
     if args.query.trim().is_empty() {
         anyhow::bail!("the query is empty: give one, e.g. cairn sql 'SELECT count(*) FROM orders'");
     }
-    let store = cairn_agent::open_object_store(&args.object_store, &[])?;
-    let kv = cairn_metadata::open_kv(&args.metadata)
-        .await
-        .with_context(|| format!("cannot open metadata store {}", args.metadata))?;
-    let metadata = cairn_metadata::Metadata::new(kv, Arc::new(cairn_metadata::SystemClock));
+    let (store, metadata) = args.stores.open().await?;
     let compactor = Compactor::new(store, metadata, CompactorConfig::default());
     let ctx = compactor.sql_context().await?;
     let rows = query(&ctx, &args.query).await?;

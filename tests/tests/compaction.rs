@@ -119,6 +119,15 @@ async fn compact_and_read_back(url: &str, store: Arc<dyn ObjectStore>) -> anyhow
         assert_eq!((e[0].1, e[0].2), (0, before[p].last().unwrap().2));
     }
     assert_eq!(r.objects_marked_dead as usize, segments.len(), "{r:?}");
+    let metrics = compactor.metrics().render();
+    assert!(
+        metrics.contains("cairn_compactor_files_written_total 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("cairn_compactor_read_bytes_total {}", r.bytes_in)),
+        "{metrics}"
+    );
 
     // The replaced segments stay readable for the grace period (a fetch that looked them
     // up before the swap completes), and are deleted after it.
@@ -204,19 +213,33 @@ async fn compaction_on_localstack_s3() -> anyhow::Result<()> {
     compact_and_read_back(&url, store).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_compactors_never_compact_a_run_twice() -> anyhow::Result<()> {
+/// An in-process agent with small segments over a `file://` store and SQLite in a fresh
+/// directory, and a topic on it.
+async fn file_agent_with_topic(
+    topic: &str,
+    partitions: u32,
+) -> anyhow::Result<(tempfile::TempDir, Arc<dyn ObjectStore>, InProcessAgent)> {
     let dir = temp_dir()?;
     let store = cairn_agent::open_object_store(
         &format!("file://{}", dir.path().join("objects").display()),
         &[],
     )?;
-    let sqlite = dir.path().join("meta.sqlite");
-    let agent = InProcessAgent::start(store.clone(), &sqlite, small_segments()).await?;
-    let admin = Admin::new(cairn_client::connect(&agent.endpoint).await?);
-    admin
-        .create_topic("clicks", 8, TopicOptions::default())
+    let agent = InProcessAgent::start(
+        store.clone(),
+        &dir.path().join("meta.sqlite"),
+        small_segments(),
+    )
+    .await?;
+    Admin::new(cairn_client::connect(&agent.endpoint).await?)
+        .create_topic(topic, partitions, TopicOptions::default())
         .await?;
+    Ok((dir, store, agent))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_compactors_never_compact_a_run_twice() -> anyhow::Result<()> {
+    let (dir, store, agent) = file_agent_with_topic("clicks", 8).await?;
+    let sqlite = dir.path().join("meta.sqlite");
     let sent = produce_workload(std::slice::from_ref(&agent.endpoint), "clicks", 4, 10_000).await?;
     let spec = format!("sqlite:{}", sqlite.display());
     let m = Metadata::new(cairn_metadata::open_kv(&spec).await?, Arc::new(SystemClock));
@@ -252,17 +275,8 @@ async fn two_compactors_never_compact_a_run_twice() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_racing_compaction_loses_and_doubles_nothing() -> anyhow::Result<()> {
-    let dir = temp_dir()?;
-    let store = cairn_agent::open_object_store(
-        &format!("file://{}", dir.path().join("objects").display()),
-        &[],
-    )?;
+    let (dir, store, agent) = file_agent_with_topic("race", 1).await?;
     let sqlite = dir.path().join("meta.sqlite");
-    let agent = InProcessAgent::start(store.clone(), &sqlite, small_segments()).await?;
-    let admin = Admin::new(cairn_client::connect(&agent.endpoint).await?);
-    admin
-        .create_topic("race", 1, TopicOptions::default())
-        .await?;
     let m = Metadata::new(
         cairn_metadata::open_kv(&format!("sqlite:{}", sqlite.display())).await?,
         Arc::new(SystemClock),
