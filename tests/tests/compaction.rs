@@ -109,6 +109,13 @@ async fn compact_and_read_back(url: &str, store: Arc<dyn ObjectStore>) -> anyhow
 
     let compactor = Compactor::new(store.clone(), m.clone(), eager("c1"));
     let r = compactor.run_once(&|_| {}).await?;
+    eprintln!(
+        "{url}: {entries_before} index entries in {} segments -> {} Parquet files; {} bytes read, {} written",
+        segments.len(),
+        r.runs,
+        r.bytes_in,
+        r.bytes_out
+    );
     assert_eq!((r.runs, r.conflicts, r.failed_runs), (4, 0, 0), "{r:?}");
     assert_eq!(r.records_compacted, 200_000);
     assert_eq!(r.entries_replaced as usize, entries_before);
@@ -252,6 +259,10 @@ async fn two_compactors_never_compact_a_run_twice() -> anyhow::Result<()> {
     );
     let (ra, rb) = tokio::join!(a.run_once(&|_| {}), b.run_once(&|_| {}));
     let (ra, rb) = (ra?, rb?);
+    eprintln!(
+        "compactor a: {} runs, {} partitions busy elsewhere; b: {} runs, {} busy elsewhere",
+        ra.runs, ra.claimed_elsewhere, rb.runs, rb.claimed_elsewhere
+    );
     assert_eq!(
         ra.runs + rb.runs,
         8,
@@ -295,6 +306,7 @@ async fn produce_racing_compaction_loses_and_doubles_nothing() -> anyhow::Result
     let r = compactor.run_once(&|_| {}).await?;
     runs += r.runs;
     assert!(runs >= 2, "compactions ran while producing: {runs}");
+    eprintln!("{runs} compaction runs while 40,000 records were produced");
     let e = entries(&m, "race").await;
     assert!(
         e[0].iter().all(|(k, _, _)| *k == EntryKind::Parquet),
