@@ -63,7 +63,7 @@ pub(crate) struct RunReport {
 }
 
 /// Producer stamps of a segment's batches by frame position: (producer id, base sequence).
-type Stamps = HashMap<u64, (u64, i64)>;
+pub(crate) type Stamps = HashMap<u64, (u64, i64)>;
 
 impl Compactor {
     /// The next run of `topic`/`partition` that is due, if any.
@@ -264,7 +264,9 @@ impl Compactor {
         Ok(r)
     }
 
-    /// The producer stamps of every segment the entries point into (one suffix GET each).
+    /// The producer stamps of every segment the entries point into: one suffix GET per
+    /// segment, cached, since a segment holds many partitions and each partition's run
+    /// (and each `cairn sql` partition) would otherwise fetch the same footer again.
     async fn footers(
         &self,
         entries: &[IndexEntry],
@@ -274,14 +276,20 @@ impl Compactor {
         objects.dedup();
         futures::stream::iter(objects)
             .map(|o| async move {
+                if let Some(stamps) = self.stamps.get(o).await {
+                    return Ok((o.to_string(), stamps));
+                }
                 let footer = self.footer(o).await?;
-                let stamps: Stamps = footer
-                    .batches
-                    .iter()
-                    .filter(|b| b.producer_id != 0)
-                    .map(|b| (b.position, (b.producer_id, b.base_sequence)))
-                    .collect();
-                Ok::<_, CompactorError>((o.to_string(), Arc::new(stamps)))
+                let stamps: Arc<Stamps> = Arc::new(
+                    footer
+                        .batches
+                        .iter()
+                        .filter(|b| b.producer_id != 0)
+                        .map(|b| (b.position, (b.producer_id, b.base_sequence)))
+                        .collect(),
+                );
+                self.stamps.insert(o.to_string(), stamps.clone()).await;
+                Ok::<_, CompactorError>((o.to_string(), stamps))
             })
             .buffer_unordered(READ_CONCURRENCY)
             .try_collect()

@@ -45,6 +45,9 @@ pub enum Progress<'a> {
     BytesRead(u64),
 }
 
+/// Batch stamps kept in the footer cache (about 40 bytes each).
+const STAMP_CACHE_BATCHES: u64 = 1 << 20;
+
 /// Runs one partition may compact in one cycle.
 const MAX_RUNS_PER_PARTITION: usize = 16;
 
@@ -160,6 +163,8 @@ pub struct Compactor {
     metadata: Metadata,
     config: CompactorConfig,
     metrics: Arc<CompactorMetrics>,
+    /// Producer stamps of segments already read (segments are immutable).
+    stamps: moka::future::Cache<String, Arc<compact::Stamps>>,
 }
 
 impl Compactor {
@@ -170,6 +175,12 @@ impl Compactor {
             metadata,
             config,
             metrics: Arc::new(CompactorMetrics::new()),
+            stamps: moka::future::Cache::builder()
+                .max_capacity(STAMP_CACHE_BATCHES)
+                .weigher(|_k: &String, v: &Arc<compact::Stamps>| {
+                    u32::try_from(v.len() + 1).unwrap_or(u32::MAX)
+                })
+                .build(),
         }
     }
 
