@@ -24,7 +24,14 @@ use url::Url;
 
 use crate::parquet_file::{self, StoredRecord};
 use crate::{Compactor, CompactorError};
-use cairn_metadata::{EntryKind, IndexEntry, MAX_SWAP_ENTRIES};
+use cairn_metadata::{EntryKind, IndexEntry, PartitionState};
+
+/// Index entries read per metadata transaction.
+#[cfg(not(test))]
+const INDEX_PAGE: usize = 10_000;
+/// Small pages in unit tests, so that paging is exercised.
+#[cfg(test)]
+const INDEX_PAGE: usize = 3;
 
 /// The URL our object store is registered under in the session.
 const STORE_URL: &str = "cairn://objects/";
@@ -67,10 +74,7 @@ impl Compactor {
             let mut tail: Vec<StoredRecord> = Vec::new();
             let mut tail_partitions: Vec<i32> = Vec::new();
             for p in 0..topic.partitions {
-                let (state, entries) = self
-                    .metadata
-                    .read_index(topic.id, p, 0, MAX_SWAP_ENTRIES * 50)
-                    .await?;
+                let (state, entries) = self.whole_index(topic.id, p).await?;
                 let (files, segments): (Vec<IndexEntry>, Vec<IndexEntry>) = entries
                     .into_iter()
                     .partition(|e| e.kind == EntryKind::Parquet);
@@ -105,6 +109,43 @@ impl Compactor {
             .map_err(query_error)?;
         }
         Ok(ctx)
+    }
+
+    /// Every index entry of a partition, a page per transaction. A page that does not start
+    /// where the previous one ended (a compaction swapped entries in between) restarts the
+    /// read, so the entries returned are contiguous and cover each offset once.
+    async fn whole_index(
+        &self,
+        topic_id: u64,
+        partition: u32,
+    ) -> Result<(PartitionState, Vec<IndexEntry>), CompactorError> {
+        const ATTEMPTS: usize = 5;
+        'attempt: for _ in 0..ATTEMPTS {
+            let (mut state, mut entries) = self
+                .metadata
+                .read_index(topic_id, partition, 0, INDEX_PAGE)
+                .await?;
+            let mut full = entries.len() == INDEX_PAGE;
+            while full {
+                let Some(from) = entries.last().map(|e| e.end_offset) else {
+                    break;
+                };
+                let (s, page) = self
+                    .metadata
+                    .read_index(topic_id, partition, from, INDEX_PAGE)
+                    .await?;
+                if page.first().is_some_and(|e| e.base_offset != from) {
+                    continue 'attempt;
+                }
+                full = page.len() == INDEX_PAGE;
+                state = s;
+                entries.extend(page);
+            }
+            return Ok((state, entries));
+        }
+        Err(CompactorError::Query(format!(
+            "the index of {topic_id}/{partition} kept changing while it was read; run the query again"
+        )))
     }
 
     /// One partition's Parquet files as a frame with the `partition` column first.
@@ -192,5 +233,42 @@ pub fn render(batches: &[RecordBatch], format: OutputFormat) -> Result<String, C
             }
             String::from_utf8(out).map_err(query_error)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use cairn_metadata::conformance::{segment, spec};
+    use cairn_metadata::{Limits, ManualClock, MemoryKv, Metadata};
+
+    use crate::{Compactor, CompactorConfig};
+
+    #[tokio::test]
+    async fn whole_index_pages_through_every_entry() {
+        let m = Metadata::new(
+            Arc::new(MemoryKv::new(Limits::default())),
+            Arc::new(ManualClock::new(1_000)),
+        );
+        let t = m.create_topic(&spec("paged", 1)).await.unwrap();
+        for i in 0..10 {
+            m.commit_segment(&segment(&format!("s{i}"), &[(t.id, 0, 4)]))
+                .await
+                .unwrap();
+        }
+        let c = Compactor::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            m,
+            CompactorConfig::default(),
+        );
+        let (state, entries) = c.whole_index(t.id, 0).await.unwrap();
+        assert_eq!(state.next_offset, 40);
+        assert_eq!(
+            entries.iter().map(|e| e.base_offset).collect::<Vec<_>>(),
+            (0..10).map(|i| i * 4).collect::<Vec<_>>()
+        );
     }
 }
