@@ -144,7 +144,6 @@ impl Reader {
                 start_offset: state.start_offset,
             });
         }
-        chosen.retain(|e| e.kind == EntryKind::Segment);
         let chunks = futures::future::try_join_all(chosen.iter().map(|e| self.chunk(e))).await?;
         let mut batches = Vec::new();
         let mut bytes = 0usize;
@@ -238,11 +237,16 @@ impl Reader {
                     parquet_file::read_row_groups(store, &object, size, &meta, vec![group])
                         .await
                         .map_err(|err| AgentError::Storage(err.to_string()))?;
+                let mut records = records.into_iter();
                 let mut batches = Vec::new();
-                for chunk in records.chunks(PARQUET_BATCH_RECORDS) {
+                loop {
+                    let chunk: Vec<StoredRecord> =
+                        records.by_ref().take(PARQUET_BATCH_RECORDS).collect();
+                    if chunk.is_empty() {
+                        return Ok(Arc::new(batches));
+                    }
                     batches.push(reframe(&object, chunk)?);
                 }
-                Ok(Arc::new(batches))
             })
             .await
             .map_err(|err: Arc<AgentError>| err.share())
@@ -303,32 +307,30 @@ impl Reader {
 }
 
 /// Records read from Parquet as one lz4 batch, framed and checksummed like a stored batch.
-fn reframe(object: &str, records: &[StoredRecord]) -> Result<FetchedBatch, AgentError> {
+fn reframe(object: &str, records: Vec<StoredRecord>) -> Result<FetchedBatch, AgentError> {
     let corrupt = |source| AgentError::Corrupt {
         object: object.to_string(),
         source,
     };
     let first = records.first().map_or(0, |r| r.offset);
+    let count = records.len();
     let batch = RecordBatch {
         records: records
-            .iter()
+            .into_iter()
             .map(|r| Record {
                 timestamp_ms: r.timestamp_ms,
-                key: r.key.clone(),
-                value: r.value.clone(),
+                key: r.key,
+                value: r.value,
                 headers: r
                     .headers
-                    .iter()
-                    .map(|(k, v)| Header {
-                        key: k.clone(),
-                        value: v.clone(),
-                    })
+                    .into_iter()
+                    .map(|(key, value)| Header { key, value })
                     .collect(),
             })
             .collect(),
     };
     let data = compress(Compression::Lz4, &batch.encode_to_vec()).map_err(corrupt)?;
-    let record_count = u32::try_from(records.len()).map_err(|_| {
+    let record_count = u32::try_from(count).map_err(|_| {
         corrupt(cairn_proto::FormatError::Invalid {
             what: "row group",
             reason: "too many records".into(),
