@@ -189,6 +189,14 @@ pub fn file_agent_args(dir: &Path) -> Vec<String> {
     ]
 }
 
+/// A `file://` object store in `dir/objects` (where [`file_agent_args`] puts it too).
+pub fn file_store(dir: &Path) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    Ok(cairn_agent::open_object_store(
+        &format!("file://{}", dir.join("objects").display()),
+        &[],
+    )?)
+}
+
 /// An agent running as a separate `cairn agent` process on a free loopback port.
 #[derive(Debug)]
 pub struct AgentProcess {

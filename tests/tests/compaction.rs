@@ -227,10 +227,7 @@ async fn file_agent_with_topic(
     partitions: u32,
 ) -> anyhow::Result<(tempfile::TempDir, Arc<dyn ObjectStore>, InProcessAgent)> {
     let dir = temp_dir()?;
-    let store = cairn_agent::open_object_store(
-        &format!("file://{}", dir.path().join("objects").display()),
-        &[],
-    )?;
+    let store = cairn_tests::file_store(dir.path())?;
     let agent = InProcessAgent::start(
         store.clone(),
         &dir.path().join("meta.sqlite"),

@@ -16,8 +16,8 @@ use cairn_client::{
 use cairn_metadata::{FaultyKv, KvStore};
 use cairn_proto::v1::{self, producer_client::ProducerClient};
 use cairn_tests::{
-    AgentProcess, InProcessAgent, produce_workload_with, read_all, s3_store, s3_url, temp_dir,
-    verify_exact,
+    AgentProcess, InProcessAgent, file_store, produce_workload_with, read_all, s3_store, s3_url,
+    temp_dir, verify_exact,
 };
 use futures::StreamExt;
 use object_store::ObjectStore;
@@ -32,13 +32,6 @@ fn settings() -> AgentSettings {
 
 async fn sqlite(dir: &std::path::Path) -> anyhow::Result<Arc<dyn KvStore>> {
     Ok(cairn_metadata::open_kv(&format!("sqlite:{}", dir.join("meta.sqlite").display())).await?)
-}
-
-fn file_store(dir: &std::path::Path) -> anyhow::Result<Arc<dyn ObjectStore>> {
-    Ok(cairn_agent::open_object_store(
-        &format!("file://{}", dir.join("objects").display()),
-        &[],
-    )?)
 }
 
 /// Every segment object in the store.

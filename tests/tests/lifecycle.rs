@@ -50,10 +50,7 @@ async fn retention_and_garbage_collection() -> anyhow::Result<()> {
     let dir = temp_dir()?;
     // The clock starts at real time so that object timestamps from the file system compare.
     let clock = Arc::new(ManualClock::new(SystemClock.now_ms()));
-    let store = cairn_agent::open_object_store(
-        &format!("file://{}", dir.path().join("objects").display()),
-        &[],
-    )?;
+    let store = cairn_tests::file_store(dir.path())?;
     let sqlite = format!("sqlite:{}", dir.path().join("meta.sqlite").display());
     let agent = InProcessAgent::start_with_clock(
         store.clone(),

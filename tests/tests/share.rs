@@ -283,10 +283,7 @@ async fn poison_records_go_to_the_dead_letter_topic() -> anyhow::Result<()> {
 async fn leases_expire_by_the_clock_and_refusals_are_precise() -> anyhow::Result<()> {
     let dir = temp_dir()?;
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let store = cairn_agent::open_object_store(
-        &format!("file://{}", dir.path().join("objects").display()),
-        &[],
-    )?;
+    let store = cairn_tests::file_store(dir.path())?;
     let kv = cairn_metadata::open_kv(&format!(
         "sqlite:{}",
         dir.path().join("meta.sqlite").display()
