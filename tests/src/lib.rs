@@ -179,6 +179,27 @@ pub fn cairn_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Runs `cmd` to completion and returns its standard output; an error naming the command, its
+/// exit status and both its outputs if it could not start or did not succeed.
+pub fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}):\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+/// [`run_ok`], with the standard output parsed as one JSON value.
+pub fn run_json(cmd: &mut Command) -> anyhow::Result<serde_json::Value> {
+    let stdout = run_ok(cmd)?;
+    serde_json::from_str(&stdout).with_context(|| format!("{cmd:?} printed no JSON:\n{stdout}"))
+}
+
 /// `cairn agent` flags for a `file://` object store and a SQLite file under `dir`.
 pub fn file_agent_args(dir: &Path) -> Vec<String> {
     vec![
@@ -548,4 +569,24 @@ pub fn verify_exact(sent: &[Sent], consumed: &[ConsumedRecord]) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ok_reports_a_failed_command_with_its_output() {
+        let err = run_ok(Command::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("out") && err.contains("err") && err.contains('3'),
+            "{err}"
+        );
+        let v = run_json(Command::new("sh").args(["-c", r#"echo '{"a": 1}'"#]));
+        assert_eq!(v.ok().map(|v| v["a"].clone()), Some(serde_json::json!(1)));
+        assert!(run_json(Command::new("sh").args(["-c", "echo no"])).is_err());
+    }
 }

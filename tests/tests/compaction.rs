@@ -16,8 +16,8 @@ use cairn_client::{Admin, TopicOptions};
 use cairn_compactor::{Compactor, CompactorConfig};
 use cairn_metadata::{Clock, EntryKind, ManualClock, Metadata, SystemClock};
 use cairn_tests::{
-    InProcessAgent, produce_workload, pyarrow_python, read_all, s3_store, s3_url, temp_dir,
-    verify_exact,
+    InProcessAgent, produce_workload, pyarrow_python, read_all, run_json, run_ok, s3_store, s3_url,
+    temp_dir, verify_exact,
 };
 use futures::StreamExt;
 use object_store::path::Path;
@@ -180,16 +180,11 @@ async fn compact_and_read_back(url: &str, store: Arc<dyn ObjectStore>) -> anyhow
     // the test reads the files from disk).
     if let Some(root) = url.strip_prefix("file://") {
         let python = pyarrow_python()?;
-        let out = Command::new(python)
-            .args(["-c", PYARROW_DATASET])
-            .arg(format!("{root}/topics/orders"))
-            .output()?;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let v = run_json(
+            Command::new(python)
+                .args(["-c", PYARROW_DATASET])
+                .arg(format!("{root}/topics/orders")),
+        )?;
         assert_eq!(v["rows"], 204_000, "{v}");
         for p in 0..4u32 {
             let n = consumed.iter().filter(|r| r.partition == p).count() as i64;
@@ -327,16 +322,11 @@ async fn compactor_cli_once_reports_and_compacts() -> anyhow::Result<()> {
         .create_topic("cli", 2, TopicOptions::default())
         .await?;
     let sent = produce_workload(std::slice::from_ref(&agent.endpoint), "cli", 2, 5_000).await?;
-    let out = Command::new(cairn_tests::cairn_bin()?)
-        .args(["compactor", "--once", "--max-age", "0s"])
-        .args(&args)
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_ok(
+        Command::new(cairn_tests::cairn_bin()?)
+            .args(["compactor", "--once", "--max-age", "0s"])
+            .args(&args),
+    )?;
     assert!(
         stdout.contains("compaction: 2 runs") && stdout.contains("10000 records"),
         "{stdout}"

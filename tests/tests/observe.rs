@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::Command;
 
 use cairn_client::{Admin, Producer, ProducerConfig, ProducerRecord, TopicOptions};
-use cairn_tests::{AgentProcess, cairn_bin, temp_dir};
+use cairn_tests::{AgentProcess, cairn_bin, run_json, run_ok, temp_dir};
 
 /// A plain HTTP/1.0 GET: (status code, body).
 fn http_get(addr: &str, path: &str) -> (u16, String) {
@@ -98,15 +98,13 @@ async fn metrics_health_and_status() -> anyhow::Result<()> {
     );
     assert!(after.contains("cairn_segment_size_bytes_bucket"), "{after}");
 
-    let out = Command::new(cairn_bin()?)
-        .args(["status", "--sample", "100ms", "--endpoint", &agent.endpoint])
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout)?;
+    let text = run_ok(Command::new(cairn_bin()?).args([
+        "status",
+        "--sample",
+        "100ms",
+        "--endpoint",
+        &agent.endpoint,
+    ]))?;
     for want in [
         "uptime",
         "object store   file://",
@@ -118,25 +116,17 @@ async fn metrics_health_and_status() -> anyhow::Result<()> {
         assert!(text.contains(want), "`{want}` missing from\n{text}");
     }
     // Catch-up read of the stored topic from an offset.
-    let out = Command::new(cairn_bin()?)
-        .args([
-            "bench",
-            "consume",
-            "--json",
-            "--topic",
-            "m",
-            "--from",
-            "10",
-            "--endpoint",
-            &agent.endpoint,
-        ])
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let r = run_json(Command::new(cairn_bin()?).args([
+        "bench",
+        "consume",
+        "--json",
+        "--topic",
+        "m",
+        "--from",
+        "10",
+        "--endpoint",
+        &agent.endpoint,
+    ]))?;
     let read = r["read_records"].as_u64().unwrap();
     assert!(
         (80..=90).contains(&read),
@@ -147,18 +137,13 @@ async fn metrics_health_and_status() -> anyhow::Result<()> {
 }
 
 fn bench_json(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(cairn_bin().unwrap())
-        .arg("bench")
-        .args(args)
-        .args(["--json", "--duration", "1s"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    run_json(
+        Command::new(cairn_bin().unwrap())
+            .arg("bench")
+            .args(args)
+            .args(["--json", "--duration", "1s"]),
+    )
+    .unwrap()
 }
 
 const REPORT_FIELDS: &[&str] = &[
@@ -230,20 +215,16 @@ fn bench_smoke_reports_every_field() {
     assert_eq!(consume["read_records"], consume["records"], "{consume}");
     assert!(consume["bill"]["gets"].as_u64().unwrap() > 0);
 
-    let out = Command::new(cairn_bin().unwrap())
-        .args([
-            "bench",
-            "raw-put",
-            "--json",
-            "--duration",
-            "500ms",
-            "--object-size",
-            "64KiB",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let raw: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let raw = run_json(Command::new(cairn_bin().unwrap()).args([
+        "bench",
+        "raw-put",
+        "--json",
+        "--duration",
+        "500ms",
+        "--object-size",
+        "64KiB",
+    ]))
+    .unwrap();
     for f in [
         "object_store",
         "object_size",

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use bytes::Bytes;
 use cairn_compactor::parquet_file::{StoredRecord, write};
-use cairn_tests::{pyarrow_python, temp_dir};
+use cairn_tests::{pyarrow_python, run_json, temp_dir};
 
 const SCRIPT: &str = r#"
 import json, sys
@@ -49,16 +49,7 @@ async fn pyarrow_reads_our_parquet() -> anyhow::Result<()> {
         .collect();
     let file = write(store, "orders", 2, 1, &records).await?;
     let path = dir.path().join(&file.path);
-    let out = Command::new(python)
-        .args(["-c", SCRIPT])
-        .arg(&path)
-        .output()?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let r = run_json(Command::new(python).args(["-c", SCRIPT]).arg(&path))?;
     assert_eq!(r["rows"], 50_000);
     assert_eq!(
         (r["min"].as_i64(), r["max"].as_i64()),

@@ -8,20 +8,10 @@
 use std::process::Command;
 
 use cairn_client::{Admin, TopicOptions};
-use cairn_tests::{AgentProcess, cairn_bin, file_agent_args, produce_workload, temp_dir};
+use cairn_tests::{AgentProcess, cairn_bin, file_agent_args, produce_workload, run_ok, temp_dir};
 
 fn cairn(args: &[&str], stores: &[String]) -> String {
-    let out = Command::new(cairn_bin().unwrap())
-        .args(args)
-        .args(stores)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cairn {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    run_ok(Command::new(cairn_bin().unwrap()).args(args).args(stores)).unwrap()
 }
 
 /// Runs a query with `--format json` and returns its rows.
