@@ -5,9 +5,9 @@ use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
-        "proto/cairn/v1/records.proto",
-        "proto/cairn/v1/segment.proto",
-        "proto/cairn/v1/api.proto",
+        "proto/cairn/v2/records.proto",
+        "proto/cairn/v2/errors.proto",
+        "proto/cairn/v2/api.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

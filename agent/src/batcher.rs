@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cairn_metadata::{BatchOutcome, Clock, CommitBatch, Metadata, ProducerStamp, SegmentCommit};
-use cairn_proto::SegmentBuilder;
-use cairn_proto::v1::Compression;
+use cairn_proto::v2::FrameHeader;
+use cairn_storage::{SegmentBuilder, StorageError, keys};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -24,13 +24,13 @@ use crate::faults::Faults;
 use crate::metrics::AgentMetrics;
 use crate::{AgentError, AgentSettings};
 
-/// One validated, compressed batch waiting for a segment.
+/// One validated frame waiting for a segment: its header (stamped with the append time)
+/// and the producer's payload, untouched.
 #[derive(Debug, Clone)]
 pub(crate) struct PendingBatch {
     pub(crate) topic_id: u64,
     pub(crate) partition: u32,
-    pub(crate) record_count: u32,
-    pub(crate) compression: Compression,
+    pub(crate) header: FrameHeader,
     pub(crate) payload: Bytes,
     pub(crate) min_ts: i64,
     pub(crate) max_ts: i64,
@@ -169,7 +169,7 @@ async fn batch_loop(mut rx: mpsc::Receiver<Command>, ctx: Ctx, committer: JoinHa
         match cmd {
             Some(Command::Append(request)) => {
                 let n = request.batches.len();
-                let bytes: usize = request.batches.iter().map(|b| b.payload.len() + 64).sum();
+                let bytes: usize = request.batches.iter().map(|b| b.payload.len() + 96).sum();
                 if open
                     .as_ref()
                     .is_some_and(|o| o.batches + n > ctx.settings.segment_max_batches)
@@ -224,17 +224,6 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// A fresh object key: a hashed two-hex-digit prefix (so S3 spreads the load) and a UUIDv7
-/// (time-ordered, unique).
-fn object_key(clock: &dyn Clock) -> Path {
-    let ms = clock.now_ms().max(0) as u64;
-    let ts =
-        uuid::Timestamp::from_unix(uuid::NoContext, ms / 1000, ((ms % 1000) * 1_000_000) as u32);
-    let id = uuid::Uuid::new_v7(ts);
-    let hash = crc32c::crc32c(id.as_bytes()) & 0xff;
-    Path::from(format!("segments/{hash:02x}/{id}.seg"))
-}
-
 async fn seal(ctx: &Ctx, open: Option<Open>) {
     let Some(open) = open else { return };
     // Backpressure: wait for a slot before starting another upload.
@@ -243,7 +232,7 @@ async fn seal(ctx: &Ctx, open: Option<Open>) {
         Err(_) => {
             fail_all(
                 open.requests,
-                &AgentError::ShuttingDown("uploads closed".into()),
+                AgentError::ShuttingDown("uploads closed".into()).shared(),
             );
             return;
         }
@@ -251,21 +240,22 @@ async fn seal(ctx: &Ctx, open: Option<Open>) {
     ctx.metrics
         .segment_fill_seconds
         .observe(open.opened.elapsed().as_secs_f64());
-    let key = object_key(ctx.clock.as_ref());
-    let (bytes, commit, waiters) = match build(&key, open, ctx.clock.now_ms()) {
+    let now_ms = ctx.clock.now_ms();
+    let key = keys::segment_key(now_ms);
+    let (chunks, commit, waiters) = match build(&key, open, now_ms) {
         Ok(built) => built,
         Err((e, requests)) => {
-            fail_all(requests, &e);
+            fail_all(requests, e.shared());
             return;
         }
     };
-    ctx.metrics.segment_bytes.observe(bytes.len() as f64);
+    ctx.metrics.segment_bytes.observe(commit.object_size as f64);
     ctx.metrics.segments_inflight.inc();
     let store = ctx.store.clone();
     let threshold = ctx.settings.multipart_threshold;
     let put_key = key.clone();
     let upload =
-        tokio::spawn(async move { put_segment(store.as_ref(), &put_key, bytes, threshold).await });
+        tokio::spawn(async move { put_segment(store.as_ref(), &put_key, chunks, threshold).await });
     let sealed = Sealed {
         key,
         commit,
@@ -282,13 +272,13 @@ async fn seal(ctx: &Ctx, open: Option<Open>) {
     }
 }
 
-fn fail_all(requests: Requests, e: &AgentError) {
+fn fail_all(requests: Requests, e: Arc<AgentError>) {
     for r in requests {
-        let _ = r.reply.send(Err(e.share()));
+        let _ = r.reply.send(Err(AgentError::Shared(e.clone())));
     }
 }
 
-type Built = (Bytes, SegmentCommit, Vec<Waiter>);
+type Built = (Vec<Bytes>, SegmentCommit, Vec<Waiter>);
 /// Requests handed back when a segment cannot be built, so each can be answered.
 type Requests = Vec<Request>;
 
@@ -311,32 +301,27 @@ fn build(key: &Path, open: Open, sealed_at_ms: i64) -> Result<Built, (AgentError
         .iter()
         .map(|req| vec![0; req.batches.len()])
         .collect();
-    let mut builder = SegmentBuilder::with_capacity(open.bytes);
+    let mut builder = SegmentBuilder::new();
     let mut batches = Vec::with_capacity(order.len());
     for (slot, &(r, b)) in order.iter().enumerate() {
         let req = &open.requests[r];
         let p = &req.batches[b];
-        let entry = match builder.push(
-            p.topic_id,
-            p.partition,
-            p.record_count,
-            p.compression,
-            &p.payload,
-            p.min_ts,
-            p.max_ts,
-        ) {
+        let entry = match builder.push(p.topic_id, p.partition, &p.header, p.payload.clone()) {
             Ok(e) => e,
-            Err(e) => return Err((AgentError::Internal(e.to_string()), open.requests)),
+            Err(e) => {
+                let e = StorageError::Encode {
+                    key: key.to_string(),
+                    source: Arc::new(e),
+                };
+                return Err((e.into(), open.requests));
+            }
         };
-        if let Some(stamp) = p.producer {
-            builder.stamp_last(stamp.producer_id, stamp.epoch, stamp.base_sequence);
-        }
         batches.push(CommitBatch {
             topic_id: p.topic_id,
             partition: p.partition,
             position: entry.position,
             length: entry.length,
-            record_count: p.record_count,
+            record_count: p.header.record_count,
             min_timestamp_ms: p.min_ts,
             max_timestamp_ms: p.max_ts,
             producer: p.producer,
@@ -345,10 +330,10 @@ fn build(key: &Path, open: Open, sealed_at_ms: i64) -> Result<Built, (AgentError
         });
         slots[r][b] = slot;
     }
-    let (bytes, _footer) = builder.finish(sealed_at_ms);
+    let (chunks, size, _footer) = builder.finish(sealed_at_ms);
     let commit = SegmentCommit {
         object_key: key.to_string(),
-        object_size: bytes.len() as u64,
+        object_size: size as u64,
         batches,
     };
     let waiters = open
@@ -360,30 +345,35 @@ fn build(key: &Path, open: Open, sealed_at_ms: i64) -> Result<Built, (AgentError
             slots,
         })
         .collect();
-    Ok((bytes, commit, waiters))
+    Ok((chunks, commit, waiters))
 }
 
-/// Writes one immutable segment object: one PUT, or a multipart upload above `threshold`.
+/// Writes one immutable segment object from its chunks (the producers' payloads are not
+/// copied into one buffer): one PUT, or a multipart upload above `threshold`.
 async fn put_segment(
     store: &dyn ObjectStore,
     key: &Path,
-    bytes: Bytes,
+    chunks: Vec<Bytes>,
     threshold: usize,
 ) -> Result<(), AgentError> {
-    let storage = |e: object_store::Error| AgentError::Storage(format!("PUT {key} failed: {e}"));
-    if bytes.len() <= threshold {
+    let storage =
+        |e: object_store::Error| AgentError::from(StorageError::store("PUT", key.as_ref(), e));
+    let size: usize = chunks.iter().map(Bytes::len).sum();
+    if size <= threshold {
         let opts = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
         store
-            .put_opts(key, bytes.into(), opts)
+            .put_opts(key, PutPayload::from_iter(chunks), opts)
             .await
             .map_err(storage)?;
     } else {
         let upload = store.put_multipart(key).await.map_err(storage)?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
-        writer.put(bytes);
+        for chunk in chunks {
+            writer.put(chunk);
+        }
         writer.finish().await.map_err(storage)?;
     }
     Ok(())
@@ -406,10 +396,10 @@ async fn commit_loop(
                         // The store failed, not the request: nothing was committed
                         // and a retry is safe (idempotent producers dedupe it).
                         cairn_metadata::ErrorKind::Unavailable
-                        | cairn_metadata::ErrorKind::Internal => AgentError::Storage(format!(
-                            "metadata commit of {} failed: {e}",
-                            sealed.key
-                        )),
+                        | cairn_metadata::ErrorKind::Internal => AgentError::CommitFailed {
+                            object: sealed.key.to_string(),
+                            source: e,
+                        },
                         _ => AgentError::Meta(e),
                     });
                 metrics
@@ -433,6 +423,7 @@ async fn commit_loop(
             }
         }
         metrics.segments_inflight.dec();
+        let outcome = outcome.map_err(AgentError::shared);
         for w in sealed.waiters {
             let reply = match &outcome {
                 Ok(all) => w
@@ -444,7 +435,7 @@ async fn commit_loop(
                         })
                     })
                     .collect(),
-                Err(e) => Err(e.share()),
+                Err(e) => Err(AgentError::Shared(e.clone())),
             };
             let _ = w.reply.send(reply);
         }
@@ -545,12 +536,21 @@ mod tests {
     }
 
     fn pending(topic_id: u64, value: &'static str) -> PendingBatch {
+        let frame = cairn_proto::build_frame(
+            vec![cairn_proto::v2::Record {
+                timestamp_ms: 1,
+                value: Bytes::from_static(value.as_bytes()),
+                ..Default::default()
+            }],
+            cairn_proto::v2::Codec::None,
+            None,
+        )
+        .unwrap();
         PendingBatch {
             topic_id,
             partition: 0,
-            record_count: 1,
-            compression: Compression::None,
-            payload: Bytes::from_static(value.as_bytes()),
+            header: frame.header.unwrap(),
+            payload: frame.payload,
             min_ts: 1,
             max_ts: 1,
             producer: None,

@@ -1,7 +1,14 @@
-//! The agent's error type and the one place where an error becomes a gRPC status.
+//! The agent's error type and the one place where an error becomes a gRPC status: the code
+//! from the error's kind, and always a `google.rpc.ErrorInfo` whose reason is a
+//! `cairn.v2.ErrorReason` name, with the numbers a client acts on in its metadata.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use cairn_metadata::{ErrorKind, MetaError};
-use cairn_proto::FormatError;
+use cairn_proto::FrameError;
+use cairn_proto::v2::ErrorReason;
+use cairn_storage::{StorageError, StorageErrorKind};
 
 /// Everything that can go wrong while serving a request.
 #[derive(Debug, thiserror::Error)]
@@ -9,41 +16,52 @@ pub enum AgentError {
     /// A metadata operation failed.
     #[error(transparent)]
     Meta(#[from] MetaError),
+    /// A metadata failure shared by several callers (a cache load).
+    #[error(transparent)]
+    MetaShared(Arc<MetaError>),
+    /// An object-store operation failed, or stored bytes are corrupt or missing.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A segment's metadata commit failed in a way a retry may fix: nothing was committed.
+    #[error("metadata commit of {object} failed: {source}")]
+    CommitFailed {
+        /// The segment's object key.
+        object: String,
+        /// The metadata error.
+        #[source]
+        source: MetaError,
+    },
     /// The request is malformed; the message names the field.
     #[error("{0}")]
     Invalid(String),
+    /// A produced frame failed its checks.
+    #[error("batch {index} ({topic}/{partition}): {source}")]
+    InvalidFrame {
+        /// The batch's position in the request.
+        index: usize,
+        /// Its topic.
+        topic: String,
+        /// Its partition.
+        partition: u32,
+        /// What is wrong with it.
+        #[source]
+        source: FrameError,
+    },
     /// A request or record over a configured limit.
     #[error("{0}")]
     TooLarge(String),
     /// A topic that does not exist.
     #[error("topic `{0}` does not exist")]
     TopicNotFound(String),
-    /// The object store failed; the request may be retried.
-    #[error("object store unavailable: {0}")]
-    Storage(String),
-    /// Stored bytes failed verification.
-    #[error("stored data is corrupt in {object}: {source}")]
-    Corrupt {
-        /// The object key.
-        object: String,
-        /// What failed.
-        #[source]
-        source: FormatError,
-    },
     /// The agent is shutting down or a worker task is gone.
     #[error("agent is shutting down: {0}")]
     ShuttingDown(String),
     /// An unexpected failure inside the agent.
     #[error("internal error: {0}")]
     Internal(String),
-    /// A copy of an error that several requests share (see `share`).
-    #[error("{message}")]
-    Shared {
-        /// The original error's kind.
-        kind: ErrorKind,
-        /// The original error's message.
-        message: String,
-    },
+    /// One error that several requests share (a failed segment, a failed cache load).
+    #[error(transparent)]
+    Shared(Arc<AgentError>),
     /// Settings that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -54,49 +72,157 @@ impl AgentError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             AgentError::Meta(e) => e.kind(),
+            AgentError::MetaShared(e) => e.kind(),
+            AgentError::CommitFailed { .. } => ErrorKind::Unavailable,
+            AgentError::Storage(e) => match e.kind() {
+                StorageErrorKind::Unavailable => ErrorKind::Unavailable,
+                StorageErrorKind::DataLoss => ErrorKind::Data,
+                StorageErrorKind::Internal => ErrorKind::Internal,
+            },
             AgentError::Invalid(_) | AgentError::Config(_) => ErrorKind::Invalid,
+            AgentError::InvalidFrame { source, .. } => match source {
+                FrameError::TooLarge(_) => ErrorKind::TooLarge,
+                _ => ErrorKind::Invalid,
+            },
             AgentError::TooLarge(_) => ErrorKind::TooLarge,
             AgentError::TopicNotFound(_) => ErrorKind::NotFound,
-            AgentError::Storage(_) | AgentError::ShuttingDown(_) => ErrorKind::Unavailable,
-            AgentError::Corrupt { .. } => ErrorKind::Data,
+            AgentError::ShuttingDown(_) => ErrorKind::Unavailable,
             AgentError::Internal(_) => ErrorKind::Internal,
-            AgentError::Shared { kind, .. } => *kind,
+            AgentError::Shared(e) => e.kind(),
         }
     }
+
+    /// The reason a program acts on, and the numbers that go with it.
+    pub fn reason(&self) -> (ErrorReason, HashMap<String, String>) {
+        let mut numbers = HashMap::new();
+        let reason = match self {
+            AgentError::Shared(e) => return e.reason(),
+            AgentError::Meta(e) => return meta_reason(e),
+            AgentError::MetaShared(e) => return meta_reason(e),
+            AgentError::CommitFailed { .. } => ErrorReason::MetadataUnavailable,
+            AgentError::Storage(e) => match e.kind() {
+                StorageErrorKind::Unavailable => ErrorReason::StorageUnavailable,
+                StorageErrorKind::DataLoss => ErrorReason::DataLoss,
+                StorageErrorKind::Internal => ErrorReason::Internal,
+            },
+            AgentError::Invalid(_) | AgentError::Config(_) => ErrorReason::InvalidArgument,
+            AgentError::InvalidFrame { index, source, .. } => {
+                numbers.insert("batch".into(), index.to_string());
+                if let FrameError::Header { field, .. } = source {
+                    numbers.insert("field".into(), (*field).to_string());
+                }
+                match source {
+                    FrameError::TooLarge(_) => ErrorReason::TooLarge,
+                    _ => ErrorReason::InvalidFrame,
+                }
+            }
+            AgentError::TooLarge(_) => ErrorReason::TooLarge,
+            AgentError::TopicNotFound(_) => ErrorReason::TopicNotFound,
+            AgentError::ShuttingDown(_) => ErrorReason::ShuttingDown,
+            AgentError::Internal(_) => ErrorReason::Internal,
+        };
+        (reason, numbers)
+    }
+
+    /// One error for several waiters on the same failed operation.
+    pub(crate) fn shared(self) -> Arc<AgentError> {
+        match self {
+            AgentError::Shared(e) => e,
+            e => Arc::new(e),
+        }
+    }
+}
+
+/// The reason of a metadata error, and its numbers.
+fn meta_reason(e: &MetaError) -> (ErrorReason, HashMap<String, String>) {
+    let mut numbers = HashMap::new();
+    let reason = match e {
+        MetaError::TopicNotFound(_) => ErrorReason::TopicNotFound,
+        MetaError::TopicExists(_) => ErrorReason::TopicExists,
+        MetaError::PartitionOutOfRange { .. } => ErrorReason::PartitionNotFound,
+        MetaError::OffsetOutOfRange { start, hwm, .. } => {
+            numbers.insert("start_offset".into(), start.to_string());
+            numbers.insert("high_watermark".into(), hwm.to_string());
+            ErrorReason::OffsetOutOfRange
+        }
+        MetaError::Fenced { reason, .. } => {
+            ErrorReason::from_str_name(&format!("ERROR_REASON_{reason}"))
+                .unwrap_or(ErrorReason::Unspecified)
+        }
+        MetaError::Corrupt { .. } => ErrorReason::DataLoss,
+        _ => match e.kind() {
+            ErrorKind::Invalid => ErrorReason::InvalidArgument,
+            ErrorKind::TooLarge => ErrorReason::TooLarge,
+            ErrorKind::Unavailable => ErrorReason::MetadataUnavailable,
+            ErrorKind::NotFound => ErrorReason::Unspecified,
+            _ => ErrorReason::Internal,
+        },
+    };
+    (reason, numbers)
+}
+
+/// The gRPC status of an error with an ErrorInfo (domain `cairn`) carrying `reason`.
+pub(crate) fn status_with_reason(
+    code: tonic::Code,
+    message: String,
+    reason: ErrorReason,
+    numbers: HashMap<String, String>,
+) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    tonic::Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason.as_str_name(), "cairn", numbers),
+    )
 }
 
 impl From<AgentError> for tonic::Status {
     fn from(e: AgentError) -> Self {
-        let msg = e.to_string();
-        if let AgentError::Meta(MetaError::Fenced { reason, .. }) = &e {
-            use tonic_types::{ErrorDetails, StatusExt};
-            return tonic::Status::with_error_details(
-                tonic::Code::FailedPrecondition,
-                msg,
-                ErrorDetails::with_error_info(*reason, "cairn", std::collections::HashMap::new()),
-            );
-        }
-        match e.kind() {
-            ErrorKind::Invalid => tonic::Status::invalid_argument(msg),
-            ErrorKind::NotFound => tonic::Status::not_found(msg),
-            ErrorKind::AlreadyExists => tonic::Status::already_exists(msg),
-            ErrorKind::Conflict => tonic::Status::failed_precondition(msg),
-            ErrorKind::OutOfRange => tonic::Status::out_of_range(msg),
-            ErrorKind::TooLarge => tonic::Status::resource_exhausted(msg),
-            ErrorKind::Unavailable => tonic::Status::unavailable(msg),
-            ErrorKind::Data => tonic::Status::data_loss(msg),
-            ErrorKind::Internal => tonic::Status::internal(msg),
-        }
+        let code = match e.kind() {
+            ErrorKind::Invalid => tonic::Code::InvalidArgument,
+            ErrorKind::NotFound => tonic::Code::NotFound,
+            ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
+            ErrorKind::Conflict => tonic::Code::FailedPrecondition,
+            ErrorKind::OutOfRange => tonic::Code::OutOfRange,
+            ErrorKind::TooLarge => tonic::Code::ResourceExhausted,
+            ErrorKind::Unavailable => tonic::Code::Unavailable,
+            ErrorKind::Data => tonic::Code::DataLoss,
+            ErrorKind::Internal => tonic::Code::Internal,
+        };
+        let (reason, numbers) = e.reason();
+        status_with_reason(code, e.to_string(), reason, numbers)
     }
 }
 
-impl AgentError {
-    /// A copy of this error for one of several waiters on the same failed operation
-    /// (errors are not `Clone`; the kind and message are what a waiter needs).
-    pub(crate) fn share(&self) -> AgentError {
-        AgentError::Shared {
-            kind: self.kind(),
-            message: self.to_string(),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrupt_and_missing_bytes_are_data_loss_and_store_faults_retryable() {
+        let corrupt = AgentError::from(StorageError::corrupt(
+            "segments/00/x.seg",
+            cairn_storage::FormatError::BadMagic("x".into()),
+        ));
+        assert_eq!(tonic::Status::from(corrupt).code(), tonic::Code::DataLoss);
+        let missing = AgentError::from(StorageError::Missing { key: "k".into() });
+        assert_eq!(tonic::Status::from(missing).code(), tonic::Code::DataLoss);
+        let down = AgentError::from(StorageError::store(
+            "GET",
+            "k",
+            object_store::Error::Generic {
+                store: "test",
+                source: "connection reset".into(),
+            },
+        ));
+        let shared = AgentError::Shared(down.shared());
+        let status = tonic::Status::from(shared);
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        use tonic_types::StatusExt;
+        let info = status.get_error_details().error_info().cloned();
+        assert_eq!(
+            info.map(|i| i.reason),
+            Some("ERROR_REASON_STORAGE_UNAVAILABLE".to_string())
+        );
     }
 }

@@ -7,23 +7,23 @@
 //!
 //! Compacted offsets live in Parquet files: the footer (cached) gives each row group's
 //! offset range from the `offset` column statistics, and only the row groups that hold
-//! wanted offsets are read (their column chunks' byte ranges). Their records are re-framed
-//! as lz4 batches with the same CRC, so a consumer sees the same response shape whether an
-//! offset was compacted or not.
+//! wanted offsets are read (their column chunks' byte ranges) and verified against the
+//! checksums the compactor wrote. Their records are re-framed in the topic's codec, so a
+//! consumer sees the same response shape whether an offset was compacted or not.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cairn_compactor::parquet_file::{self, StoredRecord};
 use cairn_metadata::{EntryKind, IndexEntry, MetaError, Metadata, Topic};
-use cairn_proto::v1::{Compression, FetchedBatch, Header, Record, RecordBatch};
-use cairn_proto::{Frame, compress, frame_crc, parse_frames};
+use cairn_proto::v2::{Codec, FetchedFrame, Record, RecordHeader};
+use cairn_storage::parquet::{self as parquet_file, OpenedFile, StoredRecord};
+use cairn_storage::segment::parse_frames;
+use cairn_storage::{FormatError, StorageError, StoredFrame};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::arrow_reader::ArrowReaderMetadata;
-use prost::Message;
 
 use crate::AgentError;
+use crate::convert::codec_to_proto;
 
 /// Index entries read per fetch; more than enough to fill `max_bytes` in practice.
 const ENTRIES_PER_FETCH: usize = 64;
@@ -31,7 +31,7 @@ const ENTRIES_PER_FETCH: usize = 64;
 type ChunkKey = (String, u64, u64);
 /// A Parquet row group: object key and row group index.
 type GroupKey = (String, usize);
-/// Records per re-framed batch from Parquet.
+/// Records per re-framed frame from Parquet.
 const PARQUET_BATCH_RECORDS: usize = 2_000;
 
 /// Reads committed batches.
@@ -39,15 +39,15 @@ const PARQUET_BATCH_RECORDS: usize = 2_000;
 pub(crate) struct Reader {
     store: Arc<dyn ObjectStore>,
     metadata: Metadata,
-    cache: moka::future::Cache<ChunkKey, Arc<Vec<Frame>>>,
-    footers: moka::future::Cache<String, ArrowReaderMetadata>,
-    groups: moka::future::Cache<GroupKey, Arc<Vec<FetchedBatch>>>,
+    cache: moka::future::Cache<ChunkKey, Arc<Vec<StoredFrame>>>,
+    footers: moka::future::Cache<String, Arc<OpenedFile>>,
+    groups: moka::future::Cache<GroupKey, Arc<Vec<FetchedFrame>>>,
     metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// What a fetch returns.
 pub(crate) struct Fetched {
-    pub(crate) batches: Vec<FetchedBatch>,
+    pub(crate) frames: Vec<FetchedFrame>,
     pub(crate) high_watermark: i64,
     pub(crate) start_offset: i64,
 }
@@ -61,16 +61,16 @@ impl Reader {
     ) -> Self {
         let cache = moka::future::Cache::builder()
             .max_capacity(cache_bytes)
-            .weigher(|_k: &ChunkKey, v: &Arc<Vec<Frame>>| {
-                let bytes: usize = v.iter().map(|f| f.payload.len() + 64).sum();
+            .weigher(|_k: &ChunkKey, v: &Arc<Vec<StoredFrame>>| {
+                let bytes: usize = v.iter().map(|f| f.payload.len() + 128).sum();
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .build();
         let footers = moka::future::Cache::builder().max_capacity(4_096).build();
         let groups = moka::future::Cache::builder()
             .max_capacity(cache_bytes)
-            .weigher(|_k: &GroupKey, v: &Arc<Vec<FetchedBatch>>| {
-                let bytes: usize = v.iter().map(|b| b.data.len() + 64).sum();
+            .weigher(|_k: &GroupKey, v: &Arc<Vec<FetchedFrame>>| {
+                let bytes: usize = v.iter().map(|f| f.payload.len() + 128).sum();
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .build();
@@ -137,92 +137,91 @@ impl Reader {
         if let Some(first) = chosen.first()
             && first.kind == EntryKind::Parquet
         {
-            let batches = self.parquet_batches(first, offset, max_bytes).await?;
+            let frames = self.parquet_frames(topic, first, offset, max_bytes).await?;
             return Ok(Fetched {
-                batches,
+                frames,
                 high_watermark: state.next_offset,
                 start_offset: state.start_offset,
             });
         }
         let chunks = futures::future::try_join_all(chosen.iter().map(|e| self.chunk(e))).await?;
-        let mut batches = Vec::new();
+        let mut out = Vec::new();
         let mut bytes = 0usize;
         'entries: for (entry, frames) in chosen.iter().zip(chunks) {
             let mut base = entry.base_offset;
             for f in frames.iter() {
                 let end = base + i64::from(f.header.record_count);
                 if end > offset {
-                    if !batches.is_empty() && bytes + f.payload.len() > max_bytes {
+                    if !out.is_empty() && bytes + f.payload.len() > max_bytes {
                         break 'entries;
                     }
                     bytes += f.payload.len();
-                    batches.push(FetchedBatch {
+                    out.push(FetchedFrame {
                         base_offset: base,
-                        record_count: f.header.record_count,
-                        compression: f.header.compression as i32,
-                        crc32c: f.header.crc32c,
-                        data: f.payload.clone(),
+                        header: Some(f.header),
+                        payload: f.payload.clone(),
                     });
                 }
                 base = end;
             }
         }
         Ok(Fetched {
-            batches,
+            frames: out,
             high_watermark: state.next_offset,
             start_offset: state.start_offset,
         })
     }
 
-    /// Batches from a Parquet entry, from the first row group holding `offset` on, up to
+    /// Frames from a Parquet entry, from the first row group holding `offset` on, up to
     /// about `max_bytes` (at least one row group).
-    async fn parquet_batches(
+    async fn parquet_frames(
         &self,
+        topic: &Topic,
         e: &IndexEntry,
         offset: i64,
         max_bytes: usize,
-    ) -> Result<Vec<FetchedBatch>, AgentError> {
+    ) -> Result<Vec<FetchedFrame>, AgentError> {
         let store = self.store.clone();
         let entry = e.clone();
-        let meta = self
+        let file = self
             .footers
             .try_get_with(e.object_key.clone(), async move {
                 parquet_file::open(store, &entry.object_key, entry.length)
                     .await
-                    .map_err(|err| AgentError::Storage(err.to_string()))
+                    .map(Arc::new)
             })
             .await
-            .map_err(|err: Arc<AgentError>| err.share())?;
-        let ranges = parquet_file::row_group_offsets(meta.metadata())
-            .map_err(|err| AgentError::Storage(format!("{}: {err}", e.object_key)))?;
+            .map_err(|err: Arc<StorageError>| AgentError::from((*err).clone()))?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
-        for (i, &(_, last)) in ranges.iter().enumerate() {
+        for (i, &(_, last)) in file.row_groups.iter().enumerate() {
             if last < offset {
                 continue;
             }
             if !out.is_empty() && bytes >= max_bytes {
                 break;
             }
-            let batches = self.row_group(e, &meta, i).await?;
-            for b in batches.iter() {
-                if b.base_offset + i64::from(b.record_count) <= offset {
+            let frames = self.row_group(topic, e, &file, i).await?;
+            for f in frames.iter() {
+                let count = f.header.as_ref().map_or(0, |h| h.record_count);
+                if f.base_offset + i64::from(count) <= offset {
                     continue;
                 }
-                bytes += b.data.len();
-                out.push(b.clone());
+                bytes += f.payload.len();
+                out.push(f.clone());
             }
         }
         Ok(out)
     }
 
-    /// One row group re-framed as batches, from the cache or its byte ranges.
+    /// One row group re-framed in the topic's codec, from the cache or its byte ranges.
     async fn row_group(
         &self,
+        topic: &Topic,
         e: &IndexEntry,
-        meta: &ArrowReaderMetadata,
+        file: &Arc<OpenedFile>,
         group: usize,
-    ) -> Result<Arc<Vec<FetchedBatch>>, AgentError> {
+    ) -> Result<Arc<Vec<FetchedFrame>>, AgentError> {
         let key = (e.object_key.clone(), group);
         if let Some(hit) = self.groups.get(&key).await {
             self.metrics.cache_hits.inc();
@@ -230,30 +229,29 @@ impl Reader {
         }
         self.metrics.cache_misses.inc();
         let store = self.store.clone();
-        let (object, size, meta) = (e.object_key.clone(), e.length, meta.clone());
+        let (object, size, file) = (e.object_key.clone(), e.length, file.clone());
+        let codec = codec_to_proto(topic.codec);
         self.groups
             .try_get_with(key, async move {
                 let records =
-                    parquet_file::read_row_groups(store, &object, size, &meta, vec![group])
-                        .await
-                        .map_err(|err| AgentError::Storage(err.to_string()))?;
+                    parquet_file::read_row_group(store, &object, size, &file, group).await?;
                 let mut records = records.into_iter();
-                let mut batches = Vec::new();
+                let mut frames = Vec::new();
                 loop {
                     let chunk: Vec<StoredRecord> =
                         records.by_ref().take(PARQUET_BATCH_RECORDS).collect();
                     if chunk.is_empty() {
-                        return Ok(Arc::new(batches));
+                        return Ok(Arc::new(frames));
                     }
-                    batches.push(reframe(&object, chunk)?);
+                    frames.push(reframe(&object, codec, chunk)?);
                 }
             })
             .await
-            .map_err(|err: Arc<AgentError>| err.share())
+            .map_err(|err: Arc<StorageError>| AgentError::from((*err).clone()))
     }
 
     /// The verified frames of one index entry, from the cache or one range GET.
-    async fn chunk(&self, e: &IndexEntry) -> Result<Arc<Vec<Frame>>, AgentError> {
+    async fn chunk(&self, e: &IndexEntry) -> Result<Arc<Vec<StoredFrame>>, AgentError> {
         let key = (e.object_key.clone(), e.position, e.length);
         if let Some(hit) = self.cache.get(&key).await {
             self.metrics.cache_hits.inc();
@@ -266,18 +264,12 @@ impl Reader {
             .try_get_with(key, async move {
                 let path = Path::from(entry.object_key.as_str());
                 let range = entry.position..entry.position + entry.length;
-                let bytes = store.get_range(&path, range).await.map_err(|err| {
-                    AgentError::Storage(format!(
-                        "GET {} bytes {}..{} failed: {err}",
-                        entry.object_key,
-                        entry.position,
-                        entry.position + entry.length
-                    ))
-                })?;
-                let frames = parse_frames(bytes).map_err(|source| AgentError::Corrupt {
-                    object: entry.object_key.clone(),
-                    source,
-                })?;
+                let bytes = store
+                    .get_range(&path, range)
+                    .await
+                    .map_err(|err| StorageError::store("GET", entry.object_key.as_str(), err))?;
+                let frames = parse_frames(bytes)
+                    .map_err(|source| StorageError::corrupt(entry.object_key.as_str(), source))?;
                 let records: i64 = frames
                     .iter()
                     .map(|f| i64::from(f.header.record_count))
@@ -285,62 +277,55 @@ impl Reader {
                 if records != entry.end_offset - entry.base_offset
                     || frames.len() != entry.batch_count as usize
                 {
-                    return Err(AgentError::Corrupt {
-                        object: entry.object_key.clone(),
-                        source: cairn_proto::FormatError::Invalid {
+                    return Err(StorageError::corrupt(
+                        entry.object_key.as_str(),
+                        FormatError::Invalid {
                             what: "index entry",
                             reason: format!(
-                                "offsets {}..{} ({} batches) but the bytes hold {records} records in {} batches",
+                                "offsets {}..{} ({} frames) but the bytes hold {records} records in {} frames",
                                 entry.base_offset,
                                 entry.end_offset,
                                 entry.batch_count,
                                 frames.len()
                             ),
                         },
-                    });
+                    ));
                 }
                 Ok(Arc::new(frames))
             })
             .await
-            .map_err(|e: Arc<AgentError>| e.share())
+            .map_err(|e: Arc<StorageError>| AgentError::from((*e).clone()))
     }
 }
 
-/// Records read from Parquet as one lz4 batch, framed and checksummed like a stored batch.
-fn reframe(object: &str, records: Vec<StoredRecord>) -> Result<FetchedBatch, AgentError> {
-    let corrupt = |source| AgentError::Corrupt {
-        object: object.to_string(),
-        source,
-    };
+/// Records read (and verified) from Parquet as one frame in the topic's codec.
+fn reframe(
+    object: &str,
+    codec: Codec,
+    records: Vec<StoredRecord>,
+) -> Result<FetchedFrame, StorageError> {
     let first = records.first().map_or(0, |r| r.offset);
-    let count = records.len();
-    let batch = RecordBatch {
-        records: records
-            .into_iter()
-            .map(|r| Record {
-                timestamp_ms: r.timestamp_ms,
-                key: r.key,
-                value: r.value,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|(key, value)| Header { key, value })
-                    .collect(),
-            })
-            .collect(),
-    };
-    let data = compress(Compression::Lz4, &batch.encode_to_vec()).map_err(corrupt)?;
-    let record_count = u32::try_from(count).map_err(|_| {
-        corrupt(cairn_proto::FormatError::Invalid {
-            what: "row group",
-            reason: "too many records".into(),
+    let records = records
+        .into_iter()
+        .map(|r| Record {
+            timestamp_ms: r.timestamp_ms,
+            key: r.key,
+            value: r.value,
+            headers: r
+                .headers
+                .into_iter()
+                .map(|(key, value)| RecordHeader { key, value })
+                .collect(),
         })
-    })?;
-    Ok(FetchedBatch {
+        .collect();
+    let frame =
+        cairn_proto::build_frame(records, codec, None).map_err(|e| StorageError::Encode {
+            key: object.to_string(),
+            source: Arc::new(FormatError::Frame(e)),
+        })?;
+    Ok(FetchedFrame {
         base_offset: first,
-        record_count,
-        compression: Compression::Lz4 as i32,
-        crc32c: frame_crc(record_count, Compression::Lz4, &data),
-        data,
+        header: frame.header,
+        payload: frame.payload,
     })
 }

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use cairn_metadata::{MemberAssignment, OffsetReset};
-use cairn_proto::v1;
+use cairn_proto::v2;
 use tonic::{Request, Response, Status};
 
 use crate::AgentError;
+use crate::convert::page;
 use crate::service::{Shared, need, status};
 
 /// Session timeout when a member asks for none.
@@ -16,23 +17,23 @@ const DEFAULT_SESSION_TIMEOUT_MS: i64 = 10_000;
 /// The Groups service.
 pub(crate) struct GroupsService(pub(crate) Arc<Shared>);
 
-fn to_proto(a: MemberAssignment) -> v1::GroupAssignment {
+fn to_proto(a: MemberAssignment) -> Option<v2::GroupAssignment> {
     let session_timeout_ms = a.session_timeout_ms;
-    v1::GroupAssignment {
+    Some(v2::GroupAssignment {
         member_id: a.member_id,
         generation: a.generation,
         partitions: a
             .partitions
             .into_iter()
-            .map(|(topic, partition)| v1::TopicPartition { topic, partition })
+            .map(|(topic, partition)| v2::TopicPartition { topic, partition })
             .collect(),
-        heartbeat_interval_ms: (session_timeout_ms / 3).max(1),
-    }
+        heartbeat_interval_ms: u32::try_from((session_timeout_ms / 3).max(1)).unwrap_or(u32::MAX),
+    })
 }
 
-fn offsets(list: Vec<(String, u32, i64)>) -> Vec<v1::PartitionOffset> {
+fn offsets(list: Vec<(String, u32, i64)>) -> Vec<v2::PartitionOffset> {
     list.into_iter()
-        .map(|(topic, partition, offset)| v1::PartitionOffset {
+        .map(|(topic, partition, offset)| v2::PartitionOffset {
             topic,
             partition,
             offset,
@@ -41,17 +42,16 @@ fn offsets(list: Vec<(String, u32, i64)>) -> Vec<v1::PartitionOffset> {
 }
 
 #[tonic::async_trait]
-impl v1::groups_server::Groups for GroupsService {
+impl v2::group_service_server::GroupService for GroupsService {
     async fn join_group(
         &self,
-        request: Request<v1::JoinGroupRequest>,
-    ) -> Result<Response<v1::GroupAssignment>, Status> {
+        request: Request<v2::JoinGroupRequest>,
+    ) -> Result<Response<v2::JoinGroupResponse>, Status> {
         let r = request.into_inner();
         need("group", &r.group)?;
-        let timeout = match r.session_timeout_ms {
-            0 => DEFAULT_SESSION_TIMEOUT_MS,
-            n => n,
-        };
+        let timeout = r
+            .session_timeout_ms
+            .map_or(DEFAULT_SESSION_TIMEOUT_MS, i64::from);
         let member = (!r.member_id.is_empty()).then_some(r.member_id.as_str());
         let a = self
             .0
@@ -59,13 +59,15 @@ impl v1::groups_server::Groups for GroupsService {
             .join_group(&r.group, member, &r.topics, timeout)
             .await
             .map_err(status)?;
-        Ok(Response::new(to_proto(a)))
+        Ok(Response::new(v2::JoinGroupResponse {
+            assignment: to_proto(a),
+        }))
     }
 
     async fn heartbeat(
         &self,
-        request: Request<v1::HeartbeatRequest>,
-    ) -> Result<Response<v1::GroupAssignment>, Status> {
+        request: Request<v2::HeartbeatRequest>,
+    ) -> Result<Response<v2::HeartbeatResponse>, Status> {
         let r = request.into_inner();
         need("group", &r.group)?;
         need("member_id", &r.member_id)?;
@@ -75,13 +77,15 @@ impl v1::groups_server::Groups for GroupsService {
             .heartbeat(&r.group, &r.member_id)
             .await
             .map_err(status)?;
-        Ok(Response::new(to_proto(a)))
+        Ok(Response::new(v2::HeartbeatResponse {
+            assignment: to_proto(a),
+        }))
     }
 
     async fn leave_group(
         &self,
-        request: Request<v1::LeaveGroupRequest>,
-    ) -> Result<Response<v1::LeaveGroupResponse>, Status> {
+        request: Request<v2::LeaveGroupRequest>,
+    ) -> Result<Response<v2::LeaveGroupResponse>, Status> {
         let r = request.into_inner();
         need("group", &r.group)?;
         need("member_id", &r.member_id)?;
@@ -90,13 +94,13 @@ impl v1::groups_server::Groups for GroupsService {
             .leave_group(&r.group, &r.member_id)
             .await
             .map_err(status)?;
-        Ok(Response::new(v1::LeaveGroupResponse {}))
+        Ok(Response::new(v2::LeaveGroupResponse {}))
     }
 
     async fn commit_offsets(
         &self,
-        request: Request<v1::CommitOffsetsRequest>,
-    ) -> Result<Response<v1::CommitOffsetsResponse>, Status> {
+        request: Request<v2::CommitOffsetsRequest>,
+    ) -> Result<Response<v2::CommitOffsetsResponse>, Status> {
         let r = request.into_inner();
         need("group", &r.group)?;
         need("member_id", &r.member_id)?;
@@ -115,13 +119,13 @@ impl v1::groups_server::Groups for GroupsService {
             .commit_offsets(&r.group, &r.member_id, r.generation, &list)
             .await
             .map_err(status)?;
-        Ok(Response::new(v1::CommitOffsetsResponse {}))
+        Ok(Response::new(v2::CommitOffsetsResponse {}))
     }
 
     async fn fetch_committed_offsets(
         &self,
-        request: Request<v1::FetchCommittedOffsetsRequest>,
-    ) -> Result<Response<v1::FetchCommittedOffsetsResponse>, Status> {
+        request: Request<v2::FetchCommittedOffsetsRequest>,
+    ) -> Result<Response<v2::FetchCommittedOffsetsResponse>, Status> {
         let r = request.into_inner();
         need("group", &r.group)?;
         let list = self
@@ -130,15 +134,15 @@ impl v1::groups_server::Groups for GroupsService {
             .committed_offsets(&r.group)
             .await
             .map_err(status)?;
-        Ok(Response::new(v1::FetchCommittedOffsetsResponse {
+        Ok(Response::new(v2::FetchCommittedOffsetsResponse {
             offsets: offsets(list),
         }))
     }
 
     async fn describe_group(
         &self,
-        request: Request<v1::DescribeGroupRequest>,
-    ) -> Result<Response<v1::DescribeGroupResponse>, Status> {
+        request: Request<v2::DescribeGroupRequest>,
+    ) -> Result<Response<v2::DescribeGroupResponse>, Status> {
         let r = request.into_inner();
         need("group", &r.group)?;
         let d = self
@@ -147,31 +151,31 @@ impl v1::groups_server::Groups for GroupsService {
             .describe_group(&r.group)
             .await
             .map_err(status)?;
-        Ok(Response::new(v1::DescribeGroupResponse {
+        Ok(Response::new(v2::DescribeGroupResponse {
             group: d.group,
             generation: d.generation,
             members: d
                 .members
                 .into_iter()
-                .map(|m| v1::GroupMemberInfo {
+                .map(|m| v2::GroupMemberInfo {
                     member_id: m.member_id,
                     topics: m.topics,
-                    session_timeout_ms: m.session_timeout_ms,
-                    last_heartbeat_ms: m.last_heartbeat_ms,
+                    session_timeout_ms: u32::try_from(m.session_timeout_ms).unwrap_or(u32::MAX),
+                    last_heartbeat_at_ms: m.last_heartbeat_ms,
                     partitions: m
                         .partitions
                         .into_iter()
-                        .map(|(topic, partition)| v1::TopicPartition { topic, partition })
+                        .map(|(topic, partition)| v2::TopicPartition { topic, partition })
                         .collect(),
                 })
                 .collect(),
             partitions: d
                 .partitions
                 .into_iter()
-                .map(|p| v1::PartitionLagInfo {
+                .map(|p| v2::PartitionLagInfo {
                     topic: p.topic,
                     partition: p.partition,
-                    committed: p.committed.unwrap_or(-1),
+                    committed: p.committed,
                     high_watermark: p.high_watermark,
                     lag: p.lag,
                 })
@@ -181,21 +185,41 @@ impl v1::groups_server::Groups for GroupsService {
 
     async fn list_groups(
         &self,
-        _request: Request<v1::ListGroupsRequest>,
-    ) -> Result<Response<v1::ListGroupsResponse>, Status> {
-        let groups = self.0.metadata.list_groups().await.map_err(status)?;
-        let share_groups = self.0.metadata.list_share_groups().await.map_err(status)?;
-        Ok(Response::new(v1::ListGroupsResponse {
+        request: Request<v2::ListGroupsRequest>,
+    ) -> Result<Response<v2::ListGroupsResponse>, Status> {
+        let r = request.into_inner();
+        let mut all: Vec<v2::GroupListing> = Vec::new();
+        for (names, kind) in [
+            (
+                self.0.metadata.list_groups().await.map_err(status)?,
+                v2::GroupKind::Consumer,
+            ),
+            (
+                self.0.metadata.list_share_groups().await.map_err(status)?,
+                v2::GroupKind::Share,
+            ),
+        ] {
+            all.extend(names.into_iter().map(|name| v2::GroupListing {
+                name,
+                kind: kind as i32,
+            }));
+        }
+        // The page key orders consumer groups before share groups, each by name.
+        let key = |g: &v2::GroupListing| format!("{}/{}", g.kind, g.name);
+        all.sort_by_key(key);
+        let (groups, next_page_token) =
+            page(all, key, r.page_size, &r.page_token).map_err(status)?;
+        Ok(Response::new(v2::ListGroupsResponse {
             groups,
-            share_groups,
+            next_page_token,
         }))
     }
 
     async fn reset_offsets(
         &self,
-        request: Request<v1::ResetOffsetsRequest>,
-    ) -> Result<Response<v1::ResetOffsetsResponse>, Status> {
-        use v1::reset_offsets_request::To;
+        request: Request<v2::ResetOffsetsRequest>,
+    ) -> Result<Response<v2::ResetOffsetsResponse>, Status> {
+        use v2::reset_offsets_request::To;
         let r = request.into_inner();
         need("group", &r.group)?;
         need("topic", &r.topic)?;
@@ -221,7 +245,7 @@ impl v1::groups_server::Groups for GroupsService {
             .reset_offsets(&r.group, &r.topic, to)
             .await
             .map_err(status)?;
-        Ok(Response::new(v1::ResetOffsetsResponse {
+        Ok(Response::new(v2::ResetOffsetsResponse {
             offsets: offsets(list),
         }))
     }

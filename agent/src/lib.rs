@@ -9,40 +9,49 @@
 // Only the FoundationDB adapter in cairn-metadata may use unsafe code.
 #![forbid(unsafe_code)]
 
+mod admin;
 mod batcher;
+mod consume;
+mod convert;
 mod error;
 mod faults;
 mod fetch;
 mod groups;
 mod metrics;
+mod produce;
 mod service;
 mod settings;
 mod share;
-mod store;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use cairn_metadata::{Clock, KvStore, Metadata, SystemClock};
-use cairn_proto::v1::{
-    admin_server::AdminServer, consumer_server::ConsumerServer, groups_server::GroupsServer,
-    producer_server::ProducerServer, share_server::ShareServer,
+use cairn_proto::v2::{
+    admin_service_server::AdminServiceServer, consumer_service_server::ConsumerServiceServer,
+    group_service_server::GroupServiceServer, producer_service_server::ProducerServiceServer,
+    share_service_server::ShareServiceServer,
 };
 use futures::StreamExt;
 use object_store::ObjectStore;
 use tokio::net::TcpListener;
 
+pub use cairn_storage::{
+    FaultyStore, InstrumentedStore, StoreCounters, StoreStats, open_object_store,
+};
 pub use error::AgentError;
 pub use faults::{FaultReport, FaultSpec};
 pub use metrics::AgentMetrics;
 pub use settings::AgentSettings;
-pub use store::{FaultyStore, InstrumentedStore, StoreCounters, StoreStats, open_object_store};
 
+use admin::AdminService;
 use batcher::Batcher;
+use consume::ConsumerService;
 use faults::Faults;
 use fetch::Reader;
+use produce::ProducerService;
 pub use service::AgentGauges;
-use service::{AdminService, ConsumerService, ProducerService, Shared};
+use service::Shared;
 
 /// Assembles an [`Agent`] from settings and injected components.
 #[derive(Debug)]
@@ -303,20 +312,20 @@ impl Agent {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(AdminServer::new(AdminService(self.shared.clone())))
-            .add_service(GroupsServer::new(groups::GroupsService(
+            .add_service(AdminServiceServer::new(AdminService(self.shared.clone())))
+            .add_service(GroupServiceServer::new(groups::GroupsService(
                 self.shared.clone(),
             )))
             .add_service(
-                ShareServer::new(share::ShareService(self.shared.clone()))
+                ShareServiceServer::new(share::ShareService(self.shared.clone()))
                     .max_encoding_message_size(usize::MAX),
             )
             .add_service(
-                ProducerServer::new(ProducerService(self.shared.clone()))
+                ProducerServiceServer::new(ProducerService(self.shared.clone()))
                     .max_decoding_message_size(max_request),
             )
             .add_service(
-                ConsumerServer::new(ConsumerService(self.shared.clone()))
+                ConsumerServiceServer::new(ConsumerService(self.shared.clone()))
                     .max_encoding_message_size(usize::MAX),
             )
             .serve_with_incoming_shutdown(incoming, signal)

@@ -17,12 +17,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::StoreCounters;
+use cairn_storage::StoreCounters;
 
 /// Latency buckets in seconds: 0.5 ms to ~33 s, doubling.
-pub(crate) fn latency_buckets() -> impl Iterator<Item = f64> {
-    prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 17)
-}
+pub(crate) use cairn_storage::store::latency_buckets;
 
 /// Everything an agent counts.
 #[derive(Debug)]
@@ -243,6 +241,20 @@ pub(crate) fn process_cpu_seconds() -> f64 {
     };
     // Linux reports in clock ticks of USER_HZ, which is 100 on every mainstream platform.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory of this process in bytes (`VmHWM`), 0 where the platform does not
+/// say.
+pub(crate) fn process_peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// What the HTTP endpoint needs.

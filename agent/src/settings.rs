@@ -23,10 +23,11 @@ pub struct AgentSettings {
     pub multipart_threshold: usize,
     /// Most batches in one segment (bounds the commit transaction).
     pub segment_max_batches: usize,
-    /// Largest produce request, in record bytes.
+    /// Largest produce request, in payload bytes (as sent: compressed).
     pub max_request_bytes: usize,
-    /// Largest single record (key + value + headers).
-    pub max_record_bytes: usize,
+    /// Largest uncompressed size a frame may declare: the bound on a batch of records once a
+    /// consumer decompresses it (the agent itself never decompresses).
+    pub max_batch_uncompressed_bytes: usize,
     /// Bytes of object data cached for fetches.
     pub cache_bytes: u64,
     /// Longest a fetch may wait at the high watermark.
@@ -53,7 +54,7 @@ impl Default for AgentSettings {
             multipart_threshold: 16 << 20,
             segment_max_batches: 50_000,
             max_request_bytes: 16 << 20,
-            max_record_bytes: 1 << 20,
+            max_batch_uncompressed_bytes: 64 << 20,
             cache_bytes: 256 << 20,
             max_fetch_wait: Duration::from_secs(30),
             topic_cache_ttl: Duration::from_secs(1),
@@ -94,10 +95,13 @@ impl AgentSettings {
                 self.segment_max_batches
             ));
         }
-        if self.max_record_bytes == 0 || self.max_record_bytes > self.max_request_bytes {
+        if self.max_batch_uncompressed_bytes == 0
+            || self.max_batch_uncompressed_bytes > cairn_proto::MAX_UNCOMPRESSED_BYTES as usize
+        {
             return bad(format!(
-                "max_record_bytes ({}) must be positive and at most max_request_bytes ({})",
-                self.max_record_bytes, self.max_request_bytes
+                "max_batch_uncompressed_bytes must be between 1 and {}, got {}",
+                cairn_proto::MAX_UNCOMPRESSED_BYTES,
+                self.max_batch_uncompressed_bytes
             ));
         }
         if !(1..=100).contains(&self.share_max_deliveries) {

@@ -8,27 +8,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_metadata::{MetaError, ShareAction, TopicSpec};
-use cairn_proto::v1::{self, Compression};
+use cairn_proto::v2;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::AgentError;
 use crate::service::{Shared, need, status};
 
-const DEFAULT_LEASE_MS: i64 = 30_000;
-const LEASE_RANGE_MS: (i64, i64) = (1_000, 600_000);
+const DEFAULT_LEASE_MS: u32 = 30_000;
+const LEASE_RANGE_MS: (u32, u32) = (1_000, 600_000);
 const DEFAULT_MAX_RECORDS: u32 = 500;
 const MAX_RECORDS: u32 = 10_000;
 
 /// The Share service.
 pub(crate) struct ShareService(pub(crate) Arc<Shared>);
 
-fn lease(ms: i64) -> Result<i64, Status> {
+fn lease(ms: Option<u32>) -> Result<i64, Status> {
     let (lo, hi) = LEASE_RANGE_MS;
     match ms {
-        0 => Ok(DEFAULT_LEASE_MS),
-        n if (lo..=hi).contains(&n) => Ok(n),
-        n => Err(status(AgentError::Invalid(format!(
+        None => Ok(i64::from(DEFAULT_LEASE_MS)),
+        Some(n) if (lo..=hi).contains(&n) => Ok(i64::from(n)),
+        Some(n) => Err(status(AgentError::Invalid(format!(
             "lease_ms must be between {lo} and {hi} (1 s to 10 min), got {n}"
         )))),
     }
@@ -40,14 +40,14 @@ pub(crate) fn dlq_name(topic: &str) -> String {
 }
 
 impl ShareService {
-    /// The records at `offsets` of one partition, decoded, by offset.
-    async fn read_records(
+    /// The stored frames of one partition that hold `offsets`, in offset order.
+    async fn read_frames(
         &self,
         topic: &cairn_metadata::Topic,
         partition: u32,
         offsets: &BTreeSet<i64>,
-    ) -> Result<BTreeMap<i64, v1::Record>, AgentError> {
-        let mut out = BTreeMap::new();
+    ) -> Result<Vec<v2::FetchedFrame>, AgentError> {
+        let mut out = Vec::new();
         let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
             return Ok(out);
         };
@@ -58,23 +58,45 @@ impl ShareService {
                 .reader
                 .fetch(topic, partition, pos, 4 << 20, Duration::ZERO)
                 .await?;
-            if fetched.batches.is_empty() {
+            if fetched.frames.is_empty() {
                 break;
             }
-            for b in fetched.batches {
-                let compression = Compression::try_from(b.compression).unwrap_or(Compression::None);
-                let records = cairn_proto::decode_records(compression, b.record_count, b.data)
-                    .map_err(|source| AgentError::Corrupt {
-                        object: format!("{}/{partition}@{}", topic.name, b.base_offset),
-                        source,
-                    })?;
-                for (i, r) in records.records.into_iter().enumerate() {
-                    let offset = b.base_offset + i as i64;
-                    if offsets.contains(&offset) {
-                        out.insert(offset, r);
-                    }
+            for f in fetched.frames {
+                let end =
+                    f.base_offset + i64::from(f.header.as_ref().map_or(0, |h| h.record_count));
+                if end <= pos {
+                    continue;
                 }
-                pos = pos.max(b.base_offset + i64::from(b.record_count));
+                pos = pos.max(end);
+                if offsets.range(f.base_offset..end).next().is_some() {
+                    out.push(f);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The records at `offsets` of one partition, decoded, by offset.
+    async fn read_records(
+        &self,
+        topic: &cairn_metadata::Topic,
+        partition: u32,
+        offsets: &BTreeSet<i64>,
+    ) -> Result<BTreeMap<i64, v2::Record>, AgentError> {
+        let mut out = BTreeMap::new();
+        for f in self.read_frames(topic, partition, offsets).await? {
+            let header = f.header.unwrap_or_default();
+            let records = cairn_proto::open_frame(&header, f.payload).map_err(|source| {
+                cairn_storage::StorageError::corrupt(
+                    format!("{}/{partition}@{}", topic.name, f.base_offset),
+                    source,
+                )
+            })?;
+            for (i, r) in records.into_iter().enumerate() {
+                let offset = f.base_offset + i as i64;
+                if offsets.contains(&offset) {
+                    out.insert(offset, r);
+                }
             }
         }
         Ok(out)
@@ -125,7 +147,7 @@ impl ShareService {
                 ("cairn.dlq.delivery_count", deliveries.to_string()),
                 ("cairn.dlq.reason", reason.to_string()),
             ] {
-                r.headers.push(v1::Header {
+                r.headers.push(v2::RecordHeader {
                     key: k.to_string(),
                     value: v.into(),
                 });
@@ -133,19 +155,24 @@ impl ShareService {
             batch.push(r);
         }
         if !batch.is_empty() {
-            use prost::Message;
             let dlq_topic = s.topic_with_partition(&dlq, 0).await?;
-            let pb = v1::PartitionBatch {
+            let frame = cairn_proto::build_frame(
+                batch,
+                crate::convert::codec_to_proto(dlq_topic.codec),
+                None,
+            )
+            .map_err(|e| AgentError::Internal(format!("building a dead-letter frame: {e}")))?;
+            let pb = v2::ProduceBatch {
                 topic: dlq.clone(),
                 partition: 0,
-                records: v1::RecordBatch { records: batch }.encode_to_vec().into(),
-                ..Default::default()
+                frame: Some(frame),
+                expected_offset: None,
             };
             let now = s.metadata.clock().now_ms();
             let pending = s.prepare(0, &dlq_topic, pb, now)?;
             let outcome = s.batcher.append(vec![pending], false).await?;
             if outcome.first().and_then(|o| o.base_offset()).is_none() {
-                return Err(AgentError::Storage(format!(
+                return Err(AgentError::Internal(format!(
                     "dead-letter topic {dlq} refused the records: {outcome:?}"
                 )));
             }
@@ -167,11 +194,11 @@ impl ShareService {
 }
 
 #[tonic::async_trait]
-impl v1::share_server::Share for ShareService {
+impl v2::share_service_server::ShareService for ShareService {
     async fn acquire(
         &self,
-        request: Request<v1::ShareAcquireRequest>,
-    ) -> Result<Response<v1::ShareAcquireResponse>, Status> {
+        request: Request<v2::AcquireRequest>,
+    ) -> Result<Response<v2::AcquireResponse>, Status> {
         let s = &self.0;
         let r = request.into_inner();
         need("group", &r.group)?;
@@ -179,11 +206,11 @@ impl v1::share_server::Share for ShareService {
         need("topic", &r.topic)?;
         let lease_ms = lease(r.lease_ms)?;
         let max_records = match r.max_records {
-            0 => DEFAULT_MAX_RECORDS,
-            n if n <= MAX_RECORDS => n,
-            n => {
+            None => DEFAULT_MAX_RECORDS,
+            Some(n @ 1..=MAX_RECORDS) => n,
+            Some(n) => {
                 return Err(status(AgentError::Invalid(format!(
-                    "max_records must be at most {MAX_RECORDS}, got {n}"
+                    "max_records must be between 1 and {MAX_RECORDS}, got {n}"
                 ))));
             }
         };
@@ -222,42 +249,42 @@ impl v1::share_server::Share for ShareService {
                     .map_err(status)?;
             }
             if !got.records.is_empty() {
-                let mut by_partition: BTreeMap<u32, BTreeSet<i64>> = BTreeMap::new();
-                for (p, o, _) in &got.records {
-                    by_partition.entry(*p).or_default().insert(*o);
+                let mut by_partition: BTreeMap<u32, BTreeMap<i64, u32>> = BTreeMap::new();
+                for (p, o, n) in &got.records {
+                    by_partition.entry(*p).or_default().insert(*o, *n);
                 }
-                let mut bodies = BTreeMap::new();
-                for (p, offsets) in &by_partition {
-                    let recs = self
-                        .read_records(&topic, *p, offsets)
+                let mut frames = Vec::new();
+                for (p, leased) in &by_partition {
+                    let offsets: BTreeSet<i64> = leased.keys().copied().collect();
+                    for f in self
+                        .read_frames(&topic, *p, &offsets)
                         .await
-                        .map_err(status)?;
-                    for (o, rec) in recs {
-                        bodies.insert((*p, o), rec);
+                        .map_err(status)?
+                    {
+                        let end = f.base_offset
+                            + i64::from(f.header.as_ref().map_or(0, |h| h.record_count));
+                        let (offsets, delivery_counts) = leased
+                            .range(f.base_offset..end)
+                            .map(|(o, n)| (*o, *n))
+                            .unzip();
+                        frames.push(v2::LeasedFrame {
+                            partition: *p,
+                            frame: Some(f),
+                            offsets,
+                            delivery_counts,
+                        });
                     }
                 }
-                let records = got
-                    .records
-                    .iter()
-                    .filter_map(|(p, o, n)| {
-                        bodies.remove(&(*p, *o)).map(|rec| v1::ShareRecord {
-                            partition: *p,
-                            offset: *o,
-                            delivery_count: *n,
-                            record: Some(rec),
-                        })
-                    })
-                    .collect();
-                return Ok(Response::new(v1::ShareAcquireResponse {
-                    records,
+                return Ok(Response::new(v2::AcquireResponse {
+                    frames,
                     lease_deadline_ms: got.lease_deadline_ms,
                     dead_lettered,
                 }));
             }
             let now = Instant::now();
             if now >= deadline {
-                return Ok(Response::new(v1::ShareAcquireResponse {
-                    records: Vec::new(),
+                return Ok(Response::new(v2::AcquireResponse {
+                    frames: Vec::new(),
                     lease_deadline_ms: got.lease_deadline_ms,
                     dead_lettered,
                 }));
@@ -279,8 +306,8 @@ impl v1::share_server::Share for ShareService {
 
     async fn settle(
         &self,
-        request: Request<v1::ShareSettleRequest>,
-    ) -> Result<Response<v1::ShareSettleResponse>, Status> {
+        request: Request<v2::SettleRequest>,
+    ) -> Result<Response<v2::SettleResponse>, Status> {
         let s = &self.0;
         let r = request.into_inner();
         need("group", &r.group)?;
@@ -296,11 +323,11 @@ impl v1::share_server::Share for ShareService {
                 "offsets must be 0 or more, got {o}"
             ))));
         }
-        let action = match v1::ShareAction::try_from(r.action) {
-            Ok(v1::ShareAction::Ack) => ShareAction::Ack,
-            Ok(v1::ShareAction::Release) => ShareAction::Release,
-            Ok(v1::ShareAction::Reject) => ShareAction::Reject,
-            Ok(v1::ShareAction::Renew) => ShareAction::Renew(lease(r.lease_ms)?),
+        let action = match v2::SettleAction::try_from(r.action) {
+            Ok(v2::SettleAction::Ack) => ShareAction::Ack,
+            Ok(v2::SettleAction::Release) => ShareAction::Release,
+            Ok(v2::SettleAction::Reject) => ShareAction::Reject,
+            Ok(v2::SettleAction::Renew) => ShareAction::Renew(lease(r.lease_ms)?),
             _ => {
                 return Err(status(AgentError::Invalid(format!(
                     "unknown action {}: use ACK (1), RELEASE (2), REJECT (3) or RENEW (4)",
@@ -337,13 +364,13 @@ impl v1::share_server::Share for ShareService {
             .await
             .map_err(status)?;
         }
-        Ok(Response::new(v1::ShareSettleResponse {}))
+        Ok(Response::new(v2::SettleResponse {}))
     }
 
     async fn describe_share_group(
         &self,
-        request: Request<v1::DescribeShareGroupRequest>,
-    ) -> Result<Response<v1::DescribeShareGroupResponse>, Status> {
+        request: Request<v2::DescribeShareGroupRequest>,
+    ) -> Result<Response<v2::DescribeShareGroupResponse>, Status> {
         let r = request.into_inner();
         need("group", &r.group)?;
         need("topic", &r.topic)?;
@@ -353,10 +380,10 @@ impl v1::share_server::Share for ShareService {
             .describe_share_group(&r.group, &r.topic)
             .await
             .map_err(status)?;
-        Ok(Response::new(v1::DescribeShareGroupResponse {
+        Ok(Response::new(v2::DescribeShareGroupResponse {
             partitions: parts
                 .into_iter()
-                .map(|p| v1::SharePartitionState {
+                .map(|p| v2::SharePartitionState {
                     partition: p.partition,
                     start_offset: p.start_offset,
                     end_offset: p.end_offset,

@@ -1,18 +1,29 @@
-//! Topic and consumer-group administration.
+//! Topic and consumer-group administration, over the agent's `AdminService` and
+//! `GroupService`. Listings are paged on the wire; the methods here follow the pages and
+//! return everything.
 
-use cairn_proto::v1::{self, Compression, admin_client::AdminClient, groups_client::GroupsClient};
+use cairn_proto::v2::{
+    self, Codec, GroupKind, admin_service_client::AdminServiceClient,
+    group_service_client::GroupServiceClient,
+};
 use tonic::transport::Channel;
 
 use crate::ClientError;
 
-/// Optional settings of a new topic.
+/// Most pages a listing follows before it gives up on an agent that keeps answering
+/// with a next page (10,000 pages of up to 1,000 entries).
+const MAX_PAGES: usize = 10_000;
+
+/// Optional settings of a new topic; `None` leaves a setting to the agent.
 #[derive(Debug, Clone, Default)]
 pub struct TopicOptions {
-    /// Codec of stored batches; `None` picks the agent's default (zstd).
-    pub compression: Option<Compression>,
-    /// How long records are kept, in ms; `None` keeps them forever.
+    /// The codec the agent uses for frames it builds itself (records read back from
+    /// Parquet); `None` picks the agent's default (zstd). Producers choose their own codec
+    /// per frame ([`crate::ProducerConfig::codec`]).
+    pub codec: Option<Codec>,
+    /// How long records are kept, in ms (positive); `None` keeps them forever.
     pub retention_ms: Option<i64>,
-    /// Bytes kept per partition; `None` for no limit.
+    /// Bytes kept per partition (positive); `None` for no limit.
     pub retention_bytes: Option<i64>,
 }
 
@@ -33,16 +44,18 @@ pub enum ResetTo {
 /// groups.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    client: AdminClient<Channel>,
-    groups: GroupsClient<Channel>,
+    client: AdminServiceClient<Channel>,
+    groups: GroupServiceClient<Channel>,
 }
 
 impl Admin {
     /// An admin client over `channel`.
     pub fn new(channel: Channel) -> Self {
         Admin {
-            client: AdminClient::new(channel.clone()),
-            groups: GroupsClient::new(channel),
+            client: AdminServiceClient::new(channel.clone())
+                .max_decoding_message_size(crate::MAX_MESSAGE_BYTES),
+            groups: GroupServiceClient::new(channel)
+                .max_decoding_message_size(crate::MAX_MESSAGE_BYTES),
         }
     }
 
@@ -57,7 +70,7 @@ impl Admin {
         Ok(self
             .client
             .clone()
-            .delete_records(v1::DeleteRecordsRequest {
+            .delete_records(v2::DeleteRecordsRequest {
                 topic: topic.to_string(),
                 partition,
                 before_offset: before,
@@ -67,36 +80,57 @@ impl Admin {
             .start_offset)
     }
 
-    /// The agent's version, uptime, stores and counters.
-    pub async fn agent_status(&self) -> Result<v1::AgentStatusResponse, ClientError> {
+    /// The answering agent's version, uptime, stores and counters.
+    pub async fn agent_status(&self) -> Result<v2::GetAgentStatusResponse, ClientError> {
         Ok(self
             .client
             .clone()
-            .agent_status(v1::AgentStatusRequest {})
+            .get_agent_status(v2::GetAgentStatusRequest {})
             .await?
             .into_inner())
     }
 
-    /// Every group's name: `(consumer groups, share groups)`.
+    /// Every group's name, each list in name order: `(consumer groups, share groups)`.
     pub async fn list_groups(&self) -> Result<(Vec<String>, Vec<String>), ClientError> {
-        let r = self
-            .groups
-            .clone()
-            .list_groups(v1::ListGroupsRequest {})
-            .await?
-            .into_inner();
-        Ok((r.groups, r.share_groups))
+        let mut consumer = Vec::new();
+        let mut share = Vec::new();
+        let mut token = String::new();
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .groups
+                .clone()
+                .list_groups(v2::ListGroupsRequest {
+                    page_size: None,
+                    page_token: token.clone(),
+                })
+                .await?
+                .into_inner();
+            for g in page.groups {
+                match g.kind() {
+                    GroupKind::Consumer => consumer.push(g.name),
+                    GroupKind::Share => share.push(g.name),
+                    GroupKind::Unspecified => {
+                        tracing::debug!(group = %g.name, "skipping a group of unknown kind");
+                    }
+                }
+            }
+            match next_page(token, page.next_page_token)? {
+                Some(next) => token = next,
+                None => return Ok((consumer, share)),
+            }
+        }
+        Err(too_many_pages("groups"))
     }
 
     /// A group's generation, live members and per-partition committed offset and lag.
     pub async fn describe_group(
         &self,
         group: &str,
-    ) -> Result<v1::DescribeGroupResponse, ClientError> {
+    ) -> Result<v2::DescribeGroupResponse, ClientError> {
         Ok(self
             .groups
             .clone()
-            .describe_group(v1::DescribeGroupRequest {
+            .describe_group(v2::DescribeGroupRequest {
                 group: group.to_string(),
             })
             .await?
@@ -110,8 +144,8 @@ impl Admin {
         group: &str,
         topic: &str,
         to: ResetTo,
-    ) -> Result<Vec<v1::PartitionOffset>, ClientError> {
-        use v1::reset_offsets_request::To;
+    ) -> Result<Vec<v2::PartitionOffset>, ClientError> {
+        use v2::reset_offsets_request::To;
         let to = match to {
             ResetTo::Earliest => To::Earliest(true),
             ResetTo::Latest => To::Latest(true),
@@ -121,7 +155,7 @@ impl Admin {
         Ok(self
             .groups
             .clone()
-            .reset_offsets(v1::ResetOffsetsRequest {
+            .reset_offsets(v2::ResetOffsetsRequest {
                 group: group.to_string(),
                 topic: topic.to_string(),
                 to: Some(to),
@@ -131,22 +165,35 @@ impl Admin {
             .offsets)
     }
 
-    /// Creates a topic with `partitions` partitions.
+    /// Creates a topic with `partitions` partitions. Fails with
+    /// [`v2::ErrorReason::TopicExists`] (see [`ClientError::reason`]) if the name is taken.
     pub async fn create_topic(
         &self,
         name: &str,
         partitions: u32,
         options: TopicOptions,
-    ) -> Result<v1::TopicInfo, ClientError> {
+    ) -> Result<v2::TopicInfo, ClientError> {
+        for (field, value) in [
+            ("retention_ms", options.retention_ms),
+            ("retention_bytes", options.retention_bytes),
+        ] {
+            if let Some(n) = value
+                && n <= 0
+            {
+                return Err(ClientError::Invalid(format!(
+                    "{field} must be positive, got {n} (leave it unset to keep everything)"
+                )));
+            }
+        }
         let response = self
             .client
             .clone()
-            .create_topic(v1::CreateTopicRequest {
+            .create_topic(v2::CreateTopicRequest {
                 name: name.to_string(),
                 partitions,
-                compression: options.compression.unwrap_or(Compression::Unspecified) as i32,
-                retention_ms: options.retention_ms.unwrap_or(-1),
-                retention_bytes: options.retention_bytes.unwrap_or(-1),
+                codec: options.codec.unwrap_or(Codec::Unspecified) as i32,
+                retention_ms: options.retention_ms,
+                retention_bytes: options.retention_bytes,
             })
             .await?
             .into_inner();
@@ -155,26 +202,38 @@ impl Admin {
             .ok_or_else(|| ClientError::Invalid("agent answered without a topic".into()))
     }
 
-    /// Every topic, by name.
-    pub async fn list_topics(&self) -> Result<Vec<v1::TopicInfo>, ClientError> {
-        Ok(self
-            .client
-            .clone()
-            .list_topics(v1::ListTopicsRequest {})
-            .await?
-            .into_inner()
-            .topics)
+    /// Every topic, in name order.
+    pub async fn list_topics(&self) -> Result<Vec<v2::TopicInfo>, ClientError> {
+        let mut topics = Vec::new();
+        let mut token = String::new();
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .client
+                .clone()
+                .list_topics(v2::ListTopicsRequest {
+                    page_size: None,
+                    page_token: token.clone(),
+                })
+                .await?
+                .into_inner();
+            topics.extend(page.topics);
+            match next_page(token, page.next_page_token)? {
+                Some(next) => token = next,
+                None => return Ok(topics),
+            }
+        }
+        Err(too_many_pages("topics"))
     }
 
     /// A topic and the state of each of its partitions.
     pub async fn describe_topic(
         &self,
         name: &str,
-    ) -> Result<v1::DescribeTopicResponse, ClientError> {
+    ) -> Result<v2::DescribeTopicResponse, ClientError> {
         Ok(self
             .client
             .clone()
-            .describe_topic(v1::DescribeTopicRequest {
+            .describe_topic(v2::DescribeTopicRequest {
                 name: name.to_string(),
             })
             .await?
@@ -185,7 +244,7 @@ impl Admin {
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         self.client
             .clone()
-            .delete_topic(v1::DeleteTopicRequest {
+            .delete_topic(v2::DeleteTopicRequest {
                 name: name.to_string(),
             })
             .await?;
@@ -197,11 +256,11 @@ impl Admin {
         &self,
         name: &str,
         partitions: u32,
-    ) -> Result<v1::TopicInfo, ClientError> {
+    ) -> Result<v2::TopicInfo, ClientError> {
         let response = self
             .client
             .clone()
-            .add_partitions(v1::AddPartitionsRequest {
+            .add_partitions(v2::AddPartitionsRequest {
                 name: name.to_string(),
                 partitions,
             })
@@ -210,5 +269,40 @@ impl Admin {
         response
             .topic
             .ok_or_else(|| ClientError::Invalid("agent answered without a topic".into()))
+    }
+}
+
+/// The token of the page after the one asked for with `asked`, or `None` after the last
+/// page. An agent that answers with the token it was asked for would loop forever.
+fn next_page(asked: String, next: String) -> Result<Option<String>, ClientError> {
+    if next.is_empty() {
+        Ok(None)
+    } else if next == asked {
+        Err(ClientError::Invalid(format!(
+            "the agent answered page token `{next}` with the same token as the next page"
+        )))
+    } else {
+        Ok(Some(next))
+    }
+}
+
+fn too_many_pages(what: &str) -> ClientError {
+    ClientError::Invalid(format!(
+        "listing {what} took more than {MAX_PAGES} pages; the agent keeps answering a next page"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paging_stops_on_the_last_page_and_on_a_repeated_token() {
+        assert!(matches!(next_page(String::new(), String::new()), Ok(None)));
+        assert!(matches!(
+            next_page(String::new(), "b".into()),
+            Ok(Some(t)) if t == "b"
+        ));
+        assert!(next_page("b".into(), "b".into()).is_err());
     }
 }

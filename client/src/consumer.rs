@@ -1,11 +1,13 @@
 //! The consumer: reads assigned partitions from chosen offsets, optionally waiting for new
-//! records at the end of the log.
+//! records at the end of the log. Fetches return whole frames; each is verified and decoded
+//! here with [`cairn_proto::open_frame`], and records before the position are skipped.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_proto::v1::{
-    self, Compression, admin_client::AdminClient, consumer_client::ConsumerClient,
+use cairn_proto::FrameError;
+use cairn_proto::v2::{
+    self, admin_service_client::AdminServiceClient, consumer_service_client::ConsumerServiceClient,
 };
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -27,7 +29,8 @@ pub enum Offset {
 /// Consumer tunables.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    /// Bytes asked for per partition per fetch.
+    /// Payload bytes asked for per partition per fetch (a soft limit: at least one frame
+    /// comes back when one is ready): 1 to 64 MiB, or 0 for the agent's default (1 MiB).
     pub max_bytes_per_partition: u32,
 }
 
@@ -48,7 +51,8 @@ pub struct ConsumedRecord {
     pub partition: u32,
     /// The record's offset.
     pub offset: i64,
-    /// Milliseconds since the Unix epoch.
+    /// Milliseconds since the Unix epoch: the producer's time (CREATE_TIME), or the time
+    /// the agent stored the record when its frame is LOG_APPEND_TIME.
     pub timestamp_ms: i64,
     /// The key (empty when the record had none).
     pub key: Bytes,
@@ -69,8 +73,8 @@ struct Assignment {
 /// Reads assigned topic-partitions in offset order.
 #[derive(Debug)]
 pub struct Consumer {
-    client: ConsumerClient<Channel>,
-    admin: AdminClient<Channel>,
+    client: ConsumerServiceClient<Channel>,
+    admin: AdminServiceClient<Channel>,
     config: ConsumerConfig,
     assigned: Vec<Assignment>,
 }
@@ -79,9 +83,9 @@ impl Consumer {
     /// A consumer over `channel` with nothing assigned.
     pub fn new(channel: Channel, config: ConsumerConfig) -> Self {
         Consumer {
-            client: ConsumerClient::new(channel.clone())
+            client: ConsumerServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
-            admin: AdminClient::new(channel),
+            admin: AdminServiceClient::new(channel),
             config,
             assigned: Vec::new(),
         }
@@ -104,7 +108,7 @@ impl Consumer {
             Offset::Beginning | Offset::End => {
                 let described = self
                     .admin
-                    .describe_topic(v1::DescribeTopicRequest {
+                    .describe_topic(v2::DescribeTopicRequest {
                         name: topic.to_string(),
                     })
                     .await?
@@ -147,7 +151,7 @@ impl Consumer {
     pub async fn assign_all(&mut self, topic: &str, from: Offset) -> Result<u32, ClientError> {
         let described = self
             .admin
-            .describe_topic(v1::DescribeTopicRequest {
+            .describe_topic(v2::DescribeTopicRequest {
                 name: topic.to_string(),
             })
             .await?
@@ -196,11 +200,12 @@ impl Consumer {
             .enumerate()
             .map(|(i, a)| {
                 let mut client = self.client.clone();
-                let request = v1::FetchRequest {
+                let max_bytes = self.config.max_bytes_per_partition;
+                let request = v2::FetchRequest {
                     topic: a.topic.clone(),
                     partition: a.partition,
                     offset: a.position,
-                    max_bytes: self.config.max_bytes_per_partition,
+                    max_bytes: (max_bytes > 0).then_some(max_bytes),
                     max_wait_ms: wait_ms,
                 };
                 async move { (i, client.fetch(request).await) }
@@ -211,7 +216,7 @@ impl Consumer {
             let response = result?.into_inner();
             let a = &mut self.assigned[i];
             a.high_watermark = response.high_watermark;
-            decode_into(a, response.batches, &mut out)?;
+            decode_into(a, response.frames, &mut out)?;
             if !out.is_empty() && !wait.is_zero() {
                 break;
             }
@@ -220,52 +225,167 @@ impl Consumer {
     }
 }
 
-/// Verifies and decodes fetched batches, skipping records before the position.
+/// Verifies and decodes fetched frames, skipping records before the position.
 fn decode_into(
     a: &mut Assignment,
-    batches: Vec<v1::FetchedBatch>,
+    frames: Vec<v2::FetchedFrame>,
     out: &mut Vec<ConsumedRecord>,
 ) -> Result<(), ClientError> {
-    for b in batches {
-        let corrupt = |reason: String| ClientError::Corrupt {
-            topic: a.topic.clone(),
-            partition: a.partition,
-            offset: b.base_offset,
-            reason,
-        };
-        let compression = Compression::try_from(b.compression)
-            .map_err(|_| corrupt(format!("unknown compression code {}", b.compression)))?;
-        let crc = cairn_proto::frame_crc(b.record_count, compression, &b.data);
-        if crc != b.crc32c {
-            return Err(corrupt(format!(
-                "CRC32C is {crc:#010x}, the batch says {:#010x}",
-                b.crc32c
-            )));
+    for f in frames {
+        let count = f.header.as_ref().map_or(0, |h| i64::from(h.record_count));
+        if f.header.is_some() && f.base_offset + count <= a.position {
+            // Wholly before the position (frames are returned whole): nothing to decode.
+            continue;
         }
-        let batch = cairn_proto::decode_records(compression, b.record_count, b.data.clone())
-            .map_err(|e| corrupt(e.to_string()))?;
-        for (i, r) in batch.records.into_iter().enumerate() {
-            let offset = b.base_offset + i as i64;
+        let records = open_fetched(&a.topic, a.partition, f.base_offset, f.header, f.payload)?;
+        for (i, r) in records.into_iter().enumerate() {
+            let offset = f.base_offset + i as i64;
             if offset < a.position {
                 continue;
             }
             if offset > a.position {
-                return Err(corrupt(format!(
-                    "expected offset {} next, got {offset}",
-                    a.position
-                )));
+                return Err(ClientError::Unexpected {
+                    topic: a.topic.clone(),
+                    partition: a.partition,
+                    offset,
+                    reason: format!("expected offset {} next", a.position),
+                });
             }
             a.position = offset + 1;
-            out.push(ConsumedRecord {
-                topic: a.topic.clone(),
-                partition: a.partition,
-                offset,
-                timestamp_ms: r.timestamp_ms,
-                key: r.key,
-                value: r.value,
-                headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
-            });
+            out.push(consumed(&a.topic, a.partition, offset, r));
         }
     }
     Ok(())
+}
+
+/// Verifies, decompresses and decodes one stored frame of `topic`/`partition` starting at
+/// `base_offset`; a frame that fails is [`ClientError::Corrupt`].
+pub(crate) fn open_fetched(
+    topic: &str,
+    partition: u32,
+    base_offset: i64,
+    header: Option<v2::FrameHeader>,
+    payload: Bytes,
+) -> Result<Vec<v2::Record>, ClientError> {
+    let corrupt = |source| ClientError::Corrupt {
+        topic: topic.to_string(),
+        partition,
+        offset: base_offset,
+        source,
+    };
+    let header = header.ok_or_else(|| {
+        corrupt(FrameError::Header {
+            field: "header",
+            reason: "missing".into(),
+        })
+    })?;
+    cairn_proto::open_frame(&header, payload).map_err(corrupt)
+}
+
+/// A decoded record as the application sees it.
+pub(crate) fn consumed(topic: &str, partition: u32, offset: i64, r: v2::Record) -> ConsumedRecord {
+    ConsumedRecord {
+        topic: topic.to_string(),
+        partition,
+        offset,
+        timestamp_ms: r.timestamp_ms,
+        key: r.key,
+        value: r.value,
+        headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_proto::v2::Codec;
+
+    fn record(value: &'static str, ts: i64) -> v2::Record {
+        v2::Record {
+            timestamp_ms: ts,
+            key: Bytes::new(),
+            value: Bytes::from_static(value.as_bytes()),
+            headers: vec![v2::RecordHeader {
+                key: "h".into(),
+                value: Bytes::from_static(b"v"),
+            }],
+        }
+    }
+
+    fn fetched(base_offset: i64, values: &[&'static str]) -> v2::FetchedFrame {
+        let records = values.iter().map(|v| record(v, 7)).collect();
+        let frame =
+            cairn_proto::build_frame(records, Codec::Zstd, None).expect("a small frame builds");
+        v2::FetchedFrame {
+            base_offset,
+            header: frame.header,
+            payload: frame.payload,
+        }
+    }
+
+    fn assignment(position: i64) -> Assignment {
+        Assignment {
+            topic: "t".into(),
+            partition: 3,
+            position,
+            high_watermark: 0,
+        }
+    }
+
+    #[test]
+    fn records_before_the_position_are_skipped() {
+        let mut a = assignment(11);
+        let mut out = Vec::new();
+        let frames = vec![
+            fetched(5, &["a", "b"]),
+            fetched(7, &["c", "d", "e", "f", "g"]),
+        ];
+        decode_into(&mut a, frames, &mut out).expect("frames decode");
+        let got: Vec<(i64, &[u8])> = out.iter().map(|r| (r.offset, &r.value[..])).collect();
+        assert_eq!(got, vec![(11, &b"g"[..])]);
+        assert_eq!(a.position, 12);
+        assert_eq!(
+            out[0].headers,
+            vec![("h".to_string(), Bytes::from_static(b"v"))]
+        );
+        assert_eq!(
+            (out[0].topic.as_str(), out[0].partition, out[0].timestamp_ms),
+            ("t", 3, 7)
+        );
+    }
+
+    #[test]
+    fn a_corrupt_frame_names_where_it_is() {
+        let mut frame = fetched(20, &["a", "b"]);
+        let mut payload = frame.payload.to_vec();
+        payload[0] ^= 0xff;
+        frame.payload = payload.into();
+        let mut out = Vec::new();
+        match decode_into(&mut assignment(20), vec![frame], &mut out) {
+            Err(ClientError::Corrupt {
+                topic,
+                partition,
+                offset,
+                source: FrameError::Checksum { .. },
+            }) => assert_eq!((topic.as_str(), partition, offset), ("t", 3, 20)),
+            other => panic!("expected a corrupt frame, got {other:?}"),
+        }
+        let missing = v2::FetchedFrame {
+            base_offset: 20,
+            header: None,
+            payload: Bytes::new(),
+        };
+        let err = decode_into(&mut assignment(20), vec![missing], &mut out);
+        assert!(matches!(err, Err(ClientError::Corrupt { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn a_gap_in_offsets_is_refused() {
+        let mut out = Vec::new();
+        let err = decode_into(&mut assignment(3), vec![fetched(5, &["a"])], &mut out);
+        assert!(
+            matches!(err, Err(ClientError::Unexpected { offset: 5, .. })),
+            "{err:?}"
+        );
+    }
 }

@@ -1,4 +1,17 @@
-//! The client's error type.
+//! The client's error type, and how the agent's `cairn.v2.ErrorReason` (carried in a
+//! failed call's google.rpc.ErrorInfo, or in a produce batch's `BatchError`) reaches
+//! programs: as [`ClientError::reason`] for any call, and as a [`Rejected`] batch for the
+//! reasons a producer acts on.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cairn_proto::FrameError;
+use cairn_proto::v2::{self, ErrorReason};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `domain` of the google.rpc.ErrorInfo the agent attaches to a failed call.
+const ERROR_DOMAIN: &str = "cairn";
 
 /// Everything a client call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -12,23 +25,51 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
-    /// The agent answered with an error status.
+    /// The agent answered with an error status ([`ClientError::reason`] says why).
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Status(tonic::Status),
-    /// An argument the agent would reject anyway, caught before sending.
+    /// An argument the agent would reject anyway, caught before sending, or an answer the
+    /// client cannot use.
     #[error("{0}")]
     Invalid(String),
-    /// A fetched batch failed verification.
-    #[error("corrupt batch from {topic}/{partition} at offset {offset}: {reason}")]
+    /// A fetched or leased frame failed verification (checksum, sizes, record count,
+    /// decompression or decoding).
+    #[error("corrupt frame from {topic}/{partition} at offset {offset}: {source}")]
     Corrupt {
-        /// Topic of the batch.
+        /// Topic of the frame.
         topic: String,
-        /// Partition of the batch.
+        /// Partition of the frame.
         partition: u32,
-        /// Base offset of the batch.
+        /// Base offset of the frame.
         offset: i64,
         /// What failed.
+        #[source]
+        source: FrameError,
+    },
+    /// The agent's records do not sit where they should: a frame skips offsets, or a
+    /// leased offset is not in the frame it came with.
+    #[error("unexpected records from {topic}/{partition} at offset {offset}: {reason}")]
+    Unexpected {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The offset at which the answer went wrong.
+        offset: i64,
+        /// What was wrong.
         reason: String,
+    },
+    /// The producer could not build the frame of a batch (too many records or bytes for
+    /// one frame, or the codec failed). Nothing of the batch was sent.
+    #[error("cannot build a frame for {topic}/{partition}: {source}")]
+    Encode {
+        /// The batch's topic.
+        topic: String,
+        /// The batch's partition.
+        partition: u32,
+        /// What failed (shared by the errors of every record of the batch).
+        #[source]
+        source: Arc<FrameError>,
     },
     /// The agent did not commit a batch, for a reason a program can act on.
     #[error("{}: {}", .0.reason.name(), .0.message)]
@@ -56,25 +97,13 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    /// The wire name (`OFFSET_MISMATCH`, ...).
+    /// The wire name (`ERROR_REASON_OFFSET_MISMATCH`, ...).
     pub fn name(&self) -> &'static str {
-        self.to_proto().as_str_name()
+        ErrorReason::from(*self).as_str_name()
     }
 
-    fn to_proto(self) -> cairn_proto::v1::ProduceErrorReason {
-        use cairn_proto::v1::ProduceErrorReason as R;
-        match self {
-            RejectReason::OutOfOrderSequence => R::OutOfOrderSequence,
-            RejectReason::Fenced => R::Fenced,
-            RejectReason::UnknownProducer => R::UnknownProducer,
-            RejectReason::OffsetMismatch => R::OffsetMismatch,
-            RejectReason::AtomicAborted => R::AtomicAborted,
-            RejectReason::TopicDeleted => R::TopicDeleted,
-        }
-    }
-
-    fn from_proto(r: cairn_proto::v1::ProduceErrorReason) -> Option<Self> {
-        use cairn_proto::v1::ProduceErrorReason as R;
+    fn from_proto(r: ErrorReason) -> Option<Self> {
+        use ErrorReason as R;
         Some(match r {
             R::OutOfOrderSequence => RejectReason::OutOfOrderSequence,
             R::Fenced => RejectReason::Fenced,
@@ -82,8 +111,21 @@ impl RejectReason {
             R::OffsetMismatch => RejectReason::OffsetMismatch,
             R::AtomicAborted => RejectReason::AtomicAborted,
             R::TopicDeleted => RejectReason::TopicDeleted,
-            R::Unspecified => return None,
+            _ => return None,
         })
+    }
+}
+
+impl From<RejectReason> for ErrorReason {
+    fn from(r: RejectReason) -> Self {
+        match r {
+            RejectReason::OutOfOrderSequence => ErrorReason::OutOfOrderSequence,
+            RejectReason::Fenced => ErrorReason::Fenced,
+            RejectReason::UnknownProducer => ErrorReason::UnknownProducer,
+            RejectReason::OffsetMismatch => ErrorReason::OffsetMismatch,
+            RejectReason::AtomicAborted => ErrorReason::AtomicAborted,
+            RejectReason::TopicDeleted => ErrorReason::TopicDeleted,
+        }
     }
 }
 
@@ -104,24 +146,22 @@ pub struct Rejected {
 
 impl Rejected {
     /// From a per-batch error in a produce response.
-    pub(crate) fn from_batch_error(e: &cairn_proto::v1::BatchError) -> Option<Self> {
-        use cairn_proto::v1::ProduceErrorReason as R;
+    pub(crate) fn from_batch_error(e: &v2::BatchError) -> Option<Self> {
         let reason = RejectReason::from_proto(e.reason())?;
         Some(Rejected {
             reason,
             message: e.message.clone(),
-            next_offset: (e.reason() == R::OffsetMismatch).then_some(e.next_offset),
-            expected_sequence: (e.reason() == R::OutOfOrderSequence).then_some(e.expected_sequence),
-            current_epoch: (e.reason() == R::Fenced).then_some(e.current_epoch),
+            next_offset: e.next_offset,
+            expected_sequence: e.expected_sequence,
+            current_epoch: e.current_epoch,
         })
     }
 
     /// From a call's status carrying a google.rpc.ErrorInfo with a produce reason.
     pub(crate) fn from_status(status: &tonic::Status) -> Option<Self> {
-        use tonic_types::StatusExt;
-        let info = status.get_details_error_info()?;
-        let proto = cairn_proto::v1::ProduceErrorReason::from_str_name(&info.reason)?;
-        let reason = RejectReason::from_proto(proto)?;
+        let details = status.get_error_details();
+        let info = details.error_info()?;
+        let reason = RejectReason::from_proto(ErrorReason::from_str_name(&info.reason)?)?;
         let num = |k: &str| info.metadata.get(k).and_then(|v| v.parse::<i64>().ok());
         Some(Rejected {
             reason,
@@ -131,6 +171,27 @@ impl Rejected {
             current_epoch: num("current_epoch").and_then(|v| u32::try_from(v).ok()),
         })
     }
+}
+
+/// A per-batch error whose reason is not one a producer acts on, as the status the agent
+/// gives the same failure when it fails a whole call, so [`ClientError::reason`] still
+/// names it.
+pub(crate) fn batch_error_status(e: &v2::BatchError) -> ClientError {
+    let mut numbers = HashMap::new();
+    if let Some(n) = e.next_offset {
+        numbers.insert("next_offset".to_string(), n.to_string());
+    }
+    if let Some(n) = e.expected_sequence {
+        numbers.insert("expected_sequence".to_string(), n.to_string());
+    }
+    if let Some(n) = e.current_epoch {
+        numbers.insert("current_epoch".to_string(), n.to_string());
+    }
+    ClientError::Status(tonic::Status::with_error_details(
+        tonic::Code::FailedPrecondition,
+        format!("batch refused: {}", e.message),
+        ErrorDetails::with_error_info(e.reason().as_str_name(), ERROR_DOMAIN, numbers),
+    ))
 }
 
 impl From<tonic::Status> for ClientError {
@@ -155,13 +216,17 @@ impl ClientError {
         }
     }
 
-    /// The machine-readable reason the agent attached to an error status
-    /// (google.rpc.ErrorInfo), e.g. `UNKNOWN_MEMBER` or `OFFSET_MISMATCH`.
-    pub fn reason(&self) -> Option<String> {
-        use tonic_types::StatusExt;
+    /// Why the agent failed the call, from the google.rpc.ErrorInfo it attaches to an error
+    /// status (or the reason of a refused produce batch); `None` for errors that did not
+    /// come from the agent, and for statuses without a specific reason.
+    pub fn reason(&self) -> Option<ErrorReason> {
         match self {
-            ClientError::Rejected(r) => Some(r.reason.name().to_string()),
-            ClientError::Status(s) => s.get_details_error_info().map(|i| i.reason),
+            ClientError::Rejected(r) => Some(r.reason.into()),
+            ClientError::Status(s) => s
+                .get_error_details()
+                .error_info()
+                .and_then(|info| ErrorReason::from_str_name(&info.reason))
+                .filter(|r| *r != ErrorReason::Unspecified),
             _ => None,
         }
     }
@@ -220,5 +285,102 @@ fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "unavailable",
         DataLoss => "data loss",
         Unauthenticated => "unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: tonic::Code, reason: ErrorReason, meta: &[(&str, &str)]) -> tonic::Status {
+        let meta: HashMap<String, String> = meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        tonic::Status::with_error_details(
+            code,
+            "refused",
+            ErrorDetails::with_error_info(reason.as_str_name(), ERROR_DOMAIN, meta),
+        )
+    }
+
+    #[test]
+    fn any_status_exposes_its_reason() {
+        let err = ClientError::from(status(
+            tonic::Code::FailedPrecondition,
+            ErrorReason::UnknownMember,
+            &[],
+        ));
+        assert!(matches!(err, ClientError::Status(_)));
+        assert_eq!(err.reason(), Some(ErrorReason::UnknownMember));
+        let plain = ClientError::from(tonic::Status::unavailable("down"));
+        assert_eq!(plain.reason(), None);
+        assert!(plain.is_retryable());
+        let unspecified =
+            ClientError::from(status(tonic::Code::Internal, ErrorReason::Unspecified, &[]));
+        assert_eq!(unspecified.reason(), None);
+    }
+
+    #[test]
+    fn produce_reasons_become_rejections_with_their_numbers() {
+        let err = ClientError::from(status(
+            tonic::Code::FailedPrecondition,
+            ErrorReason::OffsetMismatch,
+            &[("next_offset", "42")],
+        ));
+        let r = err.rejected().cloned();
+        assert_eq!(
+            r,
+            Some(Rejected {
+                reason: RejectReason::OffsetMismatch,
+                message: "refused".into(),
+                next_offset: Some(42),
+                expected_sequence: None,
+                current_epoch: None,
+            })
+        );
+        assert_eq!(err.reason(), Some(ErrorReason::OffsetMismatch));
+        assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition));
+        assert!(
+            err.to_string()
+                .starts_with("ERROR_REASON_OFFSET_MISMATCH: ")
+        );
+    }
+
+    #[test]
+    fn batch_errors_map_to_rejections_or_statuses() {
+        let fenced = v2::BatchError {
+            reason: ErrorReason::Fenced as i32,
+            message: "t/0: fenced".into(),
+            current_epoch: Some(3),
+            ..Default::default()
+        };
+        let r = Rejected::from_batch_error(&fenced);
+        assert_eq!(r.as_ref().map(|r| r.reason), Some(RejectReason::Fenced));
+        assert_eq!(r.and_then(|r| r.current_epoch), Some(3));
+
+        let other = v2::BatchError {
+            reason: ErrorReason::TooLarge as i32,
+            message: "t/0: too large".into(),
+            ..Default::default()
+        };
+        assert_eq!(Rejected::from_batch_error(&other), None);
+        let err = batch_error_status(&other);
+        assert_eq!(err.reason(), Some(ErrorReason::TooLarge));
+        assert!(!err.is_retryable());
+    }
+
+    #[test]
+    fn every_reject_reason_round_trips() {
+        for r in [
+            RejectReason::OutOfOrderSequence,
+            RejectReason::Fenced,
+            RejectReason::UnknownProducer,
+            RejectReason::OffsetMismatch,
+            RejectReason::AtomicAborted,
+            RejectReason::TopicDeleted,
+        ] {
+            assert_eq!(RejectReason::from_proto(ErrorReason::from(r)), Some(r));
+        }
     }
 }

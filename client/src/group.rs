@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use cairn_proto::v1::{self, groups_client::GroupsClient};
+use cairn_proto::v2::{self, ErrorReason, group_service_client::GroupServiceClient};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -39,7 +39,7 @@ impl Default for GroupConfig {
 /// owns the partition next) only what was not yet processed.
 #[derive(Debug)]
 pub struct GroupConsumer {
-    groups: GroupsClient<Channel>,
+    groups: GroupServiceClient<Channel>,
     admin: crate::Admin,
     consumer: Consumer,
     group: String,
@@ -66,7 +66,7 @@ impl GroupConsumer {
             ));
         }
         let mut me = GroupConsumer {
-            groups: GroupsClient::new(channel.clone()),
+            groups: GroupServiceClient::new(channel.clone()),
             admin: crate::Admin::new(channel.clone()),
             consumer: Consumer::new(channel, config.consumer.clone()),
             group: group.to_string(),
@@ -83,17 +83,19 @@ impl GroupConsumer {
     }
 
     async fn rejoin(&mut self) -> Result<(), ClientError> {
-        let timeout_ms = i64::try_from(self.config.session_timeout.as_millis()).unwrap_or(i64::MAX);
+        let timeout_ms = u32::try_from(self.config.session_timeout.as_millis()).unwrap_or(u32::MAX);
         let a = self
             .groups
-            .join_group(v1::JoinGroupRequest {
+            .join_group(v2::JoinGroupRequest {
                 group: self.group.clone(),
                 member_id: self.member_id.clone(),
                 topics: self.topics.clone(),
-                session_timeout_ms: timeout_ms,
+                session_timeout_ms: Some(timeout_ms),
             })
             .await?
-            .into_inner();
+            .into_inner()
+            .assignment
+            .ok_or_else(no_assignment)?;
         // A new membership: nothing read under the old one may be committed.
         for (t, p) in std::mem::take(&mut self.owned) {
             self.consumer.unassign(&t, p);
@@ -103,10 +105,10 @@ impl GroupConsumer {
 
     /// Takes a new assignment: drops partitions that moved away, starts new ones at the
     /// group's committed offsets.
-    async fn apply(&mut self, a: v1::GroupAssignment) -> Result<(), ClientError> {
+    async fn apply(&mut self, a: v2::GroupAssignment) -> Result<(), ClientError> {
         self.member_id = a.member_id;
         self.generation = a.generation;
-        self.heartbeat_interval = Duration::from_millis(a.heartbeat_interval_ms.max(1) as u64);
+        self.heartbeat_interval = Duration::from_millis(u64::from(a.heartbeat_interval_ms.max(1)));
         self.next_heartbeat = Instant::now() + self.heartbeat_interval;
         let now: BTreeSet<(String, u32)> = a
             .partitions
@@ -120,7 +122,7 @@ impl GroupConsumer {
         if !added.is_empty() {
             let committed: BTreeMap<(String, u32), i64> = self
                 .groups
-                .fetch_committed_offsets(v1::FetchCommittedOffsetsRequest {
+                .fetch_committed_offsets(v2::FetchCommittedOffsetsRequest {
                     group: self.group.clone(),
                 })
                 .await?
@@ -159,16 +161,19 @@ impl GroupConsumer {
     async fn heartbeat(&mut self) -> Result<(), ClientError> {
         let answer = self
             .groups
-            .heartbeat(v1::HeartbeatRequest {
+            .heartbeat(v2::HeartbeatRequest {
                 group: self.group.clone(),
                 member_id: self.member_id.clone(),
             })
             .await;
         match answer {
-            Ok(a) => self.apply(a.into_inner()).await,
+            Ok(a) => {
+                let a = a.into_inner().assignment.ok_or_else(no_assignment)?;
+                self.apply(a).await
+            }
             Err(status) => {
                 let err = ClientError::from(status);
-                if err.reason().as_deref() == Some("UNKNOWN_MEMBER") {
+                if err.reason() == Some(ErrorReason::UnknownMember) {
                     tracing::warn!(group = %self.group, member = %self.member_id, "session expired; joining again");
                     self.member_id.clear();
                     self.rejoin().await
@@ -203,12 +208,12 @@ impl GroupConsumer {
     /// again by whoever owns them now).
     pub async fn commit(&mut self) -> Result<(), ClientError> {
         for attempt in 0..2 {
-            let offsets: Vec<v1::PartitionOffset> = self
+            let offsets: Vec<v2::PartitionOffset> = self
                 .consumer
                 .positions()
                 .into_iter()
                 .filter(|(t, p, _)| self.owned.contains(&(t.clone(), *p)))
-                .map(|(topic, partition, offset)| v1::PartitionOffset {
+                .map(|(topic, partition, offset)| v2::PartitionOffset {
                     topic,
                     partition,
                     offset,
@@ -219,7 +224,7 @@ impl GroupConsumer {
             }
             let answer = self
                 .groups
-                .commit_offsets(v1::CommitOffsetsRequest {
+                .commit_offsets(v2::CommitOffsetsRequest {
                     group: self.group.clone(),
                     member_id: self.member_id.clone(),
                     generation: self.generation,
@@ -230,11 +235,11 @@ impl GroupConsumer {
                 Ok(_) => return Ok(()),
                 Err(status) => ClientError::from(status),
             };
-            match err.reason().as_deref() {
-                Some("STALE_GENERATION" | "NOT_ASSIGNED") if attempt == 0 => {
+            match err.reason() {
+                Some(ErrorReason::StaleGeneration | ErrorReason::NotAssigned) if attempt == 0 => {
                     self.heartbeat().await?;
                 }
-                Some("UNKNOWN_MEMBER") => {
+                Some(ErrorReason::UnknownMember) => {
                     self.member_id.clear();
                     self.rejoin().await?;
                     return Err(err);
@@ -289,11 +294,15 @@ impl GroupConsumer {
     /// timeout. Commit first to keep the progress.
     pub async fn leave(mut self) -> Result<(), ClientError> {
         self.groups
-            .leave_group(v1::LeaveGroupRequest {
+            .leave_group(v2::LeaveGroupRequest {
                 group: self.group.clone(),
                 member_id: self.member_id.clone(),
             })
             .await?;
         Ok(())
     }
+}
+
+fn no_assignment() -> ClientError {
+    ClientError::Invalid("the agent answered without an assignment".into())
 }

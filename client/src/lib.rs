@@ -1,8 +1,9 @@
 //! The Rust SDK for Cairn.
 //!
 //! - [`Admin`] creates, lists, describes and deletes topics.
-//! - [`Producer`] batches records per partition in memory, sends them when a batch is full
-//!   or its linger time is up, and retries `UNAVAILABLE` answers with backoff; each
+//! - [`Producer`] batches records per partition in memory, sends each batch as one frame
+//!   compressed with [`ProducerConfig::codec`] when a batch is full or its linger time is
+//!   up, and retries `UNAVAILABLE` answers with backoff; each
 //!   [`Producer::send`] resolves to the record's offset once it is durable. It is
 //!   idempotent by default: a retry never stores a second copy. [`Producer::append`] makes
 //!   conditional appends (expected offset) and [`Producer::append_atomic`] appends to
@@ -13,19 +14,37 @@
 //! - [`ShareConsumer`] is a share-group (queue) member: records are leased one consumer at a
 //!   time and settled by acknowledgement; unacknowledged ones come back to anyone.
 //!
+//! Failed calls carry the agent's reason as a [`ErrorReason`] ([`ClientError::reason`]), so
+//! programs compare enum values, never message text.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), cairn_client::ClientError> {
-//! use cairn_client::{Admin, Consumer, Offset, Producer, ProducerRecord, connect};
+//! use cairn_client::{
+//!     Admin, Codec, Consumer, ErrorReason, Offset, Producer, ProducerConfig, ProducerRecord,
+//!     TopicOptions, connect,
+//! };
 //! let channel = connect("http://127.0.0.1:7170").await?;
-//! Admin::new(channel.clone()).create_topic("events", 4, Default::default()).await?;
-//! let producer = Producer::new(channel.clone(), Default::default());
-//! let ack = producer.send(ProducerRecord::new("events", "hello").key("k")).await?;
-//! println!("stored at {}", ack.await?.offset);
-//! let mut consumer = Consumer::new(channel, Default::default());
-//! consumer.assign("events", 0, Offset::Beginning).await?;
-//! for record in consumer.poll(std::time::Duration::from_secs(1)).await? {
-//!     println!("{}: {:?}", record.offset, record.value);
+//! let admin = Admin::new(channel.clone());
+//! match admin.create_topic("events", 4, TopicOptions::default()).await {
+//!     Err(e) if e.reason() == Some(ErrorReason::TopicExists) => {}
+//!     other => {
+//!         other?;
+//!     }
 //! }
+//! let config = ProducerConfig {
+//!     codec: Codec::Lz4Frame,
+//!     ..ProducerConfig::default()
+//! };
+//! let producer = Producer::new(channel.clone(), config);
+//! let ack = producer.send(ProducerRecord::new("events", "hello").key("k")).await?;
+//! let stored = ack.await?;
+//! println!("stored at {}/{}", stored.partition, stored.offset);
+//! let mut consumer = Consumer::new(channel, Default::default());
+//! consumer.assign("events", stored.partition, Offset::Beginning).await?;
+//! for record in consumer.poll(std::time::Duration::from_secs(1)).await? {
+//!     println!("{} at {}: {:?}", record.offset, record.timestamp_ms, record.value);
+//! }
+//! producer.close().await?;
 //! # Ok(()) }
 //! ```
 
@@ -44,9 +63,11 @@ use std::time::Duration;
 use tonic::transport::Endpoint;
 
 pub use admin::{Admin, ResetTo, TopicOptions};
-pub use cairn_proto::v1::{
-    Compression, DescribeGroupResponse, DescribeTopicResponse, PartitionInfo, PartitionOffset,
-    TopicInfo,
+/// The error of a frame that fails to build or to open (see [`ClientError::Corrupt`]).
+pub use cairn_proto::FrameError;
+pub use cairn_proto::v2::{
+    Codec, DescribeGroupResponse, DescribeTopicResponse, ErrorReason, GetAgentStatusResponse,
+    PartitionInfo, PartitionOffset, TopicInfo,
 };
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Offset};
 pub use error::{ClientError, RejectReason, Rejected};

@@ -5,12 +5,19 @@
 //! the oldest batch has lingered long enough, or `flush` is called. Up to `max_in_flight`
 //! requests are in flight at once.
 //!
+//! Each batch goes out as one frame (`cairn.v2.Frame`): its records encoded, compressed with
+//! [`ProducerConfig::codec`] and checksummed, as CREATE_TIME — a record without a timestamp
+//! of its own takes the producer's clock when it is sent. Keyed records without a partition
+//! go to Kafka's partition for the key ([`cairn_proto::partition_for_key`]).
+//!
 //! With idempotence (the default) the producer first gets a producer id from the agent and
-//! stamps every batch with `(producer id, epoch, sequence)` per partition. A retry (after
-//! UNAVAILABLE, a timeout or a lost response) resends the same stamp, and the agent answers
-//! with the original offsets instead of writing a second copy. If a later batch reaches the
-//! agent before an earlier one of the same partition, the agent refuses it as out of order
-//! and the producer resends it once the earlier one is in, so per-partition order holds.
+//! stamps every batch's frame header with `(producer id, epoch, base sequence)` per
+//! partition. The frame is built once, after stamping, and a retry (after UNAVAILABLE, a
+//! timeout or a lost response) resends that same frame with the same stamp, so the agent
+//! answers with the original offsets instead of writing a second copy. If a later batch
+//! reaches the agent before an earlier one of the same partition, the agent refuses it as
+//! out of order and the producer resends it once the earlier one is in, so per-partition
+//! order holds.
 //! A batch that fails for good leaves a gap in its partition's sequence; the producer then
 //! waits for its requests in flight, takes a new producer id and carries on.
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -22,16 +29,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use cairn_proto::v1::{
-    self, PartitionBatch, admin_client::AdminClient, producer_client::ProducerClient,
+use cairn_proto::v2::{
+    self, Codec, ProduceBatch, ProducerStamp, admin_service_client::AdminServiceClient,
+    producer_service_client::ProducerServiceClient,
 };
-use prost::Message;
+use cairn_proto::{FrameError, MAX_FRAME_RECORDS, build_frame, partition_for_key};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
-use crate::error::{RejectReason, Rejected};
+use crate::error::{RejectReason, Rejected, batch_error_status};
 use crate::{ClientError, MAX_MESSAGE_BYTES};
 
 /// How long a topic's partition count is trusted before it is read again.
@@ -63,6 +71,10 @@ pub struct ProducerConfig {
     pub max_in_flight: usize,
     /// How long one request may take before it is treated as lost and retried.
     pub request_timeout: Duration,
+    /// How each batch's frame is compressed: [`Codec::Zstd`] (the default),
+    /// [`Codec::Lz4Frame`] (faster, larger) or [`Codec::None`]; [`Codec::Unspecified`]
+    /// selects zstd. Consumers read every codec, whatever the topic's own codec is.
+    pub codec: Codec,
 }
 
 impl Default for ProducerConfig {
@@ -79,6 +91,7 @@ impl Default for ProducerConfig {
             name: None,
             max_in_flight: 5,
             request_timeout: Duration::from_secs(30),
+            codec: Codec::Zstd,
         }
     }
 }
@@ -88,8 +101,8 @@ impl Default for ProducerConfig {
 pub struct ProducerRecord {
     /// Destination topic.
     pub topic: String,
-    /// Destination partition; `None` picks one from the key's hash, or any partition for a
-    /// record without key.
+    /// Destination partition; `None` picks Kafka's partition for the key
+    /// ([`cairn_proto::partition_for_key`]), or any partition for a record without key.
     pub partition: Option<u32>,
     /// Optional key.
     pub key: Option<Bytes>,
@@ -97,7 +110,8 @@ pub struct ProducerRecord {
     pub value: Bytes,
     /// Ordered headers.
     pub headers: Vec<(String, Bytes)>,
-    /// Milliseconds since the Unix epoch; 0 lets the agent stamp its time.
+    /// Milliseconds since the Unix epoch (Kafka's CreateTime); 0 takes the producer's clock
+    /// when the record is sent ([`Producer::send`], [`Producer::append`]). Not negative.
     pub timestamp_ms: i64,
 }
 
@@ -129,7 +143,7 @@ impl ProducerRecord {
         self
     }
 
-    /// Sets the timestamp (ms since the Unix epoch).
+    /// Sets the timestamp (ms since the Unix epoch; by default the time of sending).
     pub fn timestamp_ms(mut self, ms: i64) -> Self {
         self.timestamp_ms = ms;
         self
@@ -241,30 +255,10 @@ pub struct Producer {
 impl Producer {
     /// A producer over `channel`; its background task starts at once (the producer id is
     /// fetched with the first request).
-    pub fn new(channel: Channel, mut config: ProducerConfig) -> Self {
-        config.max_in_flight = if config.idempotence {
-            config.max_in_flight.clamp(1, crate::MAX_IN_FLIGHT)
-        } else {
-            1
-        };
+    pub fn new(channel: Channel, config: ProducerConfig) -> Self {
         let (tx, rx) = mpsc::channel(4096);
         let buffer_max = config.buffer_max_bytes.clamp(1, Semaphore::MAX_PERMITS);
-        let worker = Worker {
-            producer: ProducerClient::new(channel.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            admin: AdminClient::new(channel),
-            config,
-            topics: HashMap::new(),
-            sticky: HashMap::new(),
-            pending: BTreeMap::new(),
-            pending_bytes: 0,
-            ready: VecDeque::new(),
-            id: None,
-            next_seq: HashMap::new(),
-            sent: HashMap::new(),
-            shared: Arc::new(SendState::default()),
-        };
+        let worker = Worker::new(channel, config);
         let task = tokio::spawn(worker.run(rx));
         Producer {
             tx,
@@ -285,12 +279,13 @@ impl Producer {
 
     /// Queues a record; waits only while the producer's buffer is full. Await the returned
     /// [`Delivery`] for the record's offset.
-    pub async fn send(&self, record: ProducerRecord) -> Result<Delivery, ClientError> {
+    pub async fn send(&self, mut record: ProducerRecord) -> Result<Delivery, ClientError> {
         if record.topic.is_empty() {
             return Err(ClientError::Invalid(
                 "record has an empty topic name".into(),
             ));
         }
+        set_timestamp(&mut record, wall_clock_ms())?;
         let permit = self.permit(record.size()).await?;
         let (ack, rx) = oneshot::channel();
         self.tx
@@ -330,36 +325,35 @@ impl Producer {
                 "an append needs at least one batch".into(),
             ));
         }
+        let now_ms = wall_clock_ms();
         let mut out = Vec::with_capacity(batches.len());
         let mut waits = Vec::with_capacity(batches.len());
-        for b in batches {
+        for mut b in batches {
             if b.topic.is_empty() {
                 return Err(ClientError::Invalid("batch has an empty topic name".into()));
             }
-            if b.records.is_empty() {
+            if b.records.is_empty() || b.records.len() > MAX_FRAME_RECORDS as usize {
                 return Err(ClientError::Invalid(format!(
-                    "the batch for {}/{} has no records",
-                    b.topic, b.partition
+                    "the batch for {}/{} has {} records; a batch holds 1 to {MAX_FRAME_RECORDS}",
+                    b.topic,
+                    b.partition,
+                    b.records.len()
                 )));
+            }
+            for r in &mut b.records {
+                set_timestamp(r, now_ms)?;
             }
             let size: usize = b.records.iter().map(ProducerRecord::size).sum();
             let permit = self.permit(size).await?;
             let count = b.records.len();
             let (acks, rxs): (Vec<Ack>, Vec<_>) = (0..count).map(|_| oneshot::channel()).unzip();
-            let records = v1::RecordBatch {
-                records: b.records.into_iter().map(to_wire).collect(),
-            };
             waits.push((b.topic.clone(), b.partition, rxs));
             out.push(OutBatch {
-                key: (b.topic.clone(), b.partition),
+                key: (b.topic, b.partition),
                 ordinal: 0,
-                batch: PartitionBatch {
-                    topic: b.topic,
-                    partition: b.partition,
-                    records: records.encode_to_vec().into(),
-                    expected_offset: b.expected_offset,
-                    ..PartitionBatch::default()
-                },
+                records: b.records.into_iter().map(to_wire).collect(),
+                expected_offset: b.expected_offset,
+                stamp: None,
                 acks,
                 _permits: vec![permit],
             });
@@ -407,15 +401,39 @@ impl Producer {
     }
 }
 
-fn to_wire(record: ProducerRecord) -> v1::Record {
-    v1::Record {
+/// The producer's clock, read when a record is sent: the one place the client reads wall
+/// time.
+#[allow(clippy::disallowed_methods)] // CreateTime is the producer's wall clock by definition
+fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Gives a record without a timestamp of its own the time `now_ms` (Kafka's CreateTime);
+/// refuses a negative one, which no frame may carry.
+fn set_timestamp(record: &mut ProducerRecord, now_ms: i64) -> Result<(), ClientError> {
+    match record.timestamp_ms {
+        0 => record.timestamp_ms = now_ms,
+        t if t < 0 => {
+            return Err(ClientError::Invalid(format!(
+                "a record's timestamp must be 0 (now) or more ms since the Unix epoch, got {t}"
+            )));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn to_wire(record: ProducerRecord) -> v2::Record {
+    v2::Record {
         timestamp_ms: record.timestamp_ms,
         key: record.key.unwrap_or_default(),
         value: record.value,
         headers: record
             .headers
             .into_iter()
-            .map(|(key, value)| v1::Header { key, value })
+            .map(|(key, value)| v2::RecordHeader { key, value })
             .collect(),
     }
 }
@@ -423,7 +441,7 @@ fn to_wire(record: ProducerRecord) -> v1::Record {
 type PartitionKey = (String, u32);
 
 struct Pending {
-    records: Vec<v1::Record>,
+    records: Vec<v2::Record>,
     /// Each record's size, to split a batch that outgrew a request.
     sizes: Vec<usize>,
     acks: Vec<Ack>,
@@ -437,9 +455,48 @@ struct OutBatch {
     key: PartitionKey,
     /// The batch's position among its partition's stamped batches under this producer id.
     ordinal: u64,
-    batch: PartitionBatch,
+    /// The records, until [`OutBatch::build`] moves them into the frame.
+    records: Vec<v2::Record>,
+    /// Commit only at this next offset of the partition.
+    expected_offset: Option<i64>,
+    /// The idempotent producer's stamp, set when the batch is stamped for sending.
+    stamp: Option<ProducerStamp>,
     acks: Vec<Ack>,
     _permits: Vec<OwnedSemaphorePermit>,
+}
+
+impl OutBatch {
+    /// Builds the batch's frame, with its stamp (if any) in the header. Done once, after
+    /// stamping: every attempt of the request sends this same frame, so a retry carries the
+    /// same stamp. On failure the batch comes back with the error (boxed: it is rare).
+    fn build(mut self, codec: Codec) -> Result<Built, Box<(OutBatch, FrameError)>> {
+        match build_frame(std::mem::take(&mut self.records), codec, self.stamp) {
+            Ok(frame) => Ok(Built {
+                wire: ProduceBatch {
+                    topic: self.key.0.clone(),
+                    partition: self.key.1,
+                    frame: Some(frame),
+                    expected_offset: self.expected_offset,
+                },
+                batch: self,
+            }),
+            Err(e) => Err(Box::new((self, e))),
+        }
+    }
+}
+
+/// A batch with its frame built: what each attempt of its request sends.
+struct Built {
+    wire: ProduceBatch,
+    batch: OutBatch,
+}
+
+/// The request carrying `batches`, the same for every attempt.
+fn produce_request(batches: &[Built], atomic: bool) -> v2::ProduceRequest {
+    v2::ProduceRequest {
+        batches: batches.iter().map(|b| b.wire.clone()).collect(),
+        atomic,
+    }
 }
 
 /// One request's batches.
@@ -461,14 +518,14 @@ struct SendState {
 
 impl SendState {
     fn sent(&self, b: &OutBatch) {
-        if b.batch.producer_id != 0 {
+        if b.stamp.is_some() {
             let mut u = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
             u.entry(b.key.clone()).or_default().insert(b.ordinal);
         }
     }
 
     fn answered(&self, b: &OutBatch) {
-        if b.batch.producer_id != 0 {
+        if b.stamp.is_some() {
             let mut u = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(set) = u.get_mut(&b.key) {
                 set.remove(&b.ordinal);
@@ -490,16 +547,16 @@ impl SendState {
     /// resending `b` will succeed — unless an earlier batch failed for good.
     fn behind_earlier(&self, b: &OutBatch, r: &Rejected) -> bool {
         r.reason == RejectReason::OutOfOrderSequence
-            && b.batch.producer_id != 0
-            && r.expected_sequence
-                .is_some_and(|e| e < b.batch.base_sequence)
+            && b.stamp
+                .zip(r.expected_sequence)
+                .is_some_and(|(stamp, expected)| expected < stamp.base_sequence)
             && !self.reset.load(Ordering::SeqCst)
     }
 }
 
 struct Worker {
-    producer: ProducerClient<Channel>,
-    admin: AdminClient<Channel>,
+    producer: ProducerServiceClient<Channel>,
+    admin: AdminServiceClient<Channel>,
     config: ProducerConfig,
     topics: HashMap<String, (u32, Instant)>,
     sticky: HashMap<String, u32>,
@@ -517,6 +574,33 @@ struct Worker {
 }
 
 impl Worker {
+    fn new(channel: Channel, mut config: ProducerConfig) -> Self {
+        config.max_in_flight = if config.idempotence {
+            config.max_in_flight.clamp(1, crate::MAX_IN_FLIGHT)
+        } else {
+            1
+        };
+        if config.codec == Codec::Unspecified {
+            config.codec = Codec::Zstd;
+        }
+        Worker {
+            producer: ProducerServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            admin: AdminServiceClient::new(channel),
+            config,
+            topics: HashMap::new(),
+            sticky: HashMap::new(),
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            ready: VecDeque::new(),
+            id: None,
+            next_seq: HashMap::new(),
+            sent: HashMap::new(),
+            shared: Arc::new(SendState::default()),
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
         let mut inflight: JoinSet<()> = JoinSet::new();
         let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
@@ -636,10 +720,12 @@ impl Worker {
         };
         for b in &mut out.batches {
             let seq = self.next_seq.entry(b.key.clone()).or_insert(0);
-            b.batch.producer_id = id;
-            b.batch.producer_epoch = epoch;
-            b.batch.base_sequence = *seq;
-            *seq += b.acks.len() as i64;
+            b.stamp = Some(ProducerStamp {
+                producer_id: id,
+                epoch,
+                base_sequence: *seq,
+            });
+            *seq += b.records.len() as i64;
             let sent = self.sent.entry(b.key.clone()).or_insert(0);
             b.ordinal = *sent;
             *sent += 1;
@@ -652,7 +738,7 @@ impl Worker {
         let started = Instant::now();
         let mut backoff = self.config.retry_backoff;
         loop {
-            let request = v1::InitProducerRequest {
+            let request = v2::InitProducerRequest {
                 name: self.config.name.clone().unwrap_or_default(),
             };
             match self.producer.init_producer(request).await {
@@ -723,12 +809,16 @@ impl Worker {
                 continue;
             };
             let mut full = false;
-            if p.bytes > room {
-                // The batch outgrew a request (it kept filling while requests were in
-                // flight): send its oldest records now, keep the rest pending.
+            let max_records = MAX_FRAME_RECORDS as usize;
+            if p.bytes > room || p.records.len() > max_records {
+                // The batch outgrew a request or a frame (it kept filling while requests
+                // were in flight): send its oldest records now, keep the rest pending.
                 let mut take = 0;
                 let mut taken = 0;
-                while take < p.sizes.len() && (take == 0 || taken + p.sizes[take] <= room) {
+                while take < p.sizes.len()
+                    && take < max_records
+                    && (take == 0 || taken + p.sizes[take] <= room)
+                {
                     taken += p.sizes[take];
                     take += 1;
                 }
@@ -750,16 +840,12 @@ impl Worker {
             if let Some(next) = self.sticky.get_mut(&key.0) {
                 *next = next.wrapping_add(1);
             }
-            let records = v1::RecordBatch { records: p.records }.encode_to_vec();
             batches.push(OutBatch {
-                batch: PartitionBatch {
-                    topic: key.0.clone(),
-                    partition: key.1,
-                    records: records.into(),
-                    ..PartitionBatch::default()
-                },
                 key,
                 ordinal: 0,
+                records: p.records,
+                expected_offset: None,
+                stamp: None,
                 acks: p.acks,
                 _permits: p.permits,
             });
@@ -778,7 +864,7 @@ impl Worker {
             Some(p) => p,
             None => match self.partitions(&record.topic).await {
                 Ok(n) => match &record.key {
-                    Some(key) => crc32c::crc32c(key) % n,
+                    Some(key) => partition_for_key(key, n),
                     None => {
                         self.sticky
                             .entry(record.topic.clone())
@@ -822,7 +908,7 @@ impl Worker {
         }
         let described = self
             .admin
-            .describe_topic(v1::DescribeTopicRequest {
+            .describe_topic(v2::DescribeTopicRequest {
                 name: topic.to_string(),
             })
             .await?
@@ -845,25 +931,60 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Sends one request and retries what may still succeed — the whole request after
-/// UNAVAILABLE, a timeout or a lost connection; single batches refused only because an
-/// earlier batch of their partition is not in yet — with backoff, until the delivery
-/// timeout. Retries carry the same stamps, so the agent never stores a second copy.
+/// Builds the frames of one request's batches (a batch whose frame cannot be built fails;
+/// in an atomic request, every batch does), then sends the request and retries it.
 async fn send_request(
-    mut client: ProducerClient<Channel>,
+    client: ProducerServiceClient<Channel>,
     config: ProducerConfig,
     out: Outgoing,
     shared: Arc<SendState>,
 ) {
+    let atomic = out.atomic;
+    let mut built = Vec::with_capacity(out.batches.len());
+    let mut failure = None;
+    for b in out.batches {
+        match b.build(config.codec) {
+            Ok(b) => built.push(b),
+            Err(failed) => {
+                let (b, source) = *failed;
+                let err = ClientError::Encode {
+                    topic: b.key.0.clone(),
+                    partition: b.key.1,
+                    source: Arc::new(source),
+                };
+                fail_batch(b, copy_error(&err), &shared);
+                failure.get_or_insert(err);
+            }
+        }
+    }
+    if let Some(err) = failure
+        && atomic
+    {
+        fail_all(built.into_iter().map(|b| b.batch).collect(), &err, &shared);
+        return;
+    }
+    if !built.is_empty() {
+        send_built(client, config, built, atomic, shared).await;
+    }
+}
+
+/// Sends one request and retries what may still succeed — the whole request after
+/// UNAVAILABLE, a timeout or a lost connection; single batches refused only because an
+/// earlier batch of their partition is not in yet — with backoff, until the delivery
+/// timeout. Retries send the same frames with the same stamps, so the agent never stores a
+/// second copy.
+async fn send_built(
+    mut client: ProducerServiceClient<Channel>,
+    config: ProducerConfig,
+    batches: Vec<Built>,
+    atomic: bool,
+    shared: Arc<SendState>,
+) {
     let started = Instant::now();
     let mut backoff = config.retry_backoff;
-    let atomic = out.atomic;
-    let mut remaining = out.batches;
+    let mut remaining = batches;
     loop {
-        let request = v1::ProduceRequest {
-            batches: remaining.iter().map(|b| b.batch.clone()).collect(),
-            atomic,
-        };
+        let request = produce_request(&remaining, atomic);
         let answer =
             match tokio::time::timeout(config.request_timeout, client.produce(request)).await {
                 Ok(Ok(r)) => Ok(r.into_inner().results),
@@ -878,17 +999,24 @@ async fn send_request(
             Ok(results) if results.len() == remaining.len() => {
                 for (b, r) in remaining.into_iter().zip(results) {
                     let Some(error) = r.error.as_ref() else {
-                        resolve(b, r.base_offset, &shared);
+                        match r.base_offset {
+                            Some(base) => resolve(b.batch, base, &shared),
+                            None => {
+                                let err = ClientError::Invalid(format!(
+                                    "the agent committed {}/{} without a base offset",
+                                    b.wire.topic, b.wire.partition
+                                ));
+                                fail_batch(b.batch, err, &shared);
+                            }
+                        }
                         continue;
                     };
                     match Rejected::from_batch_error(error) {
-                        Some(rej) if time_left && shared.behind_earlier(&b, &rej) => retry.push(b),
-                        Some(rej) => fail_batch(b, ClientError::Rejected(rej), &shared),
-                        None => fail_batch(
-                            b,
-                            ClientError::Invalid(format!("batch refused: {}", error.message)),
-                            &shared,
-                        ),
+                        Some(rej) if time_left && shared.behind_earlier(&b.batch, &rej) => {
+                            retry.push(b)
+                        }
+                        Some(rej) => fail_batch(b.batch, ClientError::Rejected(rej), &shared),
+                        None => fail_batch(b.batch, batch_error_status(error), &shared),
                     }
                 }
             }
@@ -898,35 +1026,35 @@ async fn send_request(
                     results.len(),
                     remaining.len()
                 ));
-                fail_all(remaining, &err, &shared);
+                fail_all(unbuilt(remaining), &err, &shared);
             }
             Err(err) if err.is_retryable() && time_left => {
                 tracing::debug!(error = %err, ?backoff, "produce failed; retrying");
                 retry = remaining;
             }
             Err(ClientError::Rejected(rej))
-                if time_left && remaining.iter().any(|b| shared.behind_earlier(b, &rej)) =>
+                if time_left
+                    && remaining
+                        .iter()
+                        .any(|b| shared.behind_earlier(&b.batch, &rej)) =>
             {
                 retry = remaining;
             }
             Err(err) if remaining.len() > 1 && !atomic && !err.is_retryable() => {
                 // One bad batch must not fail the others: resend each alone, in order.
                 for one in remaining {
-                    let single = Outgoing {
-                        batches: vec![one],
-                        atomic: false,
-                    };
-                    Box::pin(send_request(
+                    Box::pin(send_built(
                         client.clone(),
                         config.clone(),
-                        single,
+                        vec![one],
+                        false,
                         shared.clone(),
                     ))
                     .await;
                 }
                 return;
             }
-            Err(err) => fail_all(remaining, &err, &shared),
+            Err(err) => fail_all(unbuilt(remaining), &err, &shared),
         }
         if retry.is_empty() {
             return;
@@ -937,12 +1065,16 @@ async fn send_request(
     }
 }
 
+fn unbuilt(batches: Vec<Built>) -> Vec<OutBatch> {
+    batches.into_iter().map(|b| b.batch).collect()
+}
+
 fn resolve(b: OutBatch, base_offset: i64, shared: &SendState) {
     shared.answered(&b);
     for (i, ack) in b.acks.into_iter().enumerate() {
         let _ = ack.send(Ok(RecordMetadata {
-            topic: b.batch.topic.clone(),
-            partition: b.batch.partition,
+            topic: b.key.0.clone(),
+            partition: b.key.1,
             offset: base_offset + i as i64,
         }));
     }
@@ -952,7 +1084,7 @@ fn resolve(b: OutBatch, base_offset: i64, shared: &SendState) {
 /// partition's sequence now has a gap, so the producer must start over with a new id.
 fn fail_batch(b: OutBatch, err: ClientError, shared: &SendState) {
     shared.answered(&b);
-    if b.batch.producer_id != 0 {
+    if b.stamp.is_some() {
         match err.rejected().map(|r| r.reason) {
             Some(RejectReason::OffsetMismatch | RejectReason::AtomicAborted) => {}
             Some(RejectReason::Fenced) => {
@@ -981,7 +1113,185 @@ fn copy_error(err: &ClientError) -> ClientError {
         ClientError::Status(s) => ClientError::Status(s.clone()),
         ClientError::Rejected(r) => ClientError::Rejected(r.clone()),
         ClientError::Invalid(m) => ClientError::Invalid(m.clone()),
+        ClientError::Encode {
+            topic,
+            partition,
+            source,
+        } => ClientError::Encode {
+            topic: topic.clone(),
+            partition: *partition,
+            source: source.clone(),
+        },
         ClientError::Closed => ClientError::Closed,
         other => ClientError::Status(tonic::Status::unavailable(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(codec: Codec) -> Worker {
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        Worker::new(
+            channel,
+            ProducerConfig {
+                codec,
+                ..ProducerConfig::default()
+            },
+        )
+    }
+
+    fn records(topic: &str, values: &[&str]) -> Vec<v2::Record> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                to_wire(
+                    ProducerRecord::new(topic, v.to_string())
+                        .key(format!("k{i}"))
+                        .header("h", "v")
+                        .timestamp_ms(1_700_000_000_000 + i as i64),
+                )
+            })
+            .collect()
+    }
+
+    fn out_batch(topic: &str, partition: u32, values: &[&str]) -> OutBatch {
+        let buffer = Arc::new(Semaphore::new(1 << 20));
+        let (acks, _): (Vec<Ack>, Vec<_>) = values.iter().map(|_| oneshot::channel()).unzip();
+        OutBatch {
+            key: (topic.to_string(), partition),
+            ordinal: 0,
+            records: records(topic, values),
+            expected_offset: None,
+            stamp: None,
+            acks,
+            _permits: vec![buffer.try_acquire_owned().expect("a free permit")],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_built_request_round_trips_with_the_producers_stamp() {
+        let mut w = worker(Codec::Lz4Frame);
+        w.id = Some((7, 2));
+        let out = Outgoing {
+            batches: vec![
+                out_batch("t", 0, &["a", "b"]),
+                out_batch("t", 1, &["c"]),
+                out_batch("t", 0, &["d", "e", "f"]),
+            ],
+            atomic: false,
+        };
+        let Ok(out) = w.stamp(out).await else {
+            panic!("stamping with a known producer id needs no agent");
+        };
+        let built: Vec<Built> = out
+            .batches
+            .into_iter()
+            .map(|b| b.build(w.config.codec).map_err(|failed| failed.1))
+            .collect::<Result<_, _>>()
+            .expect("frames build");
+        let request = produce_request(&built, false);
+        let expected = [
+            (0, 0, records("t", &["a", "b"])),
+            (1, 0, records("t", &["c"])),
+            (0, 2, records("t", &["d", "e", "f"])),
+        ];
+        assert_eq!(request.batches.len(), expected.len());
+        for (wire, (partition, base_sequence, want)) in request.batches.iter().zip(expected) {
+            assert_eq!((wire.topic.as_str(), wire.partition), ("t", partition));
+            assert_eq!(wire.expected_offset, None);
+            let frame = wire.frame.clone().expect("a frame");
+            let header = frame.header.expect("a header");
+            assert_eq!(
+                header.producer,
+                Some(ProducerStamp {
+                    producer_id: 7,
+                    epoch: 2,
+                    base_sequence,
+                })
+            );
+            assert_eq!(header.codec(), Codec::Lz4Frame);
+            assert_eq!(header.timestamp_type(), v2::TimestampType::CreateTime);
+            assert_eq!(header.first_timestamp_ms, 1_700_000_000_000);
+            let opened = cairn_proto::open_frame(&header, frame.payload).expect("the frame opens");
+            assert_eq!(opened, want);
+        }
+        // A retry sends the very same batches: same frames, same stamps.
+        assert_eq!(produce_request(&built, false), request);
+        assert_eq!(w.next_seq.get(&("t".to_string(), 0)), Some(&5));
+        assert_eq!(w.next_seq.get(&("t".to_string(), 1)), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn without_idempotence_frames_carry_no_stamp() {
+        let mut w = worker(Codec::Unspecified);
+        w.config.idempotence = false;
+        assert_eq!(w.config.codec, Codec::Zstd);
+        let out = Outgoing {
+            batches: vec![out_batch("t", 0, &["a"])],
+            atomic: false,
+        };
+        let Ok(out) = w.stamp(out).await else {
+            panic!("a plain producer stamps nothing");
+        };
+        let built: Vec<Built> = out
+            .batches
+            .into_iter()
+            .map(|b| b.build(w.config.codec).map_err(|failed| failed.1))
+            .collect::<Result<_, _>>()
+            .expect("frames build");
+        let header = produce_request(&built, false).batches[0]
+            .frame
+            .clone()
+            .and_then(|f| f.header)
+            .expect("a header");
+        assert_eq!(header.producer, None);
+        assert_eq!(header.codec(), Codec::Zstd);
+    }
+
+    #[tokio::test]
+    async fn keyed_records_go_to_kafkas_partition_for_the_key() {
+        let mut w = worker(Codec::Zstd);
+        w.topics.insert("t".into(), (7, Instant::now()));
+        for (key, partition) in [("foobar", None), ("other", None), ("foobar", Some(6))] {
+            let (ack, _rx) = oneshot::channel();
+            let permit = Arc::new(Semaphore::new(1 << 10))
+                .try_acquire_owned()
+                .expect("a free permit");
+            let mut record = ProducerRecord::new("t", "v").key(key);
+            record.partition = partition;
+            w.add(record, ack, permit).await;
+        }
+        let keys: BTreeSet<u32> = w.pending.keys().map(|(_, p)| *p).collect();
+        let want: BTreeSet<u32> = [
+            partition_for_key(b"foobar", 7),
+            partition_for_key(b"other", 7),
+            6,
+        ]
+        .into();
+        assert_eq!(keys, want);
+    }
+
+    #[test]
+    fn records_without_a_timestamp_take_the_producers_clock() {
+        let mut r = ProducerRecord::new("t", "v");
+        set_timestamp(&mut r, 42).expect("valid");
+        assert_eq!(r.timestamp_ms, 42);
+        let mut r = ProducerRecord::new("t", "v").timestamp_ms(7);
+        set_timestamp(&mut r, 42).expect("valid");
+        assert_eq!(r.timestamp_ms, 7);
+        let mut r = ProducerRecord::new("t", "v").timestamp_ms(-1);
+        assert!(matches!(
+            set_timestamp(&mut r, 42),
+            Err(ClientError::Invalid(_))
+        ));
+        assert!(wall_clock_ms() > 1_600_000_000_000);
+    }
+
+    #[test]
+    fn the_default_codec_is_zstd() {
+        assert_eq!(ProducerConfig::default().codec, Codec::Zstd);
     }
 }

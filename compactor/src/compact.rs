@@ -7,26 +7,20 @@
 //! `merge_fan_in` consecutive Parquet files each under half the target size, merged into
 //! one up to the target: levels, like an LSM tree).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
-use bytes::Bytes;
 use cairn_metadata::{
     CompactedFile, CompactionClaim, EntryKind, IndexEntry, MAX_SWAP_ENTRIES, MetaError, Topic,
 };
-use cairn_proto::v1::SegmentFooter;
-use cairn_proto::{FRAME_HEADER_LEN, SegmentReader, decode_records, parse_frames};
+use cairn_storage::parquet::{self as parquet_file, StoredRecord};
+use cairn_storage::segment::parse_frames;
+use cairn_storage::{FormatError, StorageError};
 use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
-use crate::parquet_file::{self, StoredRecord};
 use crate::{Compactor, CompactorError, Progress};
 
 /// Range GETs in flight while reading a run.
 const READ_CONCURRENCY: usize = 16;
-/// Bytes of a segment's tail fetched to find its footer.
-const FOOTER_GUESS: u64 = 64 << 10;
 
 /// A planned run.
 #[derive(Debug, Clone)]
@@ -61,9 +55,6 @@ pub(crate) struct RunReport {
     pub(crate) entries_replaced: u64,
     pub(crate) conflict: bool,
 }
-
-/// Producer stamps of a segment's batches by frame position: (producer id, base sequence).
-pub(crate) type Stamps = HashMap<u64, (u64, i64)>;
 
 impl Compactor {
     /// The next run of `topic`/`partition` that is due, if any.
@@ -222,23 +213,14 @@ impl Compactor {
         entries: &[IndexEntry],
         progress: &(dyn Fn(Progress<'_>) + Sync),
     ) -> Result<Vec<StoredRecord>, CompactorError> {
-        let segments: Vec<IndexEntry> = entries
-            .iter()
-            .filter(|e| e.kind == EntryKind::Segment)
-            .cloned()
-            .collect();
-        let stamps = self.footers(&segments).await?;
         let chunks: Vec<Vec<StoredRecord>> = futures::stream::iter(entries.iter())
-            .map(|e| {
-                let stamps = stamps.get(&e.object_key).cloned().unwrap_or_default();
-                async move {
-                    let r = match e.kind {
-                        EntryKind::Segment => self.read_segment_entry(e, &stamps).await?,
-                        EntryKind::Parquet => self.read_parquet_entry(e).await?,
-                    };
-                    progress(Progress::BytesRead(e.length));
-                    Ok::<_, CompactorError>(r)
-                }
+            .map(|e| async move {
+                let r = match e.kind {
+                    EntryKind::Segment => self.read_segment_entry(e).await?,
+                    EntryKind::Parquet => self.read_parquet_entry(e).await?,
+                };
+                progress(Progress::BytesRead(e.length));
+                Ok::<_, CompactorError>(r)
             })
             .buffered(READ_CONCURRENCY)
             .try_collect()
@@ -250,117 +232,54 @@ impl Compactor {
         &self,
         e: &IndexEntry,
     ) -> Result<Vec<StoredRecord>, CompactorError> {
-        let meta = parquet_file::open(self.store.clone(), &e.object_key, e.length).await?;
-        let groups = (0..meta.metadata().num_row_groups()).collect();
-        let r = parquet_file::read_row_groups(
-            self.store.clone(),
-            &e.object_key,
-            e.length,
-            &meta,
-            groups,
-        )
-        .await?;
-        check_offsets(e, &r)?;
-        Ok(r)
-    }
-
-    /// The producer stamps of every segment the entries point into: one suffix GET per
-    /// segment, cached, since a segment holds many partitions and each partition's run
-    /// (and each `cairn sql` partition) would otherwise fetch the same footer again.
-    async fn footers(
-        &self,
-        entries: &[IndexEntry],
-    ) -> Result<HashMap<String, Arc<Stamps>>, CompactorError> {
-        let mut objects: Vec<&str> = entries.iter().map(|e| e.object_key.as_str()).collect();
-        objects.sort_unstable();
-        objects.dedup();
-        futures::stream::iter(objects)
-            .map(|o| async move {
-                if let Some(stamps) = self.stamps.get(o).await {
-                    return Ok((o.to_string(), stamps));
-                }
-                let footer = self.footer(o).await?;
-                let stamps: Arc<Stamps> = Arc::new(
-                    footer
-                        .batches
-                        .iter()
-                        .filter(|b| b.producer_id != 0)
-                        .map(|b| (b.position, (b.producer_id, b.base_sequence)))
-                        .collect(),
-                );
-                self.stamps.insert(o.to_string(), stamps.clone()).await;
-                Ok::<_, CompactorError>((o.to_string(), stamps))
-            })
-            .buffer_unordered(READ_CONCURRENCY)
-            .try_collect()
-            .await
-    }
-
-    async fn footer(&self, object: &str) -> Result<SegmentFooter, CompactorError> {
-        let path = Path::from(object);
-        let suffix = |n: u64| GetOptions {
-            range: Some(GetRange::Suffix(n)),
-            ..GetOptions::default()
-        };
-        let get = |n: u64| {
-            let path = path.clone();
-            async move {
-                let r = self
-                    .store
-                    .get_opts(&path, suffix(n))
-                    .await
-                    .map_err(|e| CompactorError::Store(format!("GET tail of {object}: {e}")))?;
-                r.bytes()
-                    .await
-                    .map_err(|e| CompactorError::Store(format!("GET tail of {object}: {e}")))
-            }
-        };
-        let corrupt =
-            |e: cairn_proto::FormatError| CompactorError::Format(format!("{object}: {e}"));
-        let mut tail: Bytes = get(FOOTER_GUESS).await?;
-        let need = SegmentReader::footer_len(&tail).map_err(corrupt)? + SegmentReader::TRAILER_LEN;
-        if need > tail.len() {
-            tail = get(need as u64).await?;
+        let file = parquet_file::open(self.store.clone(), &e.object_key, e.length).await?;
+        let mut out = Vec::new();
+        for group in 0..file.row_groups.len() {
+            out.extend(
+                parquet_file::read_row_group(
+                    self.store.clone(),
+                    &e.object_key,
+                    e.length,
+                    &file,
+                    group,
+                )
+                .await?,
+            );
         }
-        SegmentReader::footer_from_tail(&tail).map_err(corrupt)
+        check_offsets(e, &out)?;
+        Ok(out)
     }
 
+    /// The records of one segment entry: one range GET, every frame verified and opened;
+    /// producer stamps come from the frame headers.
     async fn read_segment_entry(
         &self,
         e: &IndexEntry,
-        stamps: &Stamps,
     ) -> Result<Vec<StoredRecord>, CompactorError> {
         let range = e.position..e.position + e.length;
+        let key = e.object_key.as_str();
         let bytes = self
             .store
-            .get_range(&Path::from(e.object_key.as_str()), range.clone())
+            .get_range(&Path::from(key), range)
             .await
-            .map_err(|err| {
-                CompactorError::Store(format!("GET {} bytes {range:?}: {err}", e.object_key))
-            })?;
-        let corrupt = |err: cairn_proto::FormatError| {
-            CompactorError::Format(format!("{} bytes {range:?}: {err}", e.object_key))
-        };
+            .map_err(|err| StorageError::store("GET", key, err))?;
         let mut out = Vec::new();
         let mut offset = e.base_offset;
-        let mut position = e.position;
-        for f in parse_frames(bytes).map_err(corrupt)? {
-            let frame_len = FRAME_HEADER_LEN as u64 + u64::from(f.header.payload_len);
-            let stamp = stamps.get(&position).copied();
-            let batch = decode_records(f.header.compression, f.header.record_count, f.payload)
-                .map_err(corrupt)?;
-            for (i, r) in batch.records.into_iter().enumerate() {
+        for f in parse_frames(bytes).map_err(|err| StorageError::corrupt(key, err))? {
+            let stamp = f.header.producer;
+            let records = cairn_proto::open_frame(&f.header, f.payload)
+                .map_err(|err| StorageError::corrupt(key, err))?;
+            for (i, r) in records.into_iter().enumerate() {
                 out.push(StoredRecord {
                     offset,
                     timestamp_ms: r.timestamp_ms,
                     key: r.key,
                     value: r.value,
                     headers: r.headers.into_iter().map(|h| (h.key, h.value)).collect(),
-                    producer: stamp.map(|(id, seq)| (id, seq + i as i64)),
+                    producer: stamp.map(|p| (p.producer_id, p.base_sequence + i as i64)),
                 });
                 offset += 1;
             }
-            position += frame_len;
         }
         check_offsets(e, &out)?;
         Ok(out)
@@ -375,13 +294,19 @@ fn check_offsets(e: &IndexEntry, records: &[StoredRecord]) -> Result<(), Compact
         || first != Some(e.base_offset)
         || last != Some(e.end_offset - 1)
     {
-        return Err(CompactorError::Format(format!(
-            "{} holds {} records ({first:?}..={last:?}) but its index entry says {}..{}",
-            e.object_key,
-            records.len(),
-            e.base_offset,
-            e.end_offset
-        )));
+        return Err(StorageError::corrupt(
+            e.object_key.as_str(),
+            FormatError::Invalid {
+                what: "index entry",
+                reason: format!(
+                    "the object holds {} records ({first:?}..={last:?}) but its index entry says {}..{}",
+                    records.len(),
+                    e.base_offset,
+                    e.end_offset
+                ),
+            },
+        )
+        .into());
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! any fetch) and orphans no commit ever referenced (a PUT whose commit failed, an agent
 //! that died, a compaction that lost a race). Any number of compactors may run: a partition's
 //! compaction is claimed in metadata with a lease, and every step is idempotent.
-//! [`parquet_file`] is the table layout, which agents also read to serve compacted offsets.
+//! The byte layouts (segments, the Parquet table) belong to `cairn-storage`.
 
 // Only the FoundationDB adapter in cairn-metadata may use unsafe code.
 #![forbid(unsafe_code)]
@@ -14,20 +14,17 @@ use std::time::Duration;
 
 mod compact;
 mod metrics;
-pub mod parquet_file;
 #[cfg(feature = "sql")]
 pub mod sql;
 
 pub use metrics::CompactorMetrics;
 
 use cairn_metadata::{MetaError, Metadata};
+use cairn_storage::StorageError;
+use cairn_storage::keys::OBJECT_PREFIXES;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
-
-/// Where agents write segment objects (see the agent's object keys) and compactors write
-/// Parquet files: the prefixes listed for orphans.
-const OBJECT_PREFIXES: [&str; 2] = ["segments", "topics"];
 
 /// What a cycle is doing, for a progress display.
 #[derive(Debug, Clone, Copy)]
@@ -44,9 +41,6 @@ pub enum Progress<'a> {
     /// Input bytes read.
     BytesRead(u64),
 }
-
-/// Batch stamps kept in the footer cache (about 40 bytes each).
-const STAMP_CACHE_BATCHES: u64 = 1 << 20;
 
 /// Runs one partition may compact in one cycle.
 const MAX_RUNS_PER_PARTITION: usize = 16;
@@ -145,12 +139,9 @@ pub enum CompactorError {
     /// A metadata operation failed.
     #[error(transparent)]
     Meta(#[from] MetaError),
-    /// The object store failed.
-    #[error("object store: {0}")]
-    Store(String),
-    /// Records could not be laid out or written as Parquet.
-    #[error("parquet: {0}")]
-    Format(String),
+    /// The object store failed, or stored bytes are corrupt or missing.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     /// A SQL query failed (parse, plan or execution).
     #[error("sql: {0}")]
     Query(String),
@@ -163,8 +154,6 @@ pub struct Compactor {
     metadata: Metadata,
     config: CompactorConfig,
     metrics: Arc<CompactorMetrics>,
-    /// Producer stamps of segments already read (segments are immutable).
-    stamps: moka::future::Cache<String, Arc<compact::Stamps>>,
 }
 
 impl Compactor {
@@ -175,12 +164,6 @@ impl Compactor {
             metadata,
             config,
             metrics: Arc::new(CompactorMetrics::new()),
-            stamps: moka::future::Cache::builder()
-                .max_capacity(STAMP_CACHE_BATCHES)
-                .weigher(|_k: &String, v: &Arc<compact::Stamps>| {
-                    u32::try_from(v.len() + 1).unwrap_or(u32::MAX)
-                })
-                .build(),
         }
     }
 
@@ -304,8 +287,7 @@ impl Compactor {
             let prefix = Path::from(prefix);
             let mut listing = self.store.list(Some(&prefix));
             while let Some(meta) = listing.next().await {
-                let meta =
-                    meta.map_err(|e| CompactorError::Store(format!("LIST {prefix}: {e}")))?;
+                let meta = meta.map_err(|e| StorageError::store("LIST", prefix.as_ref(), e))?;
                 candidates.push(meta);
             }
         }
@@ -335,7 +317,7 @@ impl Compactor {
     async fn delete(&self, key: &str) -> Result<(), CompactorError> {
         match self.store.delete(&Path::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(CompactorError::Store(format!("DELETE {key}: {e}"))),
+            Err(e) => Err(StorageError::store("DELETE", key, e).into()),
         }
     }
 

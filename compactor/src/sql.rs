@@ -8,6 +8,10 @@
 //! projection and statistics pruning, and of its uncompacted tail, read from segment
 //! frames into memory. Offsets before a partition's start offset are filtered out, so the
 //! table shows exactly what a consumer could read.
+//!
+//! DataFusion's scan does not know Cairn's per-row-group checksums, so every file is first
+//! read once through the verified reader (`cairn_storage::parquet::verify`): a corrupt file
+//! fails the query with a data-loss error instead of returning wrong rows.
 
 use std::sync::Arc;
 
@@ -22,9 +26,10 @@ use datafusion::datasource::listing::{
 use datafusion::prelude::{DataFrame, Expr, SessionContext, lit};
 use url::Url;
 
-use crate::parquet_file::{self, StoredRecord};
 use crate::{Compactor, CompactorError};
 use cairn_metadata::{EntryKind, IndexEntry, PartitionState};
+use cairn_storage::StorageError;
+use cairn_storage::parquet::{self as parquet_file, StoredRecord};
 
 /// Index entries read per metadata transaction.
 #[cfg(not(test))]
@@ -156,6 +161,9 @@ impl Compactor {
         partition: i32,
         start_offset: i64,
     ) -> Result<DataFrame, CompactorError> {
+        for f in files {
+            parquet_file::verify(self.store.clone(), &f.object_key, f.length).await?;
+        }
         let urls = files
             .iter()
             .map(|f| ListingTableUrl::parse(format!("{STORE_URL}{}", f.object_key)))
@@ -186,7 +194,10 @@ fn tail_table(records: &[StoredRecord], partitions: &[i32]) -> Result<MemTable, 
     let schema = table_schema();
     let mut batches = Vec::new();
     if !records.is_empty() {
-        let batch = parquet_file::to_batch(records)?;
+        let batch = parquet_file::to_batch(records).map_err(|e| StorageError::Encode {
+            key: "the uncompacted tail".into(),
+            source: Arc::new(e),
+        })?;
         let mut columns: Vec<ArrayRef> = vec![Arc::new(Int32Array::from(partitions.to_vec()))];
         columns.extend(batch.columns().iter().cloned());
         batches.push(RecordBatch::try_new(schema.clone(), columns).map_err(query_error)?);

@@ -1,57 +1,46 @@
-//! The one error type of the format layer: every way bytes can fail to be what they claim.
+//! The one error type of the frame layer: every way a frame can fail to be what it claims.
 
-/// A byte sequence that is not a valid Cairn batch, frame or segment.
+/// A frame that is not valid: refused by the agent on produce, or found corrupt on read.
 #[derive(Debug, thiserror::Error)]
-pub enum FormatError {
-    /// Fewer bytes than the layout needs.
-    #[error("{what} is truncated: need {need} bytes, have {have}")]
-    Truncated {
-        /// Which structure was being read.
-        what: &'static str,
-        /// Bytes required.
-        need: usize,
-        /// Bytes available.
-        have: usize,
+pub enum FrameError {
+    /// A header field breaks a rule.
+    #[error("frame header field `{field}`: {reason}")]
+    Header {
+        /// The field's name in `cairn.v2.FrameHeader`.
+        field: &'static str,
+        /// Which rule it broke.
+        reason: String,
     },
-    /// A checksum did not match: the bytes were corrupted in storage or transit.
-    #[error("{what} checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    /// The payload's CRC32C does not match the header's: corrupted in storage or transit.
+    #[error("payload checksum mismatch: header says {stored:#010x}, payload has {computed:#010x}")]
     Checksum {
-        /// Which structure was checked.
-        what: &'static str,
-        /// CRC32C recorded with the bytes.
+        /// CRC32C recorded in the header.
         stored: u32,
-        /// CRC32C of the bytes as read.
+        /// CRC32C of the payload as received.
         computed: u32,
     },
-    /// Magic bytes or version are not ours.
-    #[error("not a Cairn segment: {0}")]
-    BadMagic(String),
-    /// A compression code that this build does not know.
-    #[error("unknown compression code {0}")]
-    UnknownCompression(i32),
-    /// Compressed data that does not decompress.
-    #[error("cannot decompress {codec} payload: {reason}")]
+    /// The frame is over a size limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The payload does not compress.
+    #[error("cannot compress with {codec}: {source}")]
+    Compress {
+        /// The codec name.
+        codec: &'static str,
+        /// What the compressor said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The payload does not decompress.
+    #[error("cannot decompress the {codec} payload: {source}")]
     Decompress {
         /// The codec name.
         codec: &'static str,
         /// What the decompressor said.
-        reason: String,
-    },
-    /// Protobuf bytes that do not decode as the expected message.
-    #[error("cannot decode {what}: {source}")]
-    Decode {
-        /// The message type expected.
-        what: &'static str,
-        /// The protobuf decoder's error.
         #[source]
-        source: prost::DecodeError,
+        source: std::io::Error,
     },
-    /// A frame or batch that decodes but breaks a rule (e.g. count mismatch).
-    #[error("invalid {what}: {reason}")]
-    Invalid {
-        /// What was being checked.
-        what: &'static str,
-        /// Which rule it broke.
-        reason: String,
-    },
+    /// The decompressed payload is not an encoded `RecordBatch`.
+    #[error("the payload is not an encoded cairn.v2.RecordBatch: {0}")]
+    Decode(#[source] prost::DecodeError),
 }

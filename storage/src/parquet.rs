@@ -2,8 +2,14 @@
 //! `offset`, `timestamp`, `key`, `value`, `headers` (list of key/value structs),
 //! `producer_id` and `sequence`; zstd; row groups sized for range reads; page-level
 //! statistics (so row groups and pages can be chosen by `offset` and `timestamp`) and a
-//! bloom filter on `key`. Files live at `topics/<topic>/partition=<p>/<first>-<last>.parquet`
-//! (Hive style), so engines see the partition as a column.
+//! bloom filter on `key`. Files live at [`crate::keys::parquet_key`] (Hive style), so
+//! engines see the partition as a column.
+//!
+//! Integrity: parquet-rs writes no page checksums, so each file carries, in its key-value
+//! metadata (`cairn.row_group_crc32c`), one CRC32C per row group over its records in a
+//! canonical encoding ([`record_digest`]). A reader decodes a row group, recomputes the CRC
+//! and checks that the offsets are dense and agree with the footer's statistics: a flipped
+//! byte anywhere is either caught (data loss) or harmless, never a wrong record.
 
 use std::sync::Arc;
 
@@ -32,7 +38,12 @@ use parquet::file::metadata::ParquetMetaDataReader;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::statistics::Statistics;
 
-use crate::CompactorError;
+use parquet::file::metadata::KeyValue;
+
+use crate::{FormatError, StorageError};
+
+/// The key-value metadata key holding the row groups' checksums.
+pub const ROW_GROUP_CRC_KEY: &str = "cairn.row_group_crc32c";
 
 /// Target bytes of record data per row group: small enough for range reads, large enough to
 /// compress well.
@@ -108,15 +119,37 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-/// Where a partition's file covering `first..=last` lives; `writer` (the compaction claim's
-/// token) keeps two writers of the same range from ever writing the same object.
-pub fn file_path(topic: &str, partition: u32, first: i64, last: i64, writer: u64) -> Path {
-    Path::from(format!(
-        "topics/{topic}/partition={partition}/{first:020}-{last:020}-{writer:x}.parquet"
-    ))
+/// Folds one record into a row group's CRC32C, in a canonical encoding of every column.
+pub fn record_digest(crc: u32, r: &StoredRecord) -> u32 {
+    let mut crc = crc32c::crc32c_append(crc, &r.offset.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, &r.timestamp_ms.to_le_bytes());
+    for part in [&r.key[..], &r.value[..]] {
+        crc = crc32c::crc32c_append(crc, &(part.len() as u64).to_le_bytes());
+        crc = crc32c::crc32c_append(crc, part);
+    }
+    crc = crc32c::crc32c_append(crc, &(r.headers.len() as u64).to_le_bytes());
+    for (k, v) in &r.headers {
+        crc = crc32c::crc32c_append(crc, &(k.len() as u64).to_le_bytes());
+        crc = crc32c::crc32c_append(crc, k.as_bytes());
+        crc = crc32c::crc32c_append(crc, &(v.len() as u64).to_le_bytes());
+        crc = crc32c::crc32c_append(crc, v);
+    }
+    match r.producer {
+        Some((id, seq)) => {
+            crc = crc32c::crc32c_append(crc, &[1]);
+            crc = crc32c::crc32c_append(crc, &id.to_le_bytes());
+            crc32c::crc32c_append(crc, &seq.to_le_bytes())
+        }
+        None => crc32c::crc32c_append(crc, &[0]),
+    }
 }
 
-pub(crate) fn to_batch(records: &[StoredRecord]) -> Result<RecordBatch, CompactorError> {
+fn arrow(e: arrow_schema::ArrowError) -> FormatError {
+    FormatError::Arrow(Arc::new(e))
+}
+
+/// Lays records out as one Arrow batch of the table schema.
+pub fn to_batch(records: &[StoredRecord]) -> Result<RecordBatch, FormatError> {
     let n = records.len();
     let mut offset = Int64Builder::with_capacity(n);
     let mut ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
@@ -156,14 +189,14 @@ pub(crate) fn to_batch(records: &[StoredRecord]) -> Result<RecordBatch, Compacto
         ],
         None,
     )
-    .map_err(|e| CompactorError::Format(e.to_string()))?;
+    .map_err(arrow)?;
     let headers = ListArray::try_new(
         Arc::new(Field::new("item", DataType::Struct(header_fields()), false)),
         OffsetBuffer::from_lengths(header_counts),
         Arc::new(entries),
         None,
     )
-    .map_err(|e| CompactorError::Format(e.to_string()))?;
+    .map_err(arrow)?;
     RecordBatch::try_new(
         schema(),
         vec![
@@ -176,22 +209,28 @@ pub(crate) fn to_batch(records: &[StoredRecord]) -> Result<RecordBatch, Compacto
             Arc::new(sequence.finish()),
         ],
     )
-    .map_err(|e| CompactorError::Format(e.to_string()))
+    .map_err(arrow)
 }
 
 /// Writes `records` (one partition, ascending dense offsets) as one Parquet file; `writer`
-/// names the writer (see [`file_path`]).
+/// names the writer (see [`crate::keys::parquet_key`]).
 pub async fn write(
     store: Arc<dyn ObjectStore>,
     topic: &str,
     partition: u32,
     writer: u64,
     records: &[StoredRecord],
-) -> Result<ParquetFile, CompactorError> {
+) -> Result<ParquetFile, StorageError> {
     let (Some(first), Some(last)) = (records.first(), records.last()) else {
-        return Err(CompactorError::Format("no records to write".into()));
+        return Err(StorageError::Encode {
+            key: format!("{topic}/{partition}"),
+            source: Arc::new(FormatError::Invalid {
+                what: "parquet file",
+                reason: "no records to write".into(),
+            }),
+        });
     };
-    let path = file_path(topic, partition, first.offset, last.offset, writer);
+    let path = crate::keys::parquet_key(topic, partition, first.offset, last.offset, writer);
     let avg = records
         .iter()
         .map(|r| r.key.len() + r.value.len() + 32)
@@ -214,14 +253,33 @@ pub async fn write(
         .set_column_dictionary_enabled("timestamp".into(), false)
         .set_column_encoding("timestamp".into(), Encoding::DELTA_BINARY_PACKED)
         .build();
-    let format = |e: parquet::errors::ParquetError| CompactorError::Format(e.to_string());
+    let key = path.to_string();
+    let write_err = |e: parquet::errors::ParquetError| parquet_error(&key, e, false);
+    let encode = |e: FormatError| StorageError::Encode {
+        key: key.clone(),
+        source: Arc::new(e),
+    };
     let mut writer =
         AsyncArrowWriter::try_new(BufWriter::new(store, path.clone()), schema(), Some(props))
-            .map_err(format)?;
+            .map_err(write_err)?;
+    let mut crcs = Vec::new();
     for chunk in records.chunks(rows_per_group) {
-        writer.write(&to_batch(chunk)?).await.map_err(format)?;
+        crcs.push(chunk.iter().fold(0, record_digest));
+        writer
+            .write(&to_batch(chunk).map_err(encode)?)
+            .await
+            .map_err(write_err)?;
+        // One chunk, one row group: the checksums line up with the row groups.
+        writer.flush().await.map_err(write_err)?;
     }
-    let meta = writer.finish().await.map_err(format)?;
+    writer.append_key_value_metadata(KeyValue::new(
+        ROW_GROUP_CRC_KEY.to_string(),
+        crcs.iter()
+            .map(|c| format!("{c:08x}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    ));
+    let meta = writer.finish().await.map_err(write_err)?;
     let size = writer.bytes_written() as u64;
     Ok(ParquetFile {
         path: path.to_string(),
@@ -248,6 +306,35 @@ struct StoreReader {
 
 fn store_error(e: object_store::Error) -> parquet::errors::ParquetError {
     parquet::errors::ParquetError::External(Box::new(e))
+}
+
+/// A Parquet error as a storage error: the store's own failures (wrapped by
+/// [`StoreReader`]) stay retryable, anything else read back is corruption.
+fn parquet_error(key: &str, e: parquet::errors::ParquetError, reading: bool) -> StorageError {
+    match e {
+        parquet::errors::ParquetError::External(inner) => {
+            match inner.downcast::<object_store::Error>() {
+                Ok(store) => StorageError::store(if reading { "GET" } else { "PUT" }, key, *store),
+                Err(other) => wrap(key, parquet::errors::ParquetError::External(other), reading),
+            }
+        }
+        e => wrap(key, e, reading),
+    }
+}
+
+fn wrap(key: &str, e: parquet::errors::ParquetError, reading: bool) -> StorageError {
+    let source = Arc::new(FormatError::Parquet(Arc::new(e)));
+    if reading {
+        StorageError::Corrupt {
+            key: key.to_string(),
+            source,
+        }
+    } else {
+        StorageError::Encode {
+            key: key.to_string(),
+            source,
+        }
+    }
 }
 
 impl AsyncFileReader for StoreReader {
@@ -294,70 +381,180 @@ impl AsyncFileReader for StoreReader {
     }
 }
 
-/// A file's footer (schema, row groups, statistics), read with bounded range GETs.
+/// A file opened for reading: its footer and what Cairn needs from it, checked.
+#[derive(Debug, Clone)]
+pub struct OpenedFile {
+    /// The footer, for the Arrow reader.
+    pub meta: ArrowReaderMetadata,
+    /// Offsets `first..=last` of each row group, from the `offset` column's statistics.
+    pub row_groups: Vec<(i64, i64)>,
+    /// The CRC32C of each row group's records (see [`record_digest`]).
+    pub crcs: Vec<u32>,
+}
+
+/// Opens a file: reads its footer with bounded range GETs and checks that it carries
+/// offset statistics and one checksum per row group. Anything unreadable is corruption.
 pub async fn open(
     store: Arc<dyn ObjectStore>,
     path: &str,
     size: u64,
-) -> Result<ArrowReaderMetadata, CompactorError> {
+) -> Result<OpenedFile, StorageError> {
     let mut reader = StoreReader {
         store,
         path: Path::from(path),
         size,
     };
-    ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
+    let meta = ArrowReaderMetadata::load_async(&mut reader, ArrowReaderOptions::new())
         .await
-        .map_err(|e| CompactorError::Format(format!("{path}: cannot read the footer: {e}")))
+        .map_err(|e| parquet_error(path, e, true))?;
+    let corrupt = |reason: String| {
+        StorageError::corrupt(
+            path,
+            FormatError::Invalid {
+                what: "parquet footer",
+                reason,
+            },
+        )
+    };
+    if meta.schema().fields() != schema().fields() {
+        return Err(corrupt("the schema is not Cairn's table schema".into()));
+    }
+    let row_groups =
+        row_group_offsets(meta.metadata()).map_err(|e| StorageError::corrupt(path, e))?;
+    let crcs: Vec<u32> = meta
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|k| k.key == ROW_GROUP_CRC_KEY))
+        .and_then(|k| k.value.as_deref())
+        .ok_or_else(|| corrupt(format!("no `{ROW_GROUP_CRC_KEY}` metadata")))?
+        .split(',')
+        .map(|c| u32::from_str_radix(c, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|e| corrupt(format!("`{ROW_GROUP_CRC_KEY}`: {e}")))?;
+    if crcs.len() != row_groups.len() {
+        return Err(corrupt(format!(
+            "{} checksums for {} row groups",
+            crcs.len(),
+            row_groups.len()
+        )));
+    }
+    Ok(OpenedFile {
+        meta,
+        row_groups,
+        crcs,
+    })
 }
 
 /// The offsets `first..=last` each row group of `meta` holds (from the `offset` column's
 /// statistics), in file order.
-pub fn row_group_offsets(meta: &ParquetMetaData) -> Result<Vec<(i64, i64)>, CompactorError> {
+pub fn row_group_offsets(meta: &ParquetMetaData) -> Result<Vec<(i64, i64)>, FormatError> {
+    let invalid = |reason: String| FormatError::Invalid {
+        what: "parquet statistics",
+        reason,
+    };
     meta.row_groups()
         .iter()
         .enumerate()
         .map(|(i, rg)| match rg.column(0).statistics() {
             Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
-                (Some(lo), Some(hi)) => Ok((*lo, *hi)),
-                _ => Err(CompactorError::Format(format!(
-                    "row group {i} has no offset bounds"
-                ))),
+                (Some(lo), Some(hi)) if lo <= hi => Ok((*lo, *hi)),
+                _ => Err(invalid(format!("row group {i} has no offset bounds"))),
             },
-            _ => Err(CompactorError::Format(format!(
+            _ => Err(invalid(format!(
                 "row group {i} has no int64 statistics on `offset`"
             ))),
         })
         .collect()
 }
 
-/// Reads the records of row groups `groups` (ascending) of a file opened with [`open`].
-pub async fn read_row_groups(
+/// Reads the records of one row group of a file opened with [`open`], and verifies them:
+/// dense offsets that match the footer's statistics, and the row group's checksum.
+pub async fn read_row_group(
     store: Arc<dyn ObjectStore>,
     path: &str,
     size: u64,
-    meta: &ArrowReaderMetadata,
-    groups: Vec<usize>,
-) -> Result<Vec<StoredRecord>, CompactorError> {
+    file: &OpenedFile,
+    group: usize,
+) -> Result<Vec<StoredRecord>, StorageError> {
+    let (Some(&(first, last)), Some(&crc)) = (file.row_groups.get(group), file.crcs.get(group))
+    else {
+        return Err(StorageError::corrupt(
+            path,
+            FormatError::Invalid {
+                what: "parquet row group",
+                reason: format!("row group {group} does not exist"),
+            },
+        ));
+    };
     let reader = StoreReader {
         store,
         path: Path::from(path),
         size,
     };
-    let format = |e: parquet::errors::ParquetError| CompactorError::Format(format!("{path}: {e}"));
-    let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, meta.clone())
-        .with_row_groups(groups)
+    let read = |e: parquet::errors::ParquetError| parquet_error(path, e, true);
+    let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.meta.clone())
+        .with_row_groups(vec![group])
         .with_batch_size(8_192)
         .build()
-        .map_err(format)?;
+        .map_err(read)?;
     let mut out = Vec::new();
     while let Some(batch) = stream.next().await {
-        from_batch(&batch.map_err(format)?, &mut out)?;
+        from_batch(&batch.map_err(read)?, &mut out).map_err(|e| StorageError::corrupt(path, e))?;
+    }
+    let dense = out
+        .iter()
+        .enumerate()
+        .all(|(i, r)| r.offset == first + i as i64);
+    let computed = out.iter().fold(0, record_digest);
+    if !dense || out.len() as i64 != last - first + 1 {
+        return Err(StorageError::corrupt(
+            path,
+            FormatError::Invalid {
+                what: "parquet row group",
+                reason: format!(
+                    "row group {group} should hold offsets {first}..={last}, holds {} rows{}",
+                    out.len(),
+                    if dense { "" } else { " with gaps" }
+                ),
+            },
+        ));
+    }
+    if computed != crc {
+        return Err(StorageError::corrupt(
+            path,
+            FormatError::Checksum {
+                what: "parquet row group",
+                stored: crc,
+                computed,
+            },
+        ));
     }
     Ok(out)
 }
 
-fn from_batch(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), CompactorError> {
-    let wrong = |what: &str| CompactorError::Format(format!("column `{what}` has the wrong type"));
+/// Reads every row group of a file through the verified reader, so a query engine that
+/// scans the file on its own is given only a file whose every record checks out.
+pub async fn verify(
+    store: Arc<dyn ObjectStore>,
+    path: &str,
+    size: u64,
+) -> Result<u64, StorageError> {
+    let file = open(store.clone(), path, size).await?;
+    let mut rows = 0;
+    for group in 0..file.row_groups.len() {
+        rows += read_row_group(store.clone(), path, size, &file, group)
+            .await?
+            .len() as u64;
+    }
+    Ok(rows)
+}
+
+fn from_batch(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), FormatError> {
+    let wrong = |what: &str| FormatError::Invalid {
+        what: "parquet column",
+        reason: format!("column `{what}` has the wrong type"),
+    };
     let col = |i: usize| batch.column(i).as_ref();
     let offsets = col(0)
         .as_primitive_opt::<Int64Type>()
@@ -443,13 +640,13 @@ mod tests {
         );
         let head = store.head(&Path::from(file.path.as_str())).await.unwrap();
         assert_eq!(head.size, file.size, "the writer counts every byte");
-        let meta = open(store.clone(), &file.path, head.size).await.unwrap();
-        let groups = row_group_offsets(meta.metadata()).unwrap();
+        let opened = open(store.clone(), &file.path, head.size).await.unwrap();
+        let groups = opened.row_groups.clone();
         assert_eq!(groups.len() as u32, file.row_groups);
         assert_eq!(groups.first().map(|g| g.0), Some(100));
         assert_eq!(groups.last().map(|g| g.1), Some(100_099));
         let last = groups.len() - 1;
-        let tail = read_row_groups(store.clone(), &file.path, head.size, &meta, vec![last])
+        let tail = read_row_group(store.clone(), &file.path, head.size, &opened, last)
             .await
             .unwrap();
         assert_eq!(tail.first().map(|r| r.offset), Some(groups[last].0));

@@ -20,7 +20,7 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
 
-use crate::AgentError;
+use crate::StorageError;
 
 /// Opens the object store a URL names, with its key prefix applied:
 /// `file:///abs/dir` (or a plain directory path), `s3://bucket/prefix`, `memory://`.
@@ -31,8 +31,8 @@ use crate::AgentError;
 pub fn open_object_store(
     url: &str,
     options: &[(String, String)],
-) -> Result<Arc<dyn ObjectStore>, AgentError> {
-    let bad = |m: String| AgentError::Config(m);
+) -> Result<Arc<dyn ObjectStore>, StorageError> {
+    let bad = StorageError::Config;
     if url == "memory://" || url == "memory:" {
         return Ok(Arc::new(object_store::memory::InMemory::new()));
     }
@@ -99,14 +99,22 @@ fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore
 /// as Prometheus metrics.
 #[derive(Debug, Clone)]
 pub struct StoreCounters {
-    pub(crate) puts: Counter,
-    pub(crate) gets: Counter,
-    pub(crate) deletes: Counter,
-    pub(crate) lists: Counter,
-    pub(crate) put_bytes: Counter,
-    pub(crate) get_bytes: Counter,
-    pub(crate) put_seconds: Histogram,
-    pub(crate) get_seconds: Histogram,
+    /// PUT requests (each multipart part, plus one to complete).
+    pub puts: Counter,
+    /// GET requests (each coalesced range request).
+    pub gets: Counter,
+    /// Objects deleted.
+    pub deletes: Counter,
+    /// LIST requests.
+    pub lists: Counter,
+    /// Bytes PUT.
+    pub put_bytes: Counter,
+    /// Bytes read by GETs.
+    pub get_bytes: Counter,
+    /// PUT latency.
+    pub put_seconds: Histogram,
+    /// GET latency.
+    pub get_seconds: Histogram,
 }
 
 impl Default for StoreCounters {
@@ -118,10 +126,15 @@ impl Default for StoreCounters {
             lists: Counter::default(),
             put_bytes: Counter::default(),
             get_bytes: Counter::default(),
-            put_seconds: Histogram::new(crate::metrics::latency_buckets()),
-            get_seconds: Histogram::new(crate::metrics::latency_buckets()),
+            put_seconds: Histogram::new(latency_buckets()),
+            get_seconds: Histogram::new(latency_buckets()),
         }
     }
+}
+
+/// Histogram buckets for request latencies: 0.5 ms to ~33 s, doubling.
+pub fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 17)
 }
 
 /// A point-in-time copy of [`StoreCounters`].

@@ -1,0 +1,165 @@
+//! The Admin service: topics (create, list, describe, delete, add partitions, delete
+//! records) and the agent's status.
+
+use std::sync::Arc;
+
+use cairn_metadata::TopicSpec;
+use cairn_proto::v2;
+use tonic::{Request, Response, Status};
+
+use crate::AgentError;
+use crate::convert::{codec_from_proto, page, topic_info};
+use crate::service::{Shared, need, status};
+
+/// The Admin service.
+pub(crate) struct AdminService(pub(crate) Arc<Shared>);
+
+#[tonic::async_trait]
+impl v2::admin_service_server::AdminService for AdminService {
+    async fn create_topic(
+        &self,
+        request: Request<v2::CreateTopicRequest>,
+    ) -> Result<Response<v2::CreateTopicResponse>, Status> {
+        let r = request.into_inner();
+        let retention = |what: &str, v: Option<i64>| match v {
+            None => Ok(-1),
+            Some(n) if n > 0 => Ok(n),
+            Some(n) => Err(status(AgentError::Invalid(format!(
+                "{what} must be positive (leave it out to keep everything), got {n}"
+            )))),
+        };
+        let spec = TopicSpec {
+            name: r.name,
+            partitions: r.partitions,
+            codec: codec_from_proto(r.codec).map_err(status)?,
+            retention_ms: retention("retention_ms", r.retention_ms)?,
+            retention_bytes: retention("retention_bytes", r.retention_bytes)?,
+        };
+        let topic = self.0.metadata.create_topic(&spec).await.map_err(status)?;
+        self.0.topics.invalidate(&topic.name).await;
+        Ok(Response::new(v2::CreateTopicResponse {
+            topic: Some(topic_info(&topic)),
+        }))
+    }
+
+    async fn list_topics(
+        &self,
+        request: Request<v2::ListTopicsRequest>,
+    ) -> Result<Response<v2::ListTopicsResponse>, Status> {
+        let r = request.into_inner();
+        let mut topics = self.0.metadata.list_topics().await.map_err(status)?;
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        let (topics, next_page_token) =
+            page(topics, |t| t.name.clone(), r.page_size, &r.page_token).map_err(status)?;
+        Ok(Response::new(v2::ListTopicsResponse {
+            topics: topics.iter().map(topic_info).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<v2::DescribeTopicRequest>,
+    ) -> Result<Response<v2::DescribeTopicResponse>, Status> {
+        let name = request.into_inner().name;
+        need("topic name", &name)?;
+        let topic = self.0.metadata.topic(&name).await.map_err(status)?;
+        let states = self
+            .0
+            .metadata
+            .partition_states(&topic)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v2::DescribeTopicResponse {
+            topic: Some(topic_info(&topic)),
+            partitions: states
+                .iter()
+                .map(|s| v2::PartitionInfo {
+                    partition: s.partition,
+                    start_offset: s.start_offset,
+                    high_watermark: s.next_offset,
+                    bytes: s.bytes,
+                    records: (s.next_offset - s.start_offset).max(0) as u64,
+                    index_entries: s.index_entries,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<v2::DeleteTopicRequest>,
+    ) -> Result<Response<v2::DeleteTopicResponse>, Status> {
+        let name = request.into_inner().name;
+        need("topic name", &name)?;
+        self.0.metadata.delete_topic(&name).await.map_err(status)?;
+        self.0.topics.invalidate(&name).await;
+        Ok(Response::new(v2::DeleteTopicResponse {}))
+    }
+
+    async fn delete_records(
+        &self,
+        request: Request<v2::DeleteRecordsRequest>,
+    ) -> Result<Response<v2::DeleteRecordsResponse>, Status> {
+        let r = request.into_inner();
+        need("topic name", &r.topic)?;
+        let start_offset = self
+            .0
+            .metadata
+            .delete_records(&r.topic, r.partition, r.before_offset)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v2::DeleteRecordsResponse { start_offset }))
+    }
+
+    async fn get_agent_status(
+        &self,
+        _request: Request<v2::GetAgentStatusRequest>,
+    ) -> Result<Response<v2::GetAgentStatusResponse>, Status> {
+        let s = &self.0;
+        s.metrics.sync(&s.metadata);
+        let m = &s.metrics;
+        let topics = s.metadata.list_topics().await.map_err(status)?.len() as u32;
+        let store = m.store.snapshot();
+        Ok(Response::new(v2::GetAgentStatusResponse {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_at_ms: s.started_ms,
+            uptime_seconds: m.uptime_secs(),
+            object_store: s.store_url.clone(),
+            metadata_backend: s.metadata.kv().name().to_string(),
+            topics,
+            produce_requests: m.produce_requests.get(),
+            produce_records: m.produce_records.get(),
+            produce_bytes: m.produce_bytes.get(),
+            fetch_requests: m.fetch_requests.get(),
+            fetch_bytes: m.fetch_bytes.get(),
+            cache_hits: m.cache_hits.get(),
+            cache_misses: m.cache_misses.get(),
+            object_puts: store.puts,
+            object_gets: store.gets,
+            object_put_bytes: store.put_bytes,
+            object_get_bytes: store.get_bytes,
+            metadata_commits: m.commits.get(),
+            metadata_retries: m.metadata_retries(),
+            cpu_seconds: crate::metrics::process_cpu_seconds(),
+            peak_rss_bytes: crate::metrics::process_peak_rss_bytes(),
+        }))
+    }
+
+    async fn add_partitions(
+        &self,
+        request: Request<v2::AddPartitionsRequest>,
+    ) -> Result<Response<v2::AddPartitionsResponse>, Status> {
+        let r = request.into_inner();
+        let topic = self
+            .0
+            .metadata
+            .add_partitions(&r.name, r.partitions)
+            .await
+            .map_err(status)?;
+        self.0.topics.invalidate(&r.name).await;
+        Ok(Response::new(v2::AddPartitionsResponse {
+            topic: Some(topic_info(&topic)),
+        }))
+    }
+}
