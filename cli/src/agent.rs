@@ -24,10 +24,11 @@ Examples:
   cairn agent --object-store s3://my-bucket/cairn --metadata sqlite:/var/lib/cairn/meta.sqlite
   AWS_ENDPOINT_URL=http://127.0.0.1:4566 cairn agent --object-store s3://cairn
 
-A TOML file (--config) may set: listen, object_store, metadata, an [s3] table of object_store
-S3 options (endpoint, region, ...) and a [tuning] table (segment_max_bytes, linger,
-max_inflight_segments, multipart_threshold, segment_max_batches, max_request_bytes,
-max_record_bytes, cache_bytes, max_fetch_wait, topic_cache_ttl, producer_idle_expiry).")]
+A TOML file (--config) may set: listen, metrics_listen, object_store, metadata, an [s3] table
+of object_store S3 options (endpoint, region, ...) and a [tuning] table (segment_max_bytes,
+linger, max_inflight_segments, multipart_threshold, segment_max_batches, max_request_bytes,
+max_batch_uncompressed_bytes, cache_bytes, max_fetch_wait, topic_cache_ttl,
+producer_idle_expiry, share_max_deliveries).")]
 pub(crate) struct AgentArgs {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
@@ -100,7 +101,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         bail!("unsupported metadata store `{metadata}`: use sqlite:PATH or fdb:CLUSTER_FILE");
     }
     let options: Vec<(String, String)> = file.s3.into_iter().collect();
-    let store = cairn_agent::open_object_store(&objects, &options)?;
+    let store = cairn_storage::open_object_store(&objects, &options)?;
     let kv = cairn_metadata::open_kv(&metadata)
         .await
         .with_context(|| format!("cannot open metadata store {metadata}"))?;

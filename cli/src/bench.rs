@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use cairn_client::{
-    Admin, Consumer, ConsumerConfig, Offset, Producer, ProducerConfig, ProducerRecord, TopicOptions,
+    Admin, Consumer, ConsumerConfig, GetAgentStatusResponse, Offset, Producer, ProducerConfig,
+    ProducerRecord, TopicOptions,
 };
-use cairn_proto::v1::AgentStatusResponse;
 use clap::Subcommand;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::io::AsyncBufReadExt;
 
 use crate::ConnectArgs;
+use crate::codec::{CodecArg, codec_name};
 use crate::size::parse_size;
 
 /// S3 Standard list prices (us-east-1) used for the bill: $ per 1,000 requests.
@@ -37,6 +38,7 @@ pub(crate) enum BenchCommand {
 Examples:
   cairn bench produce --embedded --duration 30s --record-size 1KiB --baseline
   AWS_ENDPOINT_URL=http://127.0.0.1:4566 cairn bench produce --embedded --object-store s3://cairn/bench
+  cairn bench produce --embedded --codec lz4 --record-size 4KiB
   cairn bench produce --endpoint http://agent:7170 --producers 8 --rate 50000 --json")]
     Produce(Common),
     /// Producers and a consumer together: end-to-end latency from send to receipt.
@@ -70,6 +72,10 @@ pub(crate) struct Common {
     /// Value size of each record.
     #[arg(long, value_parser = parse_size, default_value = "1KiB")]
     record_size: usize,
+    /// How the producers compress each batch (values are random bytes, so zstd and lz4
+    /// cost CPU without shrinking them).
+    #[arg(long, value_enum, default_value = "zstd", conflicts_with = "topic")]
+    codec: CodecArg,
     /// Concurrent producers (each with its own connection).
     #[arg(long, default_value_t = 4)]
     producers: usize,
@@ -175,6 +181,7 @@ pub(crate) struct Report {
     producers: usize,
     partitions: u32,
     record_size: usize,
+    codec: Option<String>,
     linger_ms: Option<u64>,
     segment_max_bytes: Option<usize>,
     seconds: f64,
@@ -190,6 +197,9 @@ pub(crate) struct Report {
     agent_cpu_seconds: f64,
     agent_cpu_seconds_per_gib: f64,
     agent_mib_per_cpu_second: f64,
+    /// The agent's peak resident memory since it started; `None` where its platform does
+    /// not report it.
+    agent_peak_rss_bytes: Option<u64>,
     raw_put_mib_per_sec: Option<f64>,
     ingest_to_raw_put_ratio: Option<f64>,
 }
@@ -348,7 +358,7 @@ async fn raw_put(
     if size == 0 || concurrency == 0 {
         bail!("object size and concurrency must be at least 1");
     }
-    let store = cairn_agent::open_object_store(url, &[])?;
+    let store = cairn_storage::open_object_store(url, &[])?;
     let pool = random_pool();
     let payload = pool.slice(0..size.min(pool.len()));
     let bar = progress(duration, quiet, "raw-put");
@@ -554,8 +564,12 @@ async fn run_against(
         let channel = cairn_client::connect(endpoint).await?;
         let size = c.record_size;
         let per_producer_rate = c.rate as f64 / c.producers as f64;
+        let config = ProducerConfig {
+            codec: c.codec.into(),
+            ..ProducerConfig::default()
+        };
         tasks.push(tokio::spawn(async move {
-            let producer = Producer::new(channel, ProducerConfig::default());
+            let producer = Producer::new(channel, config);
             let mut pending = FuturesUnordered::new();
             let mut lat = Vec::new();
             let mut sent = 0u64;
@@ -715,6 +729,7 @@ async fn read_existing(
             ..Bill::default()
         },
         agent_cpu_seconds: (after.cpu_seconds - before.cpu_seconds).max(0.0),
+        agent_peak_rss_bytes: peak_rss(&after),
         ..Report::default()
     })
 }
@@ -723,8 +738,8 @@ async fn read_existing(
 fn report(
     c: &Common,
     kind: Kind,
-    before: &AgentStatusResponse,
-    after: &AgentStatusResponse,
+    before: &GetAgentStatusResponse,
+    after: &GetAgentStatusResponse,
     secs: f64,
     records: u64,
     bytes: u64,
@@ -763,6 +778,7 @@ fn report(
         producers: c.producers,
         partitions: c.partitions,
         record_size: c.record_size,
+        codec: Some(codec_name(cairn_client::Codec::from(c.codec) as i32).to_string()),
         linger_ms: c.embedded.then_some(c.linger.as_millis() as u64),
         segment_max_bytes: c.embedded.then_some(c.segment_max_bytes),
         seconds: secs,
@@ -796,9 +812,15 @@ fn report(
         } else {
             0.0
         },
+        agent_peak_rss_bytes: peak_rss(after),
         raw_put_mib_per_sec: raw.as_ref().map(|r| r.mib_per_sec),
         ingest_to_raw_put_ratio: raw.as_ref().map(|r| mib_per_sec / r.mib_per_sec.max(1e-9)),
     }
+}
+
+/// The agent's peak resident memory, `None` when its platform does not report it (0).
+fn peak_rss(status: &GetAgentStatusResponse) -> Option<u64> {
+    (status.peak_rss_bytes > 0).then_some(status.peak_rss_bytes)
 }
 
 fn print_latency(what: &str, p: &Percentiles) {
@@ -815,10 +837,14 @@ fn print_report(r: &Report) {
         r.object_store, r.metadata
     );
     println!(
-        "workload           {} producers, {} partitions, {} B records{}",
+        "workload           {} producers, {} partitions, {} B records{}{}",
         r.producers,
         r.partitions,
         r.record_size,
+        r.codec
+            .as_deref()
+            .map(|c| format!(", codec {c}"))
+            .unwrap_or_default(),
         r.linger_ms
             .map(|l| format!(", linger {l} ms"))
             .unwrap_or_default()
@@ -853,6 +879,10 @@ fn print_report(r: &Report) {
         "agent cpu          {:.2} s ({:.1} s per GiB, {:.1} MiB per CPU-second)",
         r.agent_cpu_seconds, r.agent_cpu_seconds_per_gib, r.agent_mib_per_cpu_second
     );
+    match r.agent_peak_rss_bytes {
+        Some(b) => println!("agent peak RSS     {:.1} MiB", b as f64 / MIB),
+        None => println!("agent peak RSS     - (not reported on this platform)"),
+    }
     if let (Some(raw), Some(ratio)) = (r.raw_put_mib_per_sec, r.ingest_to_raw_put_ratio) {
         println!(
             "raw PUT baseline   {raw:.1} MiB/s; agent ingest is {:.0}% of it",

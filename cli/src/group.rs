@@ -80,11 +80,9 @@ pub(crate) async fn run(cmd: GroupCommand) -> anyhow::Result<()> {
             }
             println!("TOPIC\tPARTITION\tCOMMITTED\tHIGH-WATERMARK\tLAG");
             for p in &d.partitions {
-                let committed = if p.committed < 0 {
-                    "-".to_string()
-                } else {
-                    p.committed.to_string()
-                };
+                let committed = p
+                    .committed
+                    .map_or_else(|| "-".to_string(), |c| c.to_string());
                 println!(
                     "{}\t{}\t{committed}\t{}\t{}",
                     p.topic, p.partition, p.high_watermark, p.lag

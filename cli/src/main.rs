@@ -5,6 +5,7 @@
 
 mod agent;
 mod bench;
+mod codec;
 mod compactor;
 mod consume;
 mod group;

@@ -6,6 +6,7 @@ use cairn_client::{AppendBatch, Producer, ProducerConfig, ProducerRecord};
 use tokio::io::AsyncBufReadExt;
 
 use crate::ConnectArgs;
+use crate::codec::CodecArg;
 
 /// Flags of `cairn produce`.
 #[derive(Debug, clap::Args)]
@@ -13,8 +14,8 @@ use crate::ConnectArgs;
 Examples:
   echo hello | cairn produce events
   printf 'user-1:signed up\\nuser-2:logged in\\n' | cairn produce events --key-separator :
-  seq 1000 | cairn produce events --partition 3 --header source=seq
-  printf 'e1\ne2\n' | cairn produce orders --partition 0 --expected-offset 42
+  seq 1000 | cairn produce events --partition 3 --header source=seq --codec lz4
+  printf 'e1\\ne2\\n' | cairn produce orders --partition 0 --expected-offset 42
 
 Every record is acknowledged only once it is durable in object storage and committed;
 retries never store a second copy (the producer is idempotent).
@@ -41,6 +42,10 @@ pub(crate) struct ProduceArgs {
     /// A header added to every record, as KEY=VALUE (repeatable).
     #[arg(long = "header", value_name = "KEY=VALUE", value_parser = parse_header)]
     headers: Vec<(String, String)>,
+    /// How each batch is compressed before it is sent (and stored as sent): zstd for the
+    /// smallest objects, lz4 for the least CPU, none for incompressible values.
+    #[arg(long, value_enum, default_value = "zstd")]
+    codec: CodecArg,
     #[command(flatten)]
     connect: ConnectArgs,
 }
@@ -64,7 +69,11 @@ pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
         bail!("--expected-offset must be 0 or more, got {n}");
     }
     let channel = args.connect.channel().await?;
-    let producer = Producer::new(channel, ProducerConfig::default());
+    let config = ProducerConfig {
+        codec: args.codec.into(),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(channel, config);
     if let (Some(expected), Some(partition)) = (args.expected_offset, args.partition) {
         let records = read_records(&args).await?;
         if records.is_empty() {

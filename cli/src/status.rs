@@ -9,8 +9,8 @@ use crate::ConnectArgs;
 /// Flags of `cairn status`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Shows the agent's version, uptime, stores, topic count, throughput over the last second,
-cache hit ratio, object-store requests and CPU time.")]
+Shows the agent's version, uptime, stores, topic count, throughput over --sample, cache
+hit ratio, object-store requests, CPU time and peak resident memory.")]
 pub(crate) struct StatusArgs {
     /// How long to measure throughput.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
@@ -71,5 +71,11 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
         b.metadata_commits, b.metadata_retries
     );
     println!("cpu            {:.2} s", b.cpu_seconds);
+    let peak_rss = if b.peak_rss_bytes == 0 {
+        "- (not reported on this platform)".to_string()
+    } else {
+        format!("{:.1} MiB", mib(b.peak_rss_bytes))
+    };
+    println!("peak memory    {peak_rss} resident");
     Ok(())
 }

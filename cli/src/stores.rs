@@ -31,7 +31,7 @@ pub(crate) struct StoreArgs {
 impl StoreArgs {
     /// Opens both stores; time comes from the system clock.
     pub(crate) async fn open(&self) -> anyhow::Result<(Arc<dyn ObjectStore>, Metadata)> {
-        let store = cairn_agent::open_object_store(&self.object_store, &[])?;
+        let store = cairn_storage::open_object_store(&self.object_store, &[])?;
         let kv = cairn_metadata::open_kv(&self.metadata)
             .await
             .with_context(|| format!("cannot open metadata store {}", self.metadata))?;

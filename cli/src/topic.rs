@@ -1,10 +1,11 @@
 //! `cairn topic ...`.
 
-use anyhow::Context;
-use cairn_client::{Admin, Compression, TopicInfo, TopicOptions};
+use anyhow::{Context, bail};
+use cairn_client::{Admin, TopicInfo, TopicOptions};
 use clap::Subcommand;
 
 use crate::ConnectArgs;
+use crate::codec::{CodecArg, codec_name};
 
 /// Topic administration.
 #[derive(Debug, Subcommand)]
@@ -16,9 +17,10 @@ pub(crate) enum TopicCommand {
         /// Number of partitions.
         #[arg(long, short, default_value_t = 1)]
         partitions: u32,
-        /// Codec of stored batches.
-        #[arg(long, value_enum, default_value = "zstd")]
-        compression: Codec,
+        /// Codec of the frames the agent builds itself (records read back from Parquet);
+        /// producers choose their own codec per batch (`cairn produce --codec`).
+        #[arg(long, alias = "compression", value_enum, default_value = "zstd")]
+        codec: CodecArg,
         /// How long records are kept (e.g. 7d); forever when not given.
         #[arg(long, value_parser = humantime::parse_duration)]
         retention: Option<std::time::Duration>,
@@ -73,41 +75,30 @@ pub(crate) enum TopicCommand {
     },
 }
 
-/// Codec names on the command line.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub(crate) enum Codec {
-    /// No compression.
-    None,
-    /// Zstandard.
-    Zstd,
-    /// LZ4.
-    Lz4,
-}
-
-fn codec_name(code: i32) -> &'static str {
-    match Compression::try_from(code) {
-        Ok(Compression::None) => "none",
-        Ok(Compression::Zstd) => "zstd",
-        Ok(Compression::Lz4) => "lz4",
-        _ => "unknown",
+/// A time retention for people: `forever` when the topic has none.
+fn retention(ms: Option<i64>) -> String {
+    match ms {
+        Some(ms) if ms >= 0 => {
+            humantime::format_duration(std::time::Duration::from_millis(ms as u64)).to_string()
+        }
+        Some(ms) => format!("{ms}ms"),
+        None => "forever".into(),
     }
 }
 
-fn retention(ms: i64) -> String {
-    if ms < 0 {
-        "forever".into()
-    } else {
-        humantime::format_duration(std::time::Duration::from_millis(ms as u64)).to_string()
-    }
+/// A size retention in bytes per partition: `unlimited` when the topic has none.
+fn retention_bytes(bytes: Option<i64>) -> String {
+    bytes.map_or_else(|| "unlimited".into(), |b| b.to_string())
 }
 
 fn print_topic(t: &TopicInfo) {
     println!(
-        "{}\tpartitions={}\tcompression={}\tretention={}",
+        "{}\tpartitions={}\tcodec={}\tretention={}\tretention-bytes={}",
         t.name,
         t.partitions,
-        codec_name(t.compression),
-        retention(t.retention_ms)
+        codec_name(t.codec),
+        retention(t.retention_ms),
+        retention_bytes(t.retention_bytes)
     );
 }
 
@@ -116,27 +107,31 @@ pub(crate) async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::Create {
             name,
             partitions,
-            compression,
+            codec,
             retention,
             retention_bytes,
             connect,
         } => {
-            let admin = Admin::new(connect.channel().await?);
             let retention_ms = match retention {
-                Some(d) => Some(i64::try_from(d.as_millis()).context("retention is too long")?),
+                Some(d) if d.as_millis() == 0 => {
+                    bail!("--retention must be at least 1ms (leave it out to keep records forever)")
+                }
+                Some(d) => Some(i64::try_from(d.as_millis()).context("--retention is too long")?),
+                None => None,
+            };
+            let retention_bytes = match retention_bytes {
+                Some(0) => bail!(
+                    "--retention-bytes must be at least 1 byte (leave it out to keep everything)"
+                ),
+                Some(b) => Some(i64::try_from(b).context("--retention-bytes is too large")?),
                 None => None,
             };
             let options = TopicOptions {
-                compression: Some(match compression {
-                    Codec::None => Compression::None,
-                    Codec::Zstd => Compression::Zstd,
-                    Codec::Lz4 => Compression::Lz4,
-                }),
+                codec: Some(codec.into()),
                 retention_ms,
-                retention_bytes: retention_bytes
-                    .map(|b| i64::try_from(b).context("retention bytes is too large"))
-                    .transpose()?,
+                retention_bytes,
             };
+            let admin = Admin::new(connect.channel().await?);
             let t = admin.create_topic(&name, partitions, options).await?;
             eprintln!("created topic {} with {} partitions", t.name, t.partitions);
         }

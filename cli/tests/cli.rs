@@ -81,7 +81,17 @@ fn produce_consume_describe_inspect() {
         &["topic", "create", "demo", "--partitions", "2"],
         "",
     ));
-    assert!(ok(cairn(&agent, &["topic", "list"], "")).starts_with("demo\tpartitions=2"));
+    // The old flag name still works (a hidden alias of --codec).
+    ok(cairn(
+        &agent,
+        &["topic", "create", "plain", "--compression", "none"],
+        "",
+    ));
+    assert_eq!(
+        ok(cairn(&agent, &["topic", "list"], "")),
+        "demo\tpartitions=2\tcodec=zstd\tretention=forever\tretention-bytes=unlimited\n\
+         plain\tpartitions=1\tcodec=none\tretention=forever\tretention-bytes=unlimited\n"
+    );
     ok(cairn(
         &agent,
         &["produce", "demo", "--key-separator", ":"],
@@ -89,7 +99,7 @@ fn produce_consume_describe_inspect() {
     ));
     ok(cairn(
         &agent,
-        &["produce", "demo", "--partition", "1"],
+        &["produce", "demo", "--partition", "1", "--codec", "lz4"],
         "four\n",
     ));
 
@@ -131,27 +141,44 @@ fn produce_consume_describe_inspect() {
         .sum();
     assert_eq!(total, 4, "{described}");
 
-    let segment = walk(&dir.path().join("cairn-data/objects"))
+    // Every frame of every segment, as `cairn inspect segment --decode` prints them.
+    let segments: Vec<_> = walk(&dir.path().join("cairn-data/objects"))
         .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "seg"))
-        .expect("a segment object");
-    let inspected = ok(cairn(
-        &agent,
-        &["inspect", "segment", segment.to_str().unwrap(), "--decode"],
-        "",
-    ));
-    assert!(inspected.contains("every CRC verified"), "{inspected}");
-    // `cairn produce` is idempotent: the footer carries its stamp (id.epoch@sequence).
-    let stamp = inspected
-        .lines()
-        .filter(|l| l.starts_with("  ") && l.matches('\t').count() == 9 && !l.contains("TOPIC-ID"))
-        .map(|l| l.rsplit('\t').next().unwrap().to_string())
-        .next()
-        .unwrap();
-    assert!(
-        stamp.contains(".0@"),
-        "a producer stamp, got `{stamp}` in {inspected}"
-    );
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    assert!(!segments.is_empty(), "no segment object");
+    let mut frames = Vec::new();
+    for segment in &segments {
+        let inspected = ok(cairn(
+            &agent,
+            &["inspect", "segment", segment.to_str().unwrap(), "--decode"],
+            "",
+        ));
+        assert!(
+            inspected.contains("every CRC verified, every frame decoded"),
+            "{inspected}"
+        );
+        frames.extend(frame_rows(&inspected));
+    }
+    let records: u64 = frames
+        .iter()
+        .map(|f| f["RECORDS"].parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(records, 4, "{frames:?}");
+    let mut codecs: Vec<&str> = frames.iter().map(|f| f["CODEC"].as_str()).collect();
+    codecs.sort_unstable();
+    codecs.dedup();
+    assert_eq!(codecs, ["lz4", "zstd"], "{frames:?}");
+    for f in &frames {
+        // `cairn produce` is idempotent: every frame carries its stamp (id.epoch@sequence).
+        assert!(f["PRODUCER"].contains(".0@"), "a producer stamp: {f:?}");
+        assert_eq!(f["TIMESTAMPS"], "create", "{f:?}");
+        assert!(f["APPEND-TIME"].parse::<i64>().unwrap() > 0, "{f:?}");
+        assert!(
+            f["FIRST-TS"].parse::<i64>().unwrap() <= f["LAST-TS"].parse::<i64>().unwrap(),
+            "{f:?}"
+        );
+    }
 
     ok(cairn(&agent, &["topic", "delete", "demo"], ""));
     let gone = cairn(&agent, &["topic", "describe", "demo"], "");
@@ -217,6 +244,28 @@ fn clear_errors_without_agent_and_for_bad_flags() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a size"));
+}
+
+/// The frame rows of `cairn inspect segment` output, each as column name -> value.
+fn frame_rows(inspected: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+    let mut lines = inspected.lines().map(str::trim);
+    let header: Vec<&str> = lines
+        .find(|l| l.starts_with("TOPIC-ID\t"))
+        .unwrap_or_else(|| panic!("no header line in {inspected}"))
+        .split('\t')
+        .collect();
+    lines
+        .take_while(|l| !l.starts_with("ok:"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split('\t').collect();
+            assert_eq!(cells.len(), header.len(), "`{l}` in {inspected}");
+            header
+                .iter()
+                .zip(cells)
+                .map(|(h, c)| (h.to_string(), c.to_string()))
+                .collect()
+        })
+        .collect()
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
