@@ -9,6 +9,7 @@
 mod clock;
 mod commit;
 mod compaction;
+#[cfg(feature = "test-util")]
 pub mod conformance;
 mod error;
 #[cfg(feature = "fdb")]
