@@ -105,7 +105,7 @@ pub async fn kv_serializable(kv: Arc<dyn KvStore>) {
         let kv = kv.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..15 {
-                transact(kv.as_ref(), &policy, "increment", |tx| async move {
+                transact(kv.as_ref(), &policy, "increment", |tx, _| async move {
                     let n = match tx.get(b"counter").await? {
                         Some(v) => u64::from_le_bytes(v.try_into().unwrap()),
                         None => 0,
