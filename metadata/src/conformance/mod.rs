@@ -14,6 +14,7 @@ mod compaction;
 mod groups;
 mod kv;
 mod lifecycle;
+mod lost_reply;
 mod producers;
 mod share;
 mod topics;
@@ -26,6 +27,7 @@ pub use compaction::compaction;
 pub use groups::consumer_groups;
 pub use kv::{kv_basics, kv_limits, kv_serializable};
 pub use lifecycle::lifecycle;
+pub use lost_reply::{lost_replies, maybe_committed_flag};
 pub use producers::{idempotent_producers, producer_expiry};
 pub use share::share_groups;
 pub use topics::{error_kinds, topics};
@@ -178,4 +180,6 @@ where
     share_groups(fresh().await).await;
     lifecycle(fresh().await).await;
     compaction(fresh().await).await;
+    maybe_committed_flag(fresh().await).await;
+    lost_replies(&mut fresh).await;
 }
