@@ -2,6 +2,8 @@
 //! point and range reads, writes that the same transaction reads back, atomic add and a
 //! serializable commit. Also the retry policy and a fault-injecting wrapper for tests.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -86,7 +88,9 @@ pub struct FaultyKv {
     faults: Arc<Faults>,
 }
 
-#[derive(Debug)]
+/// Work run between a commit that was applied and its (lost) reply.
+type Interlude = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
 struct Faults {
     fail_commits: AtomicU32,
     unknown_commits: AtomicU32,
@@ -95,6 +99,19 @@ struct Faults {
     break_ppm: u32,
     rng: std::sync::Mutex<rand::rngs::StdRng>,
     broken: std::sync::atomic::AtomicU64,
+    /// Runs after the next lost-reply commit is applied, before it reports unknown.
+    interlude: std::sync::Mutex<Option<Interlude>>,
+}
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults")
+            .field("fail_commits", &self.fail_commits)
+            .field("unknown_commits", &self.unknown_commits)
+            .field("broken_commits", &self.broken_commits)
+            .field("break_ppm", &self.break_ppm)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Faults {
@@ -128,6 +145,7 @@ impl FaultyKv {
                 break_ppm: (rate.clamp(0.0, 1.0) * 1e6) as u32,
                 rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
                 broken: std::sync::atomic::AtomicU64::new(0),
+                interlude: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -146,6 +164,22 @@ impl FaultyKv {
     /// The next `n` commits are applied but report `CommitUnknown`, like a lost reply.
     pub fn unknown_next_commits(&self, n: u32) {
         self.faults.unknown_commits.store(n, Ordering::SeqCst);
+    }
+
+    /// The next commit is applied, then `interlude` runs (another client acting, say),
+    /// then the commit reports `CommitUnknown`: a lost reply with the world moving on before
+    /// the caller's retry.
+    pub fn unknown_next_commit_then<F, Fut>(&self, interlude: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        *self
+            .faults
+            .interlude
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(move || Box::pin(interlude())));
+        self.unknown_next_commits(1);
     }
 
     /// The next `n` commits fail for good (a non-retryable backend error, not applied), so
@@ -234,6 +268,10 @@ impl KvTransaction for FaultyTxn {
             }
             if take_one(&f.unknown_commits) {
                 self.inner.commit().await?;
+                let interlude = f.interlude.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(run) = interlude {
+                    run().await;
+                }
                 return Err(KvError::CommitUnknown("injected lost commit reply".into()));
             }
         }

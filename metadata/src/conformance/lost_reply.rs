@@ -511,6 +511,96 @@ where
     compare(fresh, "expire_producers", producer_expiry).await;
 }
 
+/// Lost replies with another client acting before the retry, where only the operation's
+/// token (not the state it finds) can tell its own write from someone else's:
+/// - an offset commit whose group rebalanced meanwhile answers Ok, not STALE_GENERATION;
+/// - a topic deleted and re-created by someone else meanwhile: the delete answers the topic
+///   it deleted and leaves the new one alone;
+/// - a settle followed by another consumer's settle in the same partition still finds its
+///   receipt.
+pub async fn lost_reply_races<F, Fut>(fresh: &mut F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Arc<dyn KvStore>>,
+{
+    // Offset commit, then a second member joins (new generation) before the retry.
+    let c = Ctx::new(fresh().await, true);
+    let t = c.m.create_topic(&spec("t", 2)).await.unwrap();
+    c.m.commit_segment(&segment("s", &[(t.id, 0, 10), (t.id, 1, 4)]))
+        .await
+        .unwrap();
+    let topics = vec!["t".to_string()];
+    let a = c.m.join_group("g", None, &topics, 3_000).await.unwrap();
+    let other = c.m.clone();
+    let joined = Arc::new(std::sync::Mutex::new(None));
+    let slot = joined.clone();
+    c.faulty.unknown_next_commit_then(move || async move {
+        let b = other.join_group("g", None, &topics, 3_000).await.unwrap();
+        *slot.lock().unwrap() = Some(b);
+    });
+    let r =
+        c.m.commit_offsets("g", &a.member_id, a.generation, &[("t".into(), 0, 6)])
+            .await;
+    assert!(r.is_ok(), "commit_offsets: {}", show(&r));
+    let b = joined
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the other member joined");
+    assert!(b.generation > a.generation, "the group did rebalance");
+    assert_eq!(
+        c.m.committed_offsets("g").await.unwrap(),
+        [("t".to_string(), 0, 6)]
+    );
+
+    // Delete, then the name is re-created by someone else before the retry.
+    let c = Ctx::new(fresh().await, true);
+    let old = c.m.create_topic(&spec("t", 1)).await.unwrap();
+    let other = c.m.clone();
+    c.faulty.unknown_next_commit_then(move || async move {
+        other.create_topic(&spec("t", 3)).await.unwrap();
+    });
+    let r = c.m.delete_topic("t").await;
+    assert_eq!(r.as_ref().ok(), Some(&old), "delete_topic: {}", show(&r));
+    let now = c.m.topic("t").await.unwrap();
+    assert_ne!(now.id, old.id);
+    assert_eq!(
+        now.partitions, 3,
+        "the new topic of that name is left alone"
+    );
+
+    // Settle, then another consumer settles in the same partition before the retry.
+    let c = Ctx::new(fresh().await, true);
+    let t = c.m.create_topic(&spec("t", 1)).await.unwrap();
+    c.m.commit_segment(&segment("s", &[(t.id, 0, 4)]))
+        .await
+        .unwrap();
+    c.m.share_acquire("q", "alice", "t", 2, 10_000, 5)
+        .await
+        .unwrap();
+    c.m.share_acquire("q", "bob", "t", 2, 10_000, 5)
+        .await
+        .unwrap();
+    let other = c.m.clone();
+    c.faulty.unknown_next_commit_then(move || async move {
+        other
+            .share_settle("q", "bob", "t", 0, &[2, 3], ShareAction::Ack)
+            .await
+            .unwrap();
+    });
+    let r =
+        c.m.share_settle("q", "alice", "t", 0, &[0, 1], ShareAction::Ack)
+            .await;
+    assert_eq!(
+        r.as_ref().ok(),
+        Some(&vec![1, 1]),
+        "share_settle: {}",
+        show(&r)
+    );
+    let d = c.m.describe_share_group("q", "t").await.unwrap();
+    assert_eq!((d[0].start_offset, d[0].end_offset), (4, 4), "{d:?}");
+}
+
 /// The retry loop's flag: false on a first attempt and after failures known not to have
 /// committed; true once an attempt's commit result was unknown, and from then on.
 pub async fn maybe_committed_flag(kv: Arc<dyn KvStore>) {

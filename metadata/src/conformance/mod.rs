@@ -27,7 +27,7 @@ pub use compaction::compaction;
 pub use groups::consumer_groups;
 pub use kv::{kv_basics, kv_limits, kv_serializable};
 pub use lifecycle::lifecycle;
-pub use lost_reply::{lost_replies, maybe_committed_flag};
+pub use lost_reply::{lost_replies, lost_reply_races, maybe_committed_flag};
 pub use producers::{idempotent_producers, producer_expiry};
 pub use share::share_groups;
 pub use topics::{error_kinds, topics};
@@ -182,4 +182,5 @@ where
     compaction(fresh().await).await;
     maybe_committed_flag(fresh().await).await;
     lost_replies(&mut fresh).await;
+    lost_reply_races(&mut fresh).await;
 }
