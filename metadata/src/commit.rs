@@ -73,10 +73,8 @@ pub(crate) async fn read_outcomes(
     seg: &SegmentCommit,
 ) -> Result<Vec<BatchOutcome>, MetaError> {
     let (b, e) = keys::object_results(&seg.object_key);
-    let corrupt = |reason: String| MetaError::Corrupt {
-        key: format!("object {}", seg.object_key),
-        reason,
-    };
+    let corrupt =
+        |reason: String| MetaError::malformed(format!("object {}", seg.object_key), reason);
     let mut out = Vec::with_capacity(seg.batches.len());
     for (_, v) in tx.get_range(&b, &e, usize::MAX, false).await? {
         for chunk in v.chunks(9) {

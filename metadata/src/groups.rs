@@ -112,13 +112,6 @@ struct GroupState {
     members: BTreeMap<String, MemberState>,
 }
 
-fn corrupt(key: &str, e: impl std::fmt::Display) -> MetaError {
-    MetaError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    }
-}
-
 fn fenced(reason: &'static str, message: String) -> MetaError {
     MetaError::Fenced { reason, message }
 }
@@ -135,13 +128,13 @@ async fn read_group(tx: &Tx, group: &str) -> Result<Option<GroupState>, MetaErro
     match tx.get(&keys::group(group)).await? {
         Some(v) => serde_json::from_slice(&v)
             .map(Some)
-            .map_err(|e| corrupt("group", e)),
+            .map_err(|e| MetaError::corrupt(format!("group {group}"), e)),
         None => Ok(None),
     }
 }
 
 async fn write_group(tx: &Tx, group: &str, g: &GroupState) -> Result<(), MetaError> {
-    let v = serde_json::to_vec(g).map_err(|e| corrupt("group", e))?;
+    let v = serde_json::to_vec(g).map_err(|e| MetaError::corrupt(format!("group {group}"), e))?;
     tx.set(&keys::group(group), &v).await?;
     Ok(())
 }

@@ -203,10 +203,7 @@ pub(crate) fn decode<'de, T: TupleUnpack<'de>>(
     what: &str,
     bytes: &'de [u8],
 ) -> Result<T, MetaError> {
-    unpack(bytes).map_err(|e| MetaError::Corrupt {
-        key: what.to_string(),
-        reason: e.to_string(),
-    })
+    unpack(bytes).map_err(|e| MetaError::corrupt(what, e))
 }
 
 /// Reads the little-endian i64 that `atomic_add` maintains (short values are zero-padded,

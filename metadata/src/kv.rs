@@ -11,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::KvError;
+use crate::error::Cause;
 
 /// One key and its value, as returned by range reads.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -200,6 +201,7 @@ impl KvStore for FaultyKv {
     async fn begin(&self) -> Result<Box<dyn KvTransaction>, KvError> {
         Ok(Box::new(FaultyTxn {
             inner: self.inner.begin().await?,
+            name: self.inner.name(),
             faults: self.faults.clone(),
             wrote: std::sync::atomic::AtomicBool::new(false),
         }))
@@ -216,6 +218,8 @@ impl KvStore for FaultyKv {
 
 struct FaultyTxn {
     inner: Box<dyn KvTransaction>,
+    /// The wrapped store's name, for errors.
+    name: &'static str,
     faults: Arc<Faults>,
     wrote: std::sync::atomic::AtomicBool,
 }
@@ -261,10 +265,16 @@ impl KvTransaction for FaultyTxn {
             let f = &self.faults;
             if take_one(&f.broken_commits) || f.roll() {
                 f.broken.fetch_add(1, Ordering::SeqCst);
-                return Err(KvError::Backend("injected commit failure".into()));
+                return Err(KvError::backend(
+                    self.name,
+                    Cause("injected commit failure".into()),
+                ));
             }
             if take_one(&f.fail_commits) {
-                return Err(KvError::Unavailable("injected commit failure".into()));
+                return Err(KvError::unavailable(
+                    self.name,
+                    Cause("injected commit failure".into()),
+                ));
             }
             if take_one(&f.unknown_commits) {
                 self.inner.commit().await?;
@@ -272,7 +282,10 @@ impl KvTransaction for FaultyTxn {
                 if let Some(run) = interlude {
                     run().await;
                 }
-                return Err(KvError::CommitUnknown("injected lost commit reply".into()));
+                return Err(KvError::commit_unknown(
+                    self.name,
+                    Cause("injected lost commit reply".into()),
+                ));
             }
         }
         self.inner.commit().await

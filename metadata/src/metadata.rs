@@ -161,17 +161,11 @@ pub(crate) fn decode_state(partition: u32, v: Option<&[u8]>) -> Result<Partition
 }
 
 fn decode_topic(v: &[u8]) -> Result<Topic, MetaError> {
-    serde_json::from_slice(v).map_err(|e| MetaError::Corrupt {
-        key: "topic".into(),
-        reason: e.to_string(),
-    })
+    serde_json::from_slice(v).map_err(|e| MetaError::corrupt("topic", e))
 }
 
 fn encode_topic(t: &Topic) -> Result<Vec<u8>, MetaError> {
-    serde_json::to_vec(t).map_err(|e| MetaError::Corrupt {
-        key: format!("topic {}", t.name),
-        reason: e.to_string(),
-    })
+    serde_json::to_vec(t).map_err(|e| MetaError::corrupt(format!("topic {}", t.name), e))
 }
 
 /// An index entry as stored: object, position, length, base offset, batch count, min and
@@ -214,9 +208,11 @@ pub(crate) fn decode_index(
     let (_, _, _, _, end_offset): (String, String, u64, u32, i64) = decode("index key", key)?;
     let (object_key, position, length, base_offset, batch_count, min_ts, max_ts, kind) =
         decode_index_value(v)?;
-    let kind = EntryKind::from_code(kind).ok_or_else(|| MetaError::Corrupt {
-        key: format!("index entry {topic_id}/{partition}/{end_offset}"),
-        reason: format!("unknown entry kind {kind}"),
+    let kind = EntryKind::from_code(kind).ok_or_else(|| {
+        MetaError::malformed(
+            format!("index entry {topic_id}/{partition}/{end_offset}"),
+            format!("unknown entry kind {kind}"),
+        )
     })?;
     Ok(IndexEntry {
         topic_id,

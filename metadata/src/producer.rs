@@ -73,10 +73,7 @@ impl ProducerPartition {
     }
 
     pub(crate) fn decode(v: &[u8]) -> Result<Self, MetaError> {
-        let bad = |reason: &str| MetaError::Corrupt {
-            key: "producer partition state".into(),
-            reason: reason.into(),
-        };
+        let bad = |reason: &str| MetaError::malformed("producer partition state", reason);
         let take = |at: usize, n: usize| v.get(at..at + n).ok_or_else(|| bad("truncated"));
         let u32_at = |at| take(at, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         let i64_at = |at| take(at, 8).map(keys::decode_i64_le);

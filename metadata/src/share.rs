@@ -123,10 +123,7 @@ impl SharePartition {
     }
 
     fn decode(v: &[u8]) -> Result<Self, MetaError> {
-        let bad = |reason: &str| MetaError::Corrupt {
-            key: "share partition".into(),
-            reason: reason.into(),
-        };
+        let bad = |reason: &str| MetaError::malformed("share partition", reason);
         let u64_at = |c: &[u8]| {
             c.get(..8)
                 .and_then(|b| <[u8; 8]>::try_from(b).ok())

@@ -80,7 +80,8 @@ pub async fn kv_limits(kv: Arc<dyn KvStore>) {
     }
     match failed {
         Some((i, KvError::TransactionTooLarge { .. })) => assert!((100..=102).contains(&i)),
-        other => panic!("expected TransactionTooLarge near 10 MB, got {other:?}"),
+        Some((i, e)) => panic!("expected TransactionTooLarge near 10 MB, got at write {i}: {e}"),
+        None => panic!("expected TransactionTooLarge near 10 MB, but every write fit"),
     }
     drop(tx);
     // Nothing of the refused transaction is visible.
