@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::keys::{self, decode, value};
 use crate::metadata::{
-    Tx, decode_index_value, encode_index, encode_state, read_state, read_topic_by_id,
+    Tx, add_counters, decode_index_value, delta, encode_index, read_topic_by_id,
 };
 use crate::{EntryKind, IndexEntry, MetaError, Metadata};
 
@@ -257,14 +257,16 @@ impl Metadata {
                     &value(&("live", now, replacement.length, 1u64)),
                 )
                 .await?;
-                let mut state = read_state(&tx, tid, p).await?;
-                state.bytes = state.bytes.saturating_sub(removed_bytes) + replacement.length;
-                state.index_entries = state
-                    .index_entries
-                    .saturating_sub(covered.len() as u64)
-                    .saturating_add(1);
-                tx.set(&keys::partition(tid, p), &encode_state(&state))
-                    .await?;
+                // Only the counters change, by atomic adds: the swap neither reads nor writes
+                // the partition's position, so commits racing it do not conflict with it.
+                add_counters(
+                    &tx,
+                    tid,
+                    p,
+                    delta(replacement.length, removed_bytes),
+                    1 - covered.len() as i64,
+                )
+                .await?;
                 Ok(())
             }
         })

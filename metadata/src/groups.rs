@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{self, decode, value};
-use crate::metadata::{Tx, read_state, read_topic_by_id};
+use crate::metadata::{Tx, read_position, read_state, read_topic_by_id};
 use crate::{MetaError, Metadata, validate_topic_name};
 
 /// Shortest and longest session timeout a member may ask for.
@@ -472,7 +472,7 @@ impl Metadata {
                 let t = crate::metadata::read_topic(&tx, topic)
                     .await?
                     .ok_or_else(|| MetaError::TopicNotFound(topic.clone()))?;
-                let state = read_state(&tx, t.id, *partition).await?;
+                let state = read_position(&tx, t.id, *partition).await?;
                 if *offset < 0 || *offset > state.next_offset {
                     return Err(MetaError::OffsetOutOfRange {
                         topic: topic.clone(),
@@ -627,7 +627,7 @@ impl Metadata {
             }
             let mut out = Vec::new();
             for p in 0..t.partitions {
-                let state = read_state(&tx, t.id, p).await?;
+                let state = read_position(&tx, t.id, p).await?;
                 let offset = match to {
                     OffsetReset::Earliest => state.start_offset,
                     OffsetReset::Latest => state.next_offset,

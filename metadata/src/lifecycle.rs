@@ -12,7 +12,9 @@
 use std::time::Duration;
 
 use crate::keys::{self, decode, value};
-use crate::metadata::{Memo, Tx, decode_index, encode_state, read_state, read_topic};
+use crate::metadata::{
+    Memo, Tx, add_counters, decode_index, read_counters, read_position, read_topic, write_position,
+};
 use crate::{MetaError, Metadata, Topic};
 
 /// Index entries removed per retention transaction.
@@ -109,7 +111,7 @@ impl Metadata {
                 .await?
                 .ok_or_else(|| MetaError::TopicNotFound(topic.to_string()))?;
             t.check_partition(partition)?;
-            let mut state = read_state(&tx, t.id, partition).await?;
+            let state = read_position(&tx, t.id, partition).await?;
             // After a lost reply the start offset is already at (or, after retention, past)
             // `before`: what was asked holds, so it is not an out-of-range request.
             if maybe.get() && state.start_offset >= before {
@@ -125,6 +127,7 @@ impl Metadata {
                 });
             }
             let (b, e) = keys::index_from(t.id, partition, 0);
+            let (mut bytes, mut entries) = (0i64, 0i64);
             for (k, v) in tx.get_range(&b, &e, usize::MAX, false).await? {
                 let entry = decode_index(t.id, partition, &k, &v)?;
                 if entry.end_offset > before {
@@ -139,12 +142,11 @@ impl Metadata {
                     entry.end_offset,
                 )
                 .await?;
-                state.bytes = state.bytes.saturating_sub(entry.length);
-                state.index_entries = state.index_entries.saturating_sub(1);
+                bytes -= entry.length as i64;
+                entries -= 1;
             }
-            state.start_offset = before;
-            tx.set(&keys::partition(t.id, partition), &encode_state(&state))
-                .await?;
+            write_position(&tx, t.id, &state, before, state.next_offset).await?;
+            add_counters(&tx, t.id, partition, bytes, entries).await?;
             Ok(before)
         })
         .await
@@ -287,13 +289,17 @@ struct Step {
 
 /// One bounded retention transaction for one partition.
 async fn retention_step(tx: &Tx, t: &Topic, p: u32, now: i64) -> Result<Step, MetaError> {
-    let mut state = read_state(tx, t.id, p).await?;
+    let position = read_position(tx, t.id, p).await?;
+    let mut start = position.start_offset;
+    // Size retention decides on the stored bytes, so this step reads the counter (and on
+    // FoundationDB conflicts with a concurrent change to it, as it should).
+    let (counted, _) = read_counters(tx, t.id, p).await?;
     let (b, e) = keys::index_from(t.id, p, 0);
     let rows = tx.get_range(&b, &e, RETENTION_CHUNK + 1, false).await?;
     let mut removed = 0u64;
     let mut bytes = 0u64;
     let mut keys = Vec::new();
-    let mut live = state.bytes;
+    let mut live = position.bytes.saturating_add_signed(counted);
     let total = rows.len();
     for (i, (k, v)) in rows.iter().enumerate() {
         if i == RETENTION_CHUNK {
@@ -311,19 +317,17 @@ async fn retention_step(tx: &Tx, t: &Topic, p: u32, now: i64) -> Result<Step, Me
         removed += 1;
         bytes += entry.length;
         live = live.saturating_sub(entry.length);
-        state.start_offset = state.start_offset.max(entry.end_offset);
+        start = start.max(entry.end_offset);
     }
     if removed > 0 {
-        state.bytes = live;
-        state.index_entries = state.index_entries.saturating_sub(removed);
-        tx.set(&keys::partition(t.id, p), &encode_state(&state))
-            .await?;
+        write_position(tx, t.id, &position, start, position.next_offset).await?;
+        add_counters(tx, t.id, p, -(bytes as i64), -(removed as i64)).await?;
     }
     let more = removed as usize == RETENTION_CHUNK && total > RETENTION_CHUNK;
     Ok(Step {
         removed,
         bytes,
-        start: state.start_offset,
+        start,
         more,
         keys,
     })

@@ -138,11 +138,10 @@ pub struct Metadata {
     retries: Arc<AtomicU64>,
 }
 
-pub(crate) fn encode_state(s: &PartitionState) -> Vec<u8> {
-    value(&(s.start_offset, s.next_offset, s.bytes, s.index_entries))
-}
-
-pub(crate) fn decode_state(partition: u32, v: Option<&[u8]>) -> Result<PartitionState, MetaError> {
+/// Decodes `(p, topic, partition)`: start and next offset, and the byte and entry counts as
+/// they stood before they moved to atomic counters (0 once a writer folded them in). The
+/// result's `bytes`/`index_entries` are those legacy counts only, not the totals.
+fn decode_position(partition: u32, v: Option<&[u8]>) -> Result<PartitionState, MetaError> {
     let Some(v) = v else {
         return Ok(PartitionState {
             partition,
@@ -256,13 +255,111 @@ pub(crate) async fn read_topic_by_id(tx: &Tx, id: u64) -> Result<Option<Topic>, 
     }
 }
 
-pub(crate) async fn read_state(
+// A partition's stored bytes and index-entry count are statistics that every commit, swap,
+// retention step and `delete_records` changes but that none of them (except size retention)
+// decides anything on. They live in counters of their own, changed only by `atomic_add`:
+// on FoundationDB an atomic add takes no read conflict, so a compaction swap, which only
+// adjusts them, no longer conflicts with the commits racing it on a hot partition, and
+// commits no longer rewrite them. The position (start and next offset) stays one value that
+// commits read and write: the next offset decides where a batch lands, so it must be
+// read-modify-write. Size retention reads the byte counter because it decides on it.
+
+/// A partition's position: start and next offset (`bytes`/`index_entries` hold only the
+/// legacy counts, see [`decode_position`]). What commits and offset checks decide on; reads
+/// no counter, so concurrent atomic adds do not conflict with the reader.
+pub(crate) async fn read_position(
     tx: &Tx,
     topic_id: u64,
     partition: u32,
 ) -> Result<PartitionState, MetaError> {
     let v = tx.get(&keys::partition(topic_id, partition)).await?;
-    decode_state(partition, v.as_deref())
+    decode_position(partition, v.as_deref())
+}
+
+/// A partition's byte and entry counters (without the legacy counts).
+pub(crate) async fn read_counters(
+    tx: &Tx,
+    topic_id: u64,
+    partition: u32,
+) -> Result<(i64, i64), MetaError> {
+    let (bk, ek) = (
+        keys::partition_bytes(topic_id, partition),
+        keys::partition_entries(topic_id, partition),
+    );
+    let (bytes, entries) = futures::try_join!(tx.get(&bk), tx.get(&ek))?;
+    let n = |v: Option<Vec<u8>>| v.as_deref().map_or(0, keys::decode_i64_le);
+    Ok((n(bytes), n(entries)))
+}
+
+/// Adds the counters to a position read by [`read_position`]: the partition's totals.
+fn with_counters(mut position: PartitionState, (bytes, entries): (i64, i64)) -> PartitionState {
+    position.bytes = position.bytes.saturating_add_signed(bytes);
+    position.index_entries = position.index_entries.saturating_add_signed(entries);
+    position
+}
+
+/// A partition's full state: position and totals.
+pub(crate) async fn read_state(
+    tx: &Tx,
+    topic_id: u64,
+    partition: u32,
+) -> Result<PartitionState, MetaError> {
+    let (position, counters) = futures::try_join!(
+        read_position(tx, topic_id, partition),
+        read_counters(tx, topic_id, partition),
+    )?;
+    Ok(with_counters(position, counters))
+}
+
+/// Writes a partition's start and next offset. `loaded` is the position as read by
+/// [`read_position`] in this transaction: its legacy counts, if any, are folded into the
+/// counters here, once, as the value is rewritten without them.
+pub(crate) async fn write_position(
+    tx: &Tx,
+    topic_id: u64,
+    loaded: &PartitionState,
+    start_offset: i64,
+    next_offset: i64,
+) -> Result<(), MetaError> {
+    let p = loaded.partition;
+    tx.set(
+        &keys::partition(topic_id, p),
+        &value(&(start_offset, next_offset, 0u64, 0u64)),
+    )
+    .await?;
+    add_counters(
+        tx,
+        topic_id,
+        p,
+        delta(loaded.bytes, 0),
+        delta(loaded.index_entries, 0),
+    )
+    .await
+}
+
+/// Changes a partition's byte and entry counters by atomic adds (a zero change writes
+/// nothing).
+pub(crate) async fn add_counters(
+    tx: &Tx,
+    topic_id: u64,
+    partition: u32,
+    bytes: i64,
+    entries: i64,
+) -> Result<(), MetaError> {
+    if bytes != 0 {
+        tx.atomic_add(&keys::partition_bytes(topic_id, partition), bytes)
+            .await?;
+    }
+    if entries != 0 {
+        tx.atomic_add(&keys::partition_entries(topic_id, partition), entries)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `after - before` as a signed change.
+pub(crate) fn delta(after: u64, before: u64) -> i64 {
+    after.wrapping_sub(before) as i64
 }
 
 impl Metadata {
@@ -461,13 +558,31 @@ impl Metadata {
                     ..PartitionState::default()
                 })
                 .collect();
+            let mut counters = vec![(0i64, 0i64); states.len()];
+            // Positions `(.., p)` and their counters `(.., p, bytes|entries)`, in key order.
             for (k, v) in tx.get_range(&b, &e, usize::MAX, false).await? {
-                let (_, _, _, p): (String, String, u64, u32) = decode("partition key", &k)?;
-                if let Some(slot) = states.get_mut(p as usize) {
-                    *slot = decode_state(p, Some(&v))?;
+                if let Ok((_, _, _, p)) = decode::<(String, String, u64, u32)>("partition key", &k)
+                {
+                    if let Some(slot) = states.get_mut(p as usize) {
+                        *slot = decode_position(p, Some(&v))?;
+                    }
+                    continue;
+                }
+                let (_, _, _, p, which): (String, String, u64, u32, String) =
+                    decode("partition counter key", &k)?;
+                if let Some(c) = counters.get_mut(p as usize) {
+                    match which.as_str() {
+                        "bytes" => c.0 = keys::decode_i64_le(&v),
+                        "entries" => c.1 = keys::decode_i64_le(&v),
+                        _ => {}
+                    }
                 }
             }
-            Ok(states)
+            Ok(states
+                .into_iter()
+                .zip(counters)
+                .map(|(s, c)| with_counters(s, c))
+                .collect())
         })
         .await
     }

@@ -12,7 +12,7 @@
 //! dead-letter topic instead of being delivered again.
 
 use crate::keys::{self, decode, value};
-use crate::metadata::{Tx, read_state, read_topic};
+use crate::metadata::{Tx, read_position, read_state, read_topic};
 use crate::{MetaError, Metadata, validate_topic_name};
 
 /// Most in-flight (acquired or not yet settled) records per share-partition.
@@ -353,7 +353,7 @@ impl Metadata {
             }
             let (got, dead) = self
                 .run("share_acquire", |tx, maybe| async move {
-                    let hwm = read_state(&tx, t.id, p).await?;
+                    let hwm = read_position(&tx, t.id, p).await?;
                     let mut sp = match read_share(&tx, group, t.id, p).await? {
                         Some(sp) => sp,
                         None => SharePartition {

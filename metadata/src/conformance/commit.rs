@@ -294,3 +294,61 @@ pub async fn atomic_groups(kv: Arc<dyn KvStore>) {
     );
     assert_eq!(m.partition_state(t.id, 0).await.unwrap().next_offset, 2);
 }
+
+/// Byte and entry counts are atomic counters; a partition written before they existed (its
+/// counts inside the position value) keeps its totals, and the first writer folds them into
+/// the counters exactly once.
+pub async fn legacy_partition_counts(kv: Arc<dyn KvStore>) {
+    let m = metadata(kv.clone());
+    let t = m.create_topic(&spec("old", 2)).await.unwrap();
+    // As the previous layout stored it: start 0, next 10, 1000 bytes, 2 entries.
+    let tx = kv.begin().await.unwrap();
+    tx.set(
+        &crate::keys::partition(t.id, 0),
+        &crate::keys::value(&(0i64, 10i64, 1_000u64, 2u64)),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let s = m.partition_state(t.id, 0).await.unwrap();
+    assert_eq!((s.next_offset, s.bytes, s.index_entries), (10, 1_000, 2));
+
+    m.commit_segment(&segment("n1", &[(t.id, 0, 5), (t.id, 1, 1)]))
+        .await
+        .unwrap();
+    m.commit_segment(&segment("n2", &[(t.id, 0, 5)]))
+        .await
+        .unwrap();
+    let states = m.partition_states(&t).await.unwrap();
+    assert_eq!(
+        (
+            states[0].next_offset,
+            states[0].bytes,
+            states[0].index_entries
+        ),
+        (20, 1_200, 4),
+        "legacy counts plus two commits, counted once"
+    );
+    assert_eq!((states[1].bytes, states[1].index_entries), (100, 1));
+    assert_eq!(m.partition_state(t.id, 0).await.unwrap(), states[0]);
+    let tx = kv.begin().await.unwrap();
+    let v = tx
+        .get(&crate::keys::partition(t.id, 0))
+        .await
+        .unwrap()
+        .unwrap();
+    let folded: (i64, i64, u64, u64) = crate::keys::decode("partition", &v).unwrap();
+    assert_eq!(
+        folded,
+        (0, 20, 0, 0),
+        "the legacy counts moved to the counters"
+    );
+    drop(tx);
+    // delete_records takes the removed entries off the counters.
+    let (_, entries) = m.read_index(t.id, 0, 10, 10).await.unwrap();
+    m.delete_records("old", 0, entries[0].end_offset)
+        .await
+        .unwrap();
+    let s = m.partition_state(t.id, 0).await.unwrap();
+    assert_eq!((s.start_offset, s.bytes, s.index_entries), (15, 1_100, 3));
+}

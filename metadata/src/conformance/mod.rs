@@ -21,7 +21,7 @@ mod topics;
 
 pub use commit::{
     atomic_groups, commit_and_index, commit_faults, commit_too_large, concurrent_commits,
-    conditional_appends, wait_for_offset,
+    conditional_appends, legacy_partition_counts, wait_for_offset,
 };
 pub use compaction::compaction;
 pub use groups::consumer_groups;
@@ -169,6 +169,7 @@ where
     commit_and_index(fresh().await).await;
     commit_faults(fresh().await).await;
     commit_too_large(fresh().await).await;
+    legacy_partition_counts(fresh().await).await;
     concurrent_commits(fresh().await).await;
     wait_for_offset(fresh().await).await;
     error_kinds(fresh().await).await;
