@@ -30,7 +30,10 @@ pub(crate) type Tx = Arc<dyn KvTransaction>;
 /// recorded in what it wrote, or an id it chose before the loop) and answers from it instead
 /// of applying itself twice.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MaybeCommitted(pub bool);
+pub struct MaybeCommitted(
+    /// True once an earlier attempt's commit result was unknown.
+    pub bool,
+);
 
 impl MaybeCommitted {
     /// True when an earlier attempt may have committed.
