@@ -1,7 +1,12 @@
-//! The injected clock. Wall-clock time is read only here, so tests can control time
-//! (lease expiry, retention, grace periods) without sleeping.
+//! The injected clock and random source. Wall-clock time and entropy are read only here, so
+//! tests can control time (lease expiry, retention, grace periods) without sleeping, and
+//! replay the random numbers an operation draws (the tokens that let a rerun after a lost
+//! commit reply recognise its own earlier write).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+
+use rand::{Rng, SeedableRng};
 
 /// A source of wall-clock time in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
@@ -42,5 +47,41 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now_ms(&self) -> i64 {
         self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A source of random numbers for values that must be unique across processes, such as the
+/// token an operation records in what it writes so that its rerun recognises its own write.
+pub trait RandomSource: Send + Sync + std::fmt::Debug + 'static {
+    /// A uniformly random 64-bit number.
+    fn next_u64(&self) -> u64;
+}
+
+/// Random numbers from the operating system's entropy (through `rand`'s thread generator).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemRandom;
+
+impl RandomSource for SystemRandom {
+    // The one place outside tests where the thread generator is read (see clippy.toml).
+    #[allow(clippy::disallowed_methods)]
+    fn next_u64(&self) -> u64 {
+        rand::rng().random()
+    }
+}
+
+/// A repeatable sequence of random numbers from a seed, for tests.
+#[derive(Debug)]
+pub struct SeededRandom(Mutex<rand::rngs::StdRng>);
+
+impl SeededRandom {
+    /// The sequence that `seed` starts.
+    pub fn new(seed: u64) -> Self {
+        SeededRandom(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)))
+    }
+}
+
+impl RandomSource for SeededRandom {
+    fn next_u64(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).random()
     }
 }

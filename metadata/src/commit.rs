@@ -15,7 +15,9 @@ use std::collections::{HashMap, HashSet};
 use futures::future::try_join_all;
 
 use crate::keys::{self, value};
-use crate::metadata::{Tx, encode_index, encode_state, read_state, read_topic_by_id};
+use crate::metadata::{
+    Tx, add_counters, delta, encode_index, read_position, read_topic_by_id, write_position,
+};
 use crate::producer::{ProducerPartition, ProducerRecord, SeqEntry, read_producer};
 use crate::{
     BatchOutcome, CommitBatch, EntryKind, IndexEntry, MetaError, PartitionState, Rejection,
@@ -73,10 +75,8 @@ pub(crate) async fn read_outcomes(
     seg: &SegmentCommit,
 ) -> Result<Vec<BatchOutcome>, MetaError> {
     let (b, e) = keys::object_results(&seg.object_key);
-    let corrupt = |reason: String| MetaError::Corrupt {
-        key: format!("object {}", seg.object_key),
-        reason,
-    };
+    let corrupt =
+        |reason: String| MetaError::malformed(format!("object {}", seg.object_key), reason);
     let mut out = Vec::with_capacity(seg.batches.len());
     for (_, v) in tx.get_range(&b, &e, usize::MAX, false).await? {
         for chunk in v.chunks(9) {
@@ -125,7 +125,9 @@ async fn load(tx: &Tx, seg: &SegmentCommit) -> Result<Loaded, MetaError> {
         .collect();
     parts.sort_unstable();
     parts.dedup();
-    let states = try_join_all(parts.iter().map(|&(t, p)| read_state(tx, t, p))).await?;
+    // Positions only: a commit decides on the next offset, never on the byte or entry
+    // counters, so it does not read them (and concurrent atomic adds do not conflict).
+    let states = try_join_all(parts.iter().map(|&(t, p)| read_position(tx, t, p))).await?;
 
     let mut producer_ids: Vec<u64> = seg
         .batches
@@ -411,10 +413,17 @@ pub(crate) async fn write_segment(
     }
 
     for ((topic_id, partition), state) in &states {
-        if loaded.states.get(&(*topic_id, *partition)) != Some(state) {
-            tx.set(
-                &keys::partition(*topic_id, *partition),
-                &encode_state(state),
+        let Some(before) = loaded.states.get(&(*topic_id, *partition)) else {
+            continue;
+        };
+        if before != state {
+            write_position(tx, *topic_id, before, state.start_offset, state.next_offset).await?;
+            add_counters(
+                tx,
+                *topic_id,
+                *partition,
+                delta(state.bytes, before.bytes),
+                delta(state.index_entries, before.index_entries),
             )
             .await?;
         }

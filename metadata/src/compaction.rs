@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::keys::{self, decode, value};
 use crate::metadata::{
-    Tx, decode_index_value, encode_index, encode_state, read_state, read_topic_by_id,
+    Tx, add_counters, decode_index_value, delta, encode_index, read_topic_by_id,
 };
 use crate::{EntryKind, IndexEntry, MetaError, Metadata};
 
@@ -46,7 +46,37 @@ pub struct CompactedFile {
     pub max_timestamp_ms: i64,
 }
 
-type ClaimValue = (String, u64, i64);
+/// A claim as stored: owner, fencing token, lease expiry (ms), and the operation token of
+/// the `claim_compaction` call that wrote it (0 in claims written before those existed).
+struct Claim {
+    owner: String,
+    token: u64,
+    expires: i64,
+    by: u64,
+}
+
+impl Claim {
+    fn decode(v: &[u8]) -> Result<Claim, MetaError> {
+        let (owner, token, expires, by) =
+            match decode::<(String, u64, i64, u64)>("compaction claim", v) {
+                Ok(c) => c,
+                Err(e) => match decode::<(String, u64, i64)>("compaction claim", v) {
+                    Ok((owner, token, expires)) => (owner, token, expires, 0),
+                    Err(_) => return Err(e),
+                },
+            };
+        Ok(Claim {
+            owner,
+            token,
+            expires,
+            by,
+        })
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        value(&(self.owner.as_str(), self.token, self.expires, self.by))
+    }
+}
 
 impl Metadata {
     /// Claims `topic_id`/`partition` for compaction by `owner` for `lease`. Returns `None`
@@ -60,22 +90,39 @@ impl Metadata {
     ) -> Result<Option<CompactionClaim>, MetaError> {
         let now = self.clock().now_ms();
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        self.run("claim_compaction", |tx| async move {
+        let by = self.token();
+        self.run("claim_compaction", |tx, maybe| async move {
             let key = keys::compaction_claim(topic_id, partition);
             if let Some(v) = tx.get(&key).await? {
-                let (holder, _, expires): ClaimValue = decode("compaction claim", &v)?;
-                if holder != owner && expires > now {
+                let held = Claim::decode(&v)?;
+                // After a lost reply: the claim this call's first attempt took is ours;
+                // answer it rather than replace it with another token.
+                if maybe.get() && held.by == by {
+                    return Ok(Some(CompactionClaim {
+                        topic_id,
+                        partition,
+                        token: held.token,
+                    }));
+                }
+                if held.owner != owner && held.expires > now {
                     return Ok(None);
                 }
             }
+            // Fencing tokens come from a counter the transaction must read to hand the token
+            // out, so it stays a read-modify-write.
             let token = match tx.get(&keys::next_compaction_token()).await? {
                 Some(v) => decode::<(u64,)>("next compaction token", &v)?.0,
                 None => 1,
             };
             tx.set(&keys::next_compaction_token(), &value(&(token + 1,)))
                 .await?;
-            let claim: ClaimValue = (owner.to_string(), token, now.saturating_add(lease_ms));
-            tx.set(&key, &value(&claim)).await?;
+            let claim = Claim {
+                owner: owner.to_string(),
+                token,
+                expires: now.saturating_add(lease_ms),
+                by,
+            };
+            tx.set(&key, &claim.encode()).await?;
             Ok(Some(CompactionClaim {
                 topic_id,
                 partition,
@@ -87,7 +134,7 @@ impl Metadata {
 
     /// Gives a claim up (nothing happens if it was already taken over).
     pub async fn release_compaction(&self, claim: CompactionClaim) -> Result<(), MetaError> {
-        self.run("release_compaction", |tx| async move {
+        self.run("release_compaction", |tx, _| async move {
             let key = keys::compaction_claim(claim.topic_id, claim.partition);
             if check_claim(&tx, &claim).await.is_ok() {
                 tx.clear(&key).await?;
@@ -148,10 +195,22 @@ impl Metadata {
             kind: EntryKind::Parquet,
         };
         let now = self.clock().now_ms();
-        self.run("swap_compacted", |tx| {
+        self.run("swap_compacted", |tx, maybe| {
             let replacement = replacement.clone();
             async move {
                 let (tid, p) = (claim.topic_id, claim.partition);
+                // After a lost reply the covered entries are gone, which would read as a
+                // conflict. The file's object key is unique to this claim (it names the
+                // fencing token), so finding it as the run's entry means the swap went
+                // through.
+                if maybe.get()
+                    && let Some(v) = tx.get(&keys::index(tid, p, replacement.end_offset)).await?
+                {
+                    let (object, ..) = decode_index_value(&v)?;
+                    if object == replacement.object_key {
+                        return Ok(());
+                    }
+                }
                 if read_topic_by_id(&tx, tid).await?.is_none() {
                     return Err(MetaError::Fenced {
                         reason: "COMPACTION_CONFLICT",
@@ -198,14 +257,16 @@ impl Metadata {
                     &value(&("live", now, replacement.length, 1u64)),
                 )
                 .await?;
-                let mut state = read_state(&tx, tid, p).await?;
-                state.bytes = state.bytes.saturating_sub(removed_bytes) + replacement.length;
-                state.index_entries = state
-                    .index_entries
-                    .saturating_sub(covered.len() as u64)
-                    .saturating_add(1);
-                tx.set(&keys::partition(tid, p), &encode_state(&state))
-                    .await?;
+                // Only the counters change, by atomic adds: the swap neither reads nor writes
+                // the partition's position, so commits racing it do not conflict with it.
+                add_counters(
+                    &tx,
+                    tid,
+                    p,
+                    delta(replacement.length, removed_bytes),
+                    1 - covered.len() as i64,
+                )
+                .await?;
                 Ok(())
             }
         })
@@ -216,10 +277,7 @@ impl Metadata {
 async fn check_claim(tx: &Tx, claim: &CompactionClaim) -> Result<(), MetaError> {
     let key = keys::compaction_claim(claim.topic_id, claim.partition);
     let held = match tx.get(&key).await? {
-        Some(v) => {
-            let (_, token, _): ClaimValue = decode("compaction claim", &v)?;
-            token == claim.token
-        }
+        Some(v) => Claim::decode(&v)?.token == claim.token,
         None => false,
     };
     if held {

@@ -1,6 +1,9 @@
 //! Errors of the metadata layer and the one small [`ErrorKind`] that callers (the agent's
 //! gRPC layer) use to pick a status code.
 
+use std::path::PathBuf;
+use std::sync::Arc;
+
 /// What a caller should do about an error; the agent maps each kind to one gRPC status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -24,15 +27,39 @@ pub enum ErrorKind {
     Internal,
 }
 
-/// An error of the transactional KV layer.
+/// The underlying cause of a metadata-store error (a `rusqlite` or FoundationDB error, an
+/// I/O error, an injected fault), shared so that [`KvError`] stays `Clone`.
+pub type ErrorSource = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A cause that is a statement rather than another library's error: an injected fault, a
+/// setting the backend refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Cause(pub(crate) String);
+
+/// An error of the transactional KV layer. Backend failures keep their cause as
+/// [`source`](std::error::Error::source) (and show its message too, so a one-line status
+/// names it); `backend` names the store (`sqlite`, `memory`, `fdb`).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum KvError {
     /// Another transaction changed what this one read; rerun it.
-    #[error("transaction conflict: {0}")]
-    Conflict(String),
+    #[error("{backend}: transaction conflict: {source}")]
+    Conflict {
+        /// The store.
+        backend: &'static str,
+        /// What the store reported.
+        #[source]
+        source: ErrorSource,
+    },
     /// The commit may or may not have been applied; rerun it idempotently.
-    #[error("commit outcome unknown: {0}")]
-    CommitUnknown(String),
+    #[error("{backend}: commit outcome unknown: {source}")]
+    CommitUnknown {
+        /// The store.
+        backend: &'static str,
+        /// What the store reported.
+        #[source]
+        source: ErrorSource,
+    },
     /// The transaction ran longer than the backend allows.
     #[error("transaction ran {elapsed_ms} ms, over the {limit_ms} ms limit")]
     TooOld {
@@ -66,11 +93,35 @@ pub enum KvError {
         limit: usize,
     },
     /// The backend cannot be reached or is overloaded; retry later.
-    #[error("metadata store unavailable: {0}")]
-    Unavailable(String),
+    #[error("{backend} metadata store unavailable: {source}")]
+    Unavailable {
+        /// The store.
+        backend: &'static str,
+        /// What failed.
+        #[source]
+        source: ErrorSource,
+    },
     /// A backend failure that retrying will not fix.
-    #[error("metadata store error: {0}")]
-    Backend(String),
+    #[error("{backend} metadata store error: {source}")]
+    Backend {
+        /// The store.
+        backend: &'static str,
+        /// What failed.
+        #[source]
+        source: ErrorSource,
+    },
+    /// A transaction used after it committed or failed (a bug in the caller).
+    #[error("{backend}: the transaction was used after it had finished")]
+    Finished {
+        /// The store.
+        backend: &'static str,
+    },
+    /// A lock guarding a transaction was poisoned by a panic elsewhere.
+    #[error("{backend}: a transaction's lock was poisoned by an earlier panic")]
+    Poisoned {
+        /// The store.
+        backend: &'static str,
+    },
 }
 
 impl KvError {
@@ -78,11 +129,51 @@ impl KvError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            KvError::Conflict(_)
-                | KvError::CommitUnknown(_)
+            KvError::Conflict { .. }
+                | KvError::CommitUnknown { .. }
                 | KvError::TooOld { .. }
-                | KvError::Unavailable(_)
+                | KvError::Unavailable { .. }
         )
+    }
+
+    pub(crate) fn conflict(
+        backend: &'static str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        KvError::Conflict {
+            backend,
+            source: Arc::new(e),
+        }
+    }
+
+    pub(crate) fn commit_unknown(
+        backend: &'static str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        KvError::CommitUnknown {
+            backend,
+            source: Arc::new(e),
+        }
+    }
+
+    pub(crate) fn unavailable(
+        backend: &'static str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        KvError::Unavailable {
+            backend,
+            source: Arc::new(e),
+        }
+    }
+
+    pub(crate) fn backend(
+        backend: &'static str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        KvError::Backend {
+            backend,
+            source: Arc::new(e),
+        }
     }
 }
 
@@ -147,12 +238,22 @@ pub enum MetaError {
     #[error("{0}")]
     TooLarge(String),
     /// Stored metadata that cannot be decoded.
-    #[error("corrupt metadata at {key}: {reason}")]
+    #[error("corrupt metadata at {key}: {source}")]
     Corrupt {
-        /// The key, printed.
+        /// Which value, for people.
         key: String,
-        /// What was wrong.
-        reason: String,
+        /// What was wrong: the decoder's error, or a statement of the inconsistency.
+        #[source]
+        source: ErrorSource,
+    },
+    /// The directory for a metadata file cannot be created.
+    #[error("cannot create directory {} for the metadata file: {source}", .path.display())]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// The KV layer failed (after retries where retrying made sense).
     #[error(transparent)]
@@ -160,6 +261,22 @@ pub enum MetaError {
 }
 
 impl MetaError {
+    /// Stored bytes at `key` that a decoder refused.
+    pub(crate) fn corrupt(
+        key: impl Into<String>,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        MetaError::Corrupt {
+            key: key.into(),
+            source: Arc::new(e),
+        }
+    }
+
+    /// Stored bytes at `key` that decode but make no sense, for `reason`.
+    pub(crate) fn malformed(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        MetaError::corrupt(key, Cause(reason.into()))
+    }
+
     /// What a caller should do about this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -168,6 +285,7 @@ impl MetaError {
             MetaError::TopicExists(_) => ErrorKind::AlreadyExists,
             MetaError::InvalidTopicName { .. }
             | MetaError::InvalidArgument(_)
+            | MetaError::CreateDir { .. }
             | MetaError::PartitionOutOfRange { .. } => ErrorKind::Invalid,
             MetaError::OffsetOutOfRange { .. } => ErrorKind::OutOfRange,
             MetaError::TooLarge(_) => ErrorKind::TooLarge,

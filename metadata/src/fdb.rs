@@ -13,29 +13,52 @@ use crate::kv::{KeyValue, KvStore, KvTransaction};
 use crate::limits::LimitTracker;
 use crate::{KvError, Limits, MetaError};
 
+/// The backend's name in errors and logs.
+const NAME: &str = "fdb";
+
+/// A FoundationDB error with its numeric code, which operators look up.
+#[derive(Debug, thiserror::Error)]
+#[error("{source} (FoundationDB error {code})")]
+struct Failure {
+    code: i32,
+    #[source]
+    source: FdbError,
+}
+
+/// The client network could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {source}")]
+struct NetworkStart {
+    step: &'static str,
+    #[source]
+    source: FdbError,
+}
+
 /// The FoundationDB client network: started once per process, never stopped (it runs on
-/// its own thread until the process exits).
-static NETWORK: OnceLock<Result<(), String>> = OnceLock::new();
+/// its own thread until the process exits). A failure to start is kept and answered to
+/// every later open.
+static NETWORK: OnceLock<Result<(), KvError>> = OnceLock::new();
 
 fn start_network() -> Result<(), MetaError> {
+    let failed = |step| move |source| KvError::unavailable(NAME, NetworkStart { step, source });
     NETWORK
         .get_or_init(|| {
             let builder = foundationdb::api::FdbApiBuilder::default()
                 .build()
-                .map_err(|e| format!("cannot select the FoundationDB API version: {e}"))?;
+                .map_err(failed("cannot select the FoundationDB API version"))?;
             // SAFETY: `boot` must run at most once per process and before any other
             // FoundationDB call; the `OnceLock` guarantees both for every path through
             // this crate, which is the only user of the client library.
             #[allow(unsafe_code)]
             let guard = unsafe { builder.boot() }
-                .map_err(|e| format!("cannot start the FoundationDB network: {e}"))?;
+                .map_err(failed("cannot start the FoundationDB network"))?;
             // Stopping the network would make every later open fail; keep it for the
             // life of the process.
             std::mem::forget(guard);
             Ok(())
         })
         .clone()
-        .map_err(|e| MetaError::Kv(KvError::Unavailable(e)))
+        .map_err(MetaError::Kv)
 }
 
 /// A [`KvStore`] on a FoundationDB cluster.
@@ -86,10 +109,13 @@ impl FdbKv {
 
 /// Translates FoundationDB error codes into the layer's error kinds.
 fn map_err(e: FdbError) -> KvError {
-    let msg = format!("{e} (FoundationDB error {})", e.code());
+    let failure = |e: FdbError| Failure {
+        code: e.code(),
+        source: e,
+    };
     match e.code() {
-        1020 => KvError::Conflict(msg),
-        1021 => KvError::CommitUnknown(msg),
+        1020 => KvError::conflict(NAME, failure(e)),
+        1021 => KvError::commit_unknown(NAME, failure(e)),
         1007 => KvError::TooOld {
             elapsed_ms: 5_000,
             limit_ms: 5_000,
@@ -106,9 +132,9 @@ fn map_err(e: FdbError) -> KvError {
             size: 100_001,
             limit: 100_000,
         },
-        _ if e.is_maybe_committed() => KvError::CommitUnknown(msg),
-        _ if e.is_retryable() => KvError::Unavailable(msg),
-        _ => KvError::Backend(msg),
+        _ if e.is_maybe_committed() => KvError::commit_unknown(NAME, failure(e)),
+        _ if e.is_retryable() => KvError::unavailable(NAME, failure(e)),
+        _ => KvError::backend(NAME, failure(e)),
     }
 }
 
@@ -134,7 +160,7 @@ impl KvStore for FdbKv {
     }
 
     fn name(&self) -> &'static str {
-        "fdb"
+        NAME
     }
 }
 
@@ -152,10 +178,10 @@ impl FdbTxn {
         let guard = self
             .tr
             .lock()
-            .map_err(|_| KvError::Backend("FoundationDB transaction lock poisoned".into()))?;
+            .map_err(|_| KvError::Poisoned { backend: NAME })?;
         match guard.as_ref() {
             Some(tr) => Ok(f(tr)),
-            None => Err(KvError::Backend("transaction already finished".into())),
+            None => Err(KvError::Finished { backend: NAME }),
         }
     }
 }
@@ -229,9 +255,9 @@ impl KvTransaction for FdbTxn {
         let tr = self
             .tr
             .lock()
-            .map_err(|_| KvError::Backend("FoundationDB transaction lock poisoned".into()))?
+            .map_err(|_| KvError::Poisoned { backend: NAME })?
             .take()
-            .ok_or_else(|| KvError::Backend("transaction already finished".into()))?;
+            .ok_or_else(|| KvError::Finished { backend: NAME })?;
         tr.commit()
             .await
             .map(|_| ())

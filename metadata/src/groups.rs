@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{self, decode, value};
-use crate::metadata::{Tx, read_state, read_topic_by_id};
+use crate::metadata::{Tx, read_position, read_state, read_topic_by_id};
 use crate::{MetaError, Metadata, validate_topic_name};
 
 /// Shortest and longest session timeout a member may ask for.
@@ -100,19 +100,16 @@ struct MemberState {
     topics: Vec<String>,
     session_timeout_ms: i64,
     partitions: Vec<TopicPartition>,
+    /// The token of the `join_group` call that last wrote this member, so that call's rerun
+    /// after a lost reply finds the member it created instead of creating another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    join: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct GroupState {
     generation: u64,
     members: BTreeMap<String, MemberState>,
-}
-
-fn corrupt(key: &str, e: impl std::fmt::Display) -> MetaError {
-    MetaError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    }
 }
 
 fn fenced(reason: &'static str, message: String) -> MetaError {
@@ -131,13 +128,13 @@ async fn read_group(tx: &Tx, group: &str) -> Result<Option<GroupState>, MetaErro
     match tx.get(&keys::group(group)).await? {
         Some(v) => serde_json::from_slice(&v)
             .map(Some)
-            .map_err(|e| corrupt("group", e)),
+            .map_err(|e| MetaError::corrupt(format!("group {group}"), e)),
         None => Ok(None),
     }
 }
 
 async fn write_group(tx: &Tx, group: &str, g: &GroupState) -> Result<(), MetaError> {
-    let v = serde_json::to_vec(g).map_err(|e| corrupt("group", e))?;
+    let v = serde_json::to_vec(g).map_err(|e| MetaError::corrupt(format!("group {group}"), e))?;
     tx.set(&keys::group(group), &v).await?;
     Ok(())
 }
@@ -317,7 +314,8 @@ impl Metadata {
         topics.sort();
         topics.dedup();
         let topics = &topics;
-        self.run("join_group", |tx| async move {
+        let token = self.token();
+        self.run("join_group", |tx, maybe| async move {
             for t in topics {
                 if crate::metadata::read_topic(&tx, t).await?.is_none() {
                     return Err(MetaError::TopicNotFound(t.clone()));
@@ -325,9 +323,19 @@ impl Metadata {
             }
             let mut g = read_group(&tx, group).await?.unwrap_or_default();
             let mut beats = heartbeats(&tx, group).await?;
-            let id = match member_id {
-                Some(id) if g.members.contains_key(id) => id.to_string(),
+            // After a lost reply, the member this call's first attempt added carries its
+            // token: rejoin as that member rather than leave it behind as a ghost.
+            let mine = maybe
+                .get()
+                .then(|| g.members.iter().find(|(_, m)| m.join == Some(token)))
+                .flatten()
+                .map(|(id, _)| id.clone());
+            let id = match (member_id, mine) {
+                (Some(id), _) if g.members.contains_key(id) => id.to_string(),
+                (_, Some(id)) => id,
                 _ => {
+                    // Member numbers come from a counter the transaction must read to name
+                    // the member, so it stays a read-modify-write.
                     let n = match tx.get(&keys::next_member_id()).await? {
                         Some(v) => decode::<(u64,)>("next member id", &v)?.0,
                         None => 1,
@@ -337,6 +345,7 @@ impl Metadata {
                 }
             };
             let m = g.members.entry(id.clone()).or_default();
+            m.join = Some(token);
             m.topics = topics.clone();
             m.session_timeout_ms = session_timeout_ms;
             beats.insert(id.clone(), now);
@@ -359,7 +368,7 @@ impl Metadata {
     ) -> Result<MemberAssignment, MetaError> {
         validate_group(group)?;
         let now = self.clock().now_ms();
-        self.run("heartbeat", |tx| async move {
+        self.run("heartbeat", |tx, _| async move {
             let Some(mut g) = read_group(&tx, group).await? else {
                 return Err(MetaError::GroupNotFound(group.to_string()));
             };
@@ -391,7 +400,7 @@ impl Metadata {
     pub async fn leave_group(&self, group: &str, member_id: &str) -> Result<(), MetaError> {
         validate_group(group)?;
         let now = self.clock().now_ms();
-        self.run("leave_group", |tx| async move {
+        self.run("leave_group", |tx, _| async move {
             let Some(mut g) = read_group(&tx, group).await? else {
                 return Err(MetaError::GroupNotFound(group.to_string()));
             };
@@ -418,7 +427,13 @@ impl Metadata {
     ) -> Result<(), MetaError> {
         validate_group(group)?;
         let now = self.clock().now_ms();
-        self.run("commit_offsets", |tx| async move {
+        let token = self.token();
+        self.run("commit_offsets", |tx, maybe| async move {
+            // After a lost reply: if every offset holds this call's token, the commit went
+            // through, even if the group has rebalanced since (which would fence a rerun).
+            if maybe.get() && holds_token(&tx, group, offsets, token).await? {
+                return Ok(());
+            }
             let Some(g) = read_group(&tx, group).await? else {
                 return Err(MetaError::GroupNotFound(group.to_string()));
             };
@@ -457,7 +472,7 @@ impl Metadata {
                 let t = crate::metadata::read_topic(&tx, topic)
                     .await?
                     .ok_or_else(|| MetaError::TopicNotFound(topic.clone()))?;
-                let state = read_state(&tx, t.id, *partition).await?;
+                let state = read_position(&tx, t.id, *partition).await?;
                 if *offset < 0 || *offset > state.next_offset {
                     return Err(MetaError::OffsetOutOfRange {
                         topic: topic.clone(),
@@ -469,7 +484,7 @@ impl Metadata {
                 }
                 tx.set(
                     &keys::group_offset(group, t.id, *partition),
-                    &value(&(*offset, now)),
+                    &value(&(*offset, now, token)),
                 )
                 .await?;
             }
@@ -484,7 +499,7 @@ impl Metadata {
         group: &str,
     ) -> Result<Vec<(String, u32, i64)>, MetaError> {
         validate_group(group)?;
-        self.run("committed_offsets", |tx| async move {
+        self.run("committed_offsets", |tx, _| async move {
             read_committed(&tx, group).await
         })
         .await
@@ -492,7 +507,7 @@ impl Metadata {
 
     /// Every group name (consumer groups).
     pub async fn list_groups(&self) -> Result<Vec<String>, MetaError> {
-        self.run("list_groups", |tx| async move {
+        self.run("list_groups", |tx, _| async move {
             let (b, e) = keys::groups();
             let mut out = Vec::new();
             for (k, _) in tx.get_range(&b, &e, usize::MAX, false).await? {
@@ -508,7 +523,7 @@ impl Metadata {
     pub async fn describe_group(&self, group: &str) -> Result<GroupDescription, MetaError> {
         validate_group(group)?;
         let now = self.clock().now_ms();
-        self.run("describe_group", |tx| async move {
+        self.run("describe_group", |tx, _| async move {
             let Some(g) = read_group(&tx, group).await? else {
                 return Err(MetaError::GroupNotFound(group.to_string()));
             };
@@ -571,10 +586,25 @@ impl Metadata {
     ) -> Result<Vec<(String, u32, i64)>, MetaError> {
         validate_group(group)?;
         let now = self.clock().now_ms();
-        self.run("reset_offsets", |tx| async move {
+        let token = self.token();
+        self.run("reset_offsets", |tx, maybe| async move {
             let t = crate::metadata::read_topic(&tx, topic)
                 .await?
                 .ok_or_else(|| MetaError::TopicNotFound(topic.to_string()))?;
+            // After a lost reply: offsets that all hold this call's token are the reset's
+            // own; answer them rather than recompute (`Latest` may have moved meanwhile).
+            if maybe.get() {
+                let mut mine = Vec::new();
+                for p in 0..t.partitions {
+                    match read_offset(&tx, group, t.id, p).await? {
+                        Some(o) if o.token == token => mine.push((topic.to_string(), p, o.offset)),
+                        _ => break,
+                    }
+                }
+                if mine.len() == t.partitions as usize {
+                    return Ok(mine);
+                }
+            }
             let g = read_group(&tx, group).await?.unwrap_or_default();
             let beats = heartbeats(&tx, group).await?;
             let live: Vec<&String> = g
@@ -597,7 +627,7 @@ impl Metadata {
             }
             let mut out = Vec::new();
             for p in 0..t.partitions {
-                let state = read_state(&tx, t.id, p).await?;
+                let state = read_position(&tx, t.id, p).await?;
                 let offset = match to {
                     OffsetReset::Earliest => state.start_offset,
                     OffsetReset::Latest => state.next_offset,
@@ -615,14 +645,71 @@ impl Metadata {
                         found
                     }
                 };
-                tx.set(&keys::group_offset(group, t.id, p), &value(&(offset, now)))
-                    .await?;
+                tx.set(
+                    &keys::group_offset(group, t.id, p),
+                    &value(&(offset, now, token)),
+                )
+                .await?;
                 out.push((topic.to_string(), p, offset));
             }
             Ok(out)
         })
         .await
     }
+}
+
+/// A committed offset as stored: the offset, when, and the token of the call that wrote it
+/// (0 for values written before tokens existed).
+struct CommittedOffset {
+    offset: i64,
+    token: u64,
+}
+
+impl CommittedOffset {
+    fn decode(v: &[u8]) -> Result<Self, MetaError> {
+        let (offset, token) = match decode::<(i64, i64, u64)>("group offset", v) {
+            Ok((offset, _at, token)) => (offset, token),
+            Err(e) => match decode::<(i64, i64)>("group offset", v) {
+                Ok((offset, _at)) => (offset, 0),
+                Err(_) => return Err(e),
+            },
+        };
+        Ok(CommittedOffset { offset, token })
+    }
+}
+
+async fn read_offset(
+    tx: &Tx,
+    group: &str,
+    topic_id: u64,
+    partition: u32,
+) -> Result<Option<CommittedOffset>, MetaError> {
+    match tx
+        .get(&keys::group_offset(group, topic_id, partition))
+        .await?
+    {
+        Some(v) => CommittedOffset::decode(&v).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whether every `(topic, partition, offset)` is committed with `token` (by one call).
+async fn holds_token(
+    tx: &Tx,
+    group: &str,
+    offsets: &[(String, u32, i64)],
+    token: u64,
+) -> Result<bool, MetaError> {
+    for (topic, partition, offset) in offsets {
+        let Some(t) = crate::metadata::read_topic(tx, topic).await? else {
+            return Ok(false);
+        };
+        match read_offset(tx, group, t.id, *partition).await? {
+            Some(c) if c.token == token && c.offset == *offset => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 async fn read_committed(tx: &Tx, group: &str) -> Result<Vec<(String, u32, i64)>, MetaError> {
@@ -632,7 +719,7 @@ async fn read_committed(tx: &Tx, group: &str) -> Result<Vec<(String, u32, i64)>,
     for (k, v) in tx.get_range(&b, &e, usize::MAX, false).await? {
         let (_, _, _, topic_id, partition): (String, String, String, u64, u32) =
             decode("group offset key", &k)?;
-        let (offset, _at): (i64, i64) = decode("group offset", &v)?;
+        let CommittedOffset { offset, .. } = CommittedOffset::decode(&v)?;
         if let std::collections::btree_map::Entry::Vacant(slot) = names.entry(topic_id) {
             slot.insert(read_topic_by_id(tx, topic_id).await?.map(|t| t.name));
         }
@@ -652,6 +739,7 @@ mod tests {
             topics: topics.iter().map(|t| t.to_string()).collect(),
             session_timeout_ms: 10_000,
             partitions: parts.iter().map(|(t, p)| (t.to_string(), *p)).collect(),
+            join: None,
         }
     }
 

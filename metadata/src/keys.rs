@@ -6,7 +6,9 @@
 //! | `(cairn, seq, topic)` | next topic id (tuple `(u64,)`) |
 //! | `(cairn, tn, name)` | topic id |
 //! | `(cairn, t, topic_id)` | topic config (JSON) |
-//! | `(cairn, p, topic_id, partition)` | partition state |
+//! | `(cairn, p, topic_id, partition)` | partition position: start offset, next offset (and two legacy counts, 0 once folded into the counters) |
+//! | `(cairn, p, topic_id, partition, bytes)` | stored bytes (i64 LE, atomic adds only) |
+//! | `(cairn, p, topic_id, partition, entries)` | index entries (i64 LE, atomic adds only) |
 //! | `(cairn, i, topic_id, partition, end_offset)` | index entry |
 //! | `(cairn, o, object_key)` | object state |
 //! | `(cairn, or, object_key, chunk)` | the commit's batch outcomes, 9 bytes each |
@@ -60,6 +62,17 @@ pub(crate) fn partition(topic_id: u64, partition: u32) -> Vec<u8> {
     key(("p", topic_id, partition))
 }
 
+/// The partition's stored-bytes counter (i64 LE, changed only by atomic adds).
+pub(crate) fn partition_bytes(topic_id: u64, partition: u32) -> Vec<u8> {
+    key(("p", topic_id, partition, "bytes"))
+}
+
+/// The partition's index-entry counter (i64 LE, changed only by atomic adds).
+pub(crate) fn partition_entries(topic_id: u64, partition: u32) -> Vec<u8> {
+    key(("p", topic_id, partition, "entries"))
+}
+
+/// Every partition key of a topic: states and their counters.
 pub(crate) fn partitions(topic_id: u64) -> (Vec<u8>, Vec<u8>) {
     range(("p", topic_id))
 }
@@ -203,10 +216,7 @@ pub(crate) fn decode<'de, T: TupleUnpack<'de>>(
     what: &str,
     bytes: &'de [u8],
 ) -> Result<T, MetaError> {
-    unpack(bytes).map_err(|e| MetaError::Corrupt {
-        key: what.to_string(),
-        reason: e.to_string(),
-    })
+    unpack(bytes).map_err(|e| MetaError::corrupt(what, e))
 }
 
 /// Reads the little-endian i64 that `atomic_add` maintains (short values are zero-padded,

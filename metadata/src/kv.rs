@@ -2,6 +2,8 @@
 //! point and range reads, writes that the same transaction reads back, atomic add and a
 //! serializable commit. Also the retry policy and a fault-injecting wrapper for tests.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -9,6 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::KvError;
+use crate::error::Cause;
 
 /// One key and its value, as returned by range reads.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
@@ -86,7 +89,9 @@ pub struct FaultyKv {
     faults: Arc<Faults>,
 }
 
-#[derive(Debug)]
+/// Work run between a commit that was applied and its (lost) reply.
+type Interlude = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
 struct Faults {
     fail_commits: AtomicU32,
     unknown_commits: AtomicU32,
@@ -95,6 +100,19 @@ struct Faults {
     break_ppm: u32,
     rng: std::sync::Mutex<rand::rngs::StdRng>,
     broken: std::sync::atomic::AtomicU64,
+    /// Runs after the next lost-reply commit is applied, before it reports unknown.
+    interlude: std::sync::Mutex<Option<Interlude>>,
+}
+
+impl std::fmt::Debug for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Faults")
+            .field("fail_commits", &self.fail_commits)
+            .field("unknown_commits", &self.unknown_commits)
+            .field("broken_commits", &self.broken_commits)
+            .field("break_ppm", &self.break_ppm)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Faults {
@@ -128,6 +146,7 @@ impl FaultyKv {
                 break_ppm: (rate.clamp(0.0, 1.0) * 1e6) as u32,
                 rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
                 broken: std::sync::atomic::AtomicU64::new(0),
+                interlude: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -148,6 +167,22 @@ impl FaultyKv {
         self.faults.unknown_commits.store(n, Ordering::SeqCst);
     }
 
+    /// The next commit is applied, then `interlude` runs (another client acting, say),
+    /// then the commit reports `CommitUnknown`: a lost reply with the world moving on before
+    /// the caller's retry.
+    pub fn unknown_next_commit_then<F, Fut>(&self, interlude: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        *self
+            .faults
+            .interlude
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Box::new(move || Box::pin(interlude())));
+        self.unknown_next_commits(1);
+    }
+
     /// The next `n` commits fail for good (a non-retryable backend error, not applied), so
     /// the operation itself fails.
     pub fn break_next_commits(&self, n: u32) {
@@ -166,6 +201,7 @@ impl KvStore for FaultyKv {
     async fn begin(&self) -> Result<Box<dyn KvTransaction>, KvError> {
         Ok(Box::new(FaultyTxn {
             inner: self.inner.begin().await?,
+            name: self.inner.name(),
             faults: self.faults.clone(),
             wrote: std::sync::atomic::AtomicBool::new(false),
         }))
@@ -182,6 +218,8 @@ impl KvStore for FaultyKv {
 
 struct FaultyTxn {
     inner: Box<dyn KvTransaction>,
+    /// The wrapped store's name, for errors.
+    name: &'static str,
     faults: Arc<Faults>,
     wrote: std::sync::atomic::AtomicBool,
 }
@@ -227,14 +265,27 @@ impl KvTransaction for FaultyTxn {
             let f = &self.faults;
             if take_one(&f.broken_commits) || f.roll() {
                 f.broken.fetch_add(1, Ordering::SeqCst);
-                return Err(KvError::Backend("injected commit failure".into()));
+                return Err(KvError::backend(
+                    self.name,
+                    Cause("injected commit failure".into()),
+                ));
             }
             if take_one(&f.fail_commits) {
-                return Err(KvError::Unavailable("injected commit failure".into()));
+                return Err(KvError::unavailable(
+                    self.name,
+                    Cause("injected commit failure".into()),
+                ));
             }
             if take_one(&f.unknown_commits) {
                 self.inner.commit().await?;
-                return Err(KvError::CommitUnknown("injected lost commit reply".into()));
+                let interlude = f.interlude.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(run) = interlude {
+                    run().await;
+                }
+                return Err(KvError::commit_unknown(
+                    self.name,
+                    Cause("injected lost commit reply".into()),
+                ));
             }
         }
         self.inner.commit().await

@@ -9,6 +9,7 @@
 mod clock;
 mod commit;
 mod compaction;
+#[cfg(feature = "test-util")]
 pub mod conformance;
 mod error;
 #[cfg(feature = "fdb")]
@@ -25,9 +26,9 @@ mod share;
 mod sqlite;
 mod types;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, RandomSource, SeededRandom, SystemClock, SystemRandom};
 pub use compaction::{CompactedFile, CompactionClaim, MAX_SWAP_ENTRIES};
-pub use error::{ErrorKind, KvError, MetaError};
+pub use error::{ErrorKind, ErrorSource, KvError, MetaError};
 #[cfg(feature = "fdb")]
 pub use fdb::FdbKv;
 pub use groups::{
@@ -38,7 +39,7 @@ pub use kv::{FaultyKv, KeyValue, KvStore, KvTransaction, RetryPolicy};
 pub use lifecycle::{GcPage, RetentionReport};
 pub use limits::Limits;
 pub use memory::MemoryKv;
-pub use metadata::{Metadata, transact};
+pub use metadata::{MaybeCommitted, Metadata, transact};
 pub use producer::{ExpiryReport, ProducerStats, WINDOW as PRODUCER_WINDOW};
 pub use share::{Acquired, MAX_IN_FLIGHT as SHARE_MAX_IN_FLIGHT, ShareAction, SharePartitionInfo};
 pub use sqlite::SqliteKv;

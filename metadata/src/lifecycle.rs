@@ -12,7 +12,9 @@
 use std::time::Duration;
 
 use crate::keys::{self, decode, value};
-use crate::metadata::{Tx, decode_index, encode_state, read_state, read_topic};
+use crate::metadata::{
+    Memo, Tx, add_counters, decode_index, read_counters, read_position, read_topic, write_position,
+};
 use crate::{MetaError, Metadata, Topic};
 
 /// Index entries removed per retention transaction.
@@ -55,10 +57,30 @@ impl Metadata {
         }
         for p in 0..t.partitions {
             loop {
-                let (removed, bytes, start, more) = self
-                    .run("apply_retention", |tx| {
+                let planned: &Memo<Step> = &Memo::new();
+                let Step {
+                    removed,
+                    bytes,
+                    start,
+                    more,
+                    ..
+                } = self
+                    .run("apply_retention", |tx, maybe| {
                         let t = t.clone();
-                        async move { retention_step(&tx, &t, p, now).await }
+                        async move {
+                            // After a lost reply: if every entry the earlier attempt removed
+                            // is gone, the step happened (ours, or an identical one by
+                            // another compactor); report it rather than find nothing to do.
+                            if maybe.get()
+                                && let Some(step) = planned.get()
+                                && all_absent(&tx, &step.keys).await?
+                            {
+                                return Ok(step);
+                            }
+                            let step = retention_step(&tx, &t, p, now).await?;
+                            planned.set(step.clone());
+                            Ok(step)
+                        }
                     })
                     .await?;
                 report.entries_removed += removed;
@@ -84,12 +106,17 @@ impl Metadata {
         partition: u32,
         before: i64,
     ) -> Result<i64, MetaError> {
-        self.run("delete_records", |tx| async move {
+        self.run("delete_records", |tx, maybe| async move {
             let t = read_topic(&tx, topic)
                 .await?
                 .ok_or_else(|| MetaError::TopicNotFound(topic.to_string()))?;
             t.check_partition(partition)?;
-            let mut state = read_state(&tx, t.id, partition).await?;
+            let state = read_position(&tx, t.id, partition).await?;
+            // After a lost reply the start offset is already at (or, after retention, past)
+            // `before`: what was asked holds, so it is not an out-of-range request.
+            if maybe.get() && state.start_offset >= before {
+                return Ok(before);
+            }
             if before < state.start_offset || before > state.next_offset {
                 return Err(MetaError::OffsetOutOfRange {
                     topic: topic.to_string(),
@@ -100,6 +127,7 @@ impl Metadata {
                 });
             }
             let (b, e) = keys::index_from(t.id, partition, 0);
+            let (mut bytes, mut entries) = (0i64, 0i64);
             for (k, v) in tx.get_range(&b, &e, usize::MAX, false).await? {
                 let entry = decode_index(t.id, partition, &k, &v)?;
                 if entry.end_offset > before {
@@ -114,12 +142,11 @@ impl Metadata {
                     entry.end_offset,
                 )
                 .await?;
-                state.bytes = state.bytes.saturating_sub(entry.length);
-                state.index_entries = state.index_entries.saturating_sub(1);
+                bytes -= entry.length as i64;
+                entries -= 1;
             }
-            state.start_offset = before;
-            tx.set(&keys::partition(t.id, partition), &encode_state(&state))
-                .await?;
+            write_position(&tx, t.id, &state, before, state.next_offset).await?;
+            add_counters(&tx, t.id, partition, bytes, entries).await?;
             Ok(before)
         })
         .await
@@ -130,7 +157,8 @@ impl Metadata {
     pub async fn gc_scan(&self, from: &str, grace: Duration) -> Result<GcPage, MetaError> {
         let now = self.clock().now_ms();
         let grace_ms = grace.as_millis() as i64;
-        self.run("gc_scan", |tx| async move {
+        let token = self.token();
+        self.run("gc_scan", |tx, maybe| async move {
             let (b, e) = keys::objects_from(from);
             let rows = tx.get_range(&b, &e, GC_CHUNK, false).await?;
             let mut page = GcPage::default();
@@ -143,12 +171,17 @@ impl Metadata {
                 }
                 match tx.get(&keys::object_dead(&object)).await? {
                     None => {
-                        tx.set(&keys::object_dead(&object), &value(&(now,))).await?;
+                        tx.set(&keys::object_dead(&object), &value(&(now, token)))
+                            .await?;
                         page.newly_dead += 1;
                     }
                     Some(v) => {
-                        let (since,): (i64,) = decode("object dead since", &v)?;
-                        if now - since >= grace_ms {
+                        let (since, by) = decode_dead(&v)?;
+                        // After a lost reply, this scan's own first attempt marked it: it
+                        // is newly dead, exactly as that attempt would have answered.
+                        if maybe.get() && by == token {
+                            page.newly_dead += 1;
+                        } else if now - since >= grace_ms {
                             page.deletable.push(object);
                         }
                     }
@@ -165,7 +198,7 @@ impl Metadata {
 
     /// Removes what metadata knows of an object deleted from the store. Idempotent.
     pub async fn forget_object(&self, object_key: &str) -> Result<(), MetaError> {
-        self.run("forget_object", |tx| async move {
+        self.run("forget_object", |tx, _| async move {
             if referenced(&tx, object_key).await? {
                 return Err(MetaError::InvalidArgument(format!(
                     "object {object_key} is still referenced by the index; not forgetting it"
@@ -181,6 +214,28 @@ impl Metadata {
         })
         .await
     }
+}
+
+/// Decodes `(od, object)`: when the object was first seen unreferenced, and the token of the
+/// scan that saw it (0 in values written before tokens existed).
+fn decode_dead(v: &[u8]) -> Result<(i64, u64), MetaError> {
+    match decode::<(i64, u64)>("object dead since", v) {
+        Ok(x) => Ok(x),
+        Err(e) => match decode::<(i64,)>("object dead since", v) {
+            Ok((since,)) => Ok((since, 0)),
+            Err(_) => Err(e),
+        },
+    }
+}
+
+/// Whether none of `keys` exists.
+pub(crate) async fn all_absent(tx: &Tx, keys: &[Vec<u8>]) -> Result<bool, MetaError> {
+    for k in keys {
+        if tx.get(k).await?.is_some() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Whether any index entry still points into `object` (clearing dangling reverse keys).
@@ -217,19 +272,34 @@ async fn remove_entry(
     Ok(())
 }
 
-/// One bounded retention transaction for one partition: (removed, bytes, new start, more?).
-async fn retention_step(
-    tx: &Tx,
-    t: &Topic,
-    p: u32,
-    now: i64,
-) -> Result<(u64, u64, i64, bool), MetaError> {
-    let mut state = read_state(tx, t.id, p).await?;
+/// What one retention transaction did to one partition.
+#[derive(Debug, Clone)]
+struct Step {
+    /// Index entries removed.
+    removed: u64,
+    /// Bytes they covered.
+    bytes: u64,
+    /// The partition's start offset after the step.
+    start: i64,
+    /// Whether another step may find more to remove.
+    more: bool,
+    /// The index keys removed (so a rerun after a lost reply can see they are gone).
+    keys: Vec<Vec<u8>>,
+}
+
+/// One bounded retention transaction for one partition.
+async fn retention_step(tx: &Tx, t: &Topic, p: u32, now: i64) -> Result<Step, MetaError> {
+    let position = read_position(tx, t.id, p).await?;
+    let mut start = position.start_offset;
+    // Size retention decides on the stored bytes, so this step reads the counter (and on
+    // FoundationDB conflicts with a concurrent change to it, as it should).
+    let (counted, _) = read_counters(tx, t.id, p).await?;
     let (b, e) = keys::index_from(t.id, p, 0);
     let rows = tx.get_range(&b, &e, RETENTION_CHUNK + 1, false).await?;
     let mut removed = 0u64;
     let mut bytes = 0u64;
-    let mut live = state.bytes;
+    let mut keys = Vec::new();
+    let mut live = position.bytes.saturating_add_signed(counted);
     let total = rows.len();
     for (i, (k, v)) in rows.iter().enumerate() {
         if i == RETENTION_CHUNK {
@@ -243,17 +313,22 @@ async fn retention_step(
             break;
         }
         remove_entry(tx, k, &entry.object_key, t.id, p, entry.end_offset).await?;
+        keys.push(k.clone());
         removed += 1;
         bytes += entry.length;
         live = live.saturating_sub(entry.length);
-        state.start_offset = state.start_offset.max(entry.end_offset);
+        start = start.max(entry.end_offset);
     }
     if removed > 0 {
-        state.bytes = live;
-        state.index_entries = state.index_entries.saturating_sub(removed);
-        tx.set(&keys::partition(t.id, p), &encode_state(&state))
-            .await?;
+        write_position(tx, t.id, &position, start, position.next_offset).await?;
+        add_counters(tx, t.id, p, -(bytes as i64), -(removed as i64)).await?;
     }
     let more = removed as usize == RETENTION_CHUNK && total > RETENTION_CHUNK;
-    Ok((removed, bytes, state.start_offset, more))
+    Ok(Step {
+        removed,
+        bytes,
+        start,
+        more,
+        keys,
+    })
 }

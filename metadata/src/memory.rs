@@ -76,10 +76,10 @@ impl MemoryTxn {
         let mut guard = self
             .state
             .lock()
-            .map_err(|_| KvError::Backend("memory transaction lock poisoned".into()))?;
+            .map_err(|_| KvError::Poisoned { backend: "memory" })?;
         match guard.as_mut() {
             Some(state) => Ok(f(state)),
-            None => Err(KvError::Backend("transaction already finished".into())),
+            None => Err(KvError::Finished { backend: "memory" }),
         }
     }
 }
@@ -157,13 +157,13 @@ impl KvTransaction for MemoryTxn {
         let mut guard = self
             .state
             .lock()
-            .map_err(|_| KvError::Backend("memory transaction lock poisoned".into()))?;
+            .map_err(|_| KvError::Poisoned { backend: "memory" })?;
         match guard.take() {
             Some(mut state) => {
                 state.undo.clear();
                 Ok(())
             }
-            None => Err(KvError::Backend("transaction already finished".into())),
+            None => Err(KvError::Finished { backend: "memory" }),
         }
     }
 }

@@ -10,22 +10,43 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use tokio::sync::watch;
 
+use crate::clock::{RandomSource, SystemRandom};
 use crate::commit::{MAX_COMMIT_BYTES, commit_size_estimate, read_outcomes, write_segment};
 use crate::keys::{self, decode, value};
 use crate::kv::{KvStore, KvTransaction, RetryPolicy};
 use crate::types::validate_partition_count;
 use crate::{
-    BatchOutcome, Clock, EntryKind, IndexEntry, MetaError, PartitionState, SegmentCommit, Topic,
-    TopicSpec,
+    BatchOutcome, Clock, EntryKind, IndexEntry, KvError, MetaError, PartitionState, SegmentCommit,
+    Topic, TopicSpec,
 };
 
 /// A transaction handle shared between the retry loop and the operation's closure.
 pub(crate) type Tx = Arc<dyn KvTransaction>;
 
+/// Whether an earlier attempt of a transaction may have committed: true once any earlier
+/// attempt ended with [`KvError::CommitUnknown`] (a lost commit reply), as FoundationDB's
+/// `db.run(|trx, maybe_committed| …)` says. An operation that is not naturally idempotent
+/// checks, when it is true, whether its own earlier write is already there (by a token it
+/// recorded in what it wrote, or an id it chose before the loop) and answers from it instead
+/// of applying itself twice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaybeCommitted(
+    /// True once an earlier attempt's commit result was unknown.
+    pub bool,
+);
+
+impl MaybeCommitted {
+    /// True when an earlier attempt may have committed.
+    pub fn get(self) -> bool {
+        self.0
+    }
+}
+
 /// Runs `f` in a transaction and commits it, rerunning both on retryable errors (conflicts,
 /// unknown commit results, transient unavailability) with jittered exponential backoff.
-/// `f` must be idempotent: it may run several times, and a commit reported as unknown may
-/// have been applied.
+/// `f` may run several times; its second argument says whether an earlier attempt may have
+/// committed (its commit result was unknown), in which case `f` must recognise its own
+/// earlier write rather than apply itself again.
 pub async fn transact<T, F, Fut>(
     kv: &dyn KvStore,
     policy: &RetryPolicy,
@@ -33,7 +54,7 @@ pub async fn transact<T, F, Fut>(
     f: F,
 ) -> Result<T, MetaError>
 where
-    F: FnMut(Tx) -> Fut,
+    F: FnMut(Tx, MaybeCommitted) -> Fut,
     Fut: Future<Output = Result<T, MetaError>>,
 {
     transact_counted(kv, policy, what, None, f).await
@@ -48,22 +69,28 @@ async fn transact_counted<T, F, Fut>(
     mut f: F,
 ) -> Result<T, MetaError>
 where
-    F: FnMut(Tx) -> Fut,
+    F: FnMut(Tx, MaybeCommitted) -> Fut,
     Fut: Future<Output = Result<T, MetaError>>,
 {
     let mut backoff = policy.initial_backoff;
     let mut attempt = 0u32;
+    let mut maybe_committed = MaybeCommitted(false);
     loop {
         attempt += 1;
         let result = async {
             let tx: Tx = Arc::from(kv.begin().await?);
-            let v = f(tx.clone()).await?;
+            let v = f(tx.clone(), maybe_committed).await?;
             tx.commit().await?;
             Ok::<T, MetaError>(v)
         }
         .await;
         match result {
             Err(MetaError::Kv(e)) if e.is_retryable() && attempt < policy.max_attempts => {
+                // Once an attempt may have committed, every later one must assume so: the
+                // flag never goes back to false, even if a later attempt merely conflicts.
+                if matches!(e, KvError::CommitUnknown { .. }) {
+                    maybe_committed = MaybeCommitted(true);
+                }
                 tracing::debug!(what, attempt, error = %e, "retrying metadata transaction");
                 if let Some(r) = retries {
                     r.fetch_add(1, Ordering::Relaxed);
@@ -81,21 +108,43 @@ where
     }
 }
 
+/// What an earlier attempt of the same operation saw or chose, kept across the retry loop's
+/// attempts (the closure runs once per attempt), so that a rerun after a lost commit reply
+/// can tell its own earlier write from someone else's.
+#[derive(Debug)]
+pub(crate) struct Memo<T>(std::sync::Mutex<Option<T>>);
+
+impl<T: Clone> Memo<T> {
+    pub(crate) fn new() -> Self {
+        Memo(std::sync::Mutex::new(None))
+    }
+
+    /// Remembers `v` (replacing what an earlier attempt remembered).
+    pub(crate) fn set(&self, v: T) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+    }
+
+    /// What the latest earlier attempt remembered.
+    pub(crate) fn get(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Cairn's metadata operations over a transactional KV store.
 #[derive(Debug, Clone)]
 pub struct Metadata {
     kv: Arc<dyn KvStore>,
     clock: Arc<dyn Clock>,
+    random: Arc<dyn RandomSource>,
     retry: RetryPolicy,
     commits: Arc<watch::Sender<u64>>,
     retries: Arc<AtomicU64>,
 }
 
-pub(crate) fn encode_state(s: &PartitionState) -> Vec<u8> {
-    value(&(s.start_offset, s.next_offset, s.bytes, s.index_entries))
-}
-
-pub(crate) fn decode_state(partition: u32, v: Option<&[u8]>) -> Result<PartitionState, MetaError> {
+/// Decodes `(p, topic, partition)`: start and next offset, and the byte and entry counts as
+/// they stood before they moved to atomic counters (0 once a writer folded them in). The
+/// result's `bytes`/`index_entries` are those legacy counts only, not the totals.
+fn decode_position(partition: u32, v: Option<&[u8]>) -> Result<PartitionState, MetaError> {
     let Some(v) = v else {
         return Ok(PartitionState {
             partition,
@@ -114,17 +163,11 @@ pub(crate) fn decode_state(partition: u32, v: Option<&[u8]>) -> Result<Partition
 }
 
 fn decode_topic(v: &[u8]) -> Result<Topic, MetaError> {
-    serde_json::from_slice(v).map_err(|e| MetaError::Corrupt {
-        key: "topic".into(),
-        reason: e.to_string(),
-    })
+    serde_json::from_slice(v).map_err(|e| MetaError::corrupt("topic", e))
 }
 
 fn encode_topic(t: &Topic) -> Result<Vec<u8>, MetaError> {
-    serde_json::to_vec(t).map_err(|e| MetaError::Corrupt {
-        key: format!("topic {}", t.name),
-        reason: e.to_string(),
-    })
+    serde_json::to_vec(t).map_err(|e| MetaError::corrupt(format!("topic {}", t.name), e))
 }
 
 /// An index entry as stored: object, position, length, base offset, batch count, min and
@@ -167,9 +210,11 @@ pub(crate) fn decode_index(
     let (_, _, _, _, end_offset): (String, String, u64, u32, i64) = decode("index key", key)?;
     let (object_key, position, length, base_offset, batch_count, min_ts, max_ts, kind) =
         decode_index_value(v)?;
-    let kind = EntryKind::from_code(kind).ok_or_else(|| MetaError::Corrupt {
-        key: format!("index entry {topic_id}/{partition}/{end_offset}"),
-        reason: format!("unknown entry kind {kind}"),
+    let kind = EntryKind::from_code(kind).ok_or_else(|| {
+        MetaError::malformed(
+            format!("index entry {topic_id}/{partition}/{end_offset}"),
+            format!("unknown entry kind {kind}"),
+        )
     })?;
     Ok(IndexEntry {
         topic_id,
@@ -186,11 +231,23 @@ pub(crate) fn decode_index(
     })
 }
 
+/// Decodes `(tn, name)`: the topic id and the token of the `create_topic` call that wrote it
+/// (0 in values written before tokens existed, which held the id alone).
+fn decode_topic_name(v: &[u8]) -> Result<(u64, u64), MetaError> {
+    match decode::<(u64, u64)>("topic name", v) {
+        Ok(x) => Ok(x),
+        Err(e) => match decode::<(u64,)>("topic name", v) {
+            Ok((id,)) => Ok((id, 0)),
+            Err(_) => Err(e),
+        },
+    }
+}
+
 pub(crate) async fn read_topic(tx: &Tx, name: &str) -> Result<Option<Topic>, MetaError> {
-    let Some(id) = tx.get(&keys::topic_name(name)).await? else {
+    let Some(v) = tx.get(&keys::topic_name(name)).await? else {
         return Ok(None);
     };
-    let (id,): (u64,) = decode("topic name", &id)?;
+    let (id, _) = decode_topic_name(&v)?;
     read_topic_by_id(tx, id).await
 }
 
@@ -201,13 +258,111 @@ pub(crate) async fn read_topic_by_id(tx: &Tx, id: u64) -> Result<Option<Topic>, 
     }
 }
 
-pub(crate) async fn read_state(
+// A partition's stored bytes and index-entry count are statistics that every commit, swap,
+// retention step and `delete_records` changes but that none of them (except size retention)
+// decides anything on. They live in counters of their own, changed only by `atomic_add`:
+// on FoundationDB an atomic add takes no read conflict, so a compaction swap, which only
+// adjusts them, no longer conflicts with the commits racing it on a hot partition, and
+// commits no longer rewrite them. The position (start and next offset) stays one value that
+// commits read and write: the next offset decides where a batch lands, so it must be
+// read-modify-write. Size retention reads the byte counter because it decides on it.
+
+/// A partition's position: start and next offset (`bytes`/`index_entries` hold only the
+/// legacy counts, see [`decode_position`]). What commits and offset checks decide on; reads
+/// no counter, so concurrent atomic adds do not conflict with the reader.
+pub(crate) async fn read_position(
     tx: &Tx,
     topic_id: u64,
     partition: u32,
 ) -> Result<PartitionState, MetaError> {
     let v = tx.get(&keys::partition(topic_id, partition)).await?;
-    decode_state(partition, v.as_deref())
+    decode_position(partition, v.as_deref())
+}
+
+/// A partition's byte and entry counters (without the legacy counts).
+pub(crate) async fn read_counters(
+    tx: &Tx,
+    topic_id: u64,
+    partition: u32,
+) -> Result<(i64, i64), MetaError> {
+    let (bk, ek) = (
+        keys::partition_bytes(topic_id, partition),
+        keys::partition_entries(topic_id, partition),
+    );
+    let (bytes, entries) = futures::try_join!(tx.get(&bk), tx.get(&ek))?;
+    let n = |v: Option<Vec<u8>>| v.as_deref().map_or(0, keys::decode_i64_le);
+    Ok((n(bytes), n(entries)))
+}
+
+/// Adds the counters to a position read by [`read_position`]: the partition's totals.
+fn with_counters(mut position: PartitionState, (bytes, entries): (i64, i64)) -> PartitionState {
+    position.bytes = position.bytes.saturating_add_signed(bytes);
+    position.index_entries = position.index_entries.saturating_add_signed(entries);
+    position
+}
+
+/// A partition's full state: position and totals.
+pub(crate) async fn read_state(
+    tx: &Tx,
+    topic_id: u64,
+    partition: u32,
+) -> Result<PartitionState, MetaError> {
+    let (position, counters) = futures::try_join!(
+        read_position(tx, topic_id, partition),
+        read_counters(tx, topic_id, partition),
+    )?;
+    Ok(with_counters(position, counters))
+}
+
+/// Writes a partition's start and next offset. `loaded` is the position as read by
+/// [`read_position`] in this transaction: its legacy counts, if any, are folded into the
+/// counters here, once, as the value is rewritten without them.
+pub(crate) async fn write_position(
+    tx: &Tx,
+    topic_id: u64,
+    loaded: &PartitionState,
+    start_offset: i64,
+    next_offset: i64,
+) -> Result<(), MetaError> {
+    let p = loaded.partition;
+    tx.set(
+        &keys::partition(topic_id, p),
+        &value(&(start_offset, next_offset, 0u64, 0u64)),
+    )
+    .await?;
+    add_counters(
+        tx,
+        topic_id,
+        p,
+        delta(loaded.bytes, 0),
+        delta(loaded.index_entries, 0),
+    )
+    .await
+}
+
+/// Changes a partition's byte and entry counters by atomic adds (a zero change writes
+/// nothing).
+pub(crate) async fn add_counters(
+    tx: &Tx,
+    topic_id: u64,
+    partition: u32,
+    bytes: i64,
+    entries: i64,
+) -> Result<(), MetaError> {
+    if bytes != 0 {
+        tx.atomic_add(&keys::partition_bytes(topic_id, partition), bytes)
+            .await?;
+    }
+    if entries != 0 {
+        tx.atomic_add(&keys::partition_entries(topic_id, partition), entries)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `after - before` as a signed change.
+pub(crate) fn delta(after: u64, before: u64) -> i64 {
+    after.wrapping_sub(before) as i64
 }
 
 impl Metadata {
@@ -216,10 +371,18 @@ impl Metadata {
         Metadata {
             kv,
             clock,
+            random: Arc::new(SystemRandom),
             retry: RetryPolicy::default(),
             commits: Arc::new(watch::channel(0).0),
             retries: Arc::default(),
         }
+    }
+
+    /// Replaces the random source (operating-system entropy by default), e.g. with a
+    /// [`SeededRandom`](crate::SeededRandom) so a test draws the same tokens every run.
+    pub fn with_random(mut self, random: Arc<dyn RandomSource>) -> Self {
+        self.random = random;
+        self
     }
 
     /// Replaces the retry policy.
@@ -243,9 +406,16 @@ impl Metadata {
         &self.clock
     }
 
+    /// A fresh operation token: drawn once per call, before the retry loop, and recorded in
+    /// what the operation writes, so a rerun after a lost commit reply recognises its own
+    /// write. Never 0, which marks values written before tokens existed.
+    pub(crate) fn token(&self) -> u64 {
+        self.random.next_u64().max(1)
+    }
+
     pub(crate) async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, MetaError>
     where
-        F: FnMut(Tx) -> Fut,
+        F: FnMut(Tx, MaybeCommitted) -> Fut,
         Fut: Future<Output = Result<T, MetaError>>,
     {
         transact_counted(self.kv.as_ref(), &self.retry, what, Some(&self.retries), f).await
@@ -255,8 +425,18 @@ impl Metadata {
     pub async fn create_topic(&self, spec: &TopicSpec) -> Result<Topic, MetaError> {
         spec.validate()?;
         let now = self.clock.now_ms();
-        self.run("create_topic", |tx| async move {
-            if tx.get(&keys::topic_name(&spec.name)).await?.is_some() {
+        let token = self.token();
+        self.run("create_topic", |tx, maybe| async move {
+            if let Some(v) = tx.get(&keys::topic_name(&spec.name)).await? {
+                // After a lost reply the name may be taken by this very call's first
+                // attempt: its token says so, and the answer is that topic, not a refusal.
+                let (id, by) = decode_topic_name(&v)?;
+                if maybe.get()
+                    && by == token
+                    && let Some(topic) = read_topic_by_id(&tx, id).await?
+                {
+                    return Ok(topic);
+                }
                 return Err(MetaError::TopicExists(spec.name.clone()));
             }
             let id = match tx.get(&keys::next_topic_id()).await? {
@@ -274,7 +454,7 @@ impl Metadata {
                 created_at_ms: now,
             };
             tx.set(&keys::topic(id), &encode_topic(&topic)?).await?;
-            tx.set(&keys::topic_name(&spec.name), &value(&(id,)))
+            tx.set(&keys::topic_name(&spec.name), &value(&(id, token)))
                 .await?;
             Ok(topic)
         })
@@ -283,7 +463,7 @@ impl Metadata {
 
     /// The topic of that name.
     pub async fn topic(&self, name: &str) -> Result<Topic, MetaError> {
-        self.run("topic", |tx| async move {
+        self.run("topic", |tx, _| async move {
             read_topic(&tx, name)
                 .await?
                 .ok_or_else(|| MetaError::TopicNotFound(name.to_string()))
@@ -293,7 +473,7 @@ impl Metadata {
 
     /// The topic with that id, if it still exists.
     pub async fn topic_by_id(&self, id: u64) -> Result<Option<Topic>, MetaError> {
-        self.run("topic_by_id", |tx| async move {
+        self.run("topic_by_id", |tx, _| async move {
             read_topic_by_id(&tx, id).await
         })
         .await
@@ -301,11 +481,11 @@ impl Metadata {
 
     /// Every topic, by name.
     pub async fn list_topics(&self) -> Result<Vec<Topic>, MetaError> {
-        self.run("list_topics", |tx| async move {
+        self.run("list_topics", |tx, _| async move {
             let (b, e) = keys::topic_names();
             let mut topics = Vec::new();
-            for (_, id) in tx.get_range(&b, &e, usize::MAX, false).await? {
-                let (id,): (u64,) = decode("topic name", &id)?;
+            for (_, v) in tx.get_range(&b, &e, usize::MAX, false).await? {
+                let (id, _) = decode_topic_name(&v)?;
                 if let Some(t) = read_topic_by_id(&tx, id).await? {
                     topics.push(t);
                 }
@@ -317,10 +497,21 @@ impl Metadata {
 
     /// Deletes a topic and its index. Its objects stay until garbage collection.
     pub async fn delete_topic(&self, name: &str) -> Result<Topic, MetaError> {
-        self.run("delete_topic", |tx| async move {
+        let deleting: &Memo<Topic> = &Memo::new();
+        self.run("delete_topic", |tx, maybe| async move {
+            // After a lost reply: if the topic an earlier attempt was deleting is gone, the
+            // delete happened. Answer with it, and leave alone a topic of the same name
+            // created since (it has another id).
+            if maybe.get()
+                && let Some(earlier) = deleting.get()
+                && read_topic_by_id(&tx, earlier.id).await?.is_none()
+            {
+                return Ok(earlier);
+            }
             let topic = read_topic(&tx, name)
                 .await?
                 .ok_or_else(|| MetaError::TopicNotFound(name.to_string()))?;
+            deleting.set(topic.clone());
             tx.clear(&keys::topic_name(name)).await?;
             tx.clear(&keys::topic(topic.id)).await?;
             let (b, e) = keys::partitions(topic.id);
@@ -335,16 +526,23 @@ impl Metadata {
     /// Raises a topic's partition count to `total`.
     pub async fn add_partitions(&self, name: &str, total: u32) -> Result<Topic, MetaError> {
         validate_partition_count(name, total)?;
-        self.run("add_partitions", |tx| async move {
+        let grown = &Memo::new();
+        self.run("add_partitions", |tx, maybe| async move {
             let mut topic = read_topic(&tx, name)
                 .await?
                 .ok_or_else(|| MetaError::TopicNotFound(name.to_string()))?;
+            // After a lost reply: the topic an earlier attempt grew, now at the count asked
+            // for, was grown by that attempt (or by an identical request): done.
+            if maybe.get() && grown.get() == Some(topic.id) && topic.partitions == total {
+                return Ok(topic);
+            }
             if total <= topic.partitions {
                 return Err(MetaError::InvalidArgument(format!(
                     "topic `{name}` has {} partitions; the new count {total} must be larger",
                     topic.partitions
                 )));
             }
+            grown.set(topic.id);
             topic.partitions = total;
             tx.set(&keys::topic(topic.id), &encode_topic(&topic)?)
                 .await?;
@@ -355,7 +553,7 @@ impl Metadata {
 
     /// The state of every partition of a topic.
     pub async fn partition_states(&self, topic: &Topic) -> Result<Vec<PartitionState>, MetaError> {
-        self.run("partition_states", |tx| async move {
+        self.run("partition_states", |tx, _| async move {
             let (b, e) = keys::partitions(topic.id);
             let mut states: Vec<PartitionState> = (0..topic.partitions)
                 .map(|partition| PartitionState {
@@ -363,13 +561,31 @@ impl Metadata {
                     ..PartitionState::default()
                 })
                 .collect();
+            let mut counters = vec![(0i64, 0i64); states.len()];
+            // Positions `(.., p)` and their counters `(.., p, bytes|entries)`, in key order.
             for (k, v) in tx.get_range(&b, &e, usize::MAX, false).await? {
-                let (_, _, _, p): (String, String, u64, u32) = decode("partition key", &k)?;
-                if let Some(slot) = states.get_mut(p as usize) {
-                    *slot = decode_state(p, Some(&v))?;
+                if let Ok((_, _, _, p)) = decode::<(String, String, u64, u32)>("partition key", &k)
+                {
+                    if let Some(slot) = states.get_mut(p as usize) {
+                        *slot = decode_position(p, Some(&v))?;
+                    }
+                    continue;
+                }
+                let (_, _, _, p, which): (String, String, u64, u32, String) =
+                    decode("partition counter key", &k)?;
+                if let Some(c) = counters.get_mut(p as usize) {
+                    match which.as_str() {
+                        "bytes" => c.0 = keys::decode_i64_le(&v),
+                        "entries" => c.1 = keys::decode_i64_le(&v),
+                        _ => {}
+                    }
                 }
             }
-            Ok(states)
+            Ok(states
+                .into_iter()
+                .zip(counters)
+                .map(|(s, c)| with_counters(s, c))
+                .collect())
         })
         .await
     }
@@ -380,7 +596,7 @@ impl Metadata {
         topic_id: u64,
         partition: u32,
     ) -> Result<PartitionState, MetaError> {
-        self.run("partition_state", |tx| async move {
+        self.run("partition_state", |tx, _| async move {
             read_state(&tx, topic_id, partition).await
         })
         .await
@@ -414,7 +630,10 @@ impl Metadata {
         }
         let now = self.clock.now_ms();
         let outcomes = self
-            .run("commit_segment", |tx| async move {
+            .run("commit_segment", |tx, _maybe| async move {
+                // The object key is the commit's token. It is checked on every attempt, not
+                // only after an unknown result: the agent may also resubmit an object whose
+                // first commit it never heard back from.
                 if tx.get(&keys::object(&seg.object_key)).await?.is_some() {
                     return read_outcomes(&tx, seg).await;
                 }
@@ -428,7 +647,7 @@ impl Metadata {
     /// Whether a segment object's commit went through (objects written but never committed
     /// are orphans for the garbage collector).
     pub async fn is_object_committed(&self, object_key: &str) -> Result<bool, MetaError> {
-        self.run("is_object_committed", |tx| async move {
+        self.run("is_object_committed", |tx, _| async move {
             Ok(tx.get(&keys::object(object_key)).await?.is_some())
         })
         .await
@@ -443,7 +662,7 @@ impl Metadata {
         offset: i64,
         limit: usize,
     ) -> Result<(PartitionState, Vec<IndexEntry>), MetaError> {
-        self.run("read_index", |tx| async move {
+        self.run("read_index", |tx, _| async move {
             let state = read_state(&tx, topic_id, partition).await?;
             let (b, e) = keys::index_from(topic_id, partition, offset.saturating_add(1));
             let rows = tx.get_range(&b, &e, limit, false).await?;

@@ -10,7 +10,8 @@
 use std::time::Duration;
 
 use crate::keys::{self, decode, value};
-use crate::metadata::Tx;
+use crate::lifecycle::all_absent;
+use crate::metadata::{Memo, Tx};
 use crate::{BatchOutcome, MetaError, Metadata, ProducerId, validate_topic_name};
 
 /// Batches remembered per producer and partition: a client may have this many requests in
@@ -72,10 +73,7 @@ impl ProducerPartition {
     }
 
     pub(crate) fn decode(v: &[u8]) -> Result<Self, MetaError> {
-        let bad = |reason: &str| MetaError::Corrupt {
-            key: "producer partition state".into(),
-            reason: reason.into(),
-        };
+        let bad = |reason: &str| MetaError::malformed("producer partition state", reason);
         let take = |at: usize, n: usize| v.get(at..at + n).ok_or_else(|| bad("truncated"));
         let u32_at = |at| take(at, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
         let i64_at = |at| take(at, 8).map(keys::decode_i64_le);
@@ -105,34 +103,55 @@ impl ProducerPartition {
     }
 }
 
-/// A producer's record: its current epoch, optional stable name and last init time.
+/// A producer's record: its current epoch, optional stable name, last init time, and the
+/// token of the `init_producer` call that last wrote it (so that call's rerun after a lost
+/// reply recognises its own epoch step instead of taking another).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ProducerRecord {
     pub(crate) epoch: u32,
     pub(crate) name: String,
     pub(crate) init_ms: i64,
+    pub(crate) token: u64,
+}
+
+impl ProducerRecord {
+    /// Decodes a stored record (records written before tokens existed have none: 0).
+    fn decode(v: &[u8]) -> Result<Self, MetaError> {
+        let (epoch, name, init_ms, token) = match decode::<(u32, String, i64, u64)>("producer", v) {
+            Ok(r) => r,
+            Err(e) => match decode::<(u32, String, i64)>("producer", v) {
+                Ok((epoch, name, init_ms)) => (epoch, name, init_ms, 0),
+                Err(_) => return Err(e),
+            },
+        };
+        Ok(ProducerRecord {
+            epoch,
+            name,
+            init_ms,
+            token,
+        })
+    }
 }
 
 pub(crate) async fn read_producer(tx: &Tx, id: u64) -> Result<Option<ProducerRecord>, MetaError> {
-    let Some(v) = tx.get(&keys::producer(id)).await? else {
-        return Ok(None);
-    };
-    let (epoch, name, init_ms): (u32, String, i64) = decode("producer", &v)?;
-    Ok(Some(ProducerRecord {
-        epoch,
-        name,
-        init_ms,
-    }))
+    match tx.get(&keys::producer(id)).await? {
+        Some(v) => ProducerRecord::decode(&v).map(Some),
+        None => Ok(None),
+    }
 }
 
 async fn write_producer(tx: &Tx, id: u64, r: &ProducerRecord) -> Result<(), MetaError> {
     tx.set(
         &keys::producer(id),
-        &value(&(r.epoch, r.name.as_str(), r.init_ms)),
+        &value(&(r.epoch, r.name.as_str(), r.init_ms, r.token)),
     )
     .await?;
     Ok(())
 }
+
+/// One expiry step as planned: the keys it cleared, then (how many it removed, where the
+/// next step starts).
+type Sweep<K> = (Vec<Vec<u8>>, (u64, Option<K>));
 
 /// What one expiry sweep removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -167,30 +186,51 @@ impl Metadata {
             })?;
         }
         let now = self.clock().now_ms();
-        self.run("init_producer", |tx| async move {
+        let token = self.token();
+        // The id a fresh-id attempt allocated: after a lost reply, the record under it holds
+        // this call's token if that attempt committed.
+        let allocated = &Memo::new();
+        self.run("init_producer", |tx, maybe| async move {
+            if maybe.get()
+                && let Some(id) = allocated.get()
+                && let Some(r) = read_producer(&tx, id).await?
+                && r.token == token
+            {
+                return Ok(ProducerId { id, epoch: r.epoch });
+            }
             if let Some(n) = name
                 && let Some(v) = tx.get(&keys::producer_name(n)).await?
             {
                 let (id,): (u64,) = decode("producer name", &v)?;
-                if let Some(mut r) = read_producer(&tx, id).await?
-                    && r.epoch < u32::MAX
-                {
-                    r.epoch += 1;
-                    r.init_ms = now;
-                    write_producer(&tx, id, &r).await?;
-                    return Ok(ProducerId { id, epoch: r.epoch });
+                if let Some(mut r) = read_producer(&tx, id).await? {
+                    // This call's own epoch step, committed by an attempt whose reply was
+                    // lost: answer it rather than fence our own instance with another step.
+                    if maybe.get() && r.token == token {
+                        return Ok(ProducerId { id, epoch: r.epoch });
+                    }
+                    if r.epoch < u32::MAX {
+                        r.epoch += 1;
+                        r.init_ms = now;
+                        r.token = token;
+                        write_producer(&tx, id, &r).await?;
+                        return Ok(ProducerId { id, epoch: r.epoch });
+                    }
                 }
             }
+            // Producer ids come from a counter the transaction must read to choose the id,
+            // so it stays a read-modify-write (an atomic add could not return the value).
             let id = match tx.get(&keys::next_producer_id()).await? {
                 Some(v) => decode::<(u64,)>("next producer id", &v)?.0,
                 None => 1,
             };
+            allocated.set(id);
             tx.set(&keys::next_producer_id(), &value(&(id + 1,)))
                 .await?;
             let r = ProducerRecord {
                 epoch: 0,
                 name: name.unwrap_or_default().to_string(),
                 init_ms: now,
+                token,
             };
             write_producer(&tx, id, &r).await?;
             if let Some(n) = name {
@@ -213,11 +253,21 @@ impl Metadata {
         // Per-partition states.
         let mut from = (0u64, 0u64, 0u32);
         loop {
+            let planned: &Memo<Sweep<(u64, u64, u32)>> = &Memo::new();
             let (removed, next) = self
-                .run("expire_producer_states", |tx| async move {
+                .run("expire_producer_states", |tx, maybe| async move {
+                    // After a lost reply: if everything the earlier attempt cleared is gone,
+                    // the sweep step happened (ours, or the same by another agent's sweep);
+                    // report it rather than count nothing.
+                    if maybe.get()
+                        && let Some((cleared, result)) = planned.get()
+                        && all_absent(&tx, &cleared).await?
+                    {
+                        return Ok(result);
+                    }
                     let (b, e) = keys::producer_partitions_from(from.0, from.1, from.2);
                     let rows = tx.get_range(&b, &e, EXPIRY_CHUNK, false).await?;
-                    let mut removed = 0u64;
+                    let mut cleared = Vec::new();
                     let mut last = None;
                     for (k, v) in &rows {
                         let (_, _, id, topic_id, partition): (String, String, u64, u64, u32) =
@@ -225,7 +275,7 @@ impl Metadata {
                         last = Some((id, topic_id, partition));
                         if ProducerPartition::decode(v)?.last_used_ms < cutoff {
                             tx.clear(k).await?;
-                            removed += 1;
+                            cleared.push(k.clone());
                         }
                     }
                     let next = match last {
@@ -234,7 +284,9 @@ impl Metadata {
                         }
                         _ => None,
                     };
-                    Ok((removed, next))
+                    let result = (cleared.len() as u64, next);
+                    planned.set((cleared, result));
+                    Ok(result)
                 })
                 .await?;
             report.partition_states += removed;
@@ -246,16 +298,24 @@ impl Metadata {
         // Producer ids.
         let mut from = 1u64;
         loop {
+            let planned: &Memo<Sweep<u64>> = &Memo::new();
             let (removed, next) = self
-                .run("expire_producers", |tx| async move {
+                .run("expire_producers", |tx, maybe| async move {
+                    // As above: a rerun finds its earlier step done by the keys it cleared.
+                    if maybe.get()
+                        && let Some((cleared, result)) = planned.get()
+                        && all_absent(&tx, &cleared).await?
+                    {
+                        return Ok(result);
+                    }
                     let (b, e) = keys::producers_from(from);
                     let rows = tx.get_range(&b, &e, EXPIRY_CHUNK, false).await?;
-                    let mut removed = 0u64;
+                    let mut cleared = Vec::new();
                     let mut last = None;
                     for (k, v) in &rows {
                         let (_, _, id): (String, String, u64) = decode("producer key", k)?;
                         last = Some(id);
-                        let (_, name, init_ms): (u32, String, i64) = decode("producer", v)?;
+                        let ProducerRecord { name, init_ms, .. } = ProducerRecord::decode(v)?;
                         if init_ms >= cutoff {
                             continue;
                         }
@@ -267,13 +327,15 @@ impl Metadata {
                         if !name.is_empty() {
                             tx.clear(&keys::producer_name(&name)).await?;
                         }
-                        removed += 1;
+                        cleared.push(k.clone());
                     }
                     let next = match last {
                         Some(l) if rows.len() == EXPIRY_CHUNK => Some(l + 1),
                         _ => None,
                     };
-                    Ok((removed, next))
+                    let result = (cleared.len() as u64, next);
+                    planned.set((cleared, result));
+                    Ok(result)
                 })
                 .await?;
             report.producers += removed;
@@ -287,7 +349,7 @@ impl Metadata {
 
     /// Counts the producer state held (for tests and status).
     pub async fn producer_stats(&self) -> Result<ProducerStats, MetaError> {
-        self.run("producer_stats", |tx| async move {
+        self.run("producer_stats", |tx, _| async move {
             let mut stats = ProducerStats::default();
             let (b, e) = keys::producers_from(0);
             for (k, v) in tx.get_range(&b, &e, usize::MAX, false).await? {

@@ -12,7 +12,7 @@
 //! dead-letter topic instead of being delivered again.
 
 use crate::keys::{self, decode, value};
-use crate::metadata::{Tx, read_state, read_topic};
+use crate::metadata::{Tx, read_position, read_state, read_topic};
 use crate::{MetaError, Metadata, validate_topic_name};
 
 /// Most in-flight (acquired or not yet settled) records per share-partition.
@@ -56,55 +56,169 @@ struct InFlight {
     deliveries: u8,
     deadline: i64,
     holder: u64,
+    /// The token of the `share_acquire` call that last leased or reserved the record, so
+    /// that call's rerun after a lost reply hands back the same records instead of leasing
+    /// others (and counting a delivery nobody received).
+    tag: u64,
+}
+
+/// What a `share_settle` call answered, kept so its rerun after a lost reply answers the
+/// same (the records it settled may be gone from the window by then).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Receipt {
+    token: u64,
+    counts: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct SharePartition {
     start: i64,
+    /// The latest settle receipts, oldest first, within [`MAX_RECEIPTS`] and
+    /// [`RECEIPT_BYTES`].
+    receipts: Vec<Receipt>,
     /// Records `start..start + records.len()`.
     records: Vec<InFlight>,
 }
 
-const REC_BYTES: usize = 1 + 1 + 8 + 8;
+/// Settle receipts kept per share-partition, newest first kept.
+const MAX_RECEIPTS: usize = 16;
+/// Bytes of settle receipts kept per share-partition (the newest is kept whatever its size,
+/// at most 10 + [`MAX_IN_FLIGHT`] bytes).
+const RECEIPT_BYTES: usize = 8 * 1024;
+
+/// The layout written since tokens exist. Its eighth byte has the top bit set, which the
+/// first layout (a non-negative start offset, little-endian, first) never has.
+const MAGIC_V1: [u8; 8] = *b"cairnsp\x81";
+/// Bytes per record in the first layout: state, deliveries, deadline, holder.
+const REC_BYTES_V0: usize = 1 + 1 + 8 + 8;
+/// Bytes per record now: the first layout's, then the acquisition tag.
+const REC_BYTES: usize = REC_BYTES_V0 + 8;
 
 impl SharePartition {
     fn end(&self) -> i64 {
         self.start + self.records.len() as i64
     }
 
+    /// `magic | start | receipt count | receipts (token, n: u16, n counts) | records`.
+    /// At most 17 + 8 KiB + 2,000 × 26 bytes, about 61 kB: within FoundationDB's 100 kB.
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + self.records.len() * REC_BYTES);
+        let receipt_bytes: usize = self.receipts.iter().map(|r| 10 + r.counts.len()).sum();
+        let mut out = Vec::with_capacity(17 + receipt_bytes + self.records.len() * REC_BYTES);
+        out.extend_from_slice(&MAGIC_V1);
         out.extend_from_slice(&self.start.to_le_bytes());
+        out.push(self.receipts.len() as u8);
+        for r in &self.receipts {
+            out.extend_from_slice(&r.token.to_le_bytes());
+            out.extend_from_slice(&(r.counts.len() as u16).to_le_bytes());
+            out.extend_from_slice(&r.counts);
+        }
         for r in &self.records {
             out.push(r.state as u8);
             out.push(r.deliveries);
             out.extend_from_slice(&r.deadline.to_le_bytes());
             out.extend_from_slice(&r.holder.to_le_bytes());
+            out.extend_from_slice(&r.tag.to_le_bytes());
         }
         out
     }
 
     fn decode(v: &[u8]) -> Result<Self, MetaError> {
-        let bad = |reason: &str| MetaError::Corrupt {
-            key: "share partition".into(),
-            reason: reason.into(),
+        let bad = |reason: &str| MetaError::malformed("share partition", reason);
+        let u64_at = |c: &[u8]| {
+            c.get(..8)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes)
+                .ok_or_else(|| bad("truncated"))
         };
-        if v.len() < 8 || !(v.len() - 8).is_multiple_of(REC_BYTES) {
+        let (start, receipts, body, rec_bytes) = if v.starts_with(&MAGIC_V1) {
+            let start = u64_at(&v[8..])? as i64;
+            let n = *v.get(16).ok_or_else(|| bad("truncated"))?;
+            let mut at = 17;
+            let mut receipts = Vec::with_capacity(usize::from(n));
+            for _ in 0..n {
+                let token = u64_at(v.get(at..).unwrap_or_default())?;
+                let len = v
+                    .get(at + 8..at + 10)
+                    .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+                    .ok_or_else(|| bad("truncated receipt"))?;
+                let counts = v
+                    .get(at + 10..at + 10 + len)
+                    .ok_or_else(|| bad("truncated receipt"))?
+                    .to_vec();
+                receipts.push(Receipt { token, counts });
+                at += 10 + len;
+            }
+            (start, receipts, &v[at..], REC_BYTES)
+        } else {
+            if v.len() < 8 {
+                return Err(bad("wrong length"));
+            }
+            (
+                keys::decode_i64_le(&v[..8]),
+                Vec::new(),
+                &v[8..],
+                REC_BYTES_V0,
+            )
+        };
+        if !body.len().is_multiple_of(rec_bytes) {
             return Err(bad("wrong length"));
         }
-        let start = keys::decode_i64_le(&v[..8]);
-        let mut records = Vec::with_capacity((v.len() - 8) / REC_BYTES);
-        for c in v[8..].chunks_exact(REC_BYTES) {
+        let mut records = Vec::with_capacity(body.len() / rec_bytes);
+        for c in body.chunks_exact(rec_bytes) {
             records.push(InFlight {
                 state: State::from_u8(c[0]).ok_or_else(|| bad("unknown record state"))?,
                 deliveries: c[1],
                 deadline: keys::decode_i64_le(&c[2..10]),
-                holder: u64::from_le_bytes([
-                    c[10], c[11], c[12], c[13], c[14], c[15], c[16], c[17],
-                ]),
+                holder: u64_at(&c[10..])?,
+                tag: if rec_bytes == REC_BYTES {
+                    u64_at(&c[18..])?
+                } else {
+                    0
+                },
             });
         }
-        Ok(SharePartition { start, records })
+        Ok(SharePartition {
+            start,
+            receipts,
+            records,
+        })
+    }
+
+    /// Keeps a settle receipt, forgetting the oldest beyond the bounds.
+    fn remember(&mut self, receipt: Receipt) {
+        self.receipts.push(receipt);
+        let mut bytes: usize = self.receipts.iter().map(|r| 10 + r.counts.len()).sum();
+        while self.receipts.len() > 1
+            && (self.receipts.len() > MAX_RECEIPTS || bytes > RECEIPT_BYTES)
+        {
+            let old = self.receipts.remove(0);
+            bytes -= 10 + old.counts.len();
+        }
+    }
+
+    /// The records `token`'s acquisition holds for `holder`: `(leased, reserved for
+    /// dead-lettering)`, as `(partition, offset, delivery count)` in offset order.
+    #[allow(clippy::type_complexity)]
+    fn tagged(
+        &self,
+        partition: u32,
+        token: u64,
+        holder: u64,
+    ) -> (Vec<(u32, i64, u32)>, Vec<(u32, i64, u32)>) {
+        let mut got = Vec::new();
+        let mut dead = Vec::new();
+        for (i, r) in self.records.iter().enumerate() {
+            if r.tag != token || r.holder != holder {
+                continue;
+            }
+            let rec = (partition, self.start + i as i64, u32::from(r.deliveries));
+            match r.state {
+                State::Acquired => got.push(rec),
+                State::Archiving => dead.push(rec),
+                _ => {}
+            }
+        }
+        (got, dead)
     }
 
     /// Drops the settled prefix.
@@ -215,8 +329,10 @@ impl Metadata {
     ) -> Result<Acquired, MetaError> {
         validate_share_group(group)?;
         let now = self.clock().now_ms();
+        let token = self.token();
         let t = self.topic(topic).await?;
-        self.run("share_group", |tx| async move {
+        // Creating the group is naturally idempotent: a rerun finds it and writes nothing.
+        self.run("share_group", |tx, _| async move {
             if tx.get(&keys::share_group(group)).await?.is_none() {
                 tx.set(&keys::share_group(group), &value(&(now,))).await?;
             }
@@ -236,15 +352,24 @@ impl Metadata {
                 break;
             }
             let (got, dead) = self
-                .run("share_acquire", |tx| async move {
-                    let hwm = read_state(&tx, t.id, p).await?;
+                .run("share_acquire", |tx, maybe| async move {
+                    let hwm = read_position(&tx, t.id, p).await?;
                     let mut sp = match read_share(&tx, group, t.id, p).await? {
                         Some(sp) => sp,
                         None => SharePartition {
                             start: hwm.start_offset,
-                            records: Vec::new(),
+                            ..SharePartition::default()
                         },
                     };
+                    // After a lost reply: records tagged with this call's token were leased
+                    // (or reserved) by its first attempt. Hand back exactly those, with the
+                    // delivery counts that attempt gave them, and lease nothing more.
+                    if maybe.get() {
+                        let (got, dead) = sp.tagged(p, token, holder);
+                        if !got.is_empty() || !dead.is_empty() {
+                            return Ok((got, dead));
+                        }
+                    }
                     if sp.start < hwm.start_offset {
                         // Retention removed records nobody settled: they are gone.
                         let skip = ((hwm.start_offset - sp.start) as usize).min(sp.records.len());
@@ -261,6 +386,7 @@ impl Metadata {
                             State::Archiving if expired => {
                                 r.holder = holder;
                                 r.deadline = now + ARCHIVING_LEASE_MS;
+                                r.tag = token;
                                 dead.push((p, offset, u32::from(r.deliveries)));
                                 continue;
                             }
@@ -273,12 +399,14 @@ impl Metadata {
                             r.state = State::Archiving;
                             r.holder = holder;
                             r.deadline = now + ARCHIVING_LEASE_MS;
+                            r.tag = token;
                             dead.push((p, offset, u32::from(r.deliveries)));
                         } else if got.len() < want {
                             r.state = State::Acquired;
                             r.deliveries = r.deliveries.saturating_add(1);
                             r.holder = holder;
                             r.deadline = now + lease_ms;
+                            r.tag = token;
                             got.push((p, offset, u32::from(r.deliveries)));
                         }
                     }
@@ -292,6 +420,7 @@ impl Metadata {
                             deliveries: 1,
                             deadline: now + lease_ms,
                             holder,
+                            tag: token,
                         });
                     }
                     sp.advance();
@@ -325,9 +454,16 @@ impl Metadata {
                 "settling needs at least one offset".into(),
             ));
         }
+        if offsets.len() as i64 > MAX_IN_FLIGHT {
+            return Err(MetaError::InvalidArgument(format!(
+                "settling {} offsets at once: a consumer holds at most {MAX_IN_FLIGHT} records of a partition",
+                offsets.len()
+            )));
+        }
         let now = self.clock().now_ms();
         let holder = holder_of(member);
-        self.run("share_settle", |tx| async move {
+        let token = self.token();
+        self.run("share_settle", |tx, maybe| async move {
             if tx.get(&keys::share_group(group)).await?.is_none() {
                 return Err(MetaError::GroupNotFound(group.to_string()));
             }
@@ -338,6 +474,14 @@ impl Metadata {
             let mut sp = read_share(&tx, group, t.id, partition)
                 .await?
                 .unwrap_or_default();
+            // After a lost reply the records may be settled and gone from the window, which
+            // would read as "already settled": the receipt this call's first attempt left
+            // holds its answer.
+            if maybe.get()
+                && let Some(r) = sp.receipts.iter().find(|r| r.token == token)
+            {
+                return Ok(r.counts.iter().map(|&c| u32::from(c)).collect());
+            }
             let mut counts = Vec::with_capacity(offsets.len());
             for &offset in offsets {
                 let not_held = |why: String| {
@@ -373,7 +517,7 @@ impl Metadata {
                         ),
                     });
                 }
-                counts.push(u32::from(r.deliveries));
+                counts.push(r.deliveries);
                 match action {
                     ShareAction::Ack => r.state = State::Acked,
                     ShareAction::Release => {
@@ -388,10 +532,12 @@ impl Metadata {
                     ShareAction::DeadLettered => r.state = State::Archived,
                 }
             }
+            let answer = counts.iter().map(|&c| u32::from(c)).collect();
+            sp.remember(Receipt { token, counts });
             sp.advance();
             tx.set(&keys::share_partition(group, t.id, partition), &sp.encode())
                 .await?;
-            Ok(counts)
+            Ok(answer)
         })
         .await
     }
@@ -403,7 +549,7 @@ impl Metadata {
         topic: &str,
     ) -> Result<Vec<SharePartitionInfo>, MetaError> {
         validate_share_group(group)?;
-        self.run("describe_share_group", |tx| async move {
+        self.run("describe_share_group", |tx, _| async move {
             if tx.get(&keys::share_group(group)).await?.is_none() {
                 return Err(MetaError::GroupNotFound(group.to_string()));
             }
@@ -417,7 +563,7 @@ impl Metadata {
                     .await?
                     .unwrap_or(SharePartition {
                         start: state.start_offset,
-                        records: Vec::new(),
+                        ..SharePartition::default()
                     });
                 let count =
                     |f: fn(State) -> bool| sp.records.iter().filter(|r| f(r.state)).count() as u64;
@@ -438,7 +584,7 @@ impl Metadata {
 
     /// Every share group's name.
     pub async fn list_share_groups(&self) -> Result<Vec<String>, MetaError> {
-        self.run("list_share_groups", |tx| async move {
+        self.run("list_share_groups", |tx, _| async move {
             let (b, e) = keys::share_groups();
             let mut out = Vec::new();
             for (k, _) in tx.get_range(&b, &e, usize::MAX, false).await? {
@@ -455,11 +601,10 @@ impl Metadata {
 mod tests {
     use super::*;
 
-    #[test]
-    fn share_partition_round_trips_and_fits_a_value() {
+    fn full() -> SharePartition {
         let mut sp = SharePartition {
             start: 42,
-            records: Vec::new(),
+            ..SharePartition::default()
         };
         for i in 0..MAX_IN_FLIGHT {
             sp.records.push(InFlight {
@@ -467,11 +612,55 @@ mod tests {
                 deliveries: (i % 7) as u8,
                 deadline: i * 1000,
                 holder: i as u64 * 31,
+                tag: i as u64 * 17,
             });
         }
+        sp
+    }
+
+    #[test]
+    fn share_partition_round_trips_and_fits_a_value() {
+        let mut sp = full();
+        // The largest receipts a settle can leave, many times over: the ring stays bounded.
+        for token in 1..=40 {
+            sp.remember(Receipt {
+                token,
+                counts: vec![3; MAX_IN_FLIGHT as usize],
+            });
+        }
+        assert!(sp.receipts.len() <= MAX_RECEIPTS);
+        assert_eq!(sp.receipts.last().map(|r| r.token), Some(40), "newest kept");
         let v = sp.encode();
         assert!(v.len() < 100_000, "{} bytes", v.len());
         assert_eq!(SharePartition::decode(&v).unwrap(), sp);
-        assert!(SharePartition::decode(&v[..9]).is_err());
+        assert!(SharePartition::decode(&v[..20]).is_err());
+        // Many small receipts: at most MAX_RECEIPTS, newest kept.
+        for token in 100..200 {
+            sp.remember(Receipt {
+                token,
+                counts: vec![1],
+            });
+        }
+        assert_eq!(sp.receipts.len(), MAX_RECEIPTS);
+        assert_eq!(sp.receipts[0].token, 200 - MAX_RECEIPTS as u64);
+    }
+
+    #[test]
+    fn values_of_the_first_layout_still_decode() {
+        let sp = full();
+        let mut v0 = sp.start.to_le_bytes().to_vec();
+        for r in &sp.records {
+            v0.push(r.state as u8);
+            v0.push(r.deliveries);
+            v0.extend_from_slice(&r.deadline.to_le_bytes());
+            v0.extend_from_slice(&r.holder.to_le_bytes());
+        }
+        let old = SharePartition::decode(&v0).unwrap();
+        assert_eq!(old.start, 42);
+        assert!(old.receipts.is_empty());
+        assert_eq!(old.records.len(), sp.records.len());
+        assert!(old.records.iter().all(|r| r.tag == 0));
+        assert_eq!(old.records[9].holder, sp.records[9].holder);
+        assert!(SharePartition::decode(&v0[..9]).is_err());
     }
 }

@@ -16,9 +16,22 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
+use crate::error::Cause;
 use crate::kv::{KeyValue, KvStore, KvTransaction};
 use crate::limits::LimitTracker;
 use crate::{KvError, Limits, MetaError};
+
+/// The backend's name in errors and logs.
+const NAME: &str = "sqlite";
+
+/// The database file cannot be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open {}: {source}", .path.display())]
+struct OpenFailed {
+    path: PathBuf,
+    #[source]
+    source: rusqlite::Error,
+}
 
 /// A SQLite-file [`KvStore`].
 #[derive(Debug, Clone)]
@@ -30,13 +43,11 @@ pub struct SqliteKv {
 
 fn map_err(e: rusqlite::Error) -> KvError {
     match e.sqlite_error_code() {
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            KvError::Conflict(format!("sqlite: {e}"))
-        }
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => KvError::conflict(NAME, e),
         Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => {
-            KvError::Unavailable(format!("sqlite: {e}"))
+            KvError::unavailable(NAME, e)
         }
-        _ => KvError::Backend(format!("sqlite: {e}")),
+        _ => KvError::backend(NAME, e),
     }
 }
 
@@ -47,11 +58,9 @@ impl SqliteKv {
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                MetaError::InvalidArgument(format!(
-                    "cannot create directory {} for the metadata file: {e}",
-                    parent.display()
-                ))
+            std::fs::create_dir_all(parent).map_err(|source| MetaError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
             })?;
         }
         let kv = SqliteKv {
@@ -74,8 +83,14 @@ impl SqliteKv {
     }
 
     fn connect(&self) -> Result<Connection, KvError> {
-        let conn = Connection::open(&self.path).map_err(|e| {
-            KvError::Unavailable(format!("cannot open {}: {e}", self.path.display()))
+        let conn = Connection::open(&self.path).map_err(|source| {
+            KvError::unavailable(
+                NAME,
+                OpenFailed {
+                    path: self.path.clone(),
+                    source,
+                },
+            )
         })?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(map_err)?;
         // journal_mode returns a row, so it is queried rather than executed.
@@ -83,10 +98,13 @@ impl SqliteKv {
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(map_err)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(KvError::Backend(format!(
-                "{} cannot use WAL mode (got {mode})",
-                self.path.display()
-            )));
+            return Err(KvError::backend(
+                NAME,
+                Cause(format!(
+                    "{} cannot use WAL mode (the journal mode is {mode})",
+                    self.path.display()
+                )),
+            ));
         }
         conn.execute_batch("PRAGMA synchronous = FULL;")
             .map_err(map_err)?;
@@ -116,7 +134,7 @@ impl KvStore for SqliteKv {
         let store = self.clone();
         let conn = tokio::task::spawn_blocking(move || store.take())
             .await
-            .map_err(|e| KvError::Backend(format!("sqlite worker failed: {e}")))??;
+            .map_err(|e| KvError::backend(NAME, e))??;
         Ok(Box::new(SqliteTxn {
             state: Arc::new(Mutex::new(Some(TxnState {
                 conn,
@@ -129,7 +147,7 @@ impl KvStore for SqliteKv {
     }
 
     fn name(&self) -> &'static str {
-        "sqlite"
+        NAME
     }
 }
 
@@ -144,7 +162,7 @@ struct TxnState {
 impl TxnState {
     fn ensure_open(&mut self) -> Result<(), KvError> {
         if self.done {
-            return Err(KvError::Backend("transaction already finished".into()));
+            return Err(KvError::Finished { backend: NAME });
         }
         if !self.open {
             self.conn.execute_batch("BEGIN DEFERRED").map_err(map_err)?;
@@ -172,10 +190,10 @@ impl SqliteTxn {
         tokio::task::spawn_blocking(move || {
             let mut guard = state
                 .lock()
-                .map_err(|_| KvError::Backend("sqlite transaction lock poisoned".into()))?;
+                .map_err(|_| KvError::Poisoned { backend: NAME })?;
             let st = guard
                 .as_mut()
-                .ok_or_else(|| KvError::Backend("transaction already finished".into()))?;
+                .ok_or_else(|| KvError::Finished { backend: NAME })?;
             st.ensure_open()?;
             match f(&st.conn) {
                 Ok(v) => Ok(v),
@@ -188,7 +206,7 @@ impl SqliteTxn {
             }
         })
         .await
-        .map_err(|e| KvError::Backend(format!("sqlite worker failed: {e}")))?
+        .map_err(|e| KvError::backend(NAME, e))?
     }
 }
 
@@ -293,12 +311,12 @@ impl KvTransaction for SqliteTxn {
         tokio::task::spawn_blocking(move || {
             let mut guard = state
                 .lock()
-                .map_err(|_| KvError::Backend("sqlite transaction lock poisoned".into()))?;
+                .map_err(|_| KvError::Poisoned { backend: NAME })?;
             let st = guard
                 .as_mut()
-                .ok_or_else(|| KvError::Backend("transaction already finished".into()))?;
+                .ok_or_else(|| KvError::Finished { backend: NAME })?;
             if st.done {
-                return Err(KvError::Backend("transaction already finished".into()));
+                return Err(KvError::Finished { backend: NAME });
             }
             st.done = true;
             if !st.open {
@@ -314,7 +332,7 @@ impl KvTransaction for SqliteTxn {
             }
         })
         .await
-        .map_err(|e| KvError::Backend(format!("sqlite worker failed: {e}")))?
+        .map_err(|e| KvError::backend(NAME, e))?
     }
 }
 
@@ -330,5 +348,43 @@ impl Drop for SqliteTxn {
             st.open = false;
             self.store.give_back(st.conn);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn errors_keep_their_source() {
+        // A SQLite failure keeps the rusqlite error, reachable by downcast and as source.
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            Some("database is locked".into()),
+        );
+        let e = map_err(busy);
+        let KvError::Conflict { backend, source } = &e else {
+            panic!("busy is a conflict, got: {e}");
+        };
+        assert_eq!(*backend, "sqlite");
+        assert!(source.downcast_ref::<rusqlite::Error>().is_some());
+        assert!(e.source().is_some());
+        assert!(e.to_string().contains("database is locked"), "{e}");
+        assert!(e.is_retryable());
+
+        // A directory that cannot be made keeps the I/O error and is the caller's mistake.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let err = SqliteKv::open(file.join("meta.sqlite"), Limits::default()).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+        let io = err
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .expect("the I/O error is the source");
+        assert_ne!(io.kind(), std::io::ErrorKind::NotFound);
     }
 }

@@ -1,0 +1,208 @@
+//! Conformance of consumer groups (stream mode): sticky assignment, session expiry,
+//! generation fencing, committed offsets, lag and resets.
+
+use super::*;
+
+/// Consumer groups: sticky assignment over joins and expiry, generation and member fencing
+/// of commits, committed offsets and lag, resets only while the group is empty.
+pub async fn consumer_groups(kv: Arc<dyn KvStore>) {
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let m = Metadata::new(kv, clock.clone());
+    let t = m.create_topic(&spec("orders", 12)).await.unwrap();
+    let topics = vec!["orders".to_string()];
+    let a = m.join_group("billing", None, &topics, 3_000).await.unwrap();
+    assert_eq!(a.partitions.len(), 12);
+    let b = m.join_group("billing", None, &topics, 3_000).await.unwrap();
+    let c = m.join_group("billing", None, &topics, 3_000).await.unwrap();
+    assert_ne!(a.member_id, b.member_id);
+    let a = m.heartbeat("billing", &a.member_id).await.unwrap();
+    let b = m.heartbeat("billing", &b.member_id).await.unwrap();
+    assert_eq!(a.generation, c.generation);
+    let mut all: Vec<_> = [&a, &b, &c]
+        .iter()
+        .flat_map(|x| x.partitions.clone())
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 12, "every partition has exactly one owner");
+    assert!([&a, &b, &c].iter().all(|x| x.partitions.len() == 4));
+
+    // Offsets commit for owned partitions at the current generation only.
+    m.commit_segment(&segment("g1", &[(t.id, a.partitions[0].1, 10)]))
+        .await
+        .unwrap();
+    let (ta, pa) = a.partitions[0].clone();
+    m.commit_offsets(
+        "billing",
+        &a.member_id,
+        a.generation,
+        &[(ta.clone(), pa, 7)],
+    )
+    .await
+    .unwrap();
+    let err = m
+        .commit_offsets(
+            "billing",
+            &a.member_id,
+            a.generation - 1,
+            &[(ta.clone(), pa, 8)],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MetaError::Fenced {
+                reason: "STALE_GENERATION",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let (tb, pb) = b.partitions[0].clone();
+    let err = m
+        .commit_offsets("billing", &a.member_id, a.generation, &[(tb, pb, 0)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MetaError::Fenced {
+                reason: "NOT_ASSIGNED",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = m
+        .commit_offsets(
+            "billing",
+            &a.member_id,
+            a.generation,
+            &[(ta.clone(), pa, 11)],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OutOfRange, "{err}");
+
+    // c stops heartbeating: after its session it is gone and a, b split its partitions,
+    // keeping their own.
+    clock.advance(2_000);
+    m.heartbeat("billing", &a.member_id).await.unwrap();
+    m.heartbeat("billing", &b.member_id).await.unwrap();
+    clock.advance(2_000);
+    let a2 = m.heartbeat("billing", &a.member_id).await.unwrap();
+    let b2 = m.heartbeat("billing", &b.member_id).await.unwrap();
+    assert!(a2.generation > a.generation);
+    assert_eq!(a2.partitions.len() + b2.partitions.len(), 12);
+    assert!(
+        a.partitions.iter().all(|p| a2.partitions.contains(p)),
+        "sticky"
+    );
+    assert!(
+        b.partitions.iter().all(|p| b2.partitions.contains(p)),
+        "sticky"
+    );
+    // The zombie's late commit and heartbeat are fenced.
+    let (tc, pc) = c.partitions[0].clone();
+    let err = m
+        .commit_offsets("billing", &c.member_id, c.generation, &[(tc, pc, 0)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MetaError::Fenced {
+                reason: "UNKNOWN_MEMBER",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(matches!(
+        m.heartbeat("billing", &c.member_id).await.unwrap_err(),
+        MetaError::Fenced { .. }
+    ));
+    // The old generation of a is stale now.
+    let err = m
+        .commit_offsets(
+            "billing",
+            &a.member_id,
+            a.generation,
+            &[(ta.clone(), pa, 9)],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MetaError::Fenced { .. }));
+
+    let d = m.describe_group("billing").await.unwrap();
+    assert_eq!(d.members.len(), 2);
+    assert_eq!(d.generation, a2.generation);
+    let lag = d.partitions.iter().find(|p| p.partition == pa).unwrap();
+    assert_eq!(
+        (lag.committed, lag.high_watermark, lag.lag),
+        (Some(7), 10, 3)
+    );
+    assert_eq!(m.list_groups().await.unwrap(), ["billing"]);
+    assert_eq!(
+        m.committed_offsets("billing").await.unwrap(),
+        [(ta.clone(), pa, 7)]
+    );
+
+    // Resets wait for an empty group.
+    let err = m
+        .reset_offsets("billing", "orders", OffsetReset::Earliest)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MetaError::Fenced {
+                reason: "GROUP_ACTIVE",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    m.leave_group("billing", &a2.member_id).await.unwrap();
+    let b3 = m.heartbeat("billing", &b2.member_id).await.unwrap();
+    assert_eq!(b3.partitions.len(), 12, "the last member owns everything");
+    m.leave_group("billing", &b3.member_id).await.unwrap();
+    let reset = m
+        .reset_offsets("billing", "orders", OffsetReset::Latest)
+        .await
+        .unwrap();
+    assert_eq!(reset.len(), 12);
+    assert!(reset.contains(&(ta.clone(), pa, 10)));
+    let reset = m
+        .reset_offsets("billing", "orders", OffsetReset::Timestamp(0))
+        .await
+        .unwrap();
+    assert!(reset.contains(&(ta.clone(), pa, 0)));
+    let reset = m
+        .reset_offsets("billing", "orders", OffsetReset::To(99))
+        .await
+        .unwrap();
+    assert!(
+        reset.contains(&(ta, pa, 10)),
+        "clamped to the high watermark"
+    );
+    assert!(matches!(
+        m.describe_group("nobody").await.unwrap_err(),
+        MetaError::GroupNotFound(_)
+    ));
+    assert_eq!(
+        m.join_group("billing", None, &topics, 10)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Invalid
+    );
+    assert_eq!(
+        m.join_group("billing", None, &["nope".to_string()], 3_000)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+}
