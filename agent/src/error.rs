@@ -108,8 +108,14 @@ impl AgentError {
             AgentError::Invalid(_) | AgentError::Config(_) => ErrorReason::InvalidArgument,
             AgentError::InvalidFrame { index, source, .. } => {
                 numbers.insert("batch".into(), index.to_string());
-                if let FrameError::Header { field, .. } = source {
-                    numbers.insert("field".into(), (*field).to_string());
+                let field = match source {
+                    FrameError::Header { field, .. } => Some(*field),
+                    FrameError::Checksum { .. } => Some("payload_crc32c"),
+                    FrameError::TooLarge(_) => Some("payload"),
+                    _ => None,
+                };
+                if let Some(field) = field {
+                    numbers.insert("field".into(), field.to_string());
                 }
                 match source {
                     FrameError::TooLarge(_) => ErrorReason::TooLarge,

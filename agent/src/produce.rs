@@ -36,10 +36,10 @@ impl Shared {
             source,
         };
         let Some(frame) = batch.frame.as_ref() else {
-            return Err(AgentError::Invalid(format!(
-                "batch {index} ({}/{}): `frame` is missing",
-                batch.topic, batch.partition
-            )));
+            return Err(invalid(FrameError::Header {
+                field: "frame",
+                reason: "missing".into(),
+            }));
         };
         let limits = FrameLimits {
             max_payload_bytes: self.settings.max_request_bytes,

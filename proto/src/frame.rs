@@ -290,6 +290,40 @@ pub fn check_frame<'a>(
             computed,
         });
     }
+    // Cheap checks that the payload is what the codec says, so a lying header is refused
+    // here rather than stored as a frame no consumer can open.
+    match Codec::try_from(h.codec) {
+        Ok(Codec::Zstd) => {
+            if !payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+                return Err(bad(
+                    "codec",
+                    "ZSTD, but the payload is not a zstd frame".into(),
+                ));
+            }
+            match zstd::zstd_safe::get_frame_content_size(payload) {
+                Ok(Some(n)) if n == u64::from(h.uncompressed_size) => {}
+                Ok(Some(n)) => {
+                    return Err(bad(
+                        "uncompressed_size",
+                        format!("{} but the zstd frame says {n}", h.uncompressed_size),
+                    ));
+                }
+                _ => {
+                    return Err(bad(
+                        "codec",
+                        "a ZSTD payload must carry its content size in the frame header".into(),
+                    ));
+                }
+            }
+        }
+        Ok(Codec::Lz4Frame) if !payload.starts_with(&[0x04, 0x22, 0x4d, 0x18]) => {
+            return Err(bad(
+                "codec",
+                "LZ4_FRAME, but the payload is not an LZ4 frame".into(),
+            ));
+        }
+        _ => {}
+    }
     Ok(h)
 }
 

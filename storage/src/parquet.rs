@@ -337,12 +337,50 @@ fn wrap(key: &str, e: parquet::errors::ParquetError, reading: bool) -> StorageEr
     }
 }
 
+/// A range outside the object can only come from a corrupt footer: refuse it as corruption
+/// (not a store error, which would be retried forever).
+fn check_range(range: &std::ops::Range<u64>, size: u64) -> parquet::errors::Result<()> {
+    if range.start > range.end || range.end > size {
+        return Err(parquet::errors::ParquetError::General(format!(
+            "the footer points at bytes {}..{} of a {size}-byte file",
+            range.start, range.end
+        )));
+    }
+    Ok(())
+}
+
+/// Runs a decoding step, turning a panic inside the Parquet or Arrow decoders (which some
+/// corrupt pages provoke) into a corruption error instead of a dead request.
+async fn guarded<T>(
+    path: &str,
+    step: impl std::future::Future<Output = Result<T, StorageError>>,
+) -> Result<T, StorageError> {
+    match std::panic::AssertUnwindSafe(step).catch_unwind().await {
+        Ok(r) => r,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                .unwrap_or_else(|| "a panic".into());
+            Err(StorageError::corrupt(
+                path,
+                FormatError::Invalid {
+                    what: "parquet data",
+                    reason: format!("the decoder failed: {what}"),
+                },
+            ))
+        }
+    }
+}
+
 impl AsyncFileReader for StoreReader {
     fn get_bytes(
         &mut self,
         range: std::ops::Range<u64>,
     ) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
         async move {
+            check_range(&range, self.size)?;
             self.store
                 .get_range(&self.path, range)
                 .await
@@ -356,6 +394,9 @@ impl AsyncFileReader for StoreReader {
         ranges: Vec<std::ops::Range<u64>>,
     ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
         async move {
+            for r in &ranges {
+                check_range(r, self.size)?;
+            }
             self.store
                 .get_ranges(&self.path, &ranges)
                 .await
@@ -395,6 +436,14 @@ pub struct OpenedFile {
 /// Opens a file: reads its footer with bounded range GETs and checks that it carries
 /// offset statistics and one checksum per row group. Anything unreadable is corruption.
 pub async fn open(
+    store: Arc<dyn ObjectStore>,
+    path: &str,
+    size: u64,
+) -> Result<OpenedFile, StorageError> {
+    guarded(path, open_unguarded(store, path, size)).await
+}
+
+async fn open_unguarded(
     store: Arc<dyn ObjectStore>,
     path: &str,
     size: u64,
@@ -471,6 +520,20 @@ pub fn row_group_offsets(meta: &ParquetMetaData) -> Result<Vec<(i64, i64)>, Form
 /// Reads the records of one row group of a file opened with [`open`], and verifies them:
 /// dense offsets that match the footer's statistics, and the row group's checksum.
 pub async fn read_row_group(
+    store: Arc<dyn ObjectStore>,
+    path: &str,
+    size: u64,
+    file: &OpenedFile,
+    group: usize,
+) -> Result<Vec<StoredRecord>, StorageError> {
+    guarded(
+        path,
+        read_row_group_unguarded(store, path, size, file, group),
+    )
+    .await
+}
+
+async fn read_row_group_unguarded(
     store: Arc<dyn ObjectStore>,
     path: &str,
     size: u64,
