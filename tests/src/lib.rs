@@ -415,6 +415,40 @@ pub async fn read_all(endpoint: &str, topic: &str) -> anyhow::Result<Vec<Consume
     }
 }
 
+/// Records holding `values` (no key, no headers), timestamped now: what raw produce calls
+/// send.
+pub fn value_records<V: Into<bytes::Bytes>>(
+    values: impl IntoIterator<Item = V>,
+) -> Vec<cairn_proto::v2::Record> {
+    let now = cairn_metadata::Clock::now_ms(&cairn_metadata::SystemClock);
+    values
+        .into_iter()
+        .map(|v| cairn_proto::v2::Record {
+            timestamp_ms: now,
+            value: v.into(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// One batch of a raw produce request: `values` as one frame built with `codec`, stamped
+/// with `stamp` (an idempotent producer's) if given.
+pub fn raw_batch<V: Into<bytes::Bytes>>(
+    topic: &str,
+    partition: u32,
+    values: impl IntoIterator<Item = V>,
+    codec: cairn_proto::v2::Codec,
+    stamp: Option<cairn_proto::v2::ProducerStamp>,
+) -> anyhow::Result<cairn_proto::v2::ProduceBatch> {
+    let frame = cairn_proto::build_frame(value_records(values), codec, stamp)?;
+    Ok(cairn_proto::v2::ProduceBatch {
+        topic: topic.to_string(),
+        partition,
+        frame: Some(frame),
+        expected_offset: None,
+    })
+}
+
 /// A fresh temporary directory for one test's files.
 pub fn temp_dir() -> anyhow::Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix("cairn-test-").tempdir()?)
@@ -569,6 +603,39 @@ pub fn verify_exact(sent: &[Sent], consumed: &[ConsumedRecord]) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// A Python for the second-language client test (`tests/python`): the [`pyarrow_python`] venv
+/// with the packages pinned in `tests/python/requirements.txt`. Like `.ci/run`, it installs
+/// them only when that file differs from the copy kept in the venv after the last install.
+pub fn client_python() -> anyhow::Result<PathBuf> {
+    static PYTHON: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    PYTHON
+        .get_or_init(|| install_client_packages().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn install_client_packages() -> anyhow::Result<PathBuf> {
+    let python = pyarrow_python()?;
+    let requirements = workspace_root().join("tests/python/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    let venv = python
+        .parent()
+        .and_then(Path::parent)
+        .context("unexpected venv layout")?;
+    let stamp = venv.join("cairn-client-requirements.txt");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(python);
+    }
+    run_ok(
+        Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(&requirements),
+    )?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(python)
 }
 
 #[cfg(test)]

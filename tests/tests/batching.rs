@@ -7,9 +7,8 @@ use std::time::Instant;
 
 use cairn_agent::AgentSettings;
 use cairn_client::{Admin, TopicOptions};
-use cairn_proto::v1::{self, producer_client::ProducerClient};
-use cairn_tests::{InProcessAgent, temp_dir};
-use prost::Message;
+use cairn_proto::v2::{self, Codec, producer_service_client::ProducerServiceClient};
+use cairn_tests::{InProcessAgent, raw_batch, temp_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_small_requests_share_segments() -> anyhow::Result<()> {
@@ -31,28 +30,24 @@ async fn ten_thousand_small_requests_share_segments() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for t in 0..CONCURRENCY {
-        let mut client = ProducerClient::new(channel.clone());
+        let mut client = ProducerServiceClient::new(channel.clone());
         tasks.push(tokio::spawn(async move {
             for i in (t..REQUESTS).step_by(CONCURRENCY) {
-                let records = v1::RecordBatch {
-                    records: vec![v1::Record {
-                        value: format!("request {i}").into(),
-                        ..Default::default()
-                    }],
-                };
+                let batch = raw_batch(
+                    "small",
+                    (i % 4) as u32,
+                    [format!("request {i}")],
+                    Codec::Zstd,
+                    None,
+                )?;
                 client
-                    .produce(v1::ProduceRequest {
-                        batches: vec![v1::PartitionBatch {
-                            topic: "small".into(),
-                            partition: (i % 4) as u32,
-                            records: records.encode_to_vec().into(),
-                            ..Default::default()
-                        }],
+                    .produce(v2::ProduceRequest {
+                        batches: vec![batch],
                         atomic: false,
                     })
                     .await?;
             }
-            Ok::<_, tonic::Status>(())
+            Ok::<_, anyhow::Error>(())
         }));
     }
     for t in tasks {

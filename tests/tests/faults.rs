@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use cairn_agent::{AgentSettings, FaultyStore};
 use cairn_client::{Admin, Producer, ProducerConfig, ProducerRecord, TopicOptions};
-use cairn_proto::v1::{self, producer_client::ProducerClient};
-use cairn_tests::{InProcessAgent, read_all, temp_dir};
-use prost::Message;
+use cairn_proto::v2::{self, Codec, ErrorReason, producer_service_client::ProducerServiceClient};
+use cairn_tests::{InProcessAgent, raw_batch, read_all, temp_dir};
+use tonic_types::StatusExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_put_is_unavailable_and_invisible_then_retry_succeeds() -> anyhow::Result<()> {
@@ -27,23 +27,11 @@ async fn failed_put_is_unavailable_and_invisible_then_retry_succeeds() -> anyhow
     let admin = Admin::new(channel.clone());
     admin.create_topic("t", 1, TopicOptions::default()).await?;
 
-    let request = v1::ProduceRequest {
-        batches: vec![v1::PartitionBatch {
-            topic: "t".into(),
-            partition: 0,
-            records: v1::RecordBatch {
-                records: vec![v1::Record {
-                    value: "first".into(),
-                    ..Default::default()
-                }],
-            }
-            .encode_to_vec()
-            .into(),
-            ..Default::default()
-        }],
+    let request = v2::ProduceRequest {
+        batches: vec![raw_batch("t", 0, ["first"], Codec::Zstd, None)?],
         atomic: false,
     };
-    let mut raw = ProducerClient::new(channel.clone());
+    let mut raw = ProducerServiceClient::new(channel.clone());
     faulty.fail_next_puts(1);
     let err = raw
         .produce(request.clone())
@@ -52,6 +40,14 @@ async fn failed_put_is_unavailable_and_invisible_then_retry_succeeds() -> anyhow
     assert_eq!(err.code(), tonic::Code::Unavailable, "{}", err.message());
     assert!(
         err.message().contains("injected PUT failure"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        err.get_error_details()
+            .error_info()
+            .map(|i| i.reason.as_str()),
+        Some(ErrorReason::StorageUnavailable.as_str_name()),
         "{}",
         err.message()
     );
@@ -65,7 +61,7 @@ async fn failed_put_is_unavailable_and_invisible_then_retry_succeeds() -> anyhow
 
     // The same request again succeeds, at offset 0.
     let ok = raw.produce(request).await?.into_inner();
-    assert_eq!(ok.results[0].base_offset, 0);
+    assert_eq!(ok.results[0].base_offset, Some(0));
 
     // The SDK producer retries on its own: two failed PUTs, then success.
     faulty.fail_next_puts(2);

@@ -11,8 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cairn_client::ErrorReason;
 use cairn_client::{Admin, Producer, ProducerConfig, ProducerRecord, TopicOptions};
-use cairn_proto::v1::{self, groups_client::GroupsClient};
+use cairn_proto::v2::{self, group_service_client::GroupServiceClient};
 use cairn_tests::{AgentProcess, cairn_bin, file_agent_args, temp_dir};
 use tokio::sync::watch;
 
@@ -112,15 +113,14 @@ async fn members_share_partitions_and_survive_a_kill() -> anyhow::Result<()> {
             loop {
                 if let Ok(d) = admin.describe_group("workers").await {
                     for p in d.partitions {
-                        if p.committed < 0 {
+                        let Some(committed) = p.committed else {
                             continue;
-                        }
-                        let prev = last.insert(p.partition, p.committed).unwrap_or(-1);
+                        };
+                        let prev = last.insert(p.partition, committed).unwrap_or(-1);
                         assert!(
-                            p.committed >= prev,
-                            "partition {} committed offset went back from {prev} to {}",
+                            committed >= prev,
+                            "partition {} committed offset went back from {prev} to {committed}",
                             p.partition,
-                            p.committed
                         );
                     }
                     checks += 1;
@@ -139,7 +139,7 @@ async fn members_share_partitions_and_survive_a_kill() -> anyhow::Result<()> {
     let a = start_member(&agent.endpoint, progress.clone());
     let b = start_member(&agent.endpoint, progress.clone());
     // Wait until all three own partitions (the group is stable at three members).
-    let mut groups = GroupsClient::new(channel.clone());
+    let mut groups = GroupServiceClient::new(channel.clone());
     loop {
         let d = admin.describe_group("workers").await;
         if let Ok(d) = d
@@ -154,7 +154,10 @@ async fn members_share_partitions_and_survive_a_kill() -> anyhow::Result<()> {
     // with committed progress; then kill it without warning.
     loop {
         let d = admin.describe_group("workers").await?;
-        if d.partitions.iter().all(|p| p.committed >= 0 && p.lag == 0) {
+        if d.partitions
+            .iter()
+            .all(|p| p.committed.is_some() && p.lag == 0)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -237,14 +240,16 @@ async fn members_share_partitions_and_survive_a_kill() -> anyhow::Result<()> {
 
     // A zombie: a member that stops heartbeating is removed, and its late commit is fenced.
     let zombie = groups
-        .join_group(v1::JoinGroupRequest {
+        .join_group(v2::JoinGroupRequest {
             group: "workers".into(),
             member_id: String::new(),
             topics: vec!["jobs".into()],
-            session_timeout_ms: 1_000,
+            session_timeout_ms: Some(1_000),
         })
         .await?
-        .into_inner();
+        .into_inner()
+        .assignment
+        .expect("an assignment");
     loop {
         let d = admin.describe_group("workers").await?;
         if !d.members.iter().any(|m| m.member_id == zombie.member_id) {
@@ -254,11 +259,11 @@ async fn members_share_partitions_and_survive_a_kill() -> anyhow::Result<()> {
     }
     let owned = zombie.partitions.first().cloned();
     let err = groups
-        .commit_offsets(v1::CommitOffsetsRequest {
+        .commit_offsets(v2::CommitOffsetsRequest {
             group: "workers".into(),
             member_id: zombie.member_id.clone(),
             generation: zombie.generation,
-            offsets: vec![v1::PartitionOffset {
+            offsets: vec![v2::PartitionOffset {
                 topic: "jobs".into(),
                 partition: owned.map_or(0, |tp| tp.partition),
                 offset: 0,
@@ -273,7 +278,7 @@ async fn members_share_partitions_and_survive_a_kill() -> anyhow::Result<()> {
         err.message()
     );
     let reason = cairn_client::ClientError::from(err).reason();
-    assert_eq!(reason.as_deref(), Some("UNKNOWN_MEMBER"));
+    assert_eq!(reason, Some(ErrorReason::UnknownMember));
 
     let (stop, task) = watcher;
     stop.send(true)?;

@@ -14,14 +14,15 @@ use cairn_client::{
     Admin, AppendBatch, Producer, ProducerConfig, ProducerRecord, RejectReason, TopicOptions,
 };
 use cairn_metadata::{FaultyKv, KvStore};
-use cairn_proto::v1::{self, producer_client::ProducerClient};
+use cairn_proto::v2::{
+    self, Codec, ErrorReason, ProducerStamp, producer_service_client::ProducerServiceClient,
+};
 use cairn_tests::{
-    AgentProcess, InProcessAgent, file_store, produce_workload_with, read_all, s3_store, s3_url,
-    temp_dir, verify_exact,
+    AgentProcess, InProcessAgent, file_store, produce_workload_with, raw_batch, read_all, s3_store,
+    s3_url, temp_dir, verify_exact,
 };
 use futures::StreamExt;
 use object_store::ObjectStore;
-use prost::Message;
 
 fn settings() -> AgentSettings {
     AgentSettings {
@@ -139,35 +140,23 @@ async fn agent_killed_between_commit_and_reply() -> anyhow::Result<()> {
         .await?;
 
     // The producer's id comes from the survivor; its batch goes to the doomed agent first.
-    let mut to_survivor = ProducerClient::new(cairn_client::connect(&survivor.endpoint).await?);
+    let mut to_survivor =
+        ProducerServiceClient::new(cairn_client::connect(&survivor.endpoint).await?);
     let id = to_survivor
-        .init_producer(v1::InitProducerRequest::default())
+        .init_producer(v2::InitProducerRequest::default())
         .await?
         .into_inner();
-    let batch = v1::PartitionBatch {
-        topic: "kill".into(),
-        partition: 0,
-        records: v1::RecordBatch {
-            records: ["one", "two", "three"]
-                .into_iter()
-                .map(|v| v1::Record {
-                    value: v.into(),
-                    ..Default::default()
-                })
-                .collect(),
-        }
-        .encode_to_vec()
-        .into(),
+    let stamp = ProducerStamp {
         producer_id: id.producer_id,
-        producer_epoch: id.epoch,
+        epoch: id.epoch,
         base_sequence: 0,
-        ..Default::default()
     };
-    let request = v1::ProduceRequest {
+    let batch = raw_batch("kill", 0, ["one", "two", "three"], Codec::Zstd, Some(stamp))?;
+    let request = v2::ProduceRequest {
         batches: vec![batch],
         atomic: false,
     };
-    let mut to_doomed = ProducerClient::new(cairn_client::connect(&doomed.endpoint).await?);
+    let mut to_doomed = ProducerServiceClient::new(cairn_client::connect(&doomed.endpoint).await?);
     let lost = to_doomed.produce(request.clone()).await;
     assert!(lost.is_err(), "the agent died before replying: {lost:?}");
     // It did commit before dying.
@@ -178,7 +167,11 @@ async fn agent_killed_between_commit_and_reply() -> anyhow::Result<()> {
     let retry = to_survivor.produce(request).await?.into_inner();
     let result = &retry.results[0];
     assert!(result.duplicate, "{result:?}");
-    assert_eq!(result.base_offset, 0, "the original offsets come back");
+    assert_eq!(
+        result.base_offset,
+        Some(0),
+        "the original offsets come back"
+    );
     assert_eq!(
         values(&read_all(&survivor.endpoint, "kill").await?),
         ["one", "two", "three"]
@@ -433,23 +426,19 @@ async fn atomic_append_is_all_or_nothing() -> anyhow::Result<()> {
     };
 
     // A commit failure, seen by a client that does not retry: nothing anywhere.
-    let mut raw = ProducerClient::new(channel.clone());
-    let request = v1::ProduceRequest {
+    let mut raw = ProducerServiceClient::new(channel.clone());
+    let request = v2::ProduceRequest {
         batches: (0..3)
-            .map(|p| v1::PartitionBatch {
-                topic: "ledger".into(),
-                partition: p,
-                records: v1::RecordBatch {
-                    records: vec![v1::Record {
-                        value: format!("transfer leg {p}").into(),
-                        ..Default::default()
-                    }],
-                }
-                .encode_to_vec()
-                .into(),
-                ..Default::default()
+            .map(|p| {
+                raw_batch(
+                    "ledger",
+                    p,
+                    [format!("transfer leg {p}")],
+                    Codec::Zstd,
+                    None,
+                )
             })
-            .collect(),
+            .collect::<anyhow::Result<_>>()?,
         atomic: true,
     };
     faulty_kv.break_next_commits(1);
@@ -464,7 +453,7 @@ async fn atomic_append_is_all_or_nothing() -> anyhow::Result<()> {
     let ok = raw.produce(request).await?.into_inner();
     assert_eq!(
         ok.results.iter().map(|r| r.base_offset).collect::<Vec<_>>(),
-        [0, 0, 0]
+        [Some(0); 3]
     );
     assert_eq!(hwms().await?, [1, 1, 1]);
 
@@ -562,82 +551,136 @@ async fn refusals_have_precise_statuses() -> anyhow::Result<()> {
     Admin::new(channel.clone())
         .create_topic("strict", 1, TopicOptions::default())
         .await?;
-    let mut raw = ProducerClient::new(channel);
+    let mut raw = ProducerServiceClient::new(channel);
     let id = raw
-        .init_producer(v1::InitProducerRequest::default())
+        .init_producer(v2::InitProducerRequest::default())
         .await?
         .into_inner();
-    let batch = |seq: i64| v1::PartitionBatch {
-        topic: "strict".into(),
-        partition: 0,
-        records: v1::RecordBatch {
-            records: vec![v1::Record {
-                value: "v".into(),
-                ..Default::default()
-            }],
-        }
-        .encode_to_vec()
-        .into(),
+    let stamp = |seq: i64| ProducerStamp {
         producer_id: id.producer_id,
-        producer_epoch: id.epoch,
+        epoch: id.epoch,
         base_sequence: seq,
-        ..Default::default()
     };
-    let one = |b: v1::PartitionBatch| v1::ProduceRequest {
+    let batch = |seq: i64| raw_batch("strict", 0, ["v"], Codec::Zstd, Some(stamp(seq))).unwrap();
+    // The same frame with another stamp (the stamp is in the header, outside the CRC).
+    let restamped = |mut b: v2::ProduceBatch, s: ProducerStamp| {
+        if let Some(h) = b.frame.as_mut().and_then(|f| f.header.as_mut()) {
+            h.producer = Some(s);
+        }
+        b
+    };
+    let one = |b: v2::ProduceBatch| v2::ProduceRequest {
         batches: vec![b],
         atomic: false,
     };
-    let reason = |s: &tonic::Status| s.get_details_error_info().map(|i| (i.reason, i.metadata));
+    let reason = |s: &tonic::Status| {
+        s.get_error_details()
+            .error_info()
+            .map(|i| (i.reason.clone(), i.metadata.clone()))
+    };
 
     // A gap: sequence 5 before 0.
     let err = raw.produce(one(batch(5))).await.expect_err("a gap");
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     let (r, meta) = reason(&err).expect("ErrorInfo");
-    assert_eq!(r, "OUT_OF_ORDER_SEQUENCE");
+    assert_eq!(r, ErrorReason::OutOfOrderSequence.as_str_name());
     assert_eq!(meta.get("expected_sequence").map(String::as_str), Some("0"));
     assert!(err.message().contains("strict/0"), "{}", err.message());
 
     // In a multi-batch request the same refusal is per batch, beside a committed one.
     let mixed = raw
-        .produce(v1::ProduceRequest {
+        .produce(v2::ProduceRequest {
             batches: vec![batch(0), batch(7)],
             atomic: false,
         })
         .await?
         .into_inner();
-    assert_eq!(mixed.results[0].base_offset, 0);
+    assert_eq!(mixed.results[0].base_offset, Some(0));
     assert!(mixed.results[0].error.is_none());
     let e = mixed.results[1].error.as_ref().expect("refused");
-    assert_eq!(e.reason(), v1::ProduceErrorReason::OutOfOrderSequence);
-    assert_eq!(e.expected_sequence, 1);
-    assert_eq!(mixed.results[1].base_offset, -1);
+    assert_eq!(e.reason(), ErrorReason::OutOfOrderSequence);
+    assert_eq!(e.expected_sequence, Some(1));
+    assert_eq!((e.next_offset, e.current_epoch), (None, None));
+    assert_eq!(mixed.results[1].base_offset, None);
 
     // A retry of the committed batch is answered as a duplicate.
     let dup = raw.produce(one(batch(0))).await?.into_inner();
     assert!(dup.results[0].duplicate);
-    assert_eq!(dup.results[0].base_offset, 0);
+    assert_eq!(dup.results[0].base_offset, Some(0));
 
     // An id the agent never issued.
-    let mut ghost = batch(0);
-    ghost.producer_id = 999_999;
+    let ghost = restamped(
+        batch(0),
+        ProducerStamp {
+            producer_id: 999_999,
+            ..stamp(0)
+        },
+    );
     let err = raw.produce(one(ghost)).await.expect_err("unknown id");
     assert_eq!(
         reason(&err).map(|r| r.0).as_deref(),
-        Some("UNKNOWN_PRODUCER")
+        Some(ErrorReason::UnknownProducer.as_str_name())
     );
 
-    // Malformed stamps and conditions are invalid arguments.
-    let mut no_id = batch(0);
-    no_id.producer_id = 0;
-    no_id.base_sequence = 3;
-    let mut negative = batch(-1);
-    negative.base_sequence = -1;
+    // A named producer's older epoch is fenced, and told the current one.
+    let named = v2::InitProducerRequest {
+        name: "strict-writer".into(),
+    };
+    let first = raw.init_producer(named.clone()).await?.into_inner();
+    let second = raw.init_producer(named).await?.into_inner();
+    assert_eq!(
+        (second.producer_id, second.epoch),
+        (first.producer_id, first.epoch + 1)
+    );
+    let zombie = restamped(
+        batch(0),
+        ProducerStamp {
+            producer_id: first.producer_id,
+            epoch: first.epoch,
+            base_sequence: 0,
+        },
+    );
+    let err = raw.produce(one(zombie)).await.expect_err("fenced");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    let (r, meta) = reason(&err).expect("ErrorInfo");
+    assert_eq!(r, ErrorReason::Fenced.as_str_name(), "{}", err.message());
+    assert_eq!(
+        meta.get("current_epoch"),
+        Some(&second.epoch.to_string()),
+        "{meta:?}"
+    );
+
+    // Malformed stamps are invalid frames naming the header field; a bad condition is an
+    // invalid argument.
+    let no_id = restamped(
+        batch(0),
+        ProducerStamp {
+            producer_id: 0,
+            ..stamp(3)
+        },
+    );
+    let negative = batch(-1);
     let mut bad_offset = batch(1);
     bad_offset.expected_offset = Some(-2);
-    for (b, words) in [
-        (no_id, "need a producer_id"),
-        (negative, "base_sequence must be 0 or more"),
-        (bad_offset, "expected_offset must be 0 or more"),
+    for (b, reason_wanted, field, words) in [
+        (
+            no_id,
+            ErrorReason::InvalidFrame,
+            Some("producer.producer_id"),
+            "0 is not an id",
+        ),
+        (
+            negative,
+            ErrorReason::InvalidFrame,
+            Some("producer.base_sequence"),
+            "must be 0 or more",
+        ),
+        (
+            bad_offset,
+            ErrorReason::InvalidArgument,
+            None,
+            "expected_offset must be 0 or more",
+        ),
     ] {
         let err = raw.produce(one(b)).await.expect_err(words);
         assert_eq!(
@@ -647,9 +690,17 @@ async fn refusals_have_precise_statuses() -> anyhow::Result<()> {
             err.message()
         );
         assert!(err.message().contains(words), "{}", err.message());
+        let (r, meta) = reason(&err).expect("ErrorInfo");
+        assert_eq!(r, reason_wanted.as_str_name(), "{}", err.message());
+        assert_eq!(
+            meta.get("field").map(String::as_str),
+            field,
+            "{}",
+            err.message()
+        );
     }
     let err = raw
-        .init_producer(v1::InitProducerRequest {
+        .init_producer(v2::InitProducerRequest {
             name: "no spaces allowed".into(),
         })
         .await
@@ -675,7 +726,7 @@ async fn backlog_is_split_into_requests_the_agent_accepts() -> anyhow::Result<()
         &dir.path().join("meta.sqlite"),
         AgentSettings {
             max_request_bytes: 256 << 10,
-            max_record_bytes: 8 << 10,
+            max_batch_uncompressed_bytes: 256 << 10,
             ..settings()
         },
     )
@@ -689,6 +740,8 @@ async fn backlog_is_split_into_requests_the_agent_accepts() -> anyhow::Result<()
         ProducerConfig {
             request_max_bytes: 128 << 10,
             batch_max_bytes: 1 << 20,
+            // Sizes as sent are sizes as declared: the agent's limits bind for real.
+            codec: Codec::None,
             ..ProducerConfig::default()
         },
     );

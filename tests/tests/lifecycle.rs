@@ -30,14 +30,21 @@ async fn objects(store: &dyn ObjectStore) -> BTreeSet<String> {
     out
 }
 
-async fn produce(endpoint: &str, topic: &str, values: &[&str]) -> anyhow::Result<()> {
+/// Sends `values` one at a time, timestamped by `clock` (records carry their producer's
+/// time, and retention goes by record time).
+async fn produce(
+    endpoint: &str,
+    clock: &ManualClock,
+    topic: &str,
+    values: &[&str],
+) -> anyhow::Result<()> {
     let producer = Producer::new(
         cairn_client::connect(endpoint).await?,
         ProducerConfig::default(),
     );
     for v in values {
         producer
-            .send(ProducerRecord::new(topic, v.to_string()))
+            .send(ProducerRecord::new(topic, v.to_string()).timestamp_ms(clock.now_ms()))
             .await?
             .await?;
     }
@@ -78,8 +85,8 @@ async fn retention_and_garbage_collection() -> anyhow::Result<()> {
     admin
         .create_topic("forever", 1, TopicOptions::default())
         .await?;
-    produce(&agent.endpoint, "events", &["e0", "e1"]).await?;
-    produce(&agent.endpoint, "forever", &["f0"]).await?;
+    produce(&agent.endpoint, &clock, "events", &["e0", "e1"]).await?;
+    produce(&agent.endpoint, &clock, "forever", &["f0"]).await?;
     let old_objects = objects(store.as_ref()).await;
     assert_eq!(old_objects.len(), 3, "{old_objects:?}");
 
@@ -107,7 +114,7 @@ async fn retention_and_garbage_collection() -> anyhow::Result<()> {
 
     // Forty minutes later, more records; the first ones are past the 30-minute retention.
     clock.advance(40 * 60_000);
-    produce(&agent.endpoint, "events", &["e2"]).await?;
+    produce(&agent.endpoint, &clock, "events", &["e2"]).await?;
     let r = compactor.run_once(&|_| {}).await?;
     assert_eq!(r.retention_entries_removed, 2, "{r:?}");
     assert_eq!(r.objects_marked_dead, 2, "{r:?}");
@@ -163,7 +170,7 @@ async fn retention_and_garbage_collection() -> anyhow::Result<()> {
     );
 
     // DeleteRecords hides offsets; the compactor then collects the objects.
-    produce(&agent.endpoint, "forever", &["f1", "f2"]).await?;
+    produce(&agent.endpoint, &clock, "forever", &["f1", "f2"]).await?;
     assert_eq!(admin.delete_records("forever", 0, 2).await?, 2);
     let forever: Vec<_> = read_all(&agent.endpoint, "forever").await?;
     assert_eq!(forever.iter().map(|r| r.offset).collect::<Vec<_>>(), [2]);
@@ -179,7 +186,7 @@ async fn retention_and_garbage_collection() -> anyhow::Result<()> {
     assert_eq!(got.iter().map(|r| r.offset).collect::<Vec<_>>(), [2]);
     member.commit().await?;
     member.leave().await?;
-    produce(&agent.endpoint, "forever", &["f3", "f4", "f5"]).await?;
+    produce(&agent.endpoint, &clock, "forever", &["f3", "f4", "f5"]).await?;
     assert_eq!(admin.delete_records("forever", 0, 5).await?, 5);
     let mut member = GroupConsumer::join(channel, "readers", &["forever"], config).await?;
     let got = member.poll(Duration::from_secs(1)).await?;

@@ -6,10 +6,9 @@
 use std::time::Duration;
 
 use cairn_agent::AgentSettings;
-use cairn_client::{Admin, Compression, TopicOptions};
-use cairn_proto::v1::{self, producer_client::ProducerClient};
-use cairn_tests::{InProcessAgent, read_all, s3_store, s3_url, temp_dir};
-use prost::Message;
+use cairn_client::{Admin, Codec, TopicOptions};
+use cairn_proto::v2::{self, producer_service_client::ProducerServiceClient};
+use cairn_tests::{InProcessAgent, raw_batch, read_all, s3_store, s3_url, temp_dir};
 use rand::{RngCore, SeedableRng};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,7 +24,7 @@ async fn large_segment_uses_multipart_upload() -> anyhow::Result<()> {
     let agent = InProcessAgent::start(store, &dir.path().join("meta.sqlite"), settings).await?;
     let channel = cairn_client::connect(&agent.endpoint).await?;
     let options = TopicOptions {
-        compression: Some(Compression::None),
+        codec: Some(Codec::None),
         ..TopicOptions::default()
     };
     Admin::new(channel.clone())
@@ -45,23 +44,11 @@ async fn large_segment_uses_multipart_upload() -> anyhow::Result<()> {
     let batches = values
         .iter()
         .enumerate()
-        .map(|(i, v)| v1::PartitionBatch {
-            topic: "big".into(),
-            partition: (i % 2) as u32,
-            records: v1::RecordBatch {
-                records: vec![v1::Record {
-                    value: v.clone(),
-                    ..Default::default()
-                }],
-            }
-            .encode_to_vec()
-            .into(),
-            ..Default::default()
-        })
-        .collect();
-    ProducerClient::new(channel.clone())
+        .map(|(i, v)| raw_batch("big", (i % 2) as u32, [v.clone()], Codec::None, None))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    ProducerServiceClient::new(channel.clone())
         .max_encoding_message_size(64 << 20)
-        .produce(v1::ProduceRequest {
+        .produce(v2::ProduceRequest {
             batches,
             atomic: false,
         })

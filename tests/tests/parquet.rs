@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use bytes::Bytes;
-use cairn_compactor::parquet_file::{StoredRecord, write};
+use cairn_storage::parquet::{StoredRecord, write};
 use cairn_tests::{pyarrow_python, run_json, temp_dir};
 
 const SCRIPT: &str = r#"

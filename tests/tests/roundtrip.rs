@@ -40,8 +40,28 @@ async fn roundtrip_and_restart(args: &[&str], env: &[(String, String)]) -> anyho
         sent.len(),
         sent.len() as f64 / elapsed.as_secs_f64()
     );
+    // Keyed records sit where Kafka's default partitioner (murmur2) puts them.
+    for s in &sent {
+        assert_eq!(
+            s.partition,
+            cairn_proto::partition_for_key(&s.key, PARTITIONS),
+            "key {:?}",
+            s.key
+        );
+    }
     let consumed = read_all(&agent.endpoint, "events").await?;
     verify_exact(&sent, &consumed)?;
+    // The agent's own account of what it took.
+    let status = Admin::new(cairn_client::connect(&agent.endpoint).await?)
+        .agent_status()
+        .await?;
+    assert_eq!(status.topics, 1, "{status:?}");
+    assert_eq!(status.produce_records, RECORDS as u64, "{status:?}");
+    assert_eq!(status.metadata_backend, "sqlite", "{status:?}");
+    assert!(
+        status.object_puts >= 1 && status.fetch_requests >= 1,
+        "{status:?}"
+    );
     agent.stop()?;
 
     let again = AgentProcess::start(args, env)?;

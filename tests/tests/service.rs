@@ -48,9 +48,11 @@ async fn health_and_reflection_are_served() -> anyhow::Result<()> {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     for expected in [
-        "cairn.v1.Admin",
-        "cairn.v1.Producer",
-        "cairn.v1.Consumer",
+        "cairn.v2.AdminService",
+        "cairn.v2.ProducerService",
+        "cairn.v2.ConsumerService",
+        "cairn.v2.GroupService",
+        "cairn.v2.ShareService",
         "grpc.health.v1.Health",
     ] {
         assert!(

@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use cairn_agent::{AgentSettings, FaultSpec};
 use cairn_client::{
-    Admin, ClientError, Producer, ProducerConfig, ProducerRecord, ShareConfig, ShareConsumer,
-    TopicOptions,
+    Admin, ClientError, ErrorReason, Producer, ProducerConfig, ProducerRecord, ShareConfig,
+    ShareConsumer, TopicOptions,
 };
 use cairn_metadata::ManualClock;
-use cairn_proto::v1::{self, share_client::ShareClient};
+use cairn_proto::v2::{self, share_service_client::ShareServiceClient};
 use cairn_tests::{AgentProcess, InProcessAgent, file_agent_args, read_all, temp_dir};
 use rand::{Rng, SeedableRng};
 
@@ -132,8 +132,8 @@ async fn crashing_consumers_lose_nothing() -> anyhow::Result<()> {
                         // Expired, or expired and already taken by another consumer.
                         Err(e)
                             if matches!(
-                                e.reason().as_deref(),
-                                Some("LEASE_EXPIRED" | "NOT_HELD")
+                                e.reason(),
+                                Some(ErrorReason::LeaseExpired | ErrorReason::NotHeld)
                             ) =>
                         {
                             late_acks.fetch_add(1, Ordering::SeqCst);
@@ -176,9 +176,9 @@ async fn crashing_consumers_lose_nothing() -> anyhow::Result<()> {
             "{key:?} was redelivered"
         );
     }
-    let mut share = ShareClient::new(channel.clone());
+    let mut share = ShareServiceClient::new(channel.clone());
     let d = share
-        .describe_share_group(v1::DescribeShareGroupRequest {
+        .describe_share_group(v2::DescribeShareGroupRequest {
             group: "workers".into(),
             topic: "work".into(),
         })
@@ -316,7 +316,7 @@ async fn leases_expire_by_the_clock_and_refusals_are_precise() -> anyhow::Result
     // Someone else cannot settle it.
     let err = fast.ack(&held).await.expect_err("not held by fast");
     assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition));
-    assert_eq!(err.reason().as_deref(), Some("NOT_HELD"));
+    assert_eq!(err.reason(), Some(ErrorReason::NotHeld));
     assert!(
         err.to_string().contains("not held by this consumer"),
         "{err}"
@@ -329,7 +329,7 @@ async fn leases_expire_by_the_clock_and_refusals_are_precise() -> anyhow::Result
     // Eleven seconds later (by the agent's clock) the lease is over.
     clock.advance(11_000);
     let err = slow.ack(&held).await.expect_err("lease expired");
-    assert_eq!(err.reason().as_deref(), Some("LEASE_EXPIRED"), "{err}");
+    assert_eq!(err.reason(), Some(ErrorReason::LeaseExpired), "{err}");
     let again = fast.poll(Duration::ZERO).await?;
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].delivery_count, 2);
@@ -337,11 +337,11 @@ async fn leases_expire_by_the_clock_and_refusals_are_precise() -> anyhow::Result
     let err = fast.ack(&again).await.expect_err("settled once only");
     assert!(err.to_string().contains("already settled"), "{err}");
     let err = slow.ack(&held).await.expect_err("still not slow's");
-    assert_eq!(err.reason().as_deref(), Some("NOT_HELD"));
+    assert_eq!(err.reason(), Some(ErrorReason::NotHeld));
 
-    let mut raw = ShareClient::new(channel.clone());
+    let mut raw = ShareServiceClient::new(channel.clone());
     let err = raw
-        .describe_share_group(v1::DescribeShareGroupRequest {
+        .describe_share_group(v2::DescribeShareGroupRequest {
             group: "nobody".into(),
             topic: "jobs".into(),
         })
@@ -349,25 +349,25 @@ async fn leases_expire_by_the_clock_and_refusals_are_precise() -> anyhow::Result
         .expect_err("unknown group");
     assert_eq!(err.code(), tonic::Code::NotFound, "{}", err.message());
     let err = raw
-        .settle(v1::ShareSettleRequest {
+        .settle(v2::SettleRequest {
             group: "nobody".into(),
             member_id: "m".into(),
             topic: "jobs".into(),
             partition: 0,
             offsets: vec![0],
-            action: v1::ShareAction::Ack as i32,
-            lease_ms: 0,
+            action: v2::SettleAction::Ack as i32,
+            lease_ms: None,
         })
         .await
         .expect_err("unknown group");
     assert_eq!(err.code(), tonic::Code::NotFound);
-    for lease_ms in [500, 700_000, -1] {
+    for lease_ms in [0, 500, 700_000] {
         let err = raw
-            .acquire(v1::ShareAcquireRequest {
+            .acquire(v2::AcquireRequest {
                 group: "q".into(),
                 member_id: "m".into(),
                 topic: "jobs".into(),
-                lease_ms,
+                lease_ms: Some(lease_ms),
                 ..Default::default()
             })
             .await
@@ -381,14 +381,14 @@ async fn leases_expire_by_the_clock_and_refusals_are_precise() -> anyhow::Result
         );
     }
     let err = raw
-        .settle(v1::ShareSettleRequest {
+        .settle(v2::SettleRequest {
             group: "q".into(),
             member_id: "m".into(),
             topic: "jobs".into(),
             partition: 0,
             offsets: vec![0],
             action: 9,
-            lease_ms: 0,
+            lease_ms: None,
         })
         .await
         .expect_err("unknown action");

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use cairn_agent::AgentSettings;
 use cairn_client::{Admin, TopicOptions};
-use cairn_proto::v1::{self, producer_client::ProducerClient};
-use cairn_tests::{InProcessAgent, read_all, temp_dir};
-use prost::Message;
+use cairn_proto::v2::{self, Codec, producer_service_client::ProducerServiceClient};
+use cairn_tests::{InProcessAgent, raw_batch, read_all, temp_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_flushes_commits_and_answers_waiting_producers() -> anyhow::Result<()> {
@@ -32,21 +31,15 @@ async fn shutdown_flushes_commits_and_answers_waiting_producers() -> anyhow::Res
     Admin::new(channel.clone())
         .create_topic("t", 1, TopicOptions::default())
         .await?;
-    let mut client = ProducerClient::new(channel);
-    let request = v1::ProduceRequest {
-        batches: vec![v1::PartitionBatch {
-            topic: "t".into(),
-            partition: 0,
-            records: v1::RecordBatch {
-                records: vec![v1::Record {
-                    value: "in flight at shutdown".into(),
-                    ..Default::default()
-                }],
-            }
-            .encode_to_vec()
-            .into(),
-            ..Default::default()
-        }],
+    let mut client = ProducerServiceClient::new(channel);
+    let request = v2::ProduceRequest {
+        batches: vec![raw_batch(
+            "t",
+            0,
+            ["in flight at shutdown"],
+            Codec::Zstd,
+            None,
+        )?],
         atomic: false,
     };
     let produce = tokio::spawn(async move { client.produce(request).await });
@@ -61,7 +54,7 @@ async fn shutdown_flushes_commits_and_answers_waiting_producers() -> anyhow::Res
     }
     agent.stop().await?;
     let answer = produce.await??.into_inner();
-    assert_eq!(answer.results[0].base_offset, 0);
+    assert_eq!(answer.results[0].base_offset, Some(0));
 
     let next = InProcessAgent::start(
         cairn_agent::open_object_store(&objects, &[])?,
