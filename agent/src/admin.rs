@@ -143,6 +143,9 @@ impl v2::admin_service_server::AdminService for AdminService {
             metadata_retries: m.metadata_retries(),
             cpu_seconds: crate::metrics::process_cpu_seconds(),
             peak_rss_bytes: crate::metrics::process_peak_rss_bytes(),
+            segment_fill_latency: Some(histogram(&m.segment_fill_seconds)),
+            segment_put_latency: Some(histogram(&m.segment_put_seconds)),
+            commit_latency: Some(histogram(&m.commit_seconds)),
         }))
     }
 
@@ -161,5 +164,14 @@ impl v2::admin_service_server::AdminService for AdminService {
         Ok(Response::new(v2::AddPartitionsResponse {
             topic: Some(topic_info(&topic)),
         }))
+    }
+}
+
+/// A latency histogram on the wire.
+fn histogram(latency: &cairn_storage::Latency) -> v2::LatencyHistogram {
+    let snapshot = latency.snapshot();
+    v2::LatencyHistogram {
+        bounds_seconds: snapshot.bounds_seconds,
+        counts: snapshot.counts,
     }
 }

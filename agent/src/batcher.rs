@@ -125,6 +125,16 @@ impl Batcher {
         batches: Vec<PendingBatch>,
         atomic: bool,
     ) -> Result<Vec<BatchOutcome>, AgentError> {
+        self.submit(batches, atomic).await?.outcomes().await
+    }
+
+    /// Adds a request's batches to the open segment, behind every request submitted before
+    /// it; the returned ticket yields their outcomes.
+    pub(crate) async fn submit(
+        &self,
+        batches: Vec<PendingBatch>,
+        atomic: bool,
+    ) -> Result<Ticket, AgentError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Append(Request {
@@ -134,9 +144,7 @@ impl Batcher {
             }))
             .await
             .map_err(|_| AgentError::ShuttingDown("the segment writer has stopped".into()))?;
-        rx.await.map_err(|_| {
-            AgentError::ShuttingDown("the segment writer stopped before answering".into())
-        })?
+        Ok(Ticket(rx))
     }
 
     /// Seals the open segment now instead of at its linger deadline.
@@ -151,6 +159,19 @@ impl Batcher {
         if self.tx.send(Command::Shutdown(done)).await.is_ok() {
             let _ = wait.await;
         }
+    }
+}
+
+/// A submitted request's place in the segment writer: its outcomes once its segment is
+/// durable and committed (or its failure).
+pub(crate) struct Ticket(oneshot::Receiver<Result<Vec<BatchOutcome>, AgentError>>);
+
+impl Ticket {
+    /// Waits for the request's outcomes, one per batch in request order.
+    pub(crate) async fn outcomes(self) -> Result<Vec<BatchOutcome>, AgentError> {
+        self.0.await.map_err(|_| {
+            AgentError::ShuttingDown("the segment writer stopped before answering".into())
+        })?
     }
 }
 
@@ -254,8 +275,15 @@ async fn seal(ctx: &Ctx, open: Option<Open>) {
     let store = ctx.store.clone();
     let threshold = ctx.settings.multipart_threshold;
     let put_key = key.clone();
-    let upload =
-        tokio::spawn(async move { put_segment(store.as_ref(), &put_key, chunks, threshold).await });
+    let put_latency = ctx.metrics.segment_put_seconds.clone();
+    let upload = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let put = put_segment(store.as_ref(), &put_key, chunks, threshold).await;
+        if put.is_ok() {
+            put_latency.observe(started.elapsed().as_secs_f64());
+        }
+        put
+    });
     let sealed = Sealed {
         key,
         commit,

@@ -19,6 +19,7 @@ mod fetch;
 mod groups;
 mod metrics;
 mod produce;
+mod sequencer;
 mod service;
 mod settings;
 mod share;
@@ -169,6 +170,7 @@ impl AgentBuilder {
                 settings: self.settings,
                 metadata,
                 batcher,
+                sequencer: Default::default(),
                 reader,
                 topics,
                 gauges: Arc::default(),

@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use cairn_storage::StoreCounters;
+use cairn_storage::{Latency, StoreCounters};
 
 /// Latency buckets in seconds: 0.5 ms to ~33 s, doubling.
 pub(crate) use cairn_storage::store::latency_buckets;
@@ -31,13 +31,15 @@ pub struct AgentMetrics {
     pub(crate) produce_records: Counter,
     pub(crate) produce_bytes: Counter,
     pub(crate) produce_seconds: Histogram,
+    pub(crate) produce_reordered: Counter,
     pub(crate) fetch_requests: Counter,
     pub(crate) fetch_bytes: Counter,
     pub(crate) fetch_seconds: Histogram,
     pub(crate) segment_bytes: Histogram,
-    pub(crate) segment_fill_seconds: Histogram,
+    pub(crate) segment_fill_seconds: Latency,
+    pub(crate) segment_put_seconds: Latency,
     pub(crate) segments_inflight: Gauge,
-    pub(crate) commit_seconds: Histogram,
+    pub(crate) commit_seconds: Latency,
     pub(crate) commits: Counter,
     metadata_retries: Counter,
     metadata_retries_seen: AtomicU64,
@@ -56,15 +58,17 @@ impl AgentMetrics {
             produce_records: Counter::default(),
             produce_bytes: Counter::default(),
             produce_seconds: Histogram::new(latency_buckets()),
+            produce_reordered: Counter::default(),
             fetch_requests: Counter::default(),
             fetch_bytes: Counter::default(),
             fetch_seconds: Histogram::new(latency_buckets()),
             segment_bytes: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(1024.0, 2.0, 18),
             ),
-            segment_fill_seconds: Histogram::new(latency_buckets()),
+            segment_fill_seconds: Latency::default(),
+            segment_put_seconds: Latency::default(),
             segments_inflight: Gauge::default(),
-            commit_seconds: Histogram::new(latency_buckets()),
+            commit_seconds: Latency::default(),
             commits: Counter::default(),
             metadata_retries: Counter::default(),
             metadata_retries_seen: AtomicU64::new(0),
@@ -96,6 +100,11 @@ impl AgentMetrics {
             m.produce_seconds.clone(),
         );
         r.register(
+            "produce_reordered",
+            "Produce requests that overtook an earlier request of their producer and waited for it",
+            m.produce_reordered.clone(),
+        );
+        r.register(
             "fetch_requests",
             "Fetch requests answered",
             m.fetch_requests.clone(),
@@ -122,7 +131,13 @@ impl AgentMetrics {
             "segment_fill",
             "Time from a segment's first batch to its seal",
             Unit::Seconds,
-            m.segment_fill_seconds.clone(),
+            m.segment_fill_seconds.histogram(),
+        );
+        r.register_with_unit(
+            "segment_put",
+            "Time to upload a sealed segment (one PUT or a whole multipart upload)",
+            Unit::Seconds,
+            m.segment_put_seconds.histogram(),
         );
         r.register(
             "segments_inflight",
@@ -133,7 +148,7 @@ impl AgentMetrics {
             "metadata_commit",
             "Segment commit transaction latency",
             Unit::Seconds,
-            m.commit_seconds.clone(),
+            m.commit_seconds.histogram(),
         );
         r.register("metadata_commits", "Segment commits", m.commits.clone());
         r.register(
@@ -183,13 +198,13 @@ impl AgentMetrics {
             "object_put_latency",
             "Object PUT latency",
             Unit::Seconds,
-            m.store.put_seconds.clone(),
+            m.store.put_seconds.histogram(),
         );
         r.register_with_unit(
             "object_get_latency",
             "Object GET latency",
             Unit::Seconds,
-            m.store.get_seconds.clone(),
+            m.store.get_seconds.histogram(),
         );
         AgentMetrics { registry, ..m }
     }

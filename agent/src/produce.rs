@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::AgentError;
 use crate::batcher::PendingBatch;
 use crate::error::status_with_reason;
+use crate::sequencer::Stamped;
 use crate::service::{Shared, Waiting, status};
 
 /// Most batches in one produce request.
@@ -203,7 +204,24 @@ impl v2::producer_service_server::ProducerService for ProducerService {
         let counts: Vec<u32> = pending.iter().map(|p| p.header.record_count).collect();
         let record_bytes = total as u64;
         let waiting = Waiting::new(&s.gauges.produce_waiting);
-        let outcomes = s.batcher.append(pending, atomic).await.map_err(status)?;
+        // Pipelined batches of one producer enter the segment writer in sequence order.
+        let stamped: Vec<Stamped> = pending
+            .iter()
+            .filter_map(|p| {
+                p.producer.map(|stamp| Stamped {
+                    topic_id: p.topic_id,
+                    partition: p.partition,
+                    stamp,
+                    records: p.header.record_count,
+                })
+            })
+            .collect();
+        if s.sequencer.wait_turn(&stamped).await {
+            s.metrics.produce_reordered.inc();
+        }
+        let ticket = s.batcher.submit(pending, atomic).await.map_err(status)?;
+        s.sequencer.entered(&stamped);
+        let outcomes = ticket.outcomes().await.map_err(status)?;
         drop(waiting);
         if s.faults.drop_reply() {
             return Err(Status::unavailable(

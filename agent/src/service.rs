@@ -15,12 +15,15 @@ use crate::AgentSettings;
 use crate::batcher::Batcher;
 use crate::faults::Faults;
 use crate::fetch::Reader;
+use crate::sequencer::Sequencer;
 
 /// State shared by the three services.
 pub(crate) struct Shared {
     pub(crate) settings: AgentSettings,
     pub(crate) metadata: Metadata,
     pub(crate) batcher: Batcher,
+    /// Orders pipelined batches of a producer before they enter the batcher.
+    pub(crate) sequencer: Sequencer,
     pub(crate) reader: Reader,
     pub(crate) topics: moka::future::Cache<String, Arc<Topic>>,
     pub(crate) gauges: Arc<AgentGauges>,

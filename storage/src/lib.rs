@@ -21,4 +21,7 @@ pub mod store;
 
 pub use error::{FormatError, StorageError, StorageErrorKind};
 pub use segment::{FooterEntry, SegmentBuilder, SegmentFooter, SegmentReader, StoredFrame};
-pub use store::{FaultyStore, InstrumentedStore, StoreCounters, StoreStats, open_object_store};
+pub use store::{
+    FaultyStore, InstrumentedStore, Latency, LatencySnapshot, StoreCounters, StoreStats,
+    open_object_store,
+};

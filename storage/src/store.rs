@@ -5,7 +5,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
@@ -97,7 +97,7 @@ fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore
 
 /// Request and byte counters of an [`InstrumentedStore`]; the same counters are exported
 /// as Prometheus metrics.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StoreCounters {
     /// PUT requests (each multipart part, plus one to complete).
     pub puts: Counter,
@@ -111,30 +111,116 @@ pub struct StoreCounters {
     pub put_bytes: Counter,
     /// Bytes read by GETs.
     pub get_bytes: Counter,
-    /// PUT latency.
-    pub put_seconds: Histogram,
+    /// PUT latency (a multipart upload: each part, and the completion).
+    pub put_seconds: Latency,
     /// GET latency.
-    pub get_seconds: Histogram,
-}
-
-impl Default for StoreCounters {
-    fn default() -> Self {
-        StoreCounters {
-            puts: Counter::default(),
-            gets: Counter::default(),
-            deletes: Counter::default(),
-            lists: Counter::default(),
-            put_bytes: Counter::default(),
-            get_bytes: Counter::default(),
-            put_seconds: Histogram::new(latency_buckets()),
-            get_seconds: Histogram::new(latency_buckets()),
-        }
-    }
+    pub get_seconds: Latency,
 }
 
 /// Histogram buckets for request latencies: 0.5 ms to ~33 s, doubling.
 pub fn latency_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 17)
+}
+
+/// A latency histogram (buckets of [`latency_buckets`]) exported to Prometheus whose
+/// bucket counts can also be read back — prometheus-client keeps its own private — so an
+/// agent can report them in its status and a benchmark can take percentiles over a run.
+#[derive(Debug, Clone)]
+pub struct Latency {
+    histogram: Histogram,
+    bounds: Arc<[f64]>,
+    counts: Arc<[AtomicU64]>,
+}
+
+/// A copy of a [`Latency`]'s buckets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencySnapshot {
+    /// Upper bounds of the buckets in seconds, increasing.
+    pub bounds_seconds: Vec<f64>,
+    /// Observations per bucket: one per bound, then one more for those above the last.
+    pub counts: Vec<u64>,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        let bounds: Arc<[f64]> = latency_buckets().collect();
+        Latency {
+            histogram: Histogram::new(bounds.iter().copied()),
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            bounds,
+        }
+    }
+}
+
+impl Latency {
+    /// Records one observation of `seconds`.
+    pub fn observe(&self, seconds: f64) {
+        self.histogram.observe(seconds);
+        let bucket = self.bounds.partition_point(|&b| b < seconds);
+        if let Some(c) = self.counts.get(bucket) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The Prometheus histogram fed by [`Latency::observe`], to register.
+    pub fn histogram(&self) -> Histogram {
+        self.histogram.clone()
+    }
+
+    /// The bucket counts now.
+    pub fn snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            bounds_seconds: self.bounds.to_vec(),
+            counts: self
+                .counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+}
+
+impl LatencySnapshot {
+    /// The observations made between `earlier` and this snapshot (same buckets).
+    pub fn since(&self, earlier: &LatencySnapshot) -> LatencySnapshot {
+        LatencySnapshot {
+            bounds_seconds: self.bounds_seconds.clone(),
+            counts: self
+                .counts
+                .iter()
+                .enumerate()
+                .map(|(i, &c)| c.saturating_sub(earlier.counts.get(i).copied().unwrap_or(0)))
+                .collect(),
+        }
+    }
+
+    /// The `q` quantile (0 to 1) in seconds, interpolated linearly inside the bucket it
+    /// falls in, as Prometheus's `histogram_quantile` does; `None` without observations.
+    /// A quantile above the last bound is reported as the last bound.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q.clamp(0.0, 1.0) * total as f64;
+        let mut seen = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            if c > 0 && (seen + c) as f64 >= rank {
+                let Some(&upper) = self.bounds_seconds.get(i) else {
+                    return self.bounds_seconds.last().copied();
+                };
+                let lower = if i == 0 {
+                    0.0
+                } else {
+                    self.bounds_seconds[i - 1]
+                };
+                let within = ((rank - seen as f64) / c as f64).clamp(0.0, 1.0);
+                return Some(lower + (upper - lower) * within);
+            }
+            seen += c;
+        }
+        self.bounds_seconds.last().copied()
+    }
 }
 
 /// A point-in-time copy of [`StoreCounters`].
@@ -212,7 +298,12 @@ impl MultipartUpload for CountingUpload {
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         self.counters.puts.inc_by(1);
-        self.inner.complete().await
+        let started = std::time::Instant::now();
+        let r = self.inner.complete().await?;
+        self.counters
+            .put_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(r)
     }
 
     async fn abort(&mut self) -> object_store::Result<()> {
@@ -232,7 +323,12 @@ impl ObjectStore for InstrumentedStore {
         self.counters
             .put_bytes
             .inc_by(payload.content_length() as u64);
-        self.inner.put_opts(location, payload, opts).await
+        let started = std::time::Instant::now();
+        let r = self.inner.put_opts(location, payload, opts).await?;
+        self.counters
+            .put_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(r)
     }
 
     async fn put_multipart_opts(
@@ -480,6 +576,34 @@ impl ObjectStore for FaultyStore {
         options: CopyOptions,
     ) -> object_store::Result<()> {
         self.inner.copy_opts(from, to, options).await
+    }
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_inside_the_bucket_and_runs_subtract() {
+        let l = Latency::default();
+        assert_eq!(l.snapshot().quantile(0.99), None);
+        let before = l.snapshot();
+        // 0.5 ms buckets double: (0.004, 0.008] holds 0.005.
+        for _ in 0..99 {
+            l.observe(0.005);
+        }
+        l.observe(1.5);
+        let run = l.snapshot().since(&before);
+        assert_eq!(run.counts.iter().sum::<u64>(), 100);
+        let p50 = run.quantile(0.5).unwrap();
+        assert!(p50 > 0.004 && p50 <= 0.008, "{p50}");
+        let max = run.quantile(1.0).unwrap();
+        assert!(max > 1.024 && max <= 2.048, "{max}");
+        l.observe(1000.0);
+        assert_eq!(
+            l.snapshot().quantile(1.0),
+            l.snapshot().bounds_seconds.last().copied()
+        );
     }
 }
 
