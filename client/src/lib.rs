@@ -67,7 +67,7 @@ pub use admin::{Admin, ResetTo, TopicOptions};
 pub use cairn_proto::FrameError;
 pub use cairn_proto::v2::{
     Codec, DescribeGroupResponse, DescribeTopicResponse, ErrorReason, GetAgentStatusResponse,
-    PartitionInfo, PartitionOffset, TopicInfo,
+    LatencyHistogram, PartitionInfo, PartitionOffset, TopicInfo,
 };
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Offset};
 pub use error::{ClientError, RejectReason, Rejected};
