@@ -13,8 +13,6 @@ use cairn_client::{
     ProducerRecord, TopicOptions,
 };
 use clap::Subcommand;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use indicatif::{ProgressBar, ProgressStyle};
 use object_store::{ObjectStoreExt, PutPayload};
 use serde::Serialize;
@@ -202,6 +200,66 @@ pub(crate) struct Report {
     agent_peak_rss_bytes: Option<u64>,
     raw_put_mib_per_sec: Option<f64>,
     ingest_to_raw_put_ratio: Option<f64>,
+    /// Where a produce's time goes at the agent during the run, next to the budget the
+    /// produce p99 is held to.
+    latency_terms: Option<LatencyTerms>,
+}
+
+/// The agent-side terms of produce latency over the run (p99s interpolated from the
+/// agent's histograms, as Prometheus's `histogram_quantile` does) and the budget they add
+/// up to: linger + segment PUT p99 + commit p99 + 15 ms.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct LatencyTerms {
+    linger_ms: f64,
+    segment_fill_p99_ms: Option<f64>,
+    segment_put_p99_ms: Option<f64>,
+    commit_p99_ms: Option<f64>,
+    budget_p99_ms: Option<f64>,
+}
+
+/// The p99 in ms of a histogram's observations between two agent status readings.
+fn run_p99_ms(
+    before: Option<&cairn_client::LatencyHistogram>,
+    after: Option<&cairn_client::LatencyHistogram>,
+) -> Option<f64> {
+    let snap = |h: &cairn_client::LatencyHistogram| cairn_storage::LatencySnapshot {
+        bounds_seconds: h.bounds_seconds.clone(),
+        counts: h.counts.clone(),
+    };
+    let after = snap(after?);
+    let run = match before {
+        Some(b) => after.since(&snap(b)),
+        None => after,
+    };
+    run.quantile(0.99).map(|s| s * 1000.0)
+}
+
+fn latency_terms(
+    linger: Duration,
+    before: &GetAgentStatusResponse,
+    after: &GetAgentStatusResponse,
+) -> LatencyTerms {
+    let linger_ms = linger.as_secs_f64() * 1000.0;
+    let segment_put_p99_ms = run_p99_ms(
+        before.segment_put_latency.as_ref(),
+        after.segment_put_latency.as_ref(),
+    );
+    let commit_p99_ms = run_p99_ms(
+        before.commit_latency.as_ref(),
+        after.commit_latency.as_ref(),
+    );
+    LatencyTerms {
+        linger_ms,
+        segment_fill_p99_ms: run_p99_ms(
+            before.segment_fill_latency.as_ref(),
+            after.segment_fill_latency.as_ref(),
+        ),
+        segment_put_p99_ms,
+        commit_p99_ms,
+        budget_p99_ms: segment_put_p99_ms
+            .zip(commit_p99_ms)
+            .map(|(put, commit)| linger_ms + put + commit + 15.0),
+    }
 }
 
 /// A `cairn agent` child process for the run.
@@ -570,8 +628,25 @@ async fn run_against(
         };
         tasks.push(tokio::spawn(async move {
             let producer = Producer::new(channel, config);
-            let mut pending = FuturesUnordered::new();
-            let mut lat = Vec::new();
+            // Deliveries are awaited in send order by a collector task: a producer settles
+            // them nearly in that order, and a large FuturesUnordered would cost the bench
+            // more CPU than the producer itself. A delivery that settles before an earlier
+            // one is counted when the earlier one settles (latency over-, never
+            // under-stated).
+            let (settle_tx, mut settle_rx) =
+                tokio::sync::mpsc::unbounded_channel::<(Instant, cairn_client::Delivery)>();
+            let collector = {
+                let acked = acked.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    while let Some((start, delivery)) = settle_rx.recv().await {
+                        delivery.await?;
+                        lat.push(start.elapsed().as_micros() as u64);
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok::<_, anyhow::Error>(lat)
+                })
+            };
             let mut sent = 0u64;
             let mut offset = (p * 7919) % (pool.len() - size);
             while Instant::now() < deadline {
@@ -586,25 +661,15 @@ async fn run_against(
                 let delivery = producer
                     .send(ProducerRecord::new(topic.clone(), value))
                     .await?;
-                let start = Instant::now();
-                pending.push(async move { delivery.await.map(|_| start.elapsed()) });
+                // No cap of our own on records in flight: `send` waits while the
+                // producer's buffer is full, as an application's would.
+                if settle_tx.send((Instant::now(), delivery)).is_err() {
+                    break; // the collector stopped on a failed delivery
+                }
                 sent += 1;
-                while pending.len() > 10_000 {
-                    if let Some(r) = pending.next().await {
-                        lat.push(r?.as_micros() as u64);
-                        acked.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                // Collect what is done without waiting.
-                while let Some(Some(r)) = futures::FutureExt::now_or_never(pending.next()) {
-                    lat.push(r?.as_micros() as u64);
-                    acked.fetch_add(1, Ordering::Relaxed);
-                }
             }
-            while let Some(r) = pending.next().await {
-                lat.push(r?.as_micros() as u64);
-                acked.fetch_add(1, Ordering::Relaxed);
-            }
+            drop(settle_tx);
+            let lat = collector.await??;
             producer.close().await?;
             Ok::<_, anyhow::Error>(lat)
         }));
@@ -815,6 +880,7 @@ fn report(
         agent_peak_rss_bytes: peak_rss(after),
         raw_put_mib_per_sec: raw.as_ref().map(|r| r.mib_per_sec),
         ingest_to_raw_put_ratio: raw.as_ref().map(|r| mib_per_sec / r.mib_per_sec.max(1e-9)),
+        latency_terms: c.embedded.then(|| latency_terms(c.linger, before, after)),
     }
 }
 
@@ -855,6 +921,27 @@ fn print_report(r: &Report) {
     );
     if let Some(p) = &r.produce_latency {
         print_latency("produce latency", p);
+    }
+    if let Some(t) = &r.latency_terms {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
+        println!(
+            "agent terms        linger {:.0} ms (segments open p99 {}), segment PUT p99 {}, commit p99 {}",
+            t.linger_ms,
+            ms(t.segment_fill_p99_ms),
+            ms(t.segment_put_p99_ms),
+            ms(t.commit_p99_ms)
+        );
+        if let (Some(budget), Some(p)) = (t.budget_p99_ms, &r.produce_latency) {
+            println!(
+                "p99 budget         linger + PUT p99 + commit p99 + 15 ms = {budget:.1} ms; produce p99 {:.1} ms is {}",
+                p.p99_ms,
+                if p.p99_ms <= budget {
+                    "within it"
+                } else {
+                    "over it"
+                }
+            );
+        }
     }
     if let Some(p) = &r.e2e_latency {
         print_latency("end-to-end latency", p);

@@ -21,6 +21,12 @@ mod topic;
 
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: the agent's request buffers are large and
+/// short-lived, and glibc's malloc serves each from fresh mmap'd pages (page faults and
+/// zeroing on every produce request; see docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 /// Default address of an agent, for every client command.
