@@ -1,0 +1,82 @@
+//! The flags of the benchmarks.
+
+use std::time::Duration;
+
+use crate::ConnectArgs;
+use crate::codec::CodecArg;
+use crate::size::parse_size;
+
+/// Flags shared by the agent benchmarks.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Common {
+    /// Start an agent for the run (a child `cairn agent` process) instead of using --endpoint.
+    #[arg(long)]
+    pub(super) embedded: bool,
+    /// With --embedded: where the agent stores segments (default: a temporary directory).
+    #[arg(long, value_name = "URL")]
+    pub(super) object_store: Option<String>,
+    /// With --embedded: the agent's linger.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    pub(super) linger: Duration,
+    /// With --embedded: the agent's segment size.
+    #[arg(long, value_parser = parse_size, default_value = "4MiB")]
+    pub(super) segment_max_bytes: usize,
+    /// How long to produce.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub(super) duration: Duration,
+    /// Value size of each record.
+    #[arg(long, value_parser = parse_size, default_value = "1KiB")]
+    pub(super) record_size: usize,
+    /// How the producers compress each batch (values are random bytes, so zstd and lz4
+    /// cost CPU without shrinking them).
+    #[arg(long, value_enum, default_value = "zstd", conflicts_with = "topic")]
+    pub(super) codec: CodecArg,
+    /// Concurrent producers (each with its own connection).
+    #[arg(long, default_value_t = 4)]
+    pub(super) producers: usize,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 8)]
+    pub(super) partitions: u32,
+    /// Target records/s over all producers; 0 sends as fast as the producers can.
+    #[arg(long, default_value_t = 0)]
+    pub(super) rate: u64,
+    /// Also measure the raw PUT baseline of the same store first, and report the ratio
+    /// (needs --embedded).
+    #[arg(long)]
+    pub(super) baseline: bool,
+    /// Print the result as JSON (for scripts) instead of a table.
+    #[arg(long)]
+    pub(super) json: bool,
+    /// `consume` only: read this existing topic instead of producing one first.
+    #[arg(long)]
+    pub(super) topic: Option<String>,
+    /// `consume --topic` only: the offset to start at in every partition.
+    #[arg(long, default_value_t = 0, requires = "topic")]
+    pub(super) from: i64,
+    /// Keep the benchmark topic (it is printed) instead of deleting it, e.g. to compact it
+    /// and read it again with `cairn bench consume --topic`.
+    #[arg(long, conflicts_with = "topic")]
+    pub(super) keep: bool,
+    #[command(flatten)]
+    pub(super) connect: ConnectArgs,
+}
+
+/// Flags of `cairn bench raw-put`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct RawPutArgs {
+    /// The store (default: a temporary directory). S3 settings come from AWS_*.
+    #[arg(long, value_name = "URL")]
+    pub(super) object_store: Option<String>,
+    /// Object size (the agent's segment size).
+    #[arg(long, value_parser = parse_size, default_value = "4MiB")]
+    pub(super) object_size: usize,
+    /// PUTs in flight (the agent's max_inflight_segments).
+    #[arg(long, default_value_t = 8)]
+    pub(super) concurrency: usize,
+    /// How long to run.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub(super) duration: Duration,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub(super) json: bool,
+}
