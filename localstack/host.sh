@@ -53,9 +53,12 @@ install() {
     mkdir -p "$HOME_DIR"
     local stamp=$VENV/.cairn-pins want
     want=$(printf '%s\n' "${PINS[@]}")
+    # The lock is held only while installing: closed before LocalStack is launched, so a
+    # LocalStack started by `start` does not inherit it and block every later `run`.
     exec 9>"$HOME_DIR/install.lock"
     flock 9
     if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+        exec 9>&-
         return 0
     fi
     local py
@@ -65,6 +68,7 @@ install() {
     "$py" -m venv "$VENV" >&2
     "$VENV/bin/pip" install -q --disable-pip-version-check "${PINS[@]}" >&2
     echo "$want" >"$stamp"
+    exec 9>&-
     log "installed"
 }
 

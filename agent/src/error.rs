@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use cairn_metadata::{ErrorKind, MetaError};
+use cairn_metadata::{ErrorKind, FenceReason, MetaError};
 use cairn_proto::FrameError;
 use cairn_proto::v2::ErrorReason;
 use cairn_storage::{StorageError, StorageErrorKind};
@@ -151,10 +151,16 @@ fn meta_reason(e: &MetaError) -> (ErrorReason, HashMap<String, String>) {
             numbers.insert("high_watermark".into(), hwm.to_string());
             ErrorReason::OffsetOutOfRange
         }
-        MetaError::Fenced { reason, .. } => {
-            ErrorReason::from_str_name(&format!("ERROR_REASON_{reason}"))
-                .unwrap_or(ErrorReason::Unspecified)
-        }
+        MetaError::Fenced { reason, .. } => match reason {
+            FenceReason::UnknownMember => ErrorReason::UnknownMember,
+            FenceReason::StaleGeneration => ErrorReason::StaleGeneration,
+            FenceReason::NotAssigned => ErrorReason::NotAssigned,
+            FenceReason::GroupActive => ErrorReason::GroupActive,
+            FenceReason::NotHeld => ErrorReason::NotHeld,
+            FenceReason::LeaseExpired => ErrorReason::LeaseExpired,
+            FenceReason::CompactionConflict => ErrorReason::CompactionConflict,
+            FenceReason::ClaimLost => ErrorReason::ClaimLost,
+        },
         MetaError::Corrupt { .. } => ErrorReason::DataLoss,
         _ => match e.kind() {
             ErrorKind::Invalid => ErrorReason::InvalidArgument,

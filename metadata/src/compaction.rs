@@ -15,7 +15,7 @@ use crate::keys::{self, decode, value};
 use crate::metadata::{
     Tx, add_counters, decode_index_value, delta, encode_index, read_topic_by_id,
 };
-use crate::{EntryKind, IndexEntry, MetaError, Metadata};
+use crate::{EntryKind, FenceReason, IndexEntry, MetaError, Metadata};
 
 /// Most index entries one swap may replace (keeps the transaction well inside the limits).
 pub const MAX_SWAP_ENTRIES: usize = 2_000;
@@ -213,7 +213,7 @@ impl Metadata {
                 }
                 if read_topic_by_id(&tx, tid).await?.is_none() {
                     return Err(MetaError::Fenced {
-                        reason: "COMPACTION_CONFLICT",
+                        reason: FenceReason::CompactionConflict,
                         message: format!("topic {tid} was deleted during its compaction"),
                     });
                 }
@@ -235,7 +235,7 @@ impl Metadata {
                     };
                     if !unchanged {
                         return Err(MetaError::Fenced {
-                            reason: "COMPACTION_CONFLICT",
+                            reason: FenceReason::CompactionConflict,
                             message: format!(
                                 "index entry {tid}/{p} ending at {} changed during its compaction",
                                 e.end_offset
@@ -284,7 +284,7 @@ async fn check_claim(tx: &Tx, claim: &CompactionClaim) -> Result<(), MetaError> 
         Ok(())
     } else {
         Err(MetaError::Fenced {
-            reason: "CLAIM_LOST",
+            reason: FenceReason::ClaimLost,
             message: format!(
                 "compaction claim {} on {}/{} was taken over",
                 claim.token, claim.topic_id, claim.partition

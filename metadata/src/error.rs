@@ -177,6 +177,50 @@ impl KvError {
     }
 }
 
+/// Why a caller's standing is gone ([`MetaError::Fenced`]); each is an `ErrorReason` of
+/// the API with the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FenceReason {
+    /// The group member expired or left.
+    UnknownMember,
+    /// The member's generation is older than the group's.
+    StaleGeneration,
+    /// The partition is not assigned to the member.
+    NotAssigned,
+    /// The group has live members, so it cannot be changed that way.
+    GroupActive,
+    /// The share-group record is not leased to the caller.
+    NotHeld,
+    /// The share-group lease ran out before the settle.
+    LeaseExpired,
+    /// Another compaction changed the index entries first.
+    CompactionConflict,
+    /// The compactor's claim on the partition was taken over.
+    ClaimLost,
+}
+
+impl FenceReason {
+    /// The reason's name, as in the API's `ErrorReason` without its prefix.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FenceReason::UnknownMember => "UNKNOWN_MEMBER",
+            FenceReason::StaleGeneration => "STALE_GENERATION",
+            FenceReason::NotAssigned => "NOT_ASSIGNED",
+            FenceReason::GroupActive => "GROUP_ACTIVE",
+            FenceReason::NotHeld => "NOT_HELD",
+            FenceReason::LeaseExpired => "LEASE_EXPIRED",
+            FenceReason::CompactionConflict => "COMPACTION_CONFLICT",
+            FenceReason::ClaimLost => "CLAIM_LOST",
+        }
+    }
+}
+
+impl std::fmt::Display for FenceReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An error of a metadata operation.
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -226,8 +270,8 @@ pub enum MetaError {
     /// A caller whose standing is gone (an expired member, a stale generation).
     #[error("{message}")]
     Fenced {
-        /// A machine-readable reason (`UNKNOWN_MEMBER`, `STALE_GENERATION`, ...).
-        reason: &'static str,
+        /// Why, for machines.
+        reason: FenceReason,
         /// What happened, for people.
         message: String,
     },

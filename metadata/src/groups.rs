@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::keys::{self, decode, value};
 use crate::metadata::{Tx, read_position, read_state, read_topic_by_id};
-use crate::{MetaError, Metadata, validate_topic_name};
+use crate::{FenceReason, MetaError, Metadata, validate_topic_name};
 
 /// Shortest and longest session timeout a member may ask for.
 pub const SESSION_TIMEOUT_RANGE_MS: (i64, i64) = (1_000, 600_000);
@@ -112,7 +112,7 @@ struct GroupState {
     members: BTreeMap<String, MemberState>,
 }
 
-fn fenced(reason: &'static str, message: String) -> MetaError {
+fn fenced(reason: FenceReason, message: String) -> MetaError {
     MetaError::Fenced { reason, message }
 }
 
@@ -379,7 +379,7 @@ impl Metadata {
             };
             if !alive {
                 return Err(fenced(
-                    "UNKNOWN_MEMBER",
+                    FenceReason::UnknownMember,
                     format!(
                         "member {member_id} is not in group `{group}` (it left or its session expired): join again"
                     ),
@@ -442,7 +442,7 @@ impl Metadata {
                 (Some(m), Some(hb)) if keys::decode_i64_le(&hb) + m.session_timeout_ms >= now => m,
                 _ => {
                     return Err(fenced(
-                        "UNKNOWN_MEMBER",
+                        FenceReason::UnknownMember,
                         format!(
                             "member {member_id} is not in group `{group}` (it left or its session expired); its commit is refused"
                         ),
@@ -451,7 +451,7 @@ impl Metadata {
             };
             if generation != g.generation {
                 return Err(fenced(
-                    "STALE_GENERATION",
+                    FenceReason::StaleGeneration,
                     format!(
                         "commit from generation {generation} refused: group `{group}` is at generation {}; heartbeat for the new assignment",
                         g.generation
@@ -465,7 +465,7 @@ impl Metadata {
                     .any(|(t, p)| t == topic && p == partition)
                 {
                     return Err(fenced(
-                        "NOT_ASSIGNED",
+                        FenceReason::NotAssigned,
                         format!("{topic}/{partition} is not assigned to member {member_id}"),
                     ));
                 }
@@ -615,7 +615,7 @@ impl Metadata {
                 .collect();
             if !live.is_empty() {
                 return Err(MetaError::Fenced {
-                    reason: "GROUP_ACTIVE",
+                    reason: FenceReason::GroupActive,
                     message: format!(
                         "group `{group}` has {} live member(s); stop its consumers before resetting offsets",
                         live.len()

@@ -28,7 +28,7 @@ mod types;
 
 pub use clock::{Clock, ManualClock, RandomSource, SeededRandom, SystemClock, SystemRandom};
 pub use compaction::{CompactedFile, CompactionClaim, MAX_SWAP_ENTRIES};
-pub use error::{ErrorKind, ErrorSource, KvError, MetaError};
+pub use error::{ErrorKind, ErrorSource, FenceReason, KvError, MetaError};
 #[cfg(feature = "fdb")]
 pub use fdb::FdbKv;
 pub use groups::{

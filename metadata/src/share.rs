@@ -13,7 +13,7 @@
 
 use crate::keys::{self, decode, value};
 use crate::metadata::{Tx, read_position, read_state, read_topic};
-use crate::{MetaError, Metadata, validate_topic_name};
+use crate::{FenceReason, MetaError, Metadata, validate_topic_name};
 
 /// Most in-flight (acquired or not yet settled) records per share-partition.
 pub const MAX_IN_FLIGHT: i64 = 2_000;
@@ -486,7 +486,7 @@ impl Metadata {
             for &offset in offsets {
                 let not_held = |why: String| {
                     Err(MetaError::Fenced {
-                        reason: "NOT_HELD",
+                        reason: FenceReason::NotHeld,
                         message: format!("{topic}/{partition} offset {offset}: {why}"),
                     })
                 };
@@ -510,7 +510,7 @@ impl Metadata {
                 }
                 if wanted == State::Acquired && r.deadline < now {
                     return Err(MetaError::Fenced {
-                        reason: "LEASE_EXPIRED",
+                        reason: FenceReason::LeaseExpired,
                         message: format!(
                             "{topic}/{partition} offset {offset}: the lease expired {} ms ago; the record may be delivered to another consumer",
                             now - r.deadline

@@ -70,7 +70,7 @@ pub async fn compaction(kv: Arc<dyn KvStore>) {
         matches!(
             err,
             MetaError::Fenced {
-                reason: "COMPACTION_CONFLICT",
+                reason: FenceReason::CompactionConflict,
                 ..
             }
         ),
@@ -88,7 +88,7 @@ pub async fn compaction(kv: Arc<dyn KvStore>) {
         matches!(
             err,
             MetaError::Fenced {
-                reason: "CLAIM_LOST",
+                reason: FenceReason::ClaimLost,
                 ..
             }
         ),
@@ -101,7 +101,7 @@ pub async fn compaction(kv: Arc<dyn KvStore>) {
         matches!(
             err,
             MetaError::Fenced {
-                reason: "COMPACTION_CONFLICT",
+                reason: FenceReason::CompactionConflict,
                 ..
             }
         ),

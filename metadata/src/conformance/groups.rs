@@ -53,7 +53,7 @@ pub async fn consumer_groups(kv: Arc<dyn KvStore>) {
         matches!(
             err,
             MetaError::Fenced {
-                reason: "STALE_GENERATION",
+                reason: FenceReason::StaleGeneration,
                 ..
             }
         ),
@@ -68,7 +68,7 @@ pub async fn consumer_groups(kv: Arc<dyn KvStore>) {
         matches!(
             err,
             MetaError::Fenced {
-                reason: "NOT_ASSIGNED",
+                reason: FenceReason::NotAssigned,
                 ..
             }
         ),
@@ -113,7 +113,7 @@ pub async fn consumer_groups(kv: Arc<dyn KvStore>) {
         matches!(
             err,
             MetaError::Fenced {
-                reason: "UNKNOWN_MEMBER",
+                reason: FenceReason::UnknownMember,
                 ..
             }
         ),
@@ -158,7 +158,7 @@ pub async fn consumer_groups(kv: Arc<dyn KvStore>) {
         matches!(
             err,
             MetaError::Fenced {
-                reason: "GROUP_ACTIVE",
+                reason: FenceReason::GroupActive,
                 ..
             }
         ),

@@ -36,9 +36,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{
-    BatchOutcome, Codec, CommitBatch, ErrorKind, FaultyKv, KvError, KvStore, ManualClock,
-    MetaError, Metadata, OffsetReset, PRODUCER_WINDOW, ProducerId, ProducerStamp, Rejection,
-    RetryPolicy, SegmentCommit, ShareAction, TopicSpec, transact,
+    BatchOutcome, Codec, CommitBatch, ErrorKind, FaultyKv, FenceReason, KvError, KvStore,
+    ManualClock, MetaError, Metadata, OffsetReset, PRODUCER_WINDOW, ProducerId, ProducerStamp,
+    Rejection, RetryPolicy, SegmentCommit, ShareAction, TopicSpec, transact,
 };
 
 fn metadata(kv: Arc<dyn KvStore>) -> Metadata {

@@ -56,7 +56,7 @@ pub async fn share_groups(kv: Arc<dyn KvStore>) {
         matches!(
             err,
             MetaError::Fenced {
-                reason: "NOT_HELD",
+                reason: FenceReason::NotHeld,
                 ..
             }
         ),
@@ -114,7 +114,7 @@ pub async fn share_groups(kv: Arc<dyn KvStore>) {
         matches!(
             err,
             MetaError::Fenced {
-                reason: "LEASE_EXPIRED",
+                reason: FenceReason::LeaseExpired,
                 ..
             }
         ),
