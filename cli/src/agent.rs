@@ -22,6 +22,7 @@ const DEFAULT_METADATA: &str = "sqlite:./cairn-data/meta.sqlite";
 Examples:
   cairn agent                                   # ./cairn-data, 127.0.0.1:7170
   cairn agent --object-store s3://my-bucket/cairn --metadata sqlite:/var/lib/cairn/meta.sqlite
+  cairn agent --object-store s3://my-bucket/cairn --metadata postgres://cairn:PASSWORD@db:5432/cairn
   AWS_ENDPOINT_URL=http://127.0.0.1:4566 cairn agent --object-store s3://cairn
 
 A TOML file (--config) may set: listen, metrics_listen, object_store, metadata, an [s3] table
@@ -44,7 +45,8 @@ pub(crate) struct AgentArgs {
     /// S3 endpoint and credentials come from the AWS_* environment variables.
     #[arg(long, env = "CAIRN_OBJECT_STORE", value_name = "URL")]
     object_store: Option<String>,
-    /// Metadata store: sqlite:PATH or fdb:CLUSTER_FILE.
+    /// Metadata store: sqlite:PATH (one host), postgres://USER:PASSWORD@HOST:PORT/DB (agents on
+    /// many hosts share it) or fdb:CLUSTER_FILE (builds with the fdb feature).
     #[arg(long, env = "CAIRN_METADATA", value_name = "SPEC")]
     metadata: Option<String>,
     /// How long a segment stays open for more records before it is written.
@@ -97,14 +99,19 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .metadata
         .or(file.metadata)
         .unwrap_or_else(|| DEFAULT_METADATA.to_string());
-    if !metadata.starts_with("sqlite:") && !metadata.starts_with("fdb:") {
-        bail!("unsupported metadata store `{metadata}`: use sqlite:PATH or fdb:CLUSTER_FILE");
+    if !["sqlite:", "fdb:", "postgres://", "postgresql://"]
+        .iter()
+        .any(|p| metadata.starts_with(p))
+    {
+        bail!(
+            "unsupported metadata store `{metadata}`: use sqlite:PATH, postgres://USER@HOST:PORT/DB or fdb:CLUSTER_FILE"
+        );
     }
     let options: Vec<(String, String)> = file.s3.into_iter().collect();
     let store = cairn_storage::open_object_store(&objects, &options)?;
     let kv = cairn_metadata::open_kv(&metadata)
         .await
-        .with_context(|| format!("cannot open metadata store {metadata}"))?;
+        .with_context(|| format!("cannot open metadata store {}", redacted(&metadata)))?;
     let mut builder = AgentBuilder::new(settings)
         .object_store(store)
         .metadata_store(kv)
@@ -124,7 +131,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("listening socket has no address")?;
-    tracing::info!(objects = %objects, metadata = %metadata, "agent started");
+    tracing::info!(objects = %objects, metadata = %redacted(&metadata), "agent started");
     let metrics_addr = args
         .metrics_listen
         .or(file.metrics_listen)
@@ -180,6 +187,17 @@ async fn shutdown_signal() {
     }
 }
 
+/// A metadata spec fit for logs: a URL's password replaced by `***`.
+fn redacted(spec: &str) -> String {
+    match url::Url::parse(spec) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => spec.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +214,14 @@ mod tests {
             config.tuning.producer_idle_expiry,
             Duration::from_secs(7 * 24 * 3600)
         );
+    }
+
+    #[test]
+    fn metadata_passwords_stay_out_of_logs() {
+        assert_eq!(
+            super::redacted("postgres://cairn:s3cret@db:5432/cairn"),
+            "postgres://cairn:***@db:5432/cairn"
+        );
+        assert_eq!(super::redacted("sqlite:./m.sqlite"), "sqlite:./m.sqlite");
     }
 }

@@ -21,6 +21,7 @@ mod lifecycle;
 mod limits;
 mod memory;
 mod metadata;
+mod postgres;
 mod producer;
 mod share;
 mod sqlite;
@@ -40,6 +41,7 @@ pub use lifecycle::{GcPage, RetentionReport};
 pub use limits::Limits;
 pub use memory::MemoryKv;
 pub use metadata::{MaybeCommitted, Metadata, transact};
+pub use postgres::PostgresKv;
 pub use producer::{ExpiryReport, ProducerStats, WINDOW as PRODUCER_WINDOW};
 pub use share::{Acquired, MAX_IN_FLIGHT as SHARE_MAX_IN_FLIGHT, ShareAction, SharePartitionInfo};
 pub use sqlite::SqliteKv;
@@ -50,8 +52,9 @@ pub use types::{
 
 use std::sync::Arc;
 
-/// Opens a metadata backend from a URL-like spec: `sqlite:PATH`, `memory:` or
-/// `fdb:CLUSTER_FILE` (the last only in builds with the `fdb` feature).
+/// Opens a metadata backend from a URL-like spec: `sqlite:PATH`,
+/// `postgres://USER:PASSWORD@HOST:PORT/DB`, `memory:` or `fdb:CLUSTER_FILE` (the last only
+/// in builds with the `fdb` feature).
 pub async fn open_kv(spec: &str) -> Result<Arc<dyn KvStore>, MetaError> {
     if let Some(path) = spec.strip_prefix("sqlite:") {
         let path = path.strip_prefix("//").unwrap_or(path);
@@ -62,6 +65,9 @@ pub async fn open_kv(spec: &str) -> Result<Arc<dyn KvStore>, MetaError> {
             ));
         }
         return Ok(Arc::new(SqliteKv::open(path, Limits::default())?));
+    }
+    if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        return Ok(Arc::new(PostgresKv::open(spec, Limits::default()).await?));
     }
     if spec == "memory:" || spec == "memory" {
         return Ok(Arc::new(MemoryKv::new(Limits::default())));
@@ -77,6 +83,6 @@ pub async fn open_kv(spec: &str) -> Result<Arc<dyn KvStore>, MetaError> {
         ));
     }
     Err(MetaError::InvalidArgument(format!(
-        "unknown metadata spec `{spec}`: use sqlite:PATH, memory: or fdb:CLUSTER_FILE"
+        "unknown metadata spec `{spec}`: use sqlite:PATH, postgres://USER@HOST:PORT/DB, memory: or fdb:CLUSTER_FILE"
     )))
 }

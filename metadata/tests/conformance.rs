@@ -1,11 +1,11 @@
-//! Runs the metadata conformance suite against every backend present: memory and SQLite
-//! always, FoundationDB when built with `--features fdb` and `CAIRN_FDB_CLUSTER_FILE` is set.
+//! Runs the metadata conformance suite against every backend present: memory, SQLite and
+//! PostgreSQL (a throwaway server this test starts) always, FoundationDB when built with `--features fdb` and `CAIRN_FDB_CLUSTER_FILE` is set.
 
 #![allow(clippy::expect_used)]
 
 use std::sync::Arc;
 
-use cairn_metadata::{KvStore, Limits, MemoryKv, SqliteKv, conformance};
+use cairn_metadata::{KvStore, Limits, MemoryKv, PostgresKv, SqliteKv, conformance};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_backend_conforms() {
@@ -26,6 +26,27 @@ async fn sqlite_backend_conforms() -> Result<(), Box<dyn std::error::Error>> {
         async move {
             Arc::new(SqliteKv::open(path, Limits::default()).expect("open sqlite"))
                 as Arc<dyn KvStore>
+        }
+    })
+    .await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_backend_conforms() -> Result<(), Box<dyn std::error::Error>> {
+    let pg = conformance::TempPostgres::start()?;
+    let mut n = 0;
+    let pg = &pg;
+    conformance::run_all(|| {
+        n += 1;
+        let db = format!("conformance_{n}");
+        async move {
+            let url = pg.create_database(&db).await.expect("create a database");
+            Arc::new(
+                PostgresKv::open(&url, Limits::default())
+                    .await
+                    .expect("open postgres"),
+            ) as Arc<dyn KvStore>
         }
     })
     .await;
