@@ -15,6 +15,10 @@ pub(crate) struct Common {
     /// With --embedded: where the agent stores segments (default: a temporary directory).
     #[arg(long, value_name = "URL")]
     pub(super) object_store: Option<String>,
+    /// With --embedded: the agent's metadata store, e.g. postgres://USER@HOST:PORT/DB
+    /// (default: a SQLite file in a temporary directory).
+    #[arg(long, value_name = "SPEC", requires = "embedded")]
+    pub(super) metadata: Option<String>,
     /// With --embedded: the agent's linger.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
     pub(super) linger: Duration,

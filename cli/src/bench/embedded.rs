@@ -29,31 +29,31 @@ impl Embedded {
             None => format!("file://{}", dir.path().join("objects").display()),
         };
         let exe = std::env::current_exe().context("cannot find the cairn binary")?;
-        let mut child = tokio::process::Command::new(exe)
-            .args([
-                "agent",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--object-store", &store_url])
-            .arg("--metadata")
-            .arg(format!(
-                "sqlite:{}",
-                dir.path().join("meta.sqlite").display()
-            ))
-            .args([
-                "--linger",
-                &humantime::format_duration(c.linger).to_string(),
-            ])
-            .args(["--segment-max-bytes", &c.segment_max_bytes.to_string()])
-            .env("CAIRN_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start the embedded agent")?;
+        let mut child =
+            tokio::process::Command::new(exe)
+                .args([
+                    "agent",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--metrics-listen",
+                    "127.0.0.1:0",
+                ])
+                .args(["--object-store", &store_url])
+                .arg("--metadata")
+                .arg(c.metadata.clone().unwrap_or_else(|| {
+                    format!("sqlite:{}", dir.path().join("meta.sqlite").display())
+                }))
+                .args([
+                    "--linger",
+                    &humantime::format_duration(c.linger).to_string(),
+                ])
+                .args(["--segment-max-bytes", &c.segment_max_bytes.to_string()])
+                .env("CAIRN_LOG", "warn")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("cannot start the embedded agent")?;
         let stdout = child.stdout.take().context("agent has no stdout")?;
         let mut line = String::new();
         tokio::io::BufReader::new(stdout)
