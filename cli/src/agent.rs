@@ -109,9 +109,12 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let options: Vec<(String, String)> = file.s3.into_iter().collect();
     let store = cairn_storage::open_object_store(&objects, &options)?;
-    let kv = cairn_metadata::open_kv(&metadata)
-        .await
-        .with_context(|| format!("cannot open metadata store {}", redacted(&metadata)))?;
+    let kv = cairn_metadata::open_kv(&metadata).await.with_context(|| {
+        format!(
+            "cannot open metadata store {}",
+            cairn_metadata::redact_spec(&metadata)
+        )
+    })?;
     let mut builder = AgentBuilder::new(settings)
         .object_store(store)
         .metadata_store(kv)
@@ -131,7 +134,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("listening socket has no address")?;
-    tracing::info!(objects = %objects, metadata = %redacted(&metadata), "agent started");
+    tracing::info!(objects = %objects, metadata = %cairn_metadata::redact_spec(&metadata), "agent started");
     let metrics_addr = args
         .metrics_listen
         .or(file.metrics_listen)
@@ -187,17 +190,6 @@ async fn shutdown_signal() {
     }
 }
 
-/// A metadata spec fit for logs: a URL's password replaced by `***`.
-fn redacted(spec: &str) -> String {
-    match url::Url::parse(spec) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => spec.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,14 +206,5 @@ mod tests {
             config.tuning.producer_idle_expiry,
             Duration::from_secs(7 * 24 * 3600)
         );
-    }
-
-    #[test]
-    fn metadata_passwords_stay_out_of_logs() {
-        assert_eq!(
-            super::redacted("postgres://cairn:s3cret@db:5432/cairn"),
-            "postgres://cairn:***@db:5432/cairn"
-        );
-        assert_eq!(super::redacted("sqlite:./m.sqlite"), "sqlite:./m.sqlite");
     }
 }

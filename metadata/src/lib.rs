@@ -52,6 +52,18 @@ pub use types::{
 
 use std::sync::Arc;
 
+/// A metadata spec fit for logs and errors: a URL's password replaced by `***`; any other
+/// spec as it is.
+pub fn redact_spec(spec: &str) -> String {
+    match url::Url::parse(spec) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => spec.to_string(),
+    }
+}
+
 /// Opens a metadata backend from a URL-like spec: `sqlite:PATH`,
 /// `postgres://USER:PASSWORD@HOST:PORT/DB`, `memory:` or `fdb:CLUSTER_FILE` (the last only
 /// in builds with the `fdb` feature).
@@ -85,4 +97,16 @@ pub async fn open_kv(spec: &str) -> Result<Arc<dyn KvStore>, MetaError> {
     Err(MetaError::InvalidArgument(format!(
         "unknown metadata spec `{spec}`: use sqlite:PATH, postgres://USER@HOST:PORT/DB, memory: or fdb:CLUSTER_FILE"
     )))
+}
+
+#[cfg(test)]
+mod redact_tests {
+    #[test]
+    fn metadata_passwords_stay_out_of_logs() {
+        assert_eq!(
+            super::redact_spec("postgres://cairn:s3cret@db:5432/cairn"),
+            "postgres://cairn:***@db:5432/cairn"
+        );
+        assert_eq!(super::redact_spec("sqlite:./m.sqlite"), "sqlite:./m.sqlite");
+    }
 }

@@ -86,24 +86,13 @@ fn map_commit_err(e: tokio_postgres::Error) -> KvError {
     }
 }
 
-/// The URL with any password replaced by `***`.
-fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
 impl PostgresKv {
     /// Connects to the database at `url` (`postgres://user:password@host:port/db`, or any
     /// libpq-style connection string), creates the `cairn_kv` table if needed, and keeps a
     /// pool of connections. Fails with UNAVAILABLE if the server cannot be reached and
     /// INVALID_ARGUMENT if the URL is malformed or the server refuses the login.
     pub async fn open(url: &str, limits: Limits) -> Result<Self, MetaError> {
-        let shown = redact(url);
+        let shown = crate::redact_spec(url);
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             MetaError::InvalidArgument(format!("bad PostgreSQL URL `{shown}`: {e}"))
         })?;
@@ -447,12 +436,5 @@ impl KvTransaction for PostgresTxn {
                 Err(err)
             }
         }
-    }
-}
-
-impl PostgresKv {
-    /// The URL this store connects to, without its password.
-    pub fn url(&self) -> &str {
-        &self.shown
     }
 }

@@ -159,11 +159,6 @@ impl TempPostgres {
         ))
     }
 
-    /// The server's port on 127.0.0.1.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// The URL of database `db` (which [`TempPostgres::create_database`] makes).
     pub fn url(&self, db: &str) -> String {
         format!("postgres://cairn@127.0.0.1:{}/{db}", self.port)
