@@ -146,6 +146,42 @@ impl v2::admin_service_server::AdminService for AdminService {
             segment_fill_latency: Some(histogram(&m.segment_fill_seconds)),
             segment_put_latency: Some(histogram(&m.segment_put_seconds)),
             commit_latency: Some(histogram(&m.commit_seconds)),
+            agent_id: s.identity.get().map(|i| i.id.clone()).unwrap_or_default(),
+            zone: s.identity.get().map(|i| i.zone.clone()).unwrap_or_default(),
+            advertised_address: s
+                .identity
+                .get()
+                .map(|i| i.address.clone())
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn describe_cluster(
+        &self,
+        _request: Request<v2::DescribeClusterRequest>,
+    ) -> Result<Response<v2::DescribeClusterResponse>, Status> {
+        let s = &self.0;
+        let mut agents: Vec<v2::AgentInfo> = s
+            .metadata
+            .live_agents()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(crate::registry::agent_info)
+            .collect();
+        // The answering agent is alive even when its lease lapsed (the metadata store was
+        // down longer than the lease and it has not renewed yet): list it, so a client
+        // never learns an empty cluster from a live agent.
+        if let Some(me) = s.identity.get()
+            && !agents.iter().any(|a| a.id == me.id)
+        {
+            agents.push(crate::registry::self_info(me, s.started_ms));
+            agents.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        Ok(Response::new(v2::DescribeClusterResponse {
+            agents,
+            answered_by: s.identity.get().map(|i| i.id.clone()).unwrap_or_default(),
+            answered_at_ms: s.metadata.clock().now_ms(),
         }))
     }
 

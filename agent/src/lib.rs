@@ -19,6 +19,7 @@ mod fetch;
 mod groups;
 mod metrics;
 mod produce;
+mod registry;
 mod sequencer;
 mod service;
 mod settings;
@@ -43,6 +44,7 @@ pub use cairn_storage::{
 pub use error::AgentError;
 pub use faults::{FaultReport, FaultSpec};
 pub use metrics::AgentMetrics;
+pub use registry::ClusterSettings;
 pub use settings::AgentSettings;
 
 use admin::AdminService;
@@ -63,6 +65,7 @@ pub struct AgentBuilder {
     clock: Arc<dyn Clock>,
     faults: FaultSpec,
     store_url: String,
+    cluster: ClusterSettings,
 }
 
 impl AgentBuilder {
@@ -75,6 +78,7 @@ impl AgentBuilder {
             clock: Arc::new(SystemClock),
             faults: FaultSpec::default(),
             store_url: "(given in code)".into(),
+            cluster: ClusterSettings::default(),
         }
     }
 
@@ -96,6 +100,12 @@ impl AgentBuilder {
         self
     }
 
+    /// The agent's id, advertised address and zone in the cluster.
+    pub fn cluster(mut self, cluster: ClusterSettings) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
     /// Replaces the clock (tests).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
@@ -113,6 +123,7 @@ impl AgentBuilder {
     /// must be running).
     pub fn build(self) -> Result<Agent, AgentError> {
         self.settings.validate()?;
+        self.cluster.validate()?;
         let store = self
             .store
             .ok_or_else(|| AgentError::Config("no object store given".into()))?;
@@ -178,8 +189,10 @@ impl AgentBuilder {
                 metrics,
                 store_url: self.store_url,
                 started_ms,
+                identity: std::sync::OnceLock::new(),
             }),
             counters,
+            cluster: self.cluster,
         })
     }
 }
@@ -205,6 +218,7 @@ impl FaultControl {
 pub struct Agent {
     shared: Arc<Shared>,
     counters: Arc<StoreCounters>,
+    cluster: ClusterSettings,
 }
 
 impl std::fmt::Debug for Agent {
@@ -241,6 +255,29 @@ impl Agent {
         &self.shared.metadata
     }
 
+    /// Registers the agent in the cluster registry as listening on `listen` (its
+    /// advertised address defaults to that): checks the advertised address accepts
+    /// connections, refuses an id a live agent holds, and returns the agent's id. Serving
+    /// does this itself when it was not done before; call it first to know the agent is
+    /// registered before announcing it.
+    pub async fn join_cluster(&self, listen: std::net::SocketAddr) -> Result<String, AgentError> {
+        if let Some(i) = self.shared.identity.get() {
+            return Ok(i.id.clone());
+        }
+        let identity = self.cluster.resolve(listen)?;
+        registry::probe(&identity).await?;
+        registry::register(
+            &self.shared.metadata,
+            &identity,
+            self.shared.started_ms,
+            self.shared.settings.agent_lease,
+        )
+        .await?;
+        let id = identity.id.clone();
+        let _ = self.shared.identity.set(identity);
+        Ok(id)
+    }
+
     /// Serves gRPC on `listener` until `shutdown` resolves; then stops accepting, seals
     /// the open segment, lets in-flight requests finish and answers them, and returns.
     pub async fn serve(
@@ -259,6 +296,26 @@ impl Agent {
         metrics: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), AgentError> {
+        // Join the cluster first (unless the caller did): a duplicate id or an address no
+        // one can dial stops the start with a clear error.
+        let local = listener
+            .local_addr()
+            .map_err(|e| AgentError::Config(format!("listening socket has no address: {e}")))?;
+        self.join_cluster(local).await?;
+        let identity = self
+            .shared
+            .identity
+            .get()
+            .cloned()
+            .ok_or_else(|| AgentError::Internal("the agent joined no cluster".into()))?;
+        let lease = self.shared.settings.agent_lease;
+        let renewal = tokio::spawn(registry::renew_forever(
+            self.shared.metadata.clone(),
+            identity.clone(),
+            self.shared.started_ms,
+            lease,
+            self.shared.metrics.clone(),
+        ));
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http = metrics.map(|l| {
@@ -301,9 +358,18 @@ impl Agent {
         ));
         let batcher = self.shared.batcher.clone();
         let stop_flag = stopping.clone();
+        let leaving = self.shared.metadata.clone();
         let signal = async move {
             shutdown.await;
             stop_flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            // Leave the registry first so clients stop routing here at their next refresh.
+            renewal.abort();
+            if let Err(e) = leaving
+                .deregister_agent(&identity.id, identity.incarnation)
+                .await
+            {
+                tracing::warn!(error = %e, "could not leave the agent registry; the lease will run out");
+            }
             tracing::info!("shutting down: sealing the open segment and draining requests");
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)

@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<crate::metrics::AgentMetrics>,
     pub(crate) store_url: String,
     pub(crate) started_ms: i64,
+    /// Who the agent is in the cluster, known once it serves.
+    pub(crate) identity: std::sync::OnceLock<crate::registry::Identity>,
 }
 
 /// Live counts of what an agent is doing, for tests and (later) metrics.

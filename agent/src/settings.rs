@@ -43,6 +43,11 @@ pub struct AgentSettings {
     /// Share groups: a record delivered this many times without an acknowledgement goes
     /// to the dead-letter topic `<topic>.dlq` instead of being delivered again.
     pub share_max_deliveries: u32,
+    /// How long the agent's registration in the cluster registry lives unless renewed (it
+    /// renews every third of it). An agent that dies drops out of clients' views within
+    /// this time.
+    #[serde(with = "humantime_serde")]
+    pub agent_lease: Duration,
 }
 
 impl Default for AgentSettings {
@@ -60,6 +65,7 @@ impl Default for AgentSettings {
             topic_cache_ttl: Duration::from_secs(1),
             producer_idle_expiry: Duration::from_secs(7 * 24 * 3600),
             share_max_deliveries: 5,
+            agent_lease: Duration::from_secs(10),
         }
     }
 }
@@ -114,6 +120,14 @@ impl AgentSettings {
             return bad(format!(
                 "producer_idle_expiry must be at least 1m, got {:?}",
                 self.producer_idle_expiry
+            ));
+        }
+        if self.agent_lease < Duration::from_millis(300)
+            || self.agent_lease > Duration::from_secs(600)
+        {
+            return bad(format!(
+                "agent_lease must be between 300ms and 10m, got {:?}",
+                self.agent_lease
             ));
         }
         if self.max_request_bytes > 256 << 20 {

@@ -275,6 +275,19 @@ pub enum MetaError {
         /// What happened, for people.
         message: String,
     },
+    /// Another live agent is registered under this id (two agents were given the same
+    /// `--agent-id`, or an old process of this id still renews its lease).
+    #[error(
+        "agent id `{id}` is already registered by a live agent at {address} (its lease runs {lease_left_ms} ms more); give each agent its own id"
+    )]
+    AgentIdInUse {
+        /// The id.
+        id: String,
+        /// The address the other agent advertises.
+        address: String,
+        /// How long its lease still runs.
+        lease_left_ms: i64,
+    },
     /// Any other invalid argument, with a message that names it.
     #[error("{0}")]
     InvalidArgument(String),
@@ -326,7 +339,7 @@ impl MetaError {
         match self {
             MetaError::TopicNotFound(_) | MetaError::GroupNotFound(_) => ErrorKind::NotFound,
             MetaError::Fenced { .. } => ErrorKind::Conflict,
-            MetaError::TopicExists(_) => ErrorKind::AlreadyExists,
+            MetaError::TopicExists(_) | MetaError::AgentIdInUse { .. } => ErrorKind::AlreadyExists,
             MetaError::InvalidTopicName { .. }
             | MetaError::InvalidArgument(_)
             | MetaError::CreateDir { .. }

@@ -148,17 +148,6 @@ impl KvStore for FdbKv {
         }))
     }
 
-    /// Waits on a FoundationDB watch of `key`, or until `timeout`.
-    async fn watch(&self, key: &[u8], timeout: Duration) -> Result<(), KvError> {
-        let tr = self.db.create_trx().map_err(map_err)?;
-        let watch = tr.watch(key);
-        tr.commit().await.map_err(|e| map_err(FdbError::from(e)))?;
-        match tokio::time::timeout(timeout, watch).await {
-            Ok(result) => result.map_err(map_err),
-            Err(_) => Ok(()),
-        }
-    }
-
     fn name(&self) -> &'static str {
         NAME
     }

@@ -26,6 +26,7 @@
 //! | `(cairn, sp, group, topic_id, partition)` | share-partition: start offset, in-flight records |
 //! | `(cairn, seq, compaction)` | next compaction claim token |
 //! | `(cairn, cc, topic_id, partition)` | compaction claim: owner, token, lease expiry (ms) |
+//! | `(cairn, ag, agent_id)` | a registered agent: address, zone, version, incarnation, lease, load (JSON) |
 
 use foundationdb_tuple::{Subspace, TuplePack, TupleUnpack, pack, unpack};
 
@@ -204,6 +205,16 @@ pub(crate) fn share_groups() -> (Vec<u8>, Vec<u8>) {
 
 pub(crate) fn share_partition(group: &str, topic_id: u64, partition: u32) -> Vec<u8> {
     key(("sp", group, topic_id, partition))
+}
+
+/// A registered agent.
+pub(crate) fn agent(id: &str) -> Vec<u8> {
+    key(("ag", id))
+}
+
+/// Every registered agent.
+pub(crate) fn agents() -> (Vec<u8>, Vec<u8>) {
+    range(("ag",))
 }
 
 /// Encodes a value tuple.

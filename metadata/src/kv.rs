@@ -23,13 +23,6 @@ pub trait KvStore: Send + Sync + std::fmt::Debug + 'static {
     /// writes; the commit fails with a retryable error if it would not be serializable.
     async fn begin(&self) -> Result<Box<dyn KvTransaction>, KvError>;
 
-    /// Waits until `key` may have changed, or `timeout` passes. Backends without change
-    /// notification (SQLite, memory) just sleep a short poll interval; callers re-read.
-    async fn watch(&self, _key: &[u8], timeout: Duration) -> Result<(), KvError> {
-        tokio::time::sleep(timeout.min(Duration::from_millis(25))).await;
-        Ok(())
-    }
-
     /// A short name for logs and `cairn status` (`sqlite`, `memory`, `fdb`).
     fn name(&self) -> &'static str;
 }
@@ -205,10 +198,6 @@ impl KvStore for FaultyKv {
             faults: self.faults.clone(),
             wrote: std::sync::atomic::AtomicBool::new(false),
         }))
-    }
-
-    async fn watch(&self, key: &[u8], timeout: Duration) -> Result<(), KvError> {
-        self.inner.watch(key, timeout).await
     }
 
     fn name(&self) -> &'static str {

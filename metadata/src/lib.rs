@@ -7,6 +7,7 @@
 //! Every backend enforces FoundationDB's transaction limits, so a violation fails in tests.
 
 mod clock;
+mod cluster;
 mod commit;
 mod compaction;
 #[cfg(feature = "test-util")]
@@ -26,8 +27,10 @@ mod producer;
 mod share;
 mod sqlite;
 mod types;
+mod watermarks;
 
 pub use clock::{Clock, ManualClock, RandomSource, SeededRandom, SystemClock, SystemRandom};
+pub use cluster::{AgentLoad, AgentRecord};
 pub use compaction::{CompactedFile, CompactionClaim, MAX_SWAP_ENTRIES};
 pub use error::{ErrorKind, ErrorSource, FenceReason, KvError, MetaError};
 #[cfg(feature = "fdb")]

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::watch;
@@ -15,6 +15,7 @@ use crate::commit::{MAX_COMMIT_BYTES, commit_size_estimate, read_outcomes, write
 use crate::keys::{self, decode, value};
 use crate::kv::{KvStore, KvTransaction, RetryPolicy};
 use crate::types::validate_partition_count;
+use crate::watermarks::Hub;
 use crate::{
     BatchOutcome, Clock, EntryKind, IndexEntry, KvError, MetaError, PartitionState, SegmentCommit,
     Topic, TopicSpec,
@@ -139,6 +140,8 @@ pub struct Metadata {
     retry: RetryPolicy,
     commits: Arc<watch::Sender<u64>>,
     retries: Arc<AtomicU64>,
+    /// Fetches waiting at a high watermark, and the one poller that wakes them.
+    hub: Arc<Hub>,
 }
 
 /// Decodes `(p, topic, partition)`: start and next offset, and the byte and entry counts as
@@ -375,6 +378,7 @@ impl Metadata {
             retry: RetryPolicy::default(),
             commits: Arc::new(watch::channel(0).0),
             retries: Arc::default(),
+            hub: Arc::default(),
         }
     }
 
@@ -676,8 +680,9 @@ impl Metadata {
     }
 
     /// Waits until the partition's high watermark passes `offset` or `max_wait` elapses, and
-    /// returns the state last read. Commits through this `Metadata` wake waiters at once;
-    /// commits by other processes are seen through [`KvStore::watch`].
+    /// returns the state last read. The wait costs no transaction: one poller per handle
+    /// reads every waited-on position each tick (see `watermarks.rs`), so commits through
+    /// this handle wake waiters at once and commits by other agents within a tick.
     pub async fn wait_for_offset(
         &self,
         topic_id: u64,
@@ -685,21 +690,29 @@ impl Metadata {
         offset: i64,
         max_wait: Duration,
     ) -> Result<PartitionState, MetaError> {
-        let deadline = Instant::now() + max_wait;
-        let mut rx = self.commits.subscribe();
-        let key = keys::partition(topic_id, partition);
-        loop {
-            rx.borrow_and_update();
-            let state = self.partition_state(topic_id, partition).await?;
-            let now = Instant::now();
-            if state.next_offset > offset || now >= deadline {
-                return Ok(state);
-            }
-            let remaining = deadline - now;
-            tokio::select! {
-                _ = rx.changed() => {}
-                r = self.kv.watch(&key, remaining) => r?,
-            }
+        let state = self.partition_state(topic_id, partition).await?;
+        if state.next_offset > offset || max_wait.is_zero() {
+            return Ok(state);
         }
+        let mut waiter = self.hub.wait(
+            &self.kv,
+            &self.commits,
+            topic_id,
+            partition,
+            state.next_offset,
+        );
+        let woke = tokio::time::timeout(max_wait, waiter.next_offset.wait_for(|n| *n > offset))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        drop(waiter);
+        if !woke {
+            return Ok(state);
+        }
+        self.partition_state(topic_id, partition).await
+    }
+
+    /// Fetches waiting at a high watermark through this handle right now.
+    pub fn waiting_fetches(&self) -> usize {
+        self.hub.waiting()
     }
 }

@@ -100,6 +100,14 @@ impl PostgresKv {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("cairn");
+        // An acknowledged commit must survive a crash of the server, whatever the server's
+        // default: with synchronous_commit off, PostgreSQL acknowledges a COMMIT before its
+        // WAL is written and a crash loses the last ones (acknowledged records included).
+        let options = match config.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} -c synchronous_commit=on"),
+            _ => "-c synchronous_commit=on".to_string(),
+        };
+        config.options(&options);
         let manager = Manager::from_config(
             config,
             tokio_postgres::NoTls,

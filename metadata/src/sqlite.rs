@@ -8,6 +8,13 @@
 //! makes every committed transaction serializable, like FoundationDB's optimistic commits,
 //! at the price of treating any concurrent commit as a conflict. Commits are fsynced
 //! (`synchronous = FULL`), so an acknowledged commit survives a power cut.
+//!
+//! At most [`MAX_CONNECTIONS`] connections are open per handle, reused from a pool; a
+//! transaction beyond that waits for one. Connections are never opened and closed per
+//! transaction: SQLite on Unix cannot close a file descriptor while another connection of
+//! the process holds a lock on the file (closing would drop that lock), so it parks the
+//! descriptor until the file is unlocked, which on a busy file is never — a burst of
+//! 5,000 concurrent reads used to leave 5,000 descriptors open.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,6 +31,9 @@ use crate::{KvError, Limits, MetaError};
 /// The backend's name in errors and logs.
 const NAME: &str = "sqlite";
 
+/// Most connections (so transactions) open at once per handle.
+pub(crate) const MAX_CONNECTIONS: usize = 32;
+
 /// The database file cannot be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot open {}: {source}", .path.display())]
@@ -38,6 +48,8 @@ struct OpenFailed {
 pub struct SqliteKv {
     path: PathBuf,
     pool: Arc<Mutex<Vec<Connection>>>,
+    /// One permit per connection that may be open.
+    permits: Arc<tokio::sync::Semaphore>,
     limits: Limits,
 }
 
@@ -66,6 +78,7 @@ impl SqliteKv {
         let kv = SqliteKv {
             path,
             pool: Arc::new(Mutex::new(Vec::new())),
+            permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
             limits,
         };
         let conn = kv.connect()?;
@@ -121,7 +134,7 @@ impl SqliteKv {
 
     fn give_back(&self, conn: Connection) {
         if let Ok(mut p) = self.pool.lock()
-            && p.len() < 16
+            && p.len() < MAX_CONNECTIONS
         {
             p.push(conn);
         }
@@ -131,6 +144,13 @@ impl SqliteKv {
 #[async_trait]
 impl KvStore for SqliteKv {
     async fn begin(&self) -> Result<Box<dyn KvTransaction>, KvError> {
+        // The semaphore is never closed, so acquiring fails only if it were.
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| KvError::backend(NAME, e))?;
         let store = self.clone();
         let conn = tokio::task::spawn_blocking(move || store.take())
             .await
@@ -143,6 +163,7 @@ impl KvStore for SqliteKv {
             }))),
             store: self.clone(),
             tracker: LimitTracker::new(self.limits),
+            _permit: permit,
         }))
     }
 
@@ -176,6 +197,8 @@ struct SqliteTxn {
     state: Arc<Mutex<Option<TxnState>>>,
     store: SqliteKv,
     tracker: LimitTracker,
+    /// Held while the transaction lives: its connection counts against the limit.
+    _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl SqliteTxn {

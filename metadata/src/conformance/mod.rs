@@ -9,6 +9,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod cluster;
 mod commit;
 mod compaction;
 mod groups;
@@ -20,6 +21,7 @@ mod producers;
 mod share;
 mod topics;
 
+pub use cluster::agent_registry;
 pub use commit::{
     atomic_groups, commit_and_index, commit_faults, commit_too_large, concurrent_commits,
     conditional_appends, legacy_partition_counts, wait_for_offset,
@@ -186,4 +188,5 @@ where
     maybe_committed_flag(fresh().await).await;
     lost_replies(&mut fresh).await;
     lost_reply_races(&mut fresh).await;
+    agent_registry(fresh().await).await;
 }

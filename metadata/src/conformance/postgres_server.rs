@@ -108,31 +108,38 @@ impl TempPostgres {
         let mut last = String::new();
         for _ in 0..5 {
             pg.port = free_port()?;
-            let options = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
-                pg.port,
-                pg.dir.path().display()
-            );
-            match pg.run(
-                "pg_ctl",
-                &[
-                    "start",
-                    "-w",
-                    "-t",
-                    "60",
-                    "-D",
-                    &data.to_string_lossy(),
-                    "-l",
-                    &pg.dir.path().join("server.log").to_string_lossy(),
-                    "-o",
-                    &options,
-                ],
-            ) {
+            match pg.start_again() {
                 Ok(()) => return Ok(pg),
                 Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    /// Starts the server (again, after [`TempPostgres::stop`]) on its port with its data:
+    /// a restart, as after a crash.
+    pub fn start_again(&self) -> Result<(), String> {
+        let data = self.dir.path().join("data");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            self.port,
+            self.dir.path().display()
+        );
+        self.run(
+            "pg_ctl",
+            &[
+                "start",
+                "-w",
+                "-t",
+                "60",
+                "-D",
+                &data.to_string_lossy(),
+                "-l",
+                &self.dir.path().join("server.log").to_string_lossy(),
+                "-o",
+                &options,
+            ],
+        )
     }
 
     fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {

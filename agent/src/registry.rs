@@ -1,0 +1,289 @@
+//! The agent's place in the cluster: who it is ([`ClusterSettings`]), its registration in
+//! the metadata store's agent registry under a lease it renews with its load, and the
+//! DescribeCluster answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_metadata::{AgentLoad, AgentRecord, MetaError, Metadata};
+use cairn_proto::v2;
+use rand::Rng;
+
+use crate::AgentError;
+use crate::metrics::AgentMetrics;
+
+/// Longest agent id and zone name.
+const MAX_ID_BYTES: usize = 200;
+const MAX_ZONE_BYTES: usize = 64;
+
+/// Who the agent is in the cluster. Every field has a default, so a lone agent needs none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// The agent's id, unique among live agents. Default: its advertised address
+    /// (`host:port`), which no other live agent can have.
+    pub agent_id: Option<String>,
+    /// The address clients reach this agent at (`host:port` or `http://host:port`).
+    /// Default: the address it listens on, which must then not be a wildcard (0.0.0.0).
+    pub advertise: Option<String>,
+    /// The agent's zone (availability zone, rack); clients of the same zone prefer it.
+    /// Empty: no zone.
+    pub zone: String,
+}
+
+/// A zone or agent id: letters, digits, `.`, `_`, `-`, `:`, within `max` bytes.
+fn check_name(what: &str, v: &str, max: usize) -> Result<(), AgentError> {
+    if v.len() > max {
+        return Err(AgentError::Config(format!(
+            "{what} `{v}` is {} bytes; at most {max}",
+            v.len()
+        )));
+    }
+    if let Some(c) = v
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
+    {
+        return Err(AgentError::Config(format!(
+            "{what} `{v}` contains {c:?}; use letters, digits, '.', '_', '-' or ':'"
+        )));
+    }
+    Ok(())
+}
+
+/// The agent's resolved identity once its listening address is known.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub(crate) id: String,
+    /// `http://host:port`.
+    pub(crate) address: String,
+    pub(crate) zone: String,
+    pub(crate) incarnation: u64,
+}
+
+impl ClusterSettings {
+    /// Checks the names; the address is checked by [`ClusterSettings::resolve`].
+    pub fn validate(&self) -> Result<(), AgentError> {
+        check_name("zone", &self.zone, MAX_ZONE_BYTES)?;
+        if let Some(id) = &self.agent_id {
+            if id.is_empty() {
+                return Err(AgentError::Config("agent id is empty".into()));
+            }
+            check_name("agent id", id, MAX_ID_BYTES)?;
+        }
+        Ok(())
+    }
+
+    /// The identity of an agent listening on `listen`.
+    pub(crate) fn resolve(&self, listen: std::net::SocketAddr) -> Result<Identity, AgentError> {
+        let address = match &self.advertise {
+            Some(a) => normalize_address(a)?,
+            None if listen.ip().is_unspecified() => {
+                return Err(AgentError::Config(format!(
+                    "the agent listens on {listen}, which clients cannot dial: give the \
+                     address they reach it at with --advertise HOST:PORT"
+                )));
+            }
+            None => format!("http://{listen}"),
+        };
+        let id = match &self.agent_id {
+            Some(id) => id.clone(),
+            None => address.trim_start_matches("http://").to_string(),
+        };
+        check_name("agent id", &id, MAX_ID_BYTES)?;
+        // Tells this process's registration from an earlier process of the same id; not a
+        // decision, so the thread RNG is fine.
+        #[allow(clippy::disallowed_methods)]
+        let incarnation = rand::rng().random::<u64>().max(1);
+        Ok(Identity {
+            id,
+            address,
+            zone: self.zone.clone(),
+            incarnation,
+        })
+    }
+}
+
+/// `host:port` or `http://host:port` as `http://host:port`.
+fn normalize_address(a: &str) -> Result<String, AgentError> {
+    let with_scheme = if a.contains("://") {
+        a.to_string()
+    } else {
+        format!("http://{a}")
+    };
+    let bad = |why: &str| {
+        Err(AgentError::Config(format!(
+            "advertised address `{a}` {why}; give HOST:PORT, e.g. 10.0.0.5:7170"
+        )))
+    };
+    let url = match url::Url::parse(&with_scheme) {
+        Ok(u) => u,
+        Err(e) => return bad(&format!("is not an address ({e})")),
+    };
+    if url.scheme() != "http" {
+        return bad("must use http");
+    }
+    let Some(host) = url.host_str() else {
+        return bad("has no host");
+    };
+    let Some(port) = url.port() else {
+        return bad("has no port");
+    };
+    if url.path() != "/" && !url.path().is_empty() {
+        return bad("must not have a path");
+    }
+    Ok(format!("http://{host}:{port}"))
+}
+
+/// Checks that the advertised address accepts TCP connections from here (the agent's
+/// listener is bound, so it answers even before serving): an address no one can reach is
+/// refused at start, not discovered by clients one by one.
+pub(crate) async fn probe(identity: &Identity) -> Result<(), AgentError> {
+    let hostport = identity.address.trim_start_matches("http://").to_string();
+    let err = |why: String| {
+        AgentError::Config(format!(
+            "advertised address {} is not reachable from this agent ({why}); clients could \
+             not reach it either: fix --advertise",
+            identity.address
+        ))
+    };
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(&hostport),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(err(e.to_string())),
+        Err(_) => Err(err("no answer within 3s".into())),
+    }
+}
+
+/// The registry record of this agent with `load`.
+fn record(identity: &Identity, started_ms: i64, load: AgentLoad) -> AgentRecord {
+    AgentRecord {
+        id: identity.id.clone(),
+        address: identity.address.clone(),
+        zone: identity.zone.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        started_ms,
+        incarnation: identity.incarnation,
+        lease_expires_ms: 0,
+        load,
+    }
+}
+
+/// Registers the agent (refusing to start on a duplicate live id).
+pub(crate) async fn register(
+    metadata: &Metadata,
+    identity: &Identity,
+    started_ms: i64,
+    lease: Duration,
+) -> Result<(), AgentError> {
+    metadata
+        .register_agent(&record(identity, started_ms, AgentLoad::default()), lease)
+        .await
+        .map_err(|e| match e {
+            e @ MetaError::AgentIdInUse { .. } => AgentError::Config(e.to_string()),
+            e => AgentError::from(e),
+        })?;
+    tracing::info!(id = %identity.id, address = %identity.address, zone = %identity.zone, "registered in the cluster");
+    Ok(())
+}
+
+/// Renews the lease every third of it, with the load since the last renewal, until
+/// cancelled. A failed renewal is retried at the next tick (the lease has two more).
+pub(crate) async fn renew_forever(
+    metadata: Metadata,
+    identity: Identity,
+    started_ms: i64,
+    lease: Duration,
+    metrics: Arc<AgentMetrics>,
+) {
+    let every = lease / 3;
+    let mut last = (
+        Instant::now(),
+        metrics.produce_bytes.get(),
+        metrics.fetch_bytes.get(),
+    );
+    loop {
+        tokio::time::sleep(every).await;
+        let now = Instant::now();
+        let (produced, fetched) = (metrics.produce_bytes.get(), metrics.fetch_bytes.get());
+        let secs = now.duration_since(last.0).as_secs_f64().max(0.001);
+        let load = AgentLoad {
+            produce_bytes_per_sec: (produced.saturating_sub(last.1) as f64 / secs) as u64,
+            fetch_bytes_per_sec: (fetched.saturating_sub(last.2) as f64 / secs) as u64,
+            inflight_segments: metrics.segments_inflight.get().max(0) as u64,
+        };
+        last = (now, produced, fetched);
+        match metadata
+            .register_agent(&record(&identity, started_ms, load), lease)
+            .await
+        {
+            Ok(_) => {}
+            Err(e @ MetaError::AgentIdInUse { .. }) => tracing::error!(
+                error = %e,
+                "another process took this agent's id while its lease had run out; clients may route to either"
+            ),
+            Err(e) => tracing::warn!(error = %e, "agent lease renewal failed; will retry"),
+        }
+    }
+}
+
+/// This agent as the API shows it when its registration lapsed (no lease, no load).
+pub(crate) fn self_info(identity: &Identity, started_ms: i64) -> v2::AgentInfo {
+    agent_info(record(identity, started_ms, AgentLoad::default()))
+}
+
+/// The live agents as the API shows them.
+pub(crate) fn agent_info(r: AgentRecord) -> v2::AgentInfo {
+    v2::AgentInfo {
+        id: r.id,
+        address: r.address,
+        zone: r.zone,
+        version: r.version,
+        started_at_ms: r.started_ms,
+        lease_expires_at_ms: r.lease_expires_ms,
+        produce_bytes_per_second: r.load.produce_bytes_per_sec,
+        fetch_bytes_per_second: r.load.fetch_bytes_per_sec,
+        inflight_segments: r.load.inflight_segments,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_names_are_checked() {
+        assert_eq!(
+            normalize_address("10.0.0.5:7170").ok().as_deref(),
+            Some("http://10.0.0.5:7170")
+        );
+        assert_eq!(
+            normalize_address("http://a.example:1").ok().as_deref(),
+            Some("http://a.example:1")
+        );
+        for bad in ["10.0.0.5", "https://a:1", "http://a:1/x", "::::"] {
+            assert!(normalize_address(bad).is_err(), "{bad}");
+        }
+        let s = ClusterSettings {
+            zone: "eu west".into(),
+            ..Default::default()
+        };
+        assert!(s.validate().is_err());
+        let s = ClusterSettings::default();
+        let wildcard = "0.0.0.0:7170".parse().ok();
+        assert!(wildcard.is_some_and(|w| s.resolve(w).is_err()));
+        let local = "127.0.0.1:7170".parse().ok();
+        let id = local
+            .and_then(|l| s.resolve(l).ok())
+            .map(|i| (i.id, i.address));
+        assert_eq!(
+            id,
+            Some((
+                "127.0.0.1:7170".to_string(),
+                "http://127.0.0.1:7170".to_string()
+            ))
+        );
+    }
+}
