@@ -25,11 +25,15 @@ Examples:
   cairn agent --object-store s3://my-bucket/cairn --metadata postgres://cairn:PASSWORD@db:5432/cairn
   AWS_ENDPOINT_URL=http://127.0.0.1:4566 cairn agent --object-store s3://cairn
 
-A TOML file (--config) may set: listen, metrics_listen, object_store, metadata, an [s3] table
+A TOML file (--config) may set: listen, metrics_listen, object_store, metadata, agent_id,
+advertise, zone, an [s3] table
 of object_store S3 options (endpoint, region, ...) and a [tuning] table (segment_max_bytes,
 linger, max_inflight_segments, multipart_threshold, segment_max_batches, max_request_bytes,
 max_batch_uncompressed_bytes, cache_bytes, max_fetch_wait, topic_cache_ttl,
-producer_idle_expiry, share_max_deliveries).")]
+producer_idle_expiry, share_max_deliveries, agent_lease).
+
+Several agents form one cluster when they share the object store and a PostgreSQL (or
+FoundationDB) metadata store; each registers itself there. `cairn cluster` lists them.")]
 pub(crate) struct AgentArgs {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
@@ -55,12 +59,33 @@ pub(crate) struct AgentArgs {
     /// Size at which a segment is written without waiting for the linger time.
     #[arg(long, env = "CAIRN_SEGMENT_MAX_BYTES", value_parser = parse_size, value_name = "SIZE")]
     segment_max_bytes: Option<usize>,
+    /// This agent's id in the cluster, unique among live agents (default: its advertised
+    /// HOST:PORT). Starting a second agent with the id of a live one fails.
+    #[arg(long, env = "CAIRN_AGENT_ID", value_name = "ID")]
+    agent_id: Option<String>,
+    /// The HOST:PORT clients reach this agent at (default: --listen, which must then not
+    /// be 0.0.0.0). Checked at start: an address the agent cannot reach itself is refused.
+    #[arg(long, env = "CAIRN_ADVERTISE", value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// This agent's zone (availability zone, rack): clients of the same zone produce to
+    /// and fetch from it rather than from other zones. On AWS use the AZ id (use1-az1)
+    /// from the instance metadata; on Kubernetes the node's
+    /// topology.kubernetes.io/zone label.
+    #[arg(long, env = "CAIRN_ZONE", value_name = "ZONE")]
+    zone: Option<String>,
+    /// How long the agent's cluster registration lives without renewal: a dead agent
+    /// leaves clients' views within this time (default 10s).
+    #[arg(long, env = "CAIRN_AGENT_LEASE", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    agent_lease: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    agent_id: Option<String>,
+    advertise: Option<String>,
+    zone: Option<String>,
     metrics_listen: Option<SocketAddr>,
     object_store: Option<String>,
     metadata: Option<String>,
@@ -86,6 +111,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     if let Some(size) = args.segment_max_bytes {
         settings.segment_max_bytes = size;
+    }
+    if let Some(lease) = args.agent_lease {
+        settings.agent_lease = lease;
     }
     let listen = match args.listen.or(file.listen) {
         Some(a) => a,
@@ -115,10 +143,16 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             cairn_metadata::redact_spec(&metadata)
         )
     })?;
+    let cluster = cairn_agent::ClusterSettings {
+        agent_id: args.agent_id.or(file.agent_id),
+        advertise: args.advertise.or(file.advertise),
+        zone: args.zone.or(file.zone).unwrap_or_default(),
+    };
     let mut builder = AgentBuilder::new(settings)
         .object_store(store)
         .metadata_store(kv)
-        .store_url(objects.clone());
+        .store_url(objects.clone())
+        .cluster(cluster);
     // Fault injection for the delivery-guarantee tests; never set in production.
     if let Ok(spec) = std::env::var("CAIRN_TEST_FAULTS") {
         let faults: cairn_agent::FaultSpec = spec.parse().context("invalid CAIRN_TEST_FAULTS")?;
@@ -158,6 +192,8 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .local_addr()
         .context("metrics socket has no address")?;
     tracing::info!("metrics on http://{metrics_addr}/metrics (also /healthz, /readyz)");
+    let id = agent.join_cluster(addr).await?;
+    tracing::info!(id = %id, "joined the cluster");
     // The one line on stdout: scripts and tests wait for it.
     println!("cairn agent listening on http://{addr}");
     agent

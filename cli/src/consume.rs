@@ -79,7 +79,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         (false, Some(n)) => Offset::At(n),
         (false, None) => Offset::End,
     };
-    let channel = args.connect.channel().await?;
+    let channel = args.connect.cluster().await?;
     if let Some(group) = args.group.clone() {
         return run_group(args, channel, &group, from).await;
     }
@@ -134,7 +134,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
 /// `cairn consume --group`: a group member that commits after printing each batch.
 async fn run_group(
     args: ConsumeArgs,
-    channel: cairn_client::Channel,
+    channel: cairn_client::Cluster,
     group: &str,
     from: Offset,
 ) -> anyhow::Result<()> {

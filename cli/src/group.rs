@@ -51,7 +51,7 @@ Examples:
 pub(crate) async fn run(cmd: GroupCommand) -> anyhow::Result<()> {
     match cmd {
         GroupCommand::List { connect } => {
-            let admin = Admin::new(connect.channel().await?);
+            let admin = Admin::new(connect.cluster().await?);
             let (groups, shares) = admin.list_groups().await?;
             for g in groups {
                 println!("{g}\tconsumer");
@@ -61,7 +61,7 @@ pub(crate) async fn run(cmd: GroupCommand) -> anyhow::Result<()> {
             }
         }
         GroupCommand::Describe { group, connect } => {
-            let admin = Admin::new(connect.channel().await?);
+            let admin = Admin::new(connect.cluster().await?);
             let d = admin.describe_group(&group).await?;
             println!(
                 "{}\tgeneration={}\tmembers={}",
@@ -116,7 +116,7 @@ pub(crate) async fn run(cmd: GroupCommand) -> anyhow::Result<()> {
                     "say where to: --to-earliest, --to-latest, --to-offset N or --to-timestamp TIME"
                 ),
             };
-            let admin = Admin::new(connect.channel().await?);
+            let admin = Admin::new(connect.cluster().await?);
             for o in admin.reset_offsets(&group, &topic, to).await? {
                 println!("{}\t{}\t{}", o.topic, o.partition, o.offset);
             }

@@ -5,6 +5,7 @@
 
 mod agent;
 mod bench;
+mod cluster;
 mod codec;
 mod compactor;
 mod consume;
@@ -71,6 +72,8 @@ enum Command {
     Bench(bench::BenchCommand),
     /// One screen about a running agent: version, uptime, stores, throughput, cache.
     Status(status::StatusArgs),
+    /// The cluster's live agents: addresses, zones, load.
+    Cluster(cluster::ClusterArgs),
     /// Consume from share groups (queue mode, per-record acknowledgement).
     #[command(subcommand)]
     Share(share::ShareCommand),
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
             Command::Group(cmd) => group::run(cmd).await,
             Command::Share(cmd) => share::run(cmd).await,
             Command::Status(args) => status::run(args).await,
+            Command::Cluster(args) => cluster::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Compactor(args) => compactor::run(args).await,
             #[cfg(feature = "sql")]
@@ -138,21 +142,64 @@ fn main() -> ExitCode {
 /// Connection flags shared by the client commands.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct ConnectArgs {
-    /// Address of the agent.
-    #[arg(long, env = "CAIRN_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
-    pub(crate) endpoint: String,
+    /// Address of an agent, or a comma-separated list: the client learns the whole cluster
+    /// from the first that answers, then produces to an agent of its zone and fetches each
+    /// partition from its owner there.
+    #[arg(
+        long,
+        env = "CAIRN_ENDPOINT",
+        default_value = DEFAULT_ENDPOINT,
+        value_delimiter = ',',
+        value_name = "ADDR[,ADDR...]"
+    )]
+    pub(crate) endpoint: Vec<String>,
+    /// The client's zone (availability zone): agents of this zone are preferred; with none,
+    /// or when the zone has no live agent, any agent is used.
+    #[arg(long, env = "CAIRN_ZONE", value_name = "ZONE")]
+    pub(crate) zone: Option<String>,
 }
 
 impl ConnectArgs {
-    pub(crate) async fn channel(&self) -> anyhow::Result<cairn_client::Channel> {
+    /// The endpoints with a scheme.
+    pub(crate) fn endpoints(&self) -> Vec<String> {
+        self.endpoint
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+            .map(|e| {
+                if e.contains("://") {
+                    e.to_string()
+                } else {
+                    format!("http://{e}")
+                }
+            })
+            .collect()
+    }
+
+    /// The cluster, learned from the endpoints.
+    pub(crate) async fn cluster(&self) -> anyhow::Result<cairn_client::Cluster> {
         use anyhow::Context;
-        let endpoint = if self.endpoint.contains("://") {
-            self.endpoint.clone()
-        } else {
-            format!("http://{}", self.endpoint)
-        };
-        cairn_client::connect(&endpoint)
+        let endpoints = self.endpoints();
+        if endpoints.is_empty() {
+            anyhow::bail!("--endpoint is empty: give an agent address such as {DEFAULT_ENDPOINT}");
+        }
+        let mut config = cairn_client::ClusterConfig::new(endpoints.clone());
+        if let Some(z) = &self.zone {
+            config = config.zone(z.clone());
+        }
+        cairn_client::Cluster::connect(config)
             .await
-            .with_context(|| "is an agent running? start one with `cairn agent`".to_string())
+            .context("is an agent running? start one with `cairn agent`")
+    }
+
+    /// A channel to the first endpoint alone (for commands about one agent).
+    pub(crate) async fn first_agent(&self) -> anyhow::Result<cairn_client::Channel> {
+        use anyhow::Context;
+        let Some(endpoint) = self.endpoints().into_iter().next() else {
+            anyhow::bail!("--endpoint is empty: give an agent address such as {DEFAULT_ENDPOINT}");
+        };
+        cairn_client::connect(&endpoint).await.with_context(|| {
+            format!("is an agent running at {endpoint}? start one with `cairn agent`")
+        })
     }
 }

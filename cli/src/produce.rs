@@ -68,7 +68,7 @@ pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
     {
         bail!("--expected-offset must be 0 or more, got {n}");
     }
-    let channel = args.connect.channel().await?;
+    let channel = args.connect.cluster().await?;
     let config = ProducerConfig {
         codec: args.codec.into(),
         ..ProducerConfig::default()

@@ -76,7 +76,7 @@ pub(crate) async fn run(cmd: ShareCommand) -> anyhow::Result<()> {
         max_records: u32::try_from(limit.min(500)).unwrap_or(500),
         ..ShareConfig::default()
     };
-    let mut consumer = ShareConsumer::new(connect.channel().await?, &group, &topic, config);
+    let mut consumer = ShareConsumer::new(connect.cluster().await?, &group, &topic, config);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut printed = 0u64;

@@ -24,7 +24,7 @@ fn mib(b: u64) -> f64 {
 }
 
 pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
-    let admin = Admin::new(args.connect.channel().await?);
+    let admin = Admin::new(args.connect.first_agent().await?);
     let a = admin.agent_status().await?;
     tokio::time::sleep(args.sample).await;
     let b = admin.agent_status().await?;
@@ -38,9 +38,12 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
     };
     let up = Duration::from_secs(b.uptime_seconds as u64);
     println!(
-        "agent          {} (cairn {})",
-        args.connect.endpoint, b.version
+        "agent          {} at {} (cairn {})",
+        b.agent_id, b.advertised_address, b.version
     );
+    if !b.zone.is_empty() {
+        println!("zone           {}", b.zone);
+    }
     println!("uptime         {}", humantime::format_duration(up));
     println!("object store   {}", b.object_store);
     println!("metadata       {}", b.metadata_backend);

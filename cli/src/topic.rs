@@ -131,18 +131,18 @@ pub(crate) async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
                 retention_ms,
                 retention_bytes,
             };
-            let admin = Admin::new(connect.channel().await?);
+            let admin = Admin::new(connect.cluster().await?);
             let t = admin.create_topic(&name, partitions, options).await?;
             eprintln!("created topic {} with {} partitions", t.name, t.partitions);
         }
         TopicCommand::List { connect } => {
-            let admin = Admin::new(connect.channel().await?);
+            let admin = Admin::new(connect.cluster().await?);
             for t in admin.list_topics().await? {
                 print_topic(&t);
             }
         }
         TopicCommand::Describe { name, connect } => {
-            let admin = Admin::new(connect.channel().await?);
+            let admin = Admin::new(connect.cluster().await?);
             let d = admin.describe_topic(&name).await?;
             if let Some(t) = &d.topic {
                 print_topic(t);
@@ -161,7 +161,7 @@ pub(crate) async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             }
         }
         TopicCommand::Delete { name, connect } => {
-            Admin::new(connect.channel().await?)
+            Admin::new(connect.cluster().await?)
                 .delete_topic(&name)
                 .await?;
             eprintln!("deleted topic {name}");
@@ -172,7 +172,7 @@ pub(crate) async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             before,
             connect,
         } => {
-            let start = Admin::new(connect.channel().await?)
+            let start = Admin::new(connect.cluster().await?)
                 .delete_records(&name, partition, before)
                 .await?;
             eprintln!("{name}/{partition} now starts at offset {start}");
@@ -182,7 +182,7 @@ pub(crate) async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             partitions,
             connect,
         } => {
-            let t = Admin::new(connect.channel().await?)
+            let t = Admin::new(connect.cluster().await?)
                 .add_partitions(&name, partitions)
                 .await?;
             eprintln!("topic {} now has {} partitions", t.name, t.partitions);

@@ -2,11 +2,11 @@
 //! `GroupService`. Listings are paged on the wire; the methods here follow the pages and
 //! return everything.
 
+use crate::Cluster;
 use cairn_proto::v2::{
     self, Codec, GroupKind, admin_service_client::AdminServiceClient,
     group_service_client::GroupServiceClient,
 };
-use tonic::transport::Channel;
 
 use crate::ClientError;
 
@@ -44,13 +44,15 @@ pub enum ResetTo {
 /// groups.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    client: AdminServiceClient<Channel>,
-    groups: GroupServiceClient<Channel>,
+    client: AdminServiceClient<Cluster>,
+    groups: GroupServiceClient<Cluster>,
 }
 
 impl Admin {
-    /// An admin client over `channel`.
-    pub fn new(channel: Channel) -> Self {
+    /// An admin client over `cluster` (a [`Cluster`] or one agent's
+    /// [`Channel`](crate::Channel)).
+    pub fn new(cluster: impl Into<Cluster>) -> Self {
+        let channel = cluster.into();
         Admin {
             client: AdminServiceClient::new(channel.clone())
                 .max_decoding_message_size(crate::MAX_MESSAGE_BYTES),
@@ -86,6 +88,17 @@ impl Admin {
             .client
             .clone()
             .get_agent_status(v2::GetAgentStatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// The cluster's live agents as the answering agent reads them from the registry,
+    /// with that agent's id and clock.
+    pub async fn describe_cluster(&self) -> Result<v2::DescribeClusterResponse, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .describe_cluster(v2::DescribeClusterRequest {})
             .await?
             .into_inner())
     }

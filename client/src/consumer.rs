@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::Cluster;
+use crate::cluster::{Route, route};
 use bytes::Bytes;
 use cairn_proto::FrameError;
 use cairn_proto::v2::{
@@ -11,7 +13,6 @@ use cairn_proto::v2::{
 };
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use tonic::transport::Channel;
 
 use crate::{ClientError, MAX_MESSAGE_BYTES};
 
@@ -73,15 +74,18 @@ struct Assignment {
 /// Reads assigned topic-partitions in offset order.
 #[derive(Debug)]
 pub struct Consumer {
-    client: ConsumerServiceClient<Channel>,
-    admin: AdminServiceClient<Channel>,
+    client: ConsumerServiceClient<Cluster>,
+    admin: AdminServiceClient<Cluster>,
     config: ConsumerConfig,
     assigned: Vec<Assignment>,
 }
 
 impl Consumer {
-    /// A consumer over `channel` with nothing assigned.
-    pub fn new(channel: Channel, config: ConsumerConfig) -> Self {
+    /// A consumer over `cluster` (a [`Cluster`] or one agent's
+    /// [`Channel`](crate::Channel)) with nothing assigned. Each partition is fetched from
+    /// its owner among the cluster's agents.
+    pub fn new(cluster: impl Into<Cluster>, config: ConsumerConfig) -> Self {
+        let channel = cluster.into();
         Consumer {
             client: ConsumerServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
@@ -208,6 +212,13 @@ impl Consumer {
                     max_bytes: (max_bytes > 0).then_some(max_bytes),
                     max_wait_ms: wait_ms,
                 };
+                let request = route(
+                    tonic::Request::new(request),
+                    Route::Partition {
+                        topic: a.topic.clone(),
+                        partition: a.partition,
+                    },
+                );
                 async move { (i, client.fetch(request).await) }
             })
             .collect();

@@ -25,6 +25,14 @@ pub enum ClientError {
         #[source]
         source: tonic::transport::Error,
     },
+    /// No agent of a cluster's bootstrap list (nor any agent it knew) answered.
+    #[error("no agent answered at {addresses}: {last_error}")]
+    Unreachable {
+        /// The addresses tried.
+        addresses: String,
+        /// The last failure, with its causes.
+        last_error: String,
+    },
     /// The agent answered with an error status ([`ClientError::reason`] says why).
     #[error("{}: {}", code_name(.0.code()), .0.message())]
     Status(tonic::Status),
@@ -246,8 +254,10 @@ impl ClientError {
         matches!(
             self.code(),
             Some(tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::DeadlineExceeded)
-        ) || matches!(self, ClientError::Connect { .. })
-            || matches!(self, ClientError::Status(s) if is_transport_failure(s))
+        ) || matches!(
+            self,
+            ClientError::Connect { .. } | ClientError::Unreachable { .. }
+        ) || matches!(self, ClientError::Status(s) if is_transport_failure(s))
     }
 }
 

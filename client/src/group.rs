@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use crate::Cluster;
 use cairn_proto::v2::{self, ErrorReason, group_service_client::GroupServiceClient};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use crate::{ClientError, ConsumedRecord, Consumer, ConsumerConfig, Offset};
 
@@ -39,7 +39,7 @@ impl Default for GroupConfig {
 /// owns the partition next) only what was not yet processed.
 #[derive(Debug)]
 pub struct GroupConsumer {
-    groups: GroupServiceClient<Channel>,
+    groups: GroupServiceClient<Cluster>,
     admin: crate::Admin,
     consumer: Consumer,
     group: String,
@@ -55,7 +55,7 @@ pub struct GroupConsumer {
 impl GroupConsumer {
     /// Joins `group`, subscribed to `topics`, and takes the assigned partitions.
     pub async fn join(
-        channel: Channel,
+        cluster: impl Into<Cluster>,
         group: &str,
         topics: &[&str],
         config: GroupConfig,
@@ -65,6 +65,7 @@ impl GroupConsumer {
                 "a group member needs at least one topic".into(),
             ));
         }
+        let channel = cluster.into();
         let mut me = GroupConsumer {
             groups: GroupServiceClient::new(channel.clone()),
             admin: crate::Admin::new(channel.clone()),

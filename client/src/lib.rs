@@ -52,6 +52,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod cluster;
 mod consumer;
 mod error;
 mod group;
@@ -66,9 +67,11 @@ pub use admin::{Admin, ResetTo, TopicOptions};
 /// The error of a frame that fails to build or to open (see [`ClientError::Corrupt`]).
 pub use cairn_proto::FrameError;
 pub use cairn_proto::v2::{
-    Codec, DescribeGroupResponse, DescribeTopicResponse, ErrorReason, GetAgentStatusResponse,
-    LatencyHistogram, PartitionInfo, PartitionOffset, TopicInfo,
+    AgentInfo, Codec, DescribeClusterResponse, DescribeGroupResponse, DescribeTopicResponse,
+    ErrorReason, GetAgentStatusResponse, LatencyHistogram, PartitionInfo, PartitionOffset,
+    TopicInfo,
 };
+pub use cluster::{Cluster, ClusterConfig};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Offset};
 pub use error::{ClientError, RejectReason, Rejected};
 pub use group::{GroupConfig, GroupConsumer};

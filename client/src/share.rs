@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::Cluster;
 use cairn_proto::v2::{self, SettleAction, share_service_client::ShareServiceClient};
-use tonic::transport::Channel;
 
 use crate::consumer::{consumed, open_fetched};
 use crate::{ClientError, ConsumedRecord, MAX_MESSAGE_BYTES};
@@ -58,7 +58,7 @@ enum Action {
 /// A member of a share group reading one topic.
 #[derive(Debug, Clone)]
 pub struct ShareConsumer {
-    client: ShareServiceClient<Channel>,
+    client: ShareServiceClient<Cluster>,
     group: String,
     topic: String,
     member_id: String,
@@ -68,7 +68,8 @@ pub struct ShareConsumer {
 impl ShareConsumer {
     /// A consumer of `topic` in share group `group` (created on first use, reading from
     /// the earliest offset).
-    pub fn new(channel: Channel, group: &str, topic: &str, config: ShareConfig) -> Self {
+    pub fn new(cluster: impl Into<Cluster>, group: &str, topic: &str, config: ShareConfig) -> Self {
+        let channel = cluster.into();
         let member_id = config.member_id.clone().unwrap_or_else(|| {
             // Only needs to be unique among the group's consumers; no outcome depends on it.
             #[allow(clippy::disallowed_methods)]

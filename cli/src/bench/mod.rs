@@ -5,6 +5,7 @@
 //! `workload` (the producers, consumers and raw PUTs that make the load) and `report`
 //! (percentiles, the bill, the agent's latency terms, and printing).
 
+mod agents;
 mod args;
 mod embedded;
 mod report;
@@ -27,7 +28,8 @@ Examples:
   cairn bench produce --embedded --duration 30s --record-size 1KiB --baseline
   AWS_ENDPOINT_URL=http://127.0.0.1:4566 cairn bench produce --embedded --object-store s3://cairn/bench
   cairn bench produce --embedded --codec lz4 --record-size 4KiB
-  cairn bench produce --endpoint http://agent:7170 --producers 8 --rate 50000 --json")]
+  cairn bench produce --endpoint http://agent:7170 --producers 8 --rate 50000 --json
+  cairn bench produce --endpoint a:7170,b:7170,c:7170 --producers 6   # a cluster, per-agent shares")]
     Produce(Common),
     /// Producers and a consumer together: end-to-end latency from send to receipt.
     E2e(Common),
@@ -90,15 +92,17 @@ async fn agent_bench(c: Common, kind: Kind) -> anyhow::Result<()> {
     } else {
         None
     };
-    let endpoint = match &embedded {
-        Some(e) => e.endpoint.clone(),
-        None if c.connect.endpoint.contains("://") => c.connect.endpoint.clone(),
-        None => format!("http://{}", c.connect.endpoint),
+    let endpoints = match &embedded {
+        Some(e) => vec![e.endpoint.clone()],
+        None => c.connect.endpoints(),
     };
+    if endpoints.is_empty() {
+        bail!("--endpoint is empty: give one agent address or several, comma-separated");
+    }
     let result = run_against(
         &c,
         kind,
-        &endpoint,
+        &endpoints,
         embedded.as_ref().map(|e| e.store_url.clone()),
     )
     .await;

@@ -95,6 +95,9 @@ pub(crate) struct Report {
     /// Where a produce's time goes at the agent during the run, next to the budget the
     /// produce p99 is held to.
     pub(super) latency_terms: Option<LatencyTerms>,
+    /// Each agent's share when the run used several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(super) agents: Vec<super::agents::AgentShare>,
 }
 
 /// The agent-side terms of produce latency over the run (p99s interpolated from the
@@ -250,6 +253,7 @@ pub(super) fn report(
         raw_put_mib_per_sec: raw.as_ref().map(|r| r.mib_per_sec),
         ingest_to_raw_put_ratio: raw.as_ref().map(|r| mib_per_sec / r.mib_per_sec.max(1e-9)),
         latency_terms: c.embedded.then(|| latency_terms(c.linger, before, after)),
+        agents: Vec::new(),
     }
 }
 
@@ -346,5 +350,21 @@ pub(super) fn print_report(r: &Report) {
             "raw PUT baseline   {raw:.1} MiB/s; agent ingest is {:.0}% of it",
             ratio * 100.0
         );
+    }
+    if !r.agents.is_empty() {
+        println!(
+            "per agent          {} agents (cpu and peak RSS above are their sums and maximum)",
+            r.agents.len()
+        );
+        for a in &r.agents {
+            println!(
+                "  {:<24} zone {:<8} produce {:>8.2} MiB/s  fetch {:>8.2} MiB/s  cpu {:.2} s",
+                a.id,
+                if a.zone.is_empty() { "-" } else { &a.zone },
+                a.produce_mib_per_sec,
+                a.fetch_mib_per_sec,
+                a.cpu_seconds
+            );
+        }
     }
 }

@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use cairn_client::{
-    Admin, Consumer, ConsumerConfig, Offset, Producer, ProducerConfig, ProducerRecord, TopicOptions,
+    Admin, Cluster, ClusterConfig, Consumer, ConsumerConfig, Offset, Producer, ProducerConfig,
+    ProducerRecord, TopicOptions,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 use object_store::{ObjectStoreExt, PutPayload};
 
+use super::agents::{Agents, merged};
 use super::report::{
     Bill, GIB, MIB, Percentiles, RawReport, Report, S3_GET_PER_1000, S3_PUT_PER_1000, peak_rss,
     percentiles, report,
@@ -123,11 +125,20 @@ pub(super) async fn raw_put(
     ))
 }
 
-/// One agent benchmark against `endpoint`.
+/// The cluster at `endpoints` as a client of the bench's zone sees it.
+async fn cluster(c: &Common, endpoints: &[String]) -> anyhow::Result<Cluster> {
+    let mut config = ClusterConfig::new(endpoints.to_vec());
+    if let Some(z) = &c.connect.zone {
+        config = config.zone(z.clone());
+    }
+    Ok(Cluster::connect(config).await?)
+}
+
+/// One benchmark against the cluster at `endpoints` (one agent or many).
 pub(super) async fn run_against(
     c: &Common,
     kind: Kind,
-    endpoint: &str,
+    endpoints: &[String],
     store_url: Option<String>,
 ) -> anyhow::Result<Report> {
     let raw = match (&store_url, c.baseline) {
@@ -144,19 +155,21 @@ pub(super) async fn run_against(
         ),
         _ => None,
     };
-    let channel = cairn_client::connect(endpoint).await?;
+    let channel = cluster(c, endpoints).await?;
     let admin = Admin::new(channel.clone());
+    let agents = Agents::connect(&channel, endpoints.first().map_or("", |e| e.as_str())).await?;
     if let Some(existing) = &c.topic {
         if kind != Kind::Consume {
             bail!("--topic is for `cairn bench consume` (produce benches make their own topic)");
         }
-        return read_existing(c, &admin, channel, existing).await;
+        return read_existing(c, &admin, &agents, channel, existing).await;
     }
     let topic = format!("bench-{}", std::process::id());
     admin
         .create_topic(&topic, c.partitions, TopicOptions::default())
         .await?;
-    let before = admin.agent_status().await?;
+    let before_each = agents.statuses().await?;
+    let before = merged(&before_each);
     let pool = random_pool();
     let epoch = Instant::now();
     let acked = Arc::new(AtomicU64::new(0));
@@ -216,7 +229,9 @@ pub(super) async fn run_against(
     let mut tasks = Vec::new();
     for p in 0..c.producers {
         let (topic, pool, acked) = (topic.clone(), pool.clone(), acked.clone());
-        let channel = cairn_client::connect(endpoint).await?;
+        // Each producer learns the cluster itself and picks its own agent, as separate
+        // clients would.
+        let channel = cluster(c, endpoints).await?;
         let size = c.record_size;
         let per_producer_rate = c.rate as f64 / c.producers as f64;
         let config = ProducerConfig {
@@ -305,13 +320,15 @@ pub(super) async fn run_against(
     } else {
         (None, None)
     };
-    let after = admin.agent_status().await?;
+    let after_each = agents.statuses().await?;
+    let after = merged(&after_each);
+    let shares = agents.shares(&before_each, &after_each, epoch.elapsed().as_secs_f64());
     if c.keep {
         eprintln!("kept topic {topic}");
     } else {
         admin.delete_topic(&topic).await?;
     }
-    Ok(report(
+    let mut report = report(
         c,
         kind,
         &before,
@@ -324,20 +341,26 @@ pub(super) async fn run_against(
         read_records,
         read_mib,
         raw,
-    ))
+    );
+    if agents.len() > 1 {
+        report.agents = shares;
+    }
+    Ok(report)
 }
 
 /// `bench consume --topic T --from N`: catch-up read throughput of stored data.
 async fn read_existing(
     c: &Common,
     admin: &Admin,
-    channel: cairn_client::Channel,
+    agents: &Agents,
+    channel: Cluster,
     topic: &str,
 ) -> anyhow::Result<Report> {
     if c.from < 0 {
         bail!("--from must be 0 or more, got {}", c.from);
     }
-    let before = admin.agent_status().await?;
+    let before_each = agents.statuses().await?;
+    let before = merged(&before_each);
     let described = admin.describe_topic(topic).await?;
     let partitions = described.partitions.len() as u32;
     let mut consumer = Consumer::new(channel, ConsumerConfig::default());
@@ -369,7 +392,8 @@ async fn read_existing(
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64().max(1e-9);
-    let after = admin.agent_status().await?;
+    let after_each = agents.statuses().await?;
+    let after = merged(&after_each);
     let d = |a: u64, b: u64| b.saturating_sub(a);
     let gets = d(before.object_gets, after.object_gets);
     let gib = (bytes as f64 / GIB).max(1e-12);
@@ -392,6 +416,11 @@ async fn read_existing(
         },
         agent_cpu_seconds: (after.cpu_seconds - before.cpu_seconds).max(0.0),
         agent_peak_rss_bytes: peak_rss(&after),
+        agents: if agents.len() > 1 {
+            agents.shares(&before_each, &after_each, secs)
+        } else {
+            Vec::new()
+        },
         ..Report::default()
     })
 }

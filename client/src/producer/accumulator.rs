@@ -4,14 +4,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::Cluster;
 use cairn_proto::v2::{self, admin_service_client::AdminServiceClient};
 use cairn_proto::{MAX_FRAME_RECORDS, partition_for_key};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use super::sender::{OutBatch, Outgoing};
-use super::{Ack, ProducerConfig, ProducerRecord, TOPIC_TTL, to_wire};
+use super::{Ack, ProducerConfig, ProducerRecord, to_wire};
 use crate::ClientError;
 
 /// A topic and partition.
@@ -31,7 +31,7 @@ struct Pending {
 /// The batches of every partition the producer has records for.
 pub(super) struct Accumulator {
     config: ProducerConfig,
-    admin: AdminServiceClient<Channel>,
+    admin: AdminServiceClient<Cluster>,
     /// Partition counts, with when they were read.
     topics: HashMap<String, (u32, Instant)>,
     /// The partition unkeyed records of a topic go to until its batch is sent.
@@ -42,7 +42,7 @@ pub(super) struct Accumulator {
 
 impl Accumulator {
     /// An empty accumulator that reads partition counts through `admin`.
-    pub(super) fn new(config: ProducerConfig, admin: AdminServiceClient<Channel>) -> Self {
+    pub(super) fn new(config: ProducerConfig, admin: AdminServiceClient<Cluster>) -> Self {
         Accumulator {
             config,
             admin,
@@ -216,10 +216,11 @@ impl Accumulator {
         self.pending_bytes += size;
     }
 
-    /// The partition count of `topic`, from a cache refreshed every [`TOPIC_TTL`].
+    /// The partition count of `topic`, from a cache refreshed every
+    /// [`ProducerConfig::metadata_max_age`].
     async fn partitions(&mut self, topic: &str) -> Result<u32, ClientError> {
         if let Some(&(n, at)) = self.topics.get(topic)
-            && at.elapsed() < TOPIC_TTL
+            && at.elapsed() < self.config.metadata_max_age
         {
             return Ok(n);
         }

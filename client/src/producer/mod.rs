@@ -37,21 +37,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::Cluster;
 use bytes::Bytes;
 use cairn_proto::MAX_FRAME_RECORDS;
 use cairn_proto::v2::{self, Codec};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use crate::ClientError;
 #[cfg(doc)]
 use crate::error::RejectReason;
 use sender::OutBatch;
 use worker::Worker;
-
-/// How long a topic's partition count is trusted before it is read again.
-const TOPIC_TTL: Duration = Duration::from_secs(30);
 
 /// Producer tunables.
 #[derive(Debug, Clone)]
@@ -82,6 +79,11 @@ pub struct ProducerConfig {
     pub max_in_flight: usize,
     /// How long one request may take before it is treated as lost and retried.
     pub request_timeout: Duration,
+    /// How long a topic's partition count is trusted before it is read again (Kafka's
+    /// `metadata.max.age.ms`): partitions added online get records after at most this long.
+    /// Keyed records then hash over the new count, so a key's later records may go to
+    /// another partition than its earlier ones.
+    pub metadata_max_age: Duration,
     /// How each batch's frame is compressed: [`Codec::Zstd`] (the default),
     /// [`Codec::Lz4Frame`] (faster, larger) or [`Codec::None`]; [`Codec::Unspecified`]
     /// selects zstd. Consumers read every codec, whatever the topic's own codec is.
@@ -102,6 +104,7 @@ impl Default for ProducerConfig {
             name: None,
             max_in_flight: 5,
             request_timeout: Duration::from_secs(30),
+            metadata_max_age: Duration::from_secs(30),
             codec: Codec::Zstd,
         }
     }
@@ -264,9 +267,11 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// A producer over `channel`; its background task starts at once (the producer id is
-    /// fetched with the first request).
-    pub fn new(channel: Channel, config: ProducerConfig) -> Self {
+    /// A producer over `cluster` (a [`Cluster`] or one agent's
+    /// [`Channel`](crate::Channel)); its background task starts at once (the producer id
+    /// is fetched with the first request).
+    pub fn new(cluster: impl Into<Cluster>, config: ProducerConfig) -> Self {
+        let channel = cluster.into();
         let (tx, rx) = mpsc::channel(4096);
         let buffer_max = config.buffer_max_bytes.clamp(1, Semaphore::MAX_PERMITS);
         let worker = Worker::new(channel, config);
@@ -520,7 +525,7 @@ pub(super) mod testing {
     }
 
     /// A channel to nowhere (nothing in these tests connects).
-    pub(super) fn channel() -> Channel {
-        tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy()
+    pub(super) fn channel() -> Cluster {
+        Cluster::from(tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy())
     }
 }

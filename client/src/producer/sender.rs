@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use tokio::time::Instant;
 
+use crate::Cluster;
 use cairn_proto::v2::{
     self, Codec, ProduceBatch, ProducerStamp, producer_service_client::ProducerServiceClient,
 };
 use cairn_proto::{FrameError, build_frame};
 use tokio::sync::OwnedSemaphorePermit;
-use tonic::transport::Channel;
 
 use super::accumulator::PartitionKey;
 use super::sequencer::SendState;
@@ -76,7 +76,7 @@ pub(super) struct Outgoing {
 /// Builds the frames of one request's batches (a batch whose frame cannot be built fails;
 /// in an atomic request, every batch does), then sends the request and retries it.
 pub(super) async fn send_request(
-    client: ProducerServiceClient<Channel>,
+    client: ProducerServiceClient<Cluster>,
     config: ProducerConfig,
     out: Outgoing,
     shared: Arc<SendState>,
@@ -116,7 +116,7 @@ pub(super) async fn send_request(
 /// timeout. Retries send the same frames with the same stamps, so the agent never stores a
 /// second copy.
 async fn send_built(
-    mut client: ProducerServiceClient<Channel>,
+    mut client: ProducerServiceClient<Cluster>,
     config: ProducerConfig,
     batches: Vec<Built>,
     atomic: bool,

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 
+use crate::Cluster;
 use cairn_proto::v2::{
     self, Codec, admin_service_client::AdminServiceClient,
     producer_service_client::ProducerServiceClient,
@@ -10,7 +11,6 @@ use cairn_proto::v2::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 use super::accumulator::{Accumulator, PartitionKey};
 use super::sender::{Outgoing, fail_all, send_request};
@@ -20,7 +20,7 @@ use crate::{ClientError, MAX_MESSAGE_BYTES};
 
 /// The background task of one [`super::Producer`].
 pub(super) struct Worker {
-    producer: ProducerServiceClient<Channel>,
+    producer: ProducerServiceClient<Cluster>,
     pub(super) config: ProducerConfig,
     pub(super) acc: Accumulator,
     /// Requests formed and waiting for a slot, in order.
@@ -33,7 +33,7 @@ pub(super) struct Worker {
 
 impl Worker {
     /// A worker over `channel`, with the configuration's limits applied.
-    pub(super) fn new(channel: Channel, mut config: ProducerConfig) -> Self {
+    pub(super) fn new(channel: Cluster, mut config: ProducerConfig) -> Self {
         config.max_in_flight = if config.idempotence {
             config.max_in_flight.clamp(1, crate::MAX_IN_FLIGHT)
         } else {
