@@ -230,9 +230,19 @@ impl AgentProcess {
     /// Starts `cairn agent` with these flags and extra environment, and waits until it
     /// listens.
     pub fn start(args: &[&str], env: &[(String, String)]) -> anyhow::Result<AgentProcess> {
+        Self::start_at("127.0.0.1:0", args, env)
+    }
+
+    /// [`AgentProcess::start`] listening on `listen` (e.g. `127.0.0.3:0`: another loopback
+    /// address, a free port).
+    pub fn start_at(
+        listen: &str,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> anyhow::Result<AgentProcess> {
         let mut cmd = Command::new(cairn_bin()?);
         cmd.arg("agent")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(args)
             .env("CAIRN_LOG", "warn")
             .stdout(Stdio::piped())
@@ -242,10 +252,22 @@ impl AgentProcess {
         }
         let mut child = cmd.spawn().context("cannot start cairn agent")?;
         let stdout = child.stdout.take().context("no stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .context("reading the agent's first line")?;
+        // The first line comes from a reader thread, so an agent that hangs before it is
+        // ready fails the test instead of stalling it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
+            let _ = tx.send(read);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(read) => read.context("reading the agent's first line")?,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("cairn agent did not report it was listening within 60s");
+            }
+        };
         let Some(endpoint) = line.trim().strip_prefix("cairn agent listening on ") else {
             let status = child.wait()?;
             bail!(
@@ -276,6 +298,13 @@ impl AgentProcess {
             // No portable exit notification for a std child: poll it.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Kills the process with SIGKILL (a crash: nothing is flushed, nothing deregistered).
+    pub fn kill(mut self) -> anyhow::Result<()> {
+        self.child.kill().context("SIGKILL the agent")?;
+        self.child.wait().context("waiting for the killed agent")?;
+        Ok(())
     }
 
     /// Sends SIGTERM and waits for a clean exit.
@@ -500,14 +529,27 @@ pub async fn produce_workload_with(
     per_producer: usize,
     config: cairn_client::ProducerConfig,
 ) -> anyhow::Result<Vec<Sent>> {
+    let mut clusters = Vec::new();
+    for p in 0..producers {
+        let channel = cairn_client::connect(&endpoints[p % endpoints.len()]).await?;
+        clusters.push(cairn_client::Cluster::from(channel));
+    }
+    produce_workload_through(clusters, topic, per_producer, config).await
+}
+
+/// [`produce_workload_with`] with one producer per given cluster (or agent channel).
+pub async fn produce_workload_through(
+    clusters: Vec<cairn_client::Cluster>,
+    topic: &str,
+    per_producer: usize,
+    config: cairn_client::ProducerConfig,
+) -> anyhow::Result<Vec<Sent>> {
     use cairn_client::{Producer, ProducerRecord};
     let mut tasks = Vec::new();
-    for p in 0..producers {
-        let endpoint = endpoints[p % endpoints.len()].clone();
+    for (p, channel) in clusters.into_iter().enumerate() {
         let topic = topic.to_string();
         let config = config.clone();
         tasks.push(tokio::spawn(async move {
-            let channel = cairn_client::connect(&endpoint).await?;
             let producer = Producer::new(channel, config);
             let mut pending = Vec::with_capacity(per_producer);
             for seq in 0..per_producer {

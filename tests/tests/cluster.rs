@@ -1,0 +1,494 @@
+//! A cluster on one machine: `cairn agent` processes on different loopback addresses
+//! (127.0.0.2–5) in two zones over one throwaway PostgreSQL and LocalStack's S3.
+//!
+//! One scenario, in steps, because each step starts from the state the last one left:
+//! zone-aware produce and fetch (a client of zone z2 reads only through z2's agent), a
+//! client bootstrapping from a dead address among live ones, SIGKILL of the agent a
+//! producer and a group member use (they move to the other agent of their zone; nothing
+//! acked is lost or duplicated), a fourth agent joining under load (fetch ownership moves
+//! to it by rendezvous), and PostgreSQL restarting under load (agents answer UNAVAILABLE
+//! meanwhile and recover by themselves). At the end every acknowledged record is read
+//! back exactly once per partition, in order.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cairn_client::{
+    Admin, Cluster, ClusterConfig, ConsumedRecord, Consumer, ConsumerConfig,
+    GetAgentStatusResponse, GroupConfig, GroupConsumer, Offset, Producer, ProducerConfig,
+    ProducerRecord, TopicOptions,
+};
+use cairn_metadata::conformance::TempPostgres;
+use cairn_tests::{
+    AgentProcess, Sent, cairn_bin, file_agent_args, run_json, s3_env, s3_url, temp_dir,
+    verify_exact,
+};
+use tokio::sync::watch;
+
+const TOPIC: &str = "orders";
+const PARTITIONS: u32 = 12;
+
+/// The agents' common flags.
+fn agent_args(objects: &str, metadata: &str, id: &str, zone: &str) -> Vec<String> {
+    [
+        "--object-store",
+        objects,
+        "--metadata",
+        metadata,
+        "--agent-id",
+        id,
+        "--zone",
+        zone,
+        "--agent-lease",
+        "2s",
+        "--linger",
+        "20ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start(listen: &str, args: &[String], env: &[(String, String)]) -> anyhow::Result<AgentProcess> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    AgentProcess::start_at(listen, &args, env)
+}
+
+async fn cluster(bootstrap: &[&str], zone: &str) -> anyhow::Result<Cluster> {
+    let mut config = ClusterConfig::new(bootstrap.iter().copied()).zone(zone);
+    config.refresh_interval = Duration::from_millis(300);
+    Ok(Cluster::connect(config).await?)
+}
+
+async fn status(endpoint: &str) -> anyhow::Result<GetAgentStatusResponse> {
+    Ok(Admin::new(cairn_client::connect(endpoint).await?)
+        .agent_status()
+        .await?)
+}
+
+/// Reads every partition from the beginning to the current high watermarks through `c`.
+async fn read_all(c: &Cluster) -> anyhow::Result<Vec<ConsumedRecord>> {
+    let mut consumer = Consumer::new(c.clone(), ConsumerConfig::default());
+    consumer.assign_all(TOPIC, Offset::Beginning).await?;
+    let mut out = Vec::new();
+    loop {
+        let batch = consumer.poll(Duration::ZERO).await?;
+        if batch.is_empty() && consumer.caught_up() {
+            return Ok(out);
+        }
+        out.extend(batch);
+    }
+}
+
+/// A producer that keeps sending keyed records until told to stop, publishing how many were
+/// acknowledged; its result is every acknowledged record and the longest time between two
+/// acknowledgements.
+struct Load {
+    acked: watch::Receiver<u64>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<(Vec<Sent>, Duration)>>,
+}
+
+impl Load {
+    fn start(c: Cluster, producer: usize) -> Load {
+        let (tx, acked) = watch::channel(0u64);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let task = tokio::spawn(async move {
+            let config = ProducerConfig {
+                linger: Duration::from_millis(2),
+                ..ProducerConfig::default()
+            };
+            let p = Producer::new(c, config);
+            let mut sent = Vec::new();
+            let mut longest = Duration::ZERO;
+            let mut last = Instant::now();
+            let mut seq = 0usize;
+            while !stopping.load(Ordering::SeqCst) {
+                // Windows of 50 records: enough in flight to pipeline, few enough that the
+                // gaps between acknowledgements show a failover.
+                let mut pending = Vec::new();
+                for _ in 0..50 {
+                    let key = bytes::Bytes::from(format!("key-{}", seq % 97));
+                    let value = bytes::Bytes::from(format!("producer {producer} record {seq}"));
+                    let record = ProducerRecord::new(TOPIC, value.clone())
+                        .key(key.clone())
+                        .header("seq", seq.to_string());
+                    let headers = record.headers.clone();
+                    pending.push((seq, key, value, headers, p.send(record).await?));
+                    seq += 1;
+                }
+                let mut errors = Vec::new();
+                for (seq, key, value, headers, d) in pending {
+                    let meta = match d.await {
+                        Ok(m) => m,
+                        Err(e) => {
+                            errors.push(format!(
+                                "record {seq} ({}): {e}",
+                                String::from_utf8_lossy(&key)
+                            ));
+                            continue;
+                        }
+                    };
+                    longest = longest.max(last.elapsed());
+                    last = Instant::now();
+                    sent.push(Sent {
+                        producer,
+                        seq,
+                        key,
+                        value,
+                        headers,
+                        partition: meta.partition,
+                        offset: meta.offset,
+                    });
+                }
+                if !errors.is_empty() {
+                    anyhow::bail!("{} deliveries failed:\n{}", errors.len(), errors.join("\n"));
+                }
+                tx.send_replace(sent.len() as u64);
+            }
+            p.close().await?;
+            Ok((sent, longest))
+        });
+        Load { acked, stop, task }
+    }
+
+    /// Waits until `n` more records than now were acknowledged.
+    async fn progress(&mut self, n: u64) -> anyhow::Result<()> {
+        let target = *self.acked.borrow() + n;
+        match tokio::time::timeout(
+            Duration::from_secs(120),
+            self.acked.wait_for(|a| *a >= target),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            // The producer task ended: it failed.
+            Ok(Err(_)) => match (&mut self.task).await? {
+                Err(e) => Err(e.context("the producer failed")),
+                Ok(_) => anyhow::bail!("the producer stopped"),
+            },
+            Err(_) => anyhow::bail!("the producer made no progress for 120s"),
+        }
+    }
+
+    async fn finish(self) -> anyhow::Result<(Vec<Sent>, Duration)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await?
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> anyhow::Result<()> {
+    let pg = TempPostgres::start().map_err(anyhow::Error::msg)?;
+    let metadata = pg
+        .create_database("cluster")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let objects = s3_url("cluster");
+    let env = s3_env()?;
+    let a = start(
+        "127.0.0.2:0",
+        &agent_args(&objects, &metadata, "a", "z1"),
+        &env,
+    )?;
+    let b = start(
+        "127.0.0.3:0",
+        &agent_args(&objects, &metadata, "b", "z1"),
+        &env,
+    )?;
+    let c = start(
+        "127.0.0.4:0",
+        &agent_args(&objects, &metadata, "c", "z2"),
+        &env,
+    )?;
+
+    // Bootstrapping from a dead address among live ones works: the client learns all three.
+    let z1 = cluster(&["http://127.0.0.1:1", &a.endpoint], "z1").await?;
+    let mut agents = z1.agents();
+    agents.sort();
+    let seen: Vec<(&str, &str)> = agents
+        .iter()
+        .map(|(id, _, zone)| (id.as_str(), zone.as_str()))
+        .collect();
+    assert_eq!(seen, [("a", "z1"), ("b", "z1"), ("c", "z2")]);
+    let z2 = cluster(&[&b.endpoint], "z2").await?;
+    // `cairn cluster` shows the same view; a CLI client of zone z2 asks z2's agent.
+    let shown = run_json(std::process::Command::new(cairn_bin()?).args([
+        "cluster",
+        "--endpoint",
+        &format!("127.0.0.1:1,{}", a.endpoint),
+        "--zone",
+        "z2",
+        "--json",
+    ]))?;
+    let ids: Vec<&str> = shown["agents"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["a", "b", "c"], "{shown}");
+    assert_eq!(shown["answered_by"], "c", "{shown}");
+    Admin::new(z1.clone())
+        .create_topic(TOPIC, PARTITIONS, TopicOptions::default())
+        .await?;
+
+    // Zone-aware produce: z1's producers use a and b, never c.
+    let mut all_sent: Vec<Sent> = Vec::new();
+    let clusters = vec![
+        cluster(&[&a.endpoint], "z1").await?,
+        cluster(&[&c.endpoint], "z1").await?,
+    ];
+    let sent =
+        cairn_tests::produce_workload_through(clusters, TOPIC, 500, ProducerConfig::default())
+            .await?;
+    // Producer numbers 0 and 1 are used by the workload; the loads below use 10 and up.
+    all_sent.extend(sent);
+    assert_eq!(
+        status(&c.endpoint).await?.produce_records,
+        0,
+        "z1 never produced to c"
+    );
+    assert!(
+        status(&a.endpoint).await?.produce_records + status(&b.endpoint).await?.produce_records
+            >= 1000
+    );
+
+    // Zone-aware fetch: a z2 reader reads everything through c alone.
+    let (fa, fb) = (
+        status(&a.endpoint).await?.fetch_bytes,
+        status(&b.endpoint).await?.fetch_bytes,
+    );
+    let got = read_all(&z2).await?;
+    verify_exact(&all_sent, &got)?;
+    assert!(
+        status(&c.endpoint).await?.fetch_bytes > 0,
+        "z2 reads through c"
+    );
+    assert_eq!(
+        status(&a.endpoint).await?.fetch_bytes,
+        fa,
+        "z2 never fetched from a"
+    );
+    assert_eq!(
+        status(&b.endpoint).await?.fetch_bytes,
+        fb,
+        "z2 never fetched from b"
+    );
+
+    // A group member of z1 follows the topic throughout.
+    let members = cluster(&[&a.endpoint], "z1").await?;
+    // Distinct records the member read, and (once the loads end) how many there are.
+    let consumed = Arc::new(AtomicU64::new(0));
+    let group_target = Arc::new(AtomicU64::new(0));
+    let group = {
+        let (members, consumed, target) = (members.clone(), consumed.clone(), group_target.clone());
+        tokio::spawn(async move {
+            let config = GroupConfig {
+                session_timeout: Duration::from_secs(6),
+                start: Offset::Beginning,
+                ..GroupConfig::default()
+            };
+            let mut g = GroupConsumer::join(members, "audit", &[TOPIC], config).await?;
+            let mut committed = false;
+            let mut seen = std::collections::HashSet::new();
+            // Until every record is read and the last position committed.
+            loop {
+                let t = target.load(Ordering::SeqCst);
+                if t > 0 && seen.len() as u64 >= t && committed {
+                    break;
+                }
+                let records = match g.poll(Duration::from_millis(200)).await {
+                    Ok(r) => r,
+                    // The agent it used died: the next call goes to another one.
+                    Err(e) if e.is_retryable() => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                seen.extend(records.iter().map(|r| (r.partition, r.offset)));
+                consumed.store(seen.len() as u64, Ordering::SeqCst);
+                committed = match g.commit().await {
+                    Ok(()) => true,
+                    Err(e) if e.is_retryable() => false,
+                    Err(e) => return Err(anyhow::Error::from(e)),
+                };
+            }
+            g.leave().await?;
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+
+    // SIGKILL the agent a z1 producer uses, under load: it moves to the other z1 agent.
+    let load_cluster = cluster(&[&a.endpoint], "z1").await?;
+    let mut load = Load::start(load_cluster.clone(), 10);
+    load.progress(500).await?;
+    let victim = load_cluster
+        .produce_agent()
+        .expect("the producer has chosen an agent");
+    let (victim, survivor) = if victim == "a" { (a, b) } else { (b, a) };
+    let killed_at = Instant::now();
+    victim.kill()?;
+    load.progress(1000).await?;
+    let (sent, longest_gap) = load.finish().await?;
+    let failover = longest_gap;
+    eprintln!(
+        "failover: {} records acked, longest gap between acks {:?} (killed {:?} ago)",
+        sent.len(),
+        failover,
+        killed_at.elapsed()
+    );
+    assert_eq!(
+        load_cluster.produce_agent().as_deref(),
+        Some(if survivor.endpoint.contains("127.0.0.2") {
+            "a"
+        } else {
+            "b"
+        }),
+        "the producer moved to the surviving agent of its zone"
+    );
+    all_sent.extend(sent);
+
+    eprintln!("step: the killed agent's lease runs out");
+    // Its registration runs out: clients stop listing it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        z1.refresh().await?;
+        if z1.agents().len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed agent never left the view"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    eprintln!("step: a fourth agent joins");
+    // A fourth agent joins under load: partitions of z1 move to it by rendezvous.
+    let owners_before: Vec<Option<String>> = (0..PARTITIONS).map(|p| z1.owner(TOPIC, p)).collect();
+    let mut load = Load::start(cluster(&[&survivor.endpoint], "z1").await?, 11);
+    load.progress(300).await?;
+    let d = start(
+        "127.0.0.5:0",
+        &agent_args(&objects, &metadata, "d", "z1"),
+        &env,
+    )?;
+    z1.refresh().await?;
+    let owners_after: Vec<Option<String>> = (0..PARTITIONS).map(|p| z1.owner(TOPIC, p)).collect();
+    let moved: Vec<u32> = (0..PARTITIONS)
+        .filter(|&p| owners_before[p as usize] != owners_after[p as usize])
+        .collect();
+    assert!(!moved.is_empty(), "some partitions move to d");
+    for &p in &moved {
+        assert_eq!(
+            owners_after[p as usize].as_deref(),
+            Some("d"),
+            "partition {p} moved only to d"
+        );
+    }
+    load.progress(300).await?;
+    let d_before = status(&d.endpoint).await?.fetch_bytes;
+    let got = read_all(&z1).await?;
+    assert!(got.len() >= all_sent.len());
+    assert!(
+        status(&d.endpoint).await?.fetch_bytes > d_before,
+        "z1 reads d's partitions from d"
+    );
+
+    eprintln!("step: PostgreSQL restarts");
+    // PostgreSQL restarts under load: agents answer UNAVAILABLE meanwhile, then recover.
+    load.progress(300).await?;
+    pg.stop().map_err(anyhow::Error::msg)?;
+    let outage = Admin::new(cairn_client::connect(&d.endpoint).await?)
+        .describe_topic(TOPIC)
+        .await
+        .expect_err("no metadata, no answer");
+    assert_eq!(outage.code(), Some(tonic::Code::Unavailable), "{outage}");
+    pg.start_again().map_err(anyhow::Error::msg)?;
+    load.progress(500).await?;
+    let (sent, _) = load.finish().await?;
+    all_sent.extend(sent);
+
+    eprintln!("step: the group member catches up");
+    // The group member, whose agent may have been the one killed, reads every record.
+    group_target.store(all_sent.len() as u64, Ordering::SeqCst);
+    let finished = tokio::time::timeout(Duration::from_secs(120), group).await;
+    assert!(
+        finished.is_ok(),
+        "the group member read {} of {} records in 120s",
+        consumed.load(Ordering::SeqCst),
+        all_sent.len()
+    );
+    finished???;
+
+    eprintln!("step: reading everything back");
+    // Everything acknowledged, exactly once per partition, in order, read through z2.
+    let got = read_all(&z2).await?;
+    verify_exact(&all_sent, &got)?;
+    eprintln!(
+        "checked {} acknowledged records: none lost, none duplicated",
+        all_sent.len()
+    );
+    survivor.stop()?;
+    d.stop()?;
+    c.stop()?;
+    Ok(())
+}
+
+/// Bad cluster input is refused at start with an error that names the fix: a duplicate id
+/// of a live agent, an advertised address nobody can dial, a wildcard listen address
+/// without one, and bad zone names; and a client whose every bootstrap address is dead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cluster_input_is_refused_clearly() -> anyhow::Result<()> {
+    let dir = temp_dir()?;
+    let mut args = file_agent_args(dir.path());
+    args.extend(["--agent-id".into(), "one".into()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = AgentProcess::start(&argv, &[])?;
+
+    let refused = |extra: &[&str]| -> anyhow::Result<String> {
+        let out = std::process::Command::new(cairn_bin()?)
+            .arg("agent")
+            .args(file_agent_args(dir.path()))
+            .args(extra)
+            .env("CAIRN_LOG", "error")
+            .output()?;
+        anyhow::ensure!(!out.status.success(), "the agent started with {extra:?}");
+        Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let e = refused(&["--listen", "127.0.0.1:0", "--agent-id", "one"])?;
+    assert!(
+        e.contains("agent id `one` is already registered by a live agent at http://127.0.0.1:"),
+        "{e}"
+    );
+    let e = refused(&["--listen", "127.0.0.1:0", "--advertise", "127.0.0.1:1"])?;
+    assert!(
+        e.contains("advertised address http://127.0.0.1:1 is not reachable"),
+        "{e}"
+    );
+    let e = refused(&["--listen", "0.0.0.0:0"])?;
+    assert!(e.contains("--advertise HOST:PORT"), "{e}");
+    let e = refused(&["--listen", "127.0.0.1:0", "--zone", "eu west"])?;
+    assert!(e.contains("zone `eu west` contains ' '"), "{e}");
+    let e = refused(&["--listen", "127.0.0.1:0", "--advertise", "https://x:1"])?;
+    assert!(e.contains("must use http"), "{e}");
+
+    // Every bootstrap address dead: a clear, retryable error naming them.
+    let err = Cluster::connect(ClusterConfig::new(["127.0.0.1:1", "http://127.0.0.1:2"]))
+        .await
+        .expect_err("nothing answers");
+    assert!(err.is_retryable());
+    assert!(
+        err.to_string()
+            .starts_with("no agent answered at 127.0.0.1:1, http://127.0.0.1:2"),
+        "{err}"
+    );
+    // A client of a zone without agents uses the others.
+    let z = cluster(&[&first.endpoint], "nowhere").await?;
+    Admin::new(z)
+        .create_topic("t", 1, TopicOptions::default())
+        .await?;
+    first.stop()?;
+    Ok(())
+}
