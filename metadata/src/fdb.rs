@@ -3,7 +3,6 @@
 //! checks of the other backends run here too, so a violation reads the same everywhere.
 
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use foundationdb::options::{MutationType, StreamingMode};
