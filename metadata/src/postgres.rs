@@ -136,9 +136,15 @@ impl PostgresKv {
             )),
             other => MetaError::Kv(other),
         })?;
+        // Agents starting together on a new database race to create the table, and
+        // IF NOT EXISTS does not cover the race (the loser fails on the catalog's unique
+        // indexes): a transaction-scoped advisory lock makes the creations take turns.
         client
             .batch_execute(
-                "CREATE TABLE IF NOT EXISTS cairn_kv (k bytea PRIMARY KEY, v bytea NOT NULL)",
+                "BEGIN; \
+                 SELECT pg_advisory_xact_lock(7170); \
+                 CREATE TABLE IF NOT EXISTS cairn_kv (k bytea PRIMARY KEY, v bytea NOT NULL); \
+                 COMMIT;",
             )
             .await
             .map_err(|e| MetaError::Kv(map_err(e)))?;

@@ -85,3 +85,24 @@ async fn pending_writes_are_read_back_and_cleared_ranges_stay_clear()
     );
     Ok(())
 }
+
+/// Agents starting together on a new database all open it: the race to create the table is
+/// not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_agents_opening_a_new_database_at_once_all_succeed()
+-> Result<(), Box<dyn std::error::Error>> {
+    let pg = TempPostgres::start()?;
+    for round in 0..10 {
+        let url = pg.create_database(&format!("race_{round}")).await?;
+        let opens: Vec<_> = (0..16)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { PostgresKv::open(&url, Limits::default()).await })
+            })
+            .collect();
+        for opened in futures::future::join_all(opens).await {
+            opened??;
+        }
+    }
+    Ok(())
+}
