@@ -110,12 +110,23 @@ pub(crate) struct LatencyTerms {
     pub(super) segment_put_p99_ms: Option<f64>,
     pub(super) commit_p99_ms: Option<f64>,
     pub(super) budget_p99_ms: Option<f64>,
+    /// The median commit, next to its p99 (the metadata store's own latency).
+    pub(super) commit_p50_ms: Option<f64>,
 }
 
 /// The p99 in ms of a histogram's observations between two agent status readings.
 fn run_p99_ms(
     before: Option<&cairn_client::LatencyHistogram>,
     after: Option<&cairn_client::LatencyHistogram>,
+) -> Option<f64> {
+    run_quantile_ms(before, after, 0.99)
+}
+
+/// The `q` quantile in ms of a histogram's observations between two status readings.
+fn run_quantile_ms(
+    before: Option<&cairn_client::LatencyHistogram>,
+    after: Option<&cairn_client::LatencyHistogram>,
+    q: f64,
 ) -> Option<f64> {
     let snap = |h: &cairn_client::LatencyHistogram| cairn_storage::LatencySnapshot {
         bounds_seconds: h.bounds_seconds.clone(),
@@ -126,7 +137,7 @@ fn run_p99_ms(
         Some(b) => after.since(&snap(b)),
         None => after,
     };
-    run.quantile(0.99).map(|s| s * 1000.0)
+    run.quantile(q).map(|s| s * 1000.0)
 }
 
 fn latency_terms(
@@ -154,6 +165,11 @@ fn latency_terms(
         budget_p99_ms: segment_put_p99_ms
             .zip(commit_p99_ms)
             .map(|(put, commit)| linger_ms + put + commit + 15.0),
+        commit_p50_ms: run_quantile_ms(
+            before.commit_latency.as_ref(),
+            after.commit_latency.as_ref(),
+            0.5,
+        ),
     }
 }
 
@@ -300,11 +316,12 @@ pub(super) fn print_report(r: &Report) {
     if let Some(t) = &r.latency_terms {
         let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
         println!(
-            "agent terms        linger {:.0} ms (segments open p99 {}), segment PUT p99 {}, commit p99 {}",
+            "agent terms        linger {:.0} ms (segments open p99 {}), segment PUT p99 {}, commit p99 {} (p50 {})",
             t.linger_ms,
             ms(t.segment_fill_p99_ms),
             ms(t.segment_put_p99_ms),
-            ms(t.commit_p99_ms)
+            ms(t.commit_p99_ms),
+            ms(t.commit_p50_ms)
         );
         if let (Some(budget), Some(p)) = (t.budget_p99_ms, &r.produce_latency) {
             println!(
