@@ -34,8 +34,9 @@ pub(crate) struct ConsumeArgs {
     /// Consume as a member of this consumer group.
     #[arg(long, short)]
     group: Option<String>,
-    /// With --group: how long without a heartbeat before this member's partitions move.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s", requires = "group")]
+    /// With --group: how long without a heartbeat before this member's partitions move
+    /// (1s to 10m).
+    #[arg(long, value_parser = crate::one_second_to_ten_minutes, default_value = "10s", requires = "group")]
     session_timeout: Duration,
     /// Start at the oldest record.
     #[arg(long, conflicts_with = "offset")]

@@ -87,9 +87,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = match log_filter() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -137,6 +141,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The log filter from `CAIRN_LOG`, else `RUST_LOG`, else `info`; a filter that is set but
+/// does not parse is an error (silently logging at another level hides what was asked).
+fn log_filter() -> Result<tracing_subscriber::EnvFilter, String> {
+    for var in ["CAIRN_LOG", "RUST_LOG"] {
+        if let Ok(spec) = std::env::var(var) {
+            return tracing_subscriber::EnvFilter::try_new(&spec).map_err(|e| {
+                format!(
+                    "invalid {var} `{spec}`: {e} (e.g. {var}=info or {var}=cairn_agent=debug,warn)"
+                )
+            });
+        }
+    }
+    Ok(tracing_subscriber::EnvFilter::new("info"))
+}
+
+/// A duration flag between `lo` and `hi` (inclusive), for clap.
+pub(crate) fn duration_between(
+    s: &str,
+    lo: std::time::Duration,
+    hi: std::time::Duration,
+) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < lo || d > hi {
+        return Err(format!(
+            "must be between {} and {}, got {}",
+            humantime::format_duration(lo),
+            humantime::format_duration(hi),
+            humantime::format_duration(d)
+        ));
+    }
+    Ok(d)
+}
+
+/// A lease or session timeout: 1s to 10m, as the agent accepts.
+pub(crate) fn one_second_to_ten_minutes(s: &str) -> Result<std::time::Duration, String> {
+    duration_between(
+        s,
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(600),
+    )
 }
 
 /// Connection flags shared by the client commands.

@@ -44,7 +44,7 @@ Examples:
         #[arg(long, value_name = "N")]
         max_records: Option<u64>,
         /// How long records are held before they go back to the queue (1s to 10m).
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+        #[arg(long, value_parser = crate::one_second_to_ten_minutes, default_value = "30s")]
         lease: Duration,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]

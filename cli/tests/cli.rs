@@ -244,6 +244,49 @@ fn clear_errors_without_agent_and_for_bad_flags() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a size"));
+
+    // Durations outside what the agent accepts are refused, not replaced by the default.
+    for args in [
+        &["share", "consume", "t", "--group", "g", "--lease", "0s"][..],
+        &["share", "consume", "t", "--group", "g", "--lease", "11m"][..],
+        &["consume", "t", "--group", "g", "--session-timeout", "0s"][..],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("must be between 1s and 10m"),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    // A log filter that does not parse is an error, not a silent default.
+    let out = Command::new(BIN)
+        .args(["topic", "list", "--endpoint", "http://127.0.0.1:1"])
+        .env("CAIRN_LOG", "cairn=notalevel")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: invalid CAIRN_LOG `cairn=notalevel`"),
+        "{stderr}"
+    );
+
+    // `file://rel/x` names a host, not a relative directory: refused with the fix.
+    let out = Command::new(BIN)
+        .args([
+            "agent",
+            "--listen",
+            "127.0.0.1:0",
+            "--object-store",
+            "file://rel/x",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has no absolute path"), "{stderr}");
 }
 
 /// The frame rows of `cairn inspect segment` output, each as column name -> value.
@@ -458,5 +501,6 @@ fn groups_and_share_groups_from_the_command_line() {
         ],
         "",
     );
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("lease_ms must be between"));
+    // Refused by the CLI before the agent sees it (the agent refuses it too).
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("must be between 1s and 10m"));
 }

@@ -68,6 +68,13 @@ pub fn open_object_store(
         return Ok(with_prefix(Arc::new(s3), prefix));
     }
     let dir = match url.strip_prefix("file://") {
+        // After `file://` comes a host, then the absolute path: `file://rel/x` names host
+        // `rel`, not the relative directory `rel/x`, so it is refused rather than guessed.
+        Some(path) if !path.starts_with('/') => {
+            return Err(bad(format!(
+                "object store URL `{url}` has no absolute path (a file URL is file:///ABSOLUTE/DIR); for a relative directory give the path alone, e.g. `{path}`"
+            )));
+        }
         Some(path) => path.to_string(),
         None if !url.contains("://") => url.to_string(),
         None => {
@@ -610,6 +617,22 @@ mod latency_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_url_needs_an_absolute_path() {
+        let err = open_object_store("file://rel/x", &[])
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("has no absolute path") && e.contains("`rel/x`")),
+            "{err:?}"
+        );
+        let dir = std::env::temp_dir().join(format!("cairn-file-url-{}", std::process::id()));
+        let url = format!("file://{}", dir.display());
+        assert!(open_object_store(&url, &[]).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn coalescing_counts_requests_like_object_store() {
