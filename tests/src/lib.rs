@@ -431,8 +431,15 @@ impl InProcessAgent {
 
 /// Reads every partition of `topic` from the beginning up to the current high watermarks.
 pub async fn read_all(endpoint: &str, topic: &str) -> anyhow::Result<Vec<ConsumedRecord>> {
-    let channel = cairn_client::connect(endpoint).await?;
-    let mut consumer = Consumer::new(channel, ConsumerConfig::default());
+    read_all_through(cairn_client::connect(endpoint).await?, topic).await
+}
+
+/// [`read_all`] through a cluster (each partition from the agent that owns it) or a channel.
+pub async fn read_all_through(
+    cluster: impl Into<cairn_client::Cluster>,
+    topic: &str,
+) -> anyhow::Result<Vec<ConsumedRecord>> {
+    let mut consumer = Consumer::new(cluster, ConsumerConfig::default());
     consumer.assign_all(topic, Offset::Beginning).await?;
     let mut out = Vec::new();
     loop {

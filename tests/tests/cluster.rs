@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_client::{
-    Admin, Cluster, ClusterConfig, ConsumedRecord, Consumer, ConsumerConfig,
-    GetAgentStatusResponse, Offset, Producer, ProducerConfig, ProducerRecord, TopicOptions,
+    Admin, Cluster, ClusterConfig, ConsumedRecord, GetAgentStatusResponse, Producer,
+    ProducerConfig, ProducerRecord, TopicOptions,
 };
 use cairn_metadata::conformance::TempPostgres;
 use cairn_tests::{
@@ -70,16 +70,7 @@ async fn status(endpoint: &str) -> anyhow::Result<GetAgentStatusResponse> {
 
 /// Reads every partition from the beginning to the current high watermarks through `c`.
 async fn read_all(c: &Cluster) -> anyhow::Result<Vec<ConsumedRecord>> {
-    let mut consumer = Consumer::new(c.clone(), ConsumerConfig::default());
-    consumer.assign_all(TOPIC, Offset::Beginning).await?;
-    let mut out = Vec::new();
-    loop {
-        let batch = consumer.poll(Duration::ZERO).await?;
-        if batch.is_empty() && consumer.caught_up() {
-            return Ok(out);
-        }
-        out.extend(batch);
-    }
+    cairn_tests::read_all_through(c.clone(), TOPIC).await
 }
 
 /// A producer that keeps sending keyed records until told to stop, publishing how many were

@@ -18,6 +18,16 @@ fn record(id: &str, incarnation: u64) -> AgentRecord {
     }
 }
 
+/// The ids of the live agents, in id order.
+async fn live_ids(m: &Metadata) -> Vec<String> {
+    m.live_agents()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect()
+}
+
 /// Registration, renewal with load, a duplicate id refused while its lease runs and taken
 /// over after it ran out, expiry from the live list, clean deregistration and the sweep.
 pub async fn agent_registry(kv: Arc<dyn KvStore>) {
@@ -28,14 +38,7 @@ pub async fn agent_registry(kv: Arc<dyn KvStore>) {
     let a = m.register_agent(&record("a1", 1), lease).await.unwrap();
     assert_eq!(a.lease_expires_ms, 1_700_000_010_000);
     m.register_agent(&record("a2", 2), lease).await.unwrap();
-    let ids: Vec<String> = m
-        .live_agents()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    assert_eq!(ids, ["a1", "a2"]);
+    assert_eq!(live_ids(&m).await, ["a1", "a2"]);
 
     // A renewal carries the load and moves the lease.
     clock.advance(5_000);
@@ -59,14 +62,7 @@ pub async fn agent_registry(kv: Arc<dyn KvStore>) {
 
     // a2's lease runs out: it leaves the live list; its id can be taken over.
     clock.advance(6_000);
-    let ids: Vec<String> = m
-        .live_agents()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    assert_eq!(ids, ["a1"]);
+    assert_eq!(live_ids(&m).await, ["a1"]);
     m.register_agent(&record("a2", 3), lease).await.unwrap();
     assert_eq!(m.live_agents().await.unwrap().len(), 2);
 
@@ -74,14 +70,7 @@ pub async fn agent_registry(kv: Arc<dyn KvStore>) {
     m.deregister_agent("a2", 2).await.unwrap();
     assert_eq!(m.live_agents().await.unwrap().len(), 2);
     m.deregister_agent("a2", 3).await.unwrap();
-    let ids: Vec<String> = m
-        .live_agents()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    assert_eq!(ids, ["a1"]);
+    assert_eq!(live_ids(&m).await, ["a1"]);
 
     // A record dead for ten leases is swept by the next registration.
     m.register_agent(&record("gone", 4), lease).await.unwrap();
@@ -89,14 +78,7 @@ pub async fn agent_registry(kv: Arc<dyn KvStore>) {
     m.register_agent(&record("a1", 1), lease).await.unwrap();
     clock.advance(-200_000);
     // Back in time the swept record would be live again if it were still stored.
-    let ids: Vec<String> = m
-        .live_agents()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    assert_eq!(ids, ["a1"]);
+    assert_eq!(live_ids(&m).await, ["a1"]);
 
     // Bad input.
     let err = m.register_agent(&record("", 5), lease).await.unwrap_err();
