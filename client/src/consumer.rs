@@ -223,16 +223,40 @@ impl Consumer {
             })
             .collect();
         let mut out = Vec::new();
+        let mut failed = None;
         while let Some((i, result)) = calls.next().await {
-            let response = result?.into_inner();
-            let a = &mut self.assigned[i];
-            a.high_watermark = response.high_watermark;
-            decode_into(a, response.frames, &mut out)?;
+            let decoded = match result {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    let a = &mut self.assigned[i];
+                    a.high_watermark = response.high_watermark;
+                    decode_into(a, response.frames, &mut out)
+                }
+                Err(status) => Err(ClientError::from(status)),
+            };
+            match decoded {
+                // Waiting, nothing read: say so at once rather than after the wait.
+                Err(e) if !wait.is_zero() && out.is_empty() => return Err(e),
+                // The positions of the partitions already decoded have moved past the
+                // records in `out`: those records must reach the caller even though this
+                // partition failed, or they would be skipped (and a group would commit past
+                // them). As in Kafka's consumer, the failure is reported by a poll that
+                // reads nothing else; the failed partition's position did not move past the
+                // failure, so the next fetch meets it again.
+                Err(e) => {
+                    tracing::debug!(error = %e, "a partition failed; returning the others' records first");
+                    failed.get_or_insert(e);
+                }
+                Ok(()) => {}
+            }
             if !out.is_empty() && !wait.is_zero() {
                 break;
             }
         }
-        Ok(out)
+        match failed {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 }
 

@@ -4,9 +4,14 @@
 // A panic is how a test fails; helpers outside #[test] fns may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use cairn_client::{Admin, TopicOptions};
+use std::time::Duration;
+
+use cairn_client::{
+    Admin, Consumer, ConsumerConfig, Offset, Producer, ProducerConfig, ProducerRecord, TopicOptions,
+};
 use cairn_tests::{
-    AgentProcess, produce_workload, read_all, s3_env, s3_url, temp_dir, verify_exact,
+    AgentProcess, file_agent_args, produce_workload, read_all, s3_env, s3_url, temp_dir,
+    verify_exact,
 };
 
 const PARTITIONS: u32 = 8;
@@ -116,5 +121,56 @@ async fn two_agents_share_sqlite_and_bucket() -> anyhow::Result<()> {
     assert_eq!(through_a, 20_000, "both agents took writes");
     a.stop()?;
     b.stop()?;
+    Ok(())
+}
+
+/// A consumer reading several partitions, one of which fails (here: its position was
+/// deleted under it), still returns what the others read: their positions moved past those
+/// records, so an error in their place would skip them for good (and a group member would
+/// commit past them). The failure comes with the next poll that reads nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_partition_does_not_swallow_the_others_records() -> anyhow::Result<()> {
+    let dir = temp_dir()?;
+    let args = file_agent_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::start(&args, &[])?;
+    let channel = cairn_client::connect(&agent.endpoint).await?;
+    let admin = Admin::new(channel.clone());
+    admin
+        .create_topic("mixed", 2, TopicOptions::default())
+        .await?;
+    let producer = Producer::new(channel.clone(), ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for partition in 0..2 {
+        for i in 0..5 {
+            let record = ProducerRecord::new("mixed", format!("p{partition}-{i}"));
+            deliveries.push(producer.send(record.partition(partition)).await?);
+        }
+    }
+    for d in deliveries {
+        d.await?;
+    }
+    let mut consumer = Consumer::new(channel, ConsumerConfig::default());
+    consumer.assign_all("mixed", Offset::Beginning).await?;
+    // Partition 1 now starts at 3: reading it from 0 is out of range.
+    assert_eq!(admin.delete_records("mixed", 1, 3).await?, 3);
+    let got = consumer.poll(Duration::ZERO).await?;
+    assert_eq!(
+        got.iter()
+            .map(|r| (r.partition, r.offset))
+            .collect::<Vec<_>>(),
+        (0..5).map(|o| (0, o)).collect::<Vec<_>>(),
+        "partition 0's records come back although partition 1 failed"
+    );
+    let err = consumer
+        .poll(Duration::ZERO)
+        .await
+        .expect_err("partition 1 still fails, and now nothing hides it");
+    assert_eq!(err.code(), Some(tonic::Code::OutOfRange), "{err}");
+    assert_eq!(
+        consumer.positions(),
+        [("mixed".to_string(), 0, 5), ("mixed".to_string(), 1, 0)]
+    );
+    agent.stop()?;
     Ok(())
 }
