@@ -4,8 +4,8 @@
 //! One scenario, in steps, because each step starts from the state the last one left:
 //! zone-aware produce and fetch (a client of zone z2 reads only through z2's agent), a
 //! client bootstrapping from a dead address among live ones, SIGKILL of the agent a
-//! producer uses (it moves to the other agent of its zone; nothing acked is lost or
-//! duplicated), a fourth agent joining under load (fetch ownership moves
+//! producer and a group member use (they move to the other agent of their zone; nothing
+//! acked is lost or duplicated), a fourth agent joining under load (fetch ownership moves
 //! to it by rendezvous), and PostgreSQL restarting under load (agents answer UNAVAILABLE
 //! meanwhile and recover by themselves). At the end every acknowledged record is read
 //! back exactly once per partition, in order.
@@ -13,12 +13,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_client::{
-    Admin, Cluster, ClusterConfig, ConsumedRecord, GetAgentStatusResponse, Producer,
-    ProducerConfig, ProducerRecord, TopicOptions,
+    Admin, Cluster, ClusterConfig, ConsumedRecord, GetAgentStatusResponse, GroupConfig,
+    GroupConsumer, Offset, Producer, ProducerConfig, ProducerRecord, TopicOptions,
 };
 use cairn_metadata::conformance::TempPostgres;
 use cairn_tests::{
@@ -268,6 +268,51 @@ async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> 
         "z2 never fetched from b"
     );
 
+    // A group member of z1 follows the topic throughout.
+    let members = cluster(&[&a.endpoint], "z1").await?;
+    // Distinct records the member read, and (once the loads end) how many there are.
+    let consumed = Arc::new(AtomicU64::new(0));
+    let group_target = Arc::new(AtomicU64::new(0));
+    let group = {
+        let (members, consumed, target) = (members.clone(), consumed.clone(), group_target.clone());
+        tokio::spawn(async move {
+            let config = GroupConfig {
+                session_timeout: Duration::from_secs(6),
+                start: Offset::Beginning,
+                ..GroupConfig::default()
+            };
+            let mut g = GroupConsumer::join(members, "audit", &[TOPIC], config).await?;
+            let mut committed = false;
+            let mut seen = std::collections::HashSet::new();
+            // Until every record is read and the last position committed.
+            loop {
+                let t = target.load(Ordering::SeqCst);
+                if t > 0 && seen.len() as u64 >= t && committed {
+                    break;
+                }
+                let records = match g.poll(Duration::from_millis(200)).await {
+                    Ok(r) => r,
+                    // The agent it used died, or PostgreSQL is down: a real application
+                    // backs off, then the next call goes to whichever agent answers.
+                    Err(e) if e.is_retryable() => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                seen.extend(records.iter().map(|r| (r.partition, r.offset)));
+                consumed.store(seen.len() as u64, Ordering::SeqCst);
+                committed = match g.commit().await {
+                    Ok(()) => true,
+                    Err(e) if e.is_retryable() => false,
+                    Err(e) => return Err(anyhow::Error::from(e)),
+                };
+            }
+            g.leave().await?;
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+
     // SIGKILL the agent a z1 producer uses, under load: it moves to the other z1 agent.
     let load_cluster = cluster(&[&a.endpoint], "z1").await?;
     let mut load = Load::start(load_cluster.clone(), 10);
@@ -358,6 +403,34 @@ async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> 
     load.progress(500).await?;
     let (sent, _) = load.finish().await?;
     all_sent.extend(sent);
+
+    eprintln!("step: the group member catches up");
+    // The group member, whose agent may have been the one killed, reads every record.
+    group_target.store(all_sent.len() as u64, Ordering::SeqCst);
+    let finished = tokio::time::timeout(Duration::from_secs(120), group).await;
+    assert!(
+        finished.is_ok(),
+        "the group member read {} of {} records in 120s",
+        consumed.load(Ordering::SeqCst),
+        all_sent.len()
+    );
+    finished???;
+    // Its committed offsets cover every acknowledged record.
+    let described = Admin::new(z2.clone()).describe_group("audit").await?;
+    for p in &described.partitions {
+        let last_acked = all_sent
+            .iter()
+            .filter(|s| s.partition == p.partition)
+            .map(|s| s.offset + 1)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            p.committed.unwrap_or(0) >= last_acked,
+            "partition {}: committed {:?}, acked up to {last_acked}",
+            p.partition,
+            p.committed
+        );
+    }
 
     eprintln!("step: reading everything back");
     // Everything acknowledged, exactly once per partition, in order, read through z2.
