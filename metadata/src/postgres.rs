@@ -240,11 +240,41 @@ struct Writes {
     ranges: Vec<(Vec<u8>, Vec<u8>)>,
     /// The latest write per key since the last flush: a value, or `None` for a clear.
     points: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Atomic adds to keys the transaction has not written since the last flush: their
+    /// current values are read for all of them at once when flushed, instead of one round
+    /// trip per add. A key is never in both `points` and `adds`.
+    adds: BTreeMap<Vec<u8>, i64>,
 }
 
 impl Writes {
     fn is_empty(&self) -> bool {
-        self.ranges.is_empty() && self.points.is_empty()
+        self.ranges.is_empty() && self.points.is_empty() && self.adds.is_empty()
+    }
+
+    fn covered_by_range(&self, key: &[u8]) -> bool {
+        self.ranges
+            .iter()
+            .any(|(b, e)| b.as_slice() <= key && key < e.as_slice())
+    }
+
+    /// Records an atomic add of `delta` to `key`: folded into a pending value when this
+    /// transaction decided the key already, kept as a pending add otherwise.
+    fn add(&mut self, key: &[u8], delta: i64) {
+        let decided = match self.points.get(key) {
+            Some(v) => Some(v.as_deref().map_or(0, crate::keys::decode_i64_le)),
+            None if self.covered_by_range(key) => Some(0),
+            None => None,
+        };
+        match decided {
+            Some(now) => {
+                let next = now.wrapping_add(delta).to_le_bytes().to_vec();
+                self.points.insert(key.to_vec(), Some(next));
+            }
+            None => {
+                let sum = self.adds.entry(key.to_vec()).or_insert(0);
+                *sum = sum.wrapping_add(delta);
+            }
+        }
     }
 
     /// What this transaction's pending writes say of `key`: `Some(value or None)` if they
@@ -253,10 +283,7 @@ impl Writes {
         if let Some(v) = self.points.get(key) {
             return Some(v.clone());
         }
-        self.ranges
-            .iter()
-            .any(|(b, e)| b.as_slice() <= key && key < e.as_slice())
-            .then_some(None)
+        self.covered_by_range(key).then_some(None)
     }
 }
 
@@ -293,6 +320,25 @@ impl PostgresTxn {
             }
         }
         let r = async {
+            if !pending.adds.is_empty() {
+                // The added-to keys are in no pending clear or write, so reading them before
+                // those land reads what they will find.
+                let added: Vec<&Vec<u8>> = pending.adds.keys().collect();
+                let stmt = c
+                    .prepare_cached("SELECT k, v FROM cairn_kv WHERE k = ANY($1)")
+                    .await?;
+                let now: BTreeMap<Vec<u8>, Vec<u8>> = c
+                    .query(&stmt, &[&added])
+                    .await?
+                    .into_iter()
+                    .map(|r| (r.get::<_, Vec<u8>>(0), r.get::<_, Vec<u8>>(1)))
+                    .collect();
+                for (k, delta) in pending.adds {
+                    let was = now.get(&k).map_or(0, |v| crate::keys::decode_i64_le(v));
+                    values.push(was.wrapping_add(delta).to_le_bytes().to_vec());
+                    keys.push(k);
+                }
+            }
             for (b, e) in &pending.ranges {
                 let stmt = c
                     .prepare_cached("DELETE FROM cairn_kv WHERE k >= $1 AND k < $2")
@@ -326,8 +372,16 @@ impl KvTransaction for PostgresTxn {
     async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
         self.tracker.check_key(key)?;
         self.tracker.check_time()?;
-        if let Some(decided) = self.writes().lookup(key) {
-            return Ok(decided);
+        let add_pending = {
+            let w = self.writes();
+            if let Some(decided) = w.lookup(key) {
+                return Ok(decided);
+            }
+            w.adds.contains_key(key)
+        };
+        if add_pending {
+            // The add needs the stored value: land the pending writes, then read.
+            self.flush().await?;
         }
         let r = {
             let conn = self.conn.read().await;
@@ -385,16 +439,18 @@ impl KvTransaction for PostgresTxn {
     async fn set(&self, key: &[u8], value: &[u8]) -> Result<(), KvError> {
         self.tracker.write(key, Some(value))?;
         self.tracker.check_time()?;
-        self.writes()
-            .points
-            .insert(key.to_vec(), Some(value.to_vec()));
+        let mut w = self.writes();
+        w.adds.remove(key);
+        w.points.insert(key.to_vec(), Some(value.to_vec()));
         Ok(())
     }
 
     async fn clear(&self, key: &[u8]) -> Result<(), KvError> {
         self.tracker.write(key, None)?;
         self.tracker.check_time()?;
-        self.writes().points.insert(key.to_vec(), None);
+        let mut w = self.writes();
+        w.adds.remove(key);
+        w.points.insert(key.to_vec(), None);
         Ok(())
     }
 
@@ -414,20 +470,22 @@ impl KvTransaction for PostgresTxn {
         for k in inside {
             w.points.remove(&k);
         }
+        let added: Vec<Vec<u8>> = w
+            .adds
+            .range(begin.to_vec()..end.to_vec())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in added {
+            w.adds.remove(&k);
+        }
         w.ranges.push((begin.to_vec(), end.to_vec()));
         Ok(())
     }
 
     async fn atomic_add(&self, key: &[u8], delta: i64) -> Result<(), KvError> {
         self.tracker.write(key, Some(&[0; 8]))?;
-        let now = self.get(key).await?;
-        let next = now
-            .as_deref()
-            .map_or(0, crate::keys::decode_i64_le)
-            .wrapping_add(delta);
-        self.writes()
-            .points
-            .insert(key.to_vec(), Some(next.to_le_bytes().to_vec()));
+        self.tracker.check_time()?;
+        self.writes().add(key, delta);
         Ok(())
     }
 

@@ -54,6 +54,72 @@ pub async fn kv_basics(kv: Arc<dyn KvStore>) {
     tx.commit().await.unwrap();
 }
 
+/// Atomic adds mixed with the transaction's other writes to the same keys, read back in
+/// the transaction and after it; adds wrap around like FoundationDB's.
+pub async fn kv_atomic_add(kv: Arc<dyn KvStore>) {
+    let n = |v: i64| Some(v.to_le_bytes().to_vec());
+    let tx = kv.begin().await.unwrap();
+    for k in [&b"base"[..], b"r1", b"r2", b"max"] {
+        tx.set(k, &10i64.to_le_bytes()).await.unwrap();
+    }
+    tx.set(b"max", &i64::MAX.to_le_bytes()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let tx = kv.begin().await.unwrap();
+    tx.atomic_add(b"base", 5).await.unwrap(); // stored 10, then +5
+    tx.atomic_add(b"base", -1).await.unwrap();
+    tx.atomic_add(b"fresh", 7).await.unwrap(); // absent counts as 0
+    tx.set(b"set_then_add", &100i64.to_le_bytes())
+        .await
+        .unwrap();
+    tx.atomic_add(b"set_then_add", 1).await.unwrap();
+    tx.atomic_add(b"add_then_set", 1).await.unwrap();
+    tx.set(b"add_then_set", &50i64.to_le_bytes()).await.unwrap();
+    tx.atomic_add(b"add_then_clear", 1).await.unwrap();
+    tx.clear(b"add_then_clear").await.unwrap();
+    tx.clear(b"r1").await.unwrap(); // stored 10, cleared, then +3
+    tx.atomic_add(b"r1", 3).await.unwrap();
+    tx.clear_range(b"r2", b"r3").await.unwrap(); // stored 10, range-cleared, then +4
+    tx.atomic_add(b"r2", 4).await.unwrap();
+    tx.atomic_add(b"s1", 9).await.unwrap(); // added, then range-cleared
+    tx.clear_range(b"s0", b"s2").await.unwrap();
+    tx.atomic_add(b"max", 1).await.unwrap(); // wraps
+    // Read-your-writes, point and range.
+    assert_eq!(tx.get(b"base").await.unwrap(), n(14));
+    tx.atomic_add(b"base", 1).await.unwrap();
+    let expected = [
+        (&b"add_then_set"[..], n(50)),
+        (b"base", n(15)),
+        (b"fresh", n(7)),
+        (b"max", n(i64::MIN)),
+        (b"r1", n(3)),
+        (b"r2", n(4)),
+        (b"set_then_add", n(101)),
+    ];
+    let read: Vec<(Vec<u8>, Option<Vec<u8>>)> = tx
+        .get_range(b"a", b"z", 100, false)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, Some(v)))
+        .collect();
+    let want: Vec<(Vec<u8>, Option<Vec<u8>>)> = expected
+        .iter()
+        .map(|(k, v)| (k.to_vec(), v.clone()))
+        .collect();
+    assert_eq!(read, want);
+    tx.atomic_add(b"fresh", 1).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let tx = kv.begin().await.unwrap();
+    assert_eq!(tx.get(b"fresh").await.unwrap(), n(8));
+    assert_eq!(tx.get(b"base").await.unwrap(), n(15));
+    assert_eq!(tx.get(b"add_then_clear").await.unwrap(), None);
+    assert_eq!(tx.get(b"s1").await.unwrap(), None);
+    assert_eq!(tx.get(b"max").await.unwrap(), n(i64::MIN));
+    tx.commit().await.unwrap();
+}
+
 /// FoundationDB's limits: 10 kB keys, 100 kB values, 10 MB per transaction.
 pub async fn kv_limits(kv: Arc<dyn KvStore>) {
     let tx = kv.begin().await.unwrap();

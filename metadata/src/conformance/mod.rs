@@ -28,7 +28,7 @@ pub use commit::{
 };
 pub use compaction::compaction;
 pub use groups::consumer_groups;
-pub use kv::{kv_basics, kv_limits, kv_serializable};
+pub use kv::{kv_atomic_add, kv_basics, kv_limits, kv_serializable};
 pub use lifecycle::lifecycle;
 pub use lost_reply::{lost_replies, lost_reply_races, maybe_committed_flag};
 pub use postgres_server::TempPostgres;
@@ -167,6 +167,7 @@ where
     Fut: std::future::Future<Output = Arc<dyn KvStore>>,
 {
     kv_basics(fresh().await).await;
+    kv_atomic_add(fresh().await).await;
     kv_limits(fresh().await).await;
     kv_serializable(fresh().await).await;
     topics(fresh().await).await;
