@@ -333,7 +333,17 @@ impl Metadata {
             let id = match (member_id, mine) {
                 (Some(id), _) if g.members.contains_key(id) => id.to_string(),
                 (_, Some(id)) => id,
-                _ => {
+                // As Kafka answers UNKNOWN_MEMBER_ID: an id this group never issued (or one
+                // already removed) is a client bug or a stale member, not a new member.
+                (Some(id), None) => {
+                    return Err(fenced(
+                        FenceReason::UnknownMember,
+                        format!(
+                            "member {id} is not in group `{group}` (it left or its session expired): join with an empty member id to get a new one"
+                        ),
+                    ));
+                }
+                (None, None) => {
                     // Member numbers come from a counter the transaction must read to name
                     // the member, so it stays a read-modify-write.
                     let n = match tx.get(&keys::next_member_id()).await? {

@@ -205,4 +205,24 @@ pub async fn consumer_groups(kv: Arc<dyn KvStore>) {
             .kind(),
         ErrorKind::NotFound
     );
+    // An id the group never issued is refused, not taken as a new member.
+    let before = m.describe_group("billing").await.unwrap().members.len();
+    let err = m
+        .join_group("billing", Some("member-999999"), &topics, 3_000)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            MetaError::Fenced {
+                reason: crate::FenceReason::UnknownMember,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        m.describe_group("billing").await.unwrap().members.len(),
+        before
+    );
 }
