@@ -153,6 +153,7 @@ impl v2::admin_service_server::AdminService for AdminService {
                 .get()
                 .map(|i| i.address.clone())
                 .unwrap_or_default(),
+            waiting_fetches: s.metadata.waiting_fetches() as u64,
         }))
     }
 

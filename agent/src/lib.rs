@@ -333,7 +333,7 @@ impl Agent {
         });
         let settings = &self.shared.settings;
         let max_request = settings.max_request_bytes + (1 << 20);
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let (mut health, health_service) = tonic_health::server::health_reporter();
         health
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
@@ -358,6 +358,8 @@ impl Agent {
         ));
         let batcher = self.shared.batcher.clone();
         let stop_flag = stopping.clone();
+        // Set once waiting produces are answered: the drain of other calls is bounded.
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let leaving = self.shared.metadata.clone();
         let signal = async move {
             shutdown.await;
@@ -374,9 +376,13 @@ impl Agent {
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
+            // Health watches see NOT_SERVING, then their stream ends (its sender is gone):
+            // they would otherwise hold the graceful shutdown open for ever.
+            health.clear_service_status("").await;
             batcher.flush().await;
+            let _ = drained_tx.send(());
         };
-        tonic::transport::Server::builder()
+        let server = tonic::transport::Server::builder()
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -396,9 +402,27 @@ impl Agent {
                 ConsumerServiceServer::new(ConsumerService(self.shared.clone()))
                     .max_encoding_message_size(usize::MAX),
             )
-            .serve_with_incoming_shutdown(incoming, signal)
-            .await
-            .map_err(|e| AgentError::Internal(format!("gRPC server failed: {e}")))?;
+            .serve_with_incoming_shutdown(incoming, signal);
+        // tonic's graceful shutdown waits for every open call, and some never end on their
+        // own (a gRPC health Watch) or end late (a long-poll, a client stream): once
+        // produces are answered they get `shutdown_timeout`, then the server is dropped,
+        // which closes their connections.
+        let timeout = settings.shutdown_timeout;
+        let cut_off = async move {
+            if drained_rx.await.is_err() {
+                // The server ended before the signal completed: nothing to cut off.
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(timeout).await;
+        };
+        tokio::select! {
+            served = server => {
+                served.map_err(|e| AgentError::Internal(format!("gRPC server failed: {e}")))?;
+            }
+            () = cut_off => {
+                tracing::warn!(?timeout, "open calls outlived the shutdown timeout; closing them");
+            }
+        }
         expiry.abort();
         self.shared.batcher.shutdown().await;
         let _ = http_stop.send(());

@@ -48,6 +48,10 @@ pub struct AgentSettings {
     /// this time.
     #[serde(with = "humantime_serde")]
     pub agent_lease: Duration,
+    /// On shutdown, after every waiting produce has been answered, how long other open
+    /// calls (long-polls, streams, gRPC health watches) may go on before they are closed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
 }
 
 impl Default for AgentSettings {
@@ -66,6 +70,7 @@ impl Default for AgentSettings {
             producer_idle_expiry: Duration::from_secs(7 * 24 * 3600),
             share_max_deliveries: 5,
             agent_lease: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -128,6 +133,12 @@ impl AgentSettings {
             return bad(format!(
                 "agent_lease must be between 300ms and 10m, got {:?}",
                 self.agent_lease
+            ));
+        }
+        if self.shutdown_timeout > Duration::from_secs(600) {
+            return bad(format!(
+                "shutdown_timeout must be at most 10m, got {:?}",
+                self.shutdown_timeout
             ));
         }
         if self.max_request_bytes > 256 << 20 {

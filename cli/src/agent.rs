@@ -30,7 +30,7 @@ advertise, zone, an [s3] table
 of object_store S3 options (endpoint, region, ...) and a [tuning] table (segment_max_bytes,
 linger, max_inflight_segments, multipart_threshold, segment_max_batches, max_request_bytes,
 max_batch_uncompressed_bytes, cache_bytes, max_fetch_wait, topic_cache_ttl,
-producer_idle_expiry, share_max_deliveries, agent_lease).
+producer_idle_expiry, share_max_deliveries, agent_lease, shutdown_timeout).
 
 Several agents form one cluster when they share the object store and a PostgreSQL (or
 FoundationDB) metadata store; each registers itself there. `cairn cluster` lists them.")]
@@ -77,6 +77,11 @@ pub(crate) struct AgentArgs {
     /// leaves clients' views within this time (default 10s).
     #[arg(long, env = "CAIRN_AGENT_LEASE", value_parser = humantime::parse_duration, value_name = "DURATION")]
     agent_lease: Option<Duration>,
+    /// On SIGTERM/SIGINT the agent answers every waiting produce, then gives other open
+    /// calls (long-polls, streams, health watches) this long before closing them (default
+    /// 10s, at most 10m).
+    #[arg(long, env = "CAIRN_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    shutdown_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +119,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     if let Some(lease) = args.agent_lease {
         settings.agent_lease = lease;
+    }
+    if let Some(timeout) = args.shutdown_timeout {
+        settings.shutdown_timeout = timeout;
     }
     let listen = match args.listen.or(file.listen) {
         Some(a) => a,

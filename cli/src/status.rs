@@ -61,6 +61,10 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
         rate(a.fetch_bytes, b.fetch_bytes) / (1024.0 * 1024.0),
         mib(b.fetch_bytes)
     );
+    println!(
+        "waiting        {} fetches at a high watermark",
+        b.waiting_fetches
+    );
     println!("cache hits     {hit_ratio} of {lookups} lookups");
     println!(
         "object store   {} PUTs ({:.1} MiB), {} GETs ({:.1} MiB)",

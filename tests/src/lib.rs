@@ -307,8 +307,8 @@ impl AgentProcess {
         Ok(())
     }
 
-    /// Sends SIGTERM and waits for a clean exit.
-    pub fn stop(mut self) -> anyhow::Result<()> {
+    /// Sends SIGTERM and returns at once (see [`AgentProcess::wait_for_exit`]).
+    pub fn terminate(&self) -> anyhow::Result<()> {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
@@ -316,6 +316,12 @@ impl AgentProcess {
         if !status.success() {
             bail!("kill -TERM failed");
         }
+        Ok(())
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.terminate()?;
         let exit = self.child.wait().context("waiting for the agent")?;
         if !exit.success() {
             bail!("agent exited with {exit} after SIGTERM");

@@ -117,6 +117,7 @@ pub(super) fn merged(statuses: &[GetAgentStatusResponse]) -> GetAgentStatusRespo
         m.produce_bytes += s.produce_bytes;
         m.fetch_requests += s.fetch_requests;
         m.fetch_bytes += s.fetch_bytes;
+        m.waiting_fetches += s.waiting_fetches;
         m.cache_hits += s.cache_hits;
         m.cache_misses += s.cache_misses;
         m.object_puts += s.object_puts;
