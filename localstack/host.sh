@@ -56,7 +56,8 @@ install() {
     # The lock is held only while installing: closed before LocalStack is launched, so a
     # LocalStack started by `start` does not inherit it and block every later `run`.
     exec 9>"$HOME_DIR/install.lock"
-    flock 9
+    # Another install (pip, a Python download) holds it for minutes at most.
+    flock -w 900 9 || die "waited 15 min for $HOME_DIR/install.lock: another host.sh is installing (or hung: see its pid with \`fuser $HOME_DIR/install.lock\`)"
     if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
         exec 9>&-
         return 0
