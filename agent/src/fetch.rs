@@ -28,6 +28,9 @@ use crate::convert::codec_to_proto;
 /// Index entries read per fetch; more than enough to fill `max_bytes` in practice.
 const ENTRIES_PER_FETCH: usize = 64;
 
+/// Bytes read per step while looking for the first record at or after a time.
+const TIME_SCAN_BYTES: usize = 1 << 20;
+
 type ChunkKey = (String, u64, u64);
 /// A Parquet row group: object key and row group index.
 type GroupKey = (String, usize);
@@ -170,6 +173,59 @@ impl Reader {
             high_watermark: state.next_offset,
             start_offset: state.start_offset,
         })
+    }
+
+    /// The offset of the first record of `topic`/`partition` whose timestamp is at or after
+    /// `ts_ms` (Kafka's offset for a time), or the high watermark when none is: the index
+    /// names the first entry whose newest record is that recent, and that entry's records
+    /// are read to find the exact one (CreateTime need not grow with offsets, so the entry
+    /// may begin with older records).
+    pub(crate) async fn offset_for_time(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        ts_ms: i64,
+    ) -> Result<i64, AgentError> {
+        let mut from = 0;
+        loop {
+            let (state, entry) = self
+                .metadata
+                .entry_for_time(topic.id, partition, from, ts_ms)
+                .await?;
+            let Some(entry) = entry else {
+                return Ok(state.next_offset);
+            };
+            let mut offset = entry.base_offset.max(state.start_offset);
+            while offset < entry.end_offset {
+                let fetched = self
+                    .fetch(topic, partition, offset, TIME_SCAN_BYTES, Duration::ZERO)
+                    .await?;
+                let before = offset;
+                for f in fetched.frames {
+                    let header = f.header.ok_or_else(|| {
+                        AgentError::Internal(format!(
+                            "a frame of {}/{partition} at {} has no header",
+                            topic.name, f.base_offset
+                        ))
+                    })?;
+                    let records = cairn_proto::open_frame(&header, f.payload)
+                        .map_err(|e| StorageError::corrupt(entry.object_key.clone(), e))?;
+                    for (i, r) in records.iter().enumerate() {
+                        let at = f.base_offset + i as i64;
+                        if at >= offset && r.timestamp_ms >= ts_ms {
+                            return Ok(at);
+                        }
+                    }
+                    offset = offset.max(f.base_offset + records.len() as i64);
+                }
+                if offset == before {
+                    // Nothing came back (retention removed it meanwhile): look further on.
+                    break;
+                }
+            }
+            // The entry's newest timestamp promised a record; if it is gone, the next one.
+            from = entry.end_offset;
+        }
     }
 
     /// Frames from a Parquet entry, from the first row group holding `offset` on, up to

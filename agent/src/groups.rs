@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use cairn_metadata::{MemberAssignment, OffsetReset};
 use cairn_proto::v2;
+use futures::{StreamExt, TryStreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::AgentError;
@@ -227,7 +228,21 @@ impl v2::group_service_server::GroupService for GroupsService {
             Some(To::Earliest(true)) => OffsetReset::Earliest,
             Some(To::Latest(true)) => OffsetReset::Latest,
             Some(To::Offset(n)) if n >= 0 => OffsetReset::To(n),
-            Some(To::TimestampMs(ms)) if ms >= 0 => OffsetReset::Timestamp(ms),
+            Some(To::TimestampMs(ms)) if ms >= 0 => {
+                // Found here, where the records can be read: metadata knows entries only.
+                let s = &self.0;
+                let topic = s.metadata.topic(&r.topic).await.map_err(status)?;
+                let offsets = futures::stream::iter(0..topic.partitions)
+                    .map(|p| {
+                        let topic = &topic;
+                        async move { s.reader.offset_for_time(topic, p, ms).await }
+                    })
+                    .buffered(8)
+                    .try_collect::<Vec<i64>>()
+                    .await
+                    .map_err(status)?;
+                OffsetReset::PerPartition(offsets)
+            }
             Some(To::Offset(n)) | Some(To::TimestampMs(n)) => {
                 return Err(status(AgentError::Invalid(format!(
                     "reset target must be 0 or more, got {n}"

@@ -40,7 +40,8 @@ Examples:
         /// To this offset (clamped into each partition's readable range).
         #[arg(long, group = "to", value_name = "N")]
         to_offset: Option<i64>,
-        /// To the first records at or after this time (RFC 3339, e.g. 2026-11-25T12:00:00Z).
+        /// To each partition's first record stamped at or after this time (RFC 3339, e.g.
+        /// 2026-11-25T12:00:00Z); the end where none is.
         #[arg(long, group = "to", value_name = "TIME", value_parser = humantime::parse_rfc3339_weak)]
         to_timestamp: Option<std::time::SystemTime>,
         #[command(flatten)]

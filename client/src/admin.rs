@@ -36,7 +36,8 @@ pub enum ResetTo {
     Latest,
     /// This offset (clamped into each partition's readable range).
     Offset(i64),
-    /// The first records at or after this time, ms since the Unix epoch.
+    /// Per partition, the first record stamped at or after this time (ms since the Unix
+    /// epoch); the high watermark where none is.
     Timestamp(i64),
 }
 

@@ -82,7 +82,7 @@ pub struct GroupDescription {
 }
 
 /// Where `reset_offsets` moves a group's committed offsets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OffsetReset {
     /// The partition's first readable offset.
     Earliest,
@@ -90,9 +90,10 @@ pub enum OffsetReset {
     Latest,
     /// This offset, clamped into the readable range.
     To(i64),
-    /// The first index entry holding a record at or after this time (ms since the epoch);
-    /// the high watermark if none. Entry granularity: a few earlier records may be read again.
-    Timestamp(i64),
+    /// One offset per partition (index = partition, one for each), each clamped into the
+    /// readable range: e.g. the first records at or after a time, which only a reader of
+    /// the records can find ([`Metadata::entry_for_time`] says which entry to read).
+    PerPartition(Vec<i64>),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -597,6 +598,7 @@ impl Metadata {
         validate_group(group)?;
         let now = self.clock().now_ms();
         let token = self.token();
+        let to = &to;
         self.run("reset_offsets", |tx, maybe| async move {
             let t = crate::metadata::read_topic(&tx, topic)
                 .await?
@@ -635,24 +637,24 @@ impl Metadata {
             if read_group(&tx, group).await?.is_none() {
                 write_group(&tx, group, &g).await?;
             }
+            if let OffsetReset::PerPartition(list) = to
+                && list.len() != t.partitions as usize
+            {
+                return Err(MetaError::InvalidArgument(format!(
+                    "topic `{topic}` has {} partitions, got {} offsets (partitions were added meanwhile?)",
+                    t.partitions,
+                    list.len()
+                )));
+            }
             let mut out = Vec::new();
             for p in 0..t.partitions {
                 let state = read_position(&tx, t.id, p).await?;
                 let offset = match to {
                     OffsetReset::Earliest => state.start_offset,
                     OffsetReset::Latest => state.next_offset,
-                    OffsetReset::To(n) => n.clamp(state.start_offset, state.next_offset),
-                    OffsetReset::Timestamp(ts) => {
-                        let (b, e) = keys::index_from(t.id, p, 0);
-                        let mut found = state.next_offset;
-                        for (k, v) in tx.get_range(&b, &e, usize::MAX, false).await? {
-                            let entry = crate::metadata::decode_index(t.id, p, &k, &v)?;
-                            if entry.max_timestamp_ms >= ts {
-                                found = entry.base_offset.max(state.start_offset);
-                                break;
-                            }
-                        }
-                        found
+                    OffsetReset::To(n) => (*n).clamp(state.start_offset, state.next_offset),
+                    OffsetReset::PerPartition(list) => {
+                        list[p as usize].clamp(state.start_offset, state.next_offset)
                     }
                 };
                 tx.set(

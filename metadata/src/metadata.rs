@@ -21,6 +21,9 @@ use crate::{
     Topic, TopicSpec,
 };
 
+/// Index entries read per transaction while looking for a time.
+const ENTRIES_PER_TIME_SCAN: usize = 1000;
+
 /// A transaction handle shared between the retry loop and the operation's closure.
 pub(crate) type Tx = Arc<dyn KvTransaction>;
 
@@ -677,6 +680,35 @@ impl Metadata {
             Ok((state, entries))
         })
         .await
+    }
+
+    /// The first index entry of `topic_id`/`partition` ending after `from` that holds a
+    /// record at or after `ts_ms` (its newest timestamp is at or past it), with the
+    /// partition's state; `None` when no readable entry is that recent. Entries are read a
+    /// bounded number per transaction. The record itself is found by reading the entry.
+    pub async fn entry_for_time(
+        &self,
+        topic_id: u64,
+        partition: u32,
+        from: i64,
+        ts_ms: i64,
+    ) -> Result<(PartitionState, Option<IndexEntry>), MetaError> {
+        let mut from = from;
+        loop {
+            let (state, entries) = self
+                .read_index(topic_id, partition, from, ENTRIES_PER_TIME_SCAN)
+                .await?;
+            let Some(last) = entries.last() else {
+                return Ok((state, None));
+            };
+            from = last.end_offset;
+            if let Some(e) = entries
+                .into_iter()
+                .find(|e| e.end_offset > state.start_offset && e.max_timestamp_ms >= ts_ms)
+            {
+                return Ok((state, Some(e)));
+            }
+        }
     }
 
     /// Waits until the partition's high watermark passes `offset` or `max_wait` elapses, and

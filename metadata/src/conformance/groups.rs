@@ -174,11 +174,30 @@ pub async fn consumer_groups(kv: Arc<dyn KvStore>) {
         .unwrap();
     assert_eq!(reset.len(), 12);
     assert!(reset.contains(&(ta.clone(), pa, 10)));
+    // The first entry with a record at or after a time; the agent reads it for the record.
+    let (state, entry) = m.entry_for_time(t.id, pa, 0, 0).await.unwrap();
+    assert_eq!(state.next_offset, 10);
+    assert_eq!(entry.map(|e| e.base_offset), Some(0));
+    let (_, entry) = m.entry_for_time(t.id, pa, 0, i64::MAX).await.unwrap();
+    assert!(entry.is_none(), "nothing that recent");
+    let mut offsets = vec![0; 12];
+    offsets[pa as usize] = 4;
+    let empty = (pa + 1) % 12;
+    offsets[empty as usize] = -3;
     let reset = m
-        .reset_offsets("billing", "orders", OffsetReset::Timestamp(0))
+        .reset_offsets("billing", "orders", OffsetReset::PerPartition(offsets))
         .await
         .unwrap();
-    assert!(reset.contains(&(ta.clone(), pa, 0)));
+    assert!(reset.contains(&(ta.clone(), pa, 4)));
+    assert!(
+        reset.contains(&(ta.clone(), empty, 0)),
+        "clamped to the start"
+    );
+    let err = m
+        .reset_offsets("billing", "orders", OffsetReset::PerPartition(vec![0; 3]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
     let reset = m
         .reset_offsets("billing", "orders", OffsetReset::To(99))
         .await
