@@ -82,6 +82,11 @@ pub(crate) struct AgentArgs {
     /// 10s, at most 10m).
     #[arg(long, env = "CAIRN_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration, value_name = "DURATION")]
     shutdown_timeout: Option<Duration>,
+    /// Take an existing metadata store that holds nothing (a 0-byte SQLite file, an empty
+    /// table made by hand) as a new, empty one. Without it such a store is refused, since a
+    /// truncated or replaced file looks the same. A store the agent creates needs no flag.
+    #[arg(long)]
+    init: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -145,12 +150,15 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let options: Vec<(String, String)> = file.s3.into_iter().collect();
     let store = cairn_storage::open_object_store(&objects, &options)?;
-    let kv = cairn_metadata::open_kv(&metadata).await.with_context(|| {
-        format!(
-            "cannot open metadata store {}",
-            cairn_metadata::redact_spec(&metadata)
-        )
-    })?;
+    let open = cairn_metadata::OpenOptions { init: args.init };
+    let kv = cairn_metadata::open_kv_with(&metadata, open)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open metadata store {}",
+                cairn_metadata::redact_spec(&metadata)
+            )
+        })?;
     let cluster = cairn_agent::ClusterSettings {
         agent_id: args.agent_id.or(file.agent_id),
         advertise: args.advertise.or(file.advertise),

@@ -504,3 +504,45 @@ fn groups_and_share_groups_from_the_command_line() {
     // Refused by the CLI before the agent sees it (the agent refuses it too).
     assert!(String::from_utf8_lossy(&bad.stderr).contains("must be between 1s and 10m"));
 }
+
+/// A metadata file that exists but holds nothing is what a truncated or replaced file looks
+/// like: the agent refuses it (exit 1, one line naming --init) instead of starting an empty
+/// cluster over it. `--init` takes it as new; the store is then marked and restarts need no
+/// flag. A file the agent creates itself needs no flag either (the first-run command).
+#[test]
+fn an_empty_existing_metadata_file_is_refused_without_init() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("cairn-data")).unwrap();
+    std::fs::write(dir.path().join("cairn-data/meta.sqlite"), b"").unwrap();
+    let out = Command::new(BIN)
+        .args(["agent", "--listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env("CAIRN_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds no Cairn metadata") && err.contains("--init"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "it never listened: {out:?}");
+
+    let mut child = Command::new(BIN)
+        .args(["agent", "--listen", "127.0.0.1:0", "--init"])
+        .current_dir(dir.path())
+        .env("CAIRN_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("cairn agent listening on "), "{line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Marked now: a restart without the flag is accepted.
+    let agent = start_agent(dir.path());
+    drop(agent);
+}

@@ -167,6 +167,15 @@ pub(crate) fn producer_partitions_from(
     (producer_partition(id, topic_id, partition), end)
 }
 
+/// The store's format marker: written when Cairn creates a store, so that a store without
+/// it (a truncated or replaced file) is not taken for a new, empty cluster.
+pub(crate) fn format_marker() -> Vec<u8> {
+    key(("cairn", "format"))
+}
+
+/// The format marker's value.
+pub(crate) const FORMAT: &[u8] = b"cairn-metadata 1";
+
 pub(crate) fn next_member_id() -> Vec<u8> {
     key(("seq", "member"))
 }

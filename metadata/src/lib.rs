@@ -71,6 +71,64 @@ pub fn redact_spec(spec: &str) -> String {
 /// `postgres://USER:PASSWORD@HOST:PORT/DB`, `memory:` or `fdb:CLUSTER_FILE` (the last only
 /// in builds with the `fdb` feature).
 pub async fn open_kv(spec: &str) -> Result<Arc<dyn KvStore>, MetaError> {
+    open_kv_with(spec, OpenOptions::default()).await
+}
+
+/// How [`open_kv_with`] treats the store it opens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenOptions {
+    /// Take an existing store that holds nothing, not even Cairn's format marker (a 0-byte
+    /// SQLite file, a PostgreSQL table created by hand), as a new one. Without it such a
+    /// store is refused: it is what a truncated or replaced metadata file looks like, and
+    /// starting over it would hide every topic (and let the compactor collect their
+    /// objects as orphans). A store Cairn creates itself is marked and needs no option.
+    pub init: bool,
+}
+
+/// [`open_kv`] with options; a persistent store is checked for Cairn's format marker.
+pub async fn open_kv_with(spec: &str, options: OpenOptions) -> Result<Arc<dyn KvStore>, MetaError> {
+    let kv = open_backend(spec).await?;
+    if kv.name() != "memory" {
+        check_format(kv.as_ref(), spec, options).await?;
+    }
+    Ok(kv)
+}
+
+/// Checks (or, for a store known to be new, writes) the format marker.
+async fn check_format(kv: &dyn KvStore, spec: &str, options: OpenOptions) -> Result<(), MetaError> {
+    let shown = redact_spec(spec);
+    let policy = kv::RetryPolicy::default();
+    metadata::transact(kv, &policy, "check_format", |tx, _| {
+        let shown = shown.clone();
+        async move {
+            match tx.get(&keys::format_marker()).await? {
+                Some(v) if v == keys::FORMAT => Ok(()),
+                Some(v) => Err(MetaError::InvalidArgument(format!(
+                    "metadata store {shown} is in format `{}`, which this cairn ({}) does not read",
+                    String::from_utf8_lossy(&v),
+                    env!("CARGO_PKG_VERSION")
+                ))),
+                None => {
+                    let any = tx.get_range(b"", b"\xff\xff", 1, false).await?;
+                    if any.is_empty() && !options.init {
+                        return Err(MetaError::InvalidArgument(format!(
+                            "metadata store {shown} exists but holds no Cairn metadata (not even its format marker): \
+                             it may have been truncated or replaced, and starting over it would hide every topic. \
+                             Restore it, or pass --init if a new, empty store is intended"
+                        )));
+                    }
+                    // Written by a Cairn from before the marker (it holds keys), or new by
+                    // intent: mark it.
+                    tx.set(&keys::format_marker(), keys::FORMAT).await?;
+                    Ok(())
+                }
+            }
+        }
+    })
+    .await
+}
+
+async fn open_backend(spec: &str) -> Result<Arc<dyn KvStore>, MetaError> {
     if let Some(path) = spec.strip_prefix("sqlite:") {
         let path = path.strip_prefix("//").unwrap_or(path);
         if path.is_empty() {

@@ -139,15 +139,33 @@ impl PostgresKv {
         // Agents starting together on a new database race to create the table, and
         // IF NOT EXISTS does not cover the race (the loser fails on the catalog's unique
         // indexes): a transaction-scoped advisory lock makes the creations take turns.
-        client
-            .batch_execute(
-                "BEGIN; \
-                 SELECT pg_advisory_xact_lock(7170); \
-                 CREATE TABLE IF NOT EXISTS cairn_kv (k bytea PRIMARY KEY, v bytea NOT NULL); \
-                 COMMIT;",
-            )
-            .await
-            .map_err(|e| MetaError::Kv(map_err(e)))?;
+        // The agent that creates the table marks the store as Cairn's in the same
+        // transaction, so the others never see it unmarked.
+        let created = async {
+            client
+                .batch_execute("BEGIN; SELECT pg_advisory_xact_lock(7170);")
+                .await?;
+            let new: bool = client
+                .query_one("SELECT to_regclass('cairn_kv') IS NULL", &[])
+                .await?
+                .get(0);
+            client
+                .batch_execute(
+                    "CREATE TABLE IF NOT EXISTS cairn_kv (k bytea PRIMARY KEY, v bytea NOT NULL);",
+                )
+                .await?;
+            if new {
+                client
+                    .execute(
+                        "INSERT INTO cairn_kv (k, v) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                        &[&crate::keys::format_marker(), &crate::keys::FORMAT],
+                    )
+                    .await?;
+            }
+            client.batch_execute("COMMIT;").await
+        }
+        .await;
+        created.map_err(|e| MetaError::Kv(map_err(e)))?;
         Ok(kv)
     }
 

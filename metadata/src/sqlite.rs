@@ -75,6 +75,9 @@ impl SqliteKv {
                 source,
             })?;
         }
+        // A file this call creates is a new store, marked as Cairn's with its table; an
+        // existing file must carry the mark already (see `open_kv`).
+        let new = !path.exists();
         let kv = SqliteKv {
             path,
             pool: Arc::new(Mutex::new(Vec::new())),
@@ -82,10 +85,20 @@ impl SqliteKv {
             limits,
         };
         let conn = kv.connect()?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;",
-        )
-        .map_err(|e| MetaError::Kv(map_err(e)))?;
+        let created = (|| {
+            conn.execute_batch(
+                "BEGIN IMMEDIATE; \
+                 CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;",
+            )?;
+            if new {
+                conn.execute(
+                    "INSERT OR IGNORE INTO kv (k, v) VALUES (?1, ?2)",
+                    rusqlite::params![crate::keys::format_marker(), crate::keys::FORMAT],
+                )?;
+            }
+            conn.execute_batch("COMMIT;")
+        })();
+        created.map_err(|e| MetaError::Kv(map_err(e)))?;
         kv.give_back(conn);
         Ok(kv)
     }

@@ -109,3 +109,54 @@ async fn fdb_backend_conforms() {
     })
     .await;
 }
+
+/// Format marker: a new file is marked, an existing empty one refused unless `init`, a
+/// store with keys from before the marker accepted and marked, a foreign format refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_stores_carry_a_format_marker() -> Result<(), Box<dyn std::error::Error>> {
+    use cairn_metadata::{ErrorKind, OpenOptions, open_kv, open_kv_with};
+    let dir = tempfile::tempdir()?;
+    let spec = |name: &str| format!("sqlite:{}", dir.path().join(name).display());
+
+    // New: created, marked, reopened without options.
+    open_kv(&spec("new.sqlite")).await?;
+    open_kv(&spec("new.sqlite")).await?;
+
+    // A 0-byte file: refused, then taken with init, then fine without.
+    std::fs::write(dir.path().join("empty.sqlite"), b"")?;
+    let Err(err) = open_kv(&spec("empty.sqlite")).await else {
+        panic!("an empty existing file must be refused")
+    };
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    assert!(err.to_string().contains("--init"), "{err}");
+    open_kv_with(&spec("empty.sqlite"), OpenOptions { init: true }).await?;
+    open_kv(&spec("empty.sqlite")).await?;
+
+    // Written before markers existed: a store with keys but no marker.
+    let legacy = dir.path().join("legacy.sqlite");
+    {
+        let kv: Arc<dyn KvStore> = Arc::new(SqliteKv::open(&legacy, Limits::default())?);
+        let tx = kv.begin().await?;
+        // The marker this open wrote goes, as in an old store; a topic-like key stays.
+        let all = tx.get_range(b"", b"\xff\xff", 10, false).await?;
+        assert_eq!(all.len(), 1, "only the marker: {all:?}");
+        tx.clear(&all[0].0).await?;
+        tx.set(b"\x02old\x00", b"data").await?;
+        tx.commit().await?;
+        let kv = open_kv(&spec("legacy.sqlite")).await?;
+        let tx = kv.begin().await?;
+        assert_eq!(
+            tx.get_range(b"", b"\xff\xff", 10, false).await?.len(),
+            2,
+            "marked"
+        );
+        // A marker of another format is refused.
+        tx.set(&all[0].0, b"cairn-metadata 99").await?;
+        tx.commit().await?;
+    }
+    let Err(err) = open_kv(&spec("legacy.sqlite")).await else {
+        panic!("a foreign format must be refused")
+    };
+    assert!(err.to_string().contains("cairn-metadata 99"), "{err}");
+    Ok(())
+}
