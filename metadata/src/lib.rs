@@ -89,6 +89,11 @@ pub struct OpenOptions {
 pub async fn open_kv_with(spec: &str, options: OpenOptions) -> Result<Arc<dyn KvStore>, MetaError> {
     let kv = open_backend(spec).await?;
     if kv.name() != "memory" {
+        // A FoundationDB cluster is not a file that can be truncated or swapped, and its
+        // creation cannot be told apart from an empty keyspace: an empty one is new.
+        let options = OpenOptions {
+            init: options.init || spec.starts_with("fdb:"),
+        };
         check_format(kv.as_ref(), spec, options).await?;
     }
     Ok(kv)
