@@ -167,7 +167,7 @@ impl AgentBuilder {
             metrics.clone(),
         );
         let reader = Reader::new(
-            store,
+            store.clone(),
             metadata.clone(),
             self.settings.cache_bytes,
             metrics.clone(),
@@ -188,6 +188,7 @@ impl AgentBuilder {
                 faults,
                 metrics,
                 store_url: self.store_url,
+                store,
                 started_ms,
                 identity: std::sync::OnceLock::new(),
             }),
@@ -230,6 +231,21 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
+    /// Writes a small probe object (`probes/<name>`) to check that the object store takes
+    /// writes, e.g. before serving: a missing bucket, wrong credentials or a full disk are
+    /// reported now rather than as failed produces later.
+    pub async fn probe_object_store(&self, name: &str) -> Result<(), AgentError> {
+        let key = cairn_storage::keys::probe_key(name);
+        metrics::probe(self.shared.store.as_ref(), &key)
+            .await
+            .map_err(|e| {
+                AgentError::Config(format!(
+                    "object store {} does not take writes ({key}): {e}",
+                    self.shared.store_url
+                ))
+            })
+    }
+
     /// Object-store request counters of this agent.
     pub fn store_counters(&self) -> Arc<StoreCounters> {
         self.counters.clone()
@@ -325,6 +341,9 @@ impl Agent {
                     metrics: self.shared.metrics.clone(),
                     metadata: self.shared.metadata.clone(),
                     stopping: stopping.clone(),
+                    store: self.shared.store.clone(),
+                    probe: cairn_storage::keys::probe_key(&identity.id),
+                    last_probe_ms: Arc::default(),
                 },
                 async move {
                     let _ = http_stopped.await;

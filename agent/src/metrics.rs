@@ -278,6 +278,38 @@ pub(crate) struct Http {
     pub(crate) metrics: Arc<AgentMetrics>,
     pub(crate) metadata: Metadata,
     pub(crate) stopping: Arc<AtomicBool>,
+    /// The instrumented object store, for the readiness probe.
+    pub(crate) store: Arc<dyn object_store::ObjectStore>,
+    /// This agent's probe object.
+    pub(crate) probe: object_store::path::Path,
+    /// When readiness last wrote the probe (`StoreHealth::now_ms`).
+    pub(crate) last_probe_ms: Arc<AtomicU64>,
+}
+
+/// Readiness writes the probe when no request succeeded for this long (an idle agent), or
+/// the latest one failed.
+const PROBE_WHEN_IDLE_MS: u64 = 30_000;
+/// At most one probe this often.
+const PROBE_EVERY_MS: u64 = 5_000;
+/// A probe slower than this counts as failed.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Writes the probe object (a few bytes, overwritten each time).
+pub(crate) async fn probe(
+    store: &dyn object_store::ObjectStore,
+    key: &object_store::path::Path,
+) -> Result<(), String> {
+    use object_store::ObjectStoreExt;
+    let put = store.put(key, object_store::PutPayload::from_static(b"cairn probe\n"));
+    match tokio::time::timeout(PROBE_TIMEOUT, put).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+fn now_ms() -> u64 {
+    cairn_storage::StoreHealth::now_ms()
 }
 
 async fn metrics(State(h): State<Http>) -> (StatusCode, [(&'static str, &'static str); 1], String) {
@@ -293,17 +325,37 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when not shutting down and the metadata store answers.
+/// Ready when not shutting down, the metadata store answers, and the object store's latest
+/// request succeeded; an agent idle for 30 s (or whose latest request failed) writes its
+/// probe object first, at most every 5 s, so an outage or a full disk shows here even
+/// without traffic.
 async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
+    let unavailable = |m: String| (StatusCode::SERVICE_UNAVAILABLE, m);
     if h.stopping.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into());
+        return unavailable("shutting down\n".into());
     }
-    match h.metadata.topic_by_id(0).await {
-        Ok(_) => (StatusCode::OK, "ready\n".into()),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("metadata store unavailable: {e}\n"),
-        ),
+    if let Err(e) = h.metadata.topic_by_id(0).await {
+        return unavailable(format!("metadata store unavailable: {e}\n"));
+    }
+    let health = &h.metrics.store.health;
+    let now = now_ms();
+    let idle = now.saturating_sub(health.last_ok_ms()) > PROBE_WHEN_IDLE_MS;
+    let last_probe = h.last_probe_ms.load(Ordering::Relaxed);
+    if (idle || health.failing().is_some())
+        && (last_probe == 0 || now.saturating_sub(last_probe) >= PROBE_EVERY_MS)
+    {
+        h.last_probe_ms.store(now, Ordering::Relaxed);
+        // The instrumented store records an answer in `health`; no answer in time is a
+        // failure of its own.
+        if let Err(e) = probe(h.store.as_ref(), &h.probe).await
+            && health.failing().is_none()
+        {
+            return unavailable(format!("object store failing: PUT {}: {e}\n", h.probe));
+        }
+    }
+    match health.failing() {
+        Some(e) => unavailable(format!("object store failing: {e}\n")),
+        None => (StatusCode::OK, "ready\n".into()),
     }
 }
 

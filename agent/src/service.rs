@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) faults: Arc<Faults>,
     pub(crate) metrics: Arc<crate::metrics::AgentMetrics>,
     pub(crate) store_url: String,
+    /// The object store as the agent uses it (instrumented).
+    pub(crate) store: Arc<dyn object_store::ObjectStore>,
     pub(crate) started_ms: i64,
     /// Who the agent is in the cluster, known once it serves.
     pub(crate) identity: std::sync::OnceLock<crate::registry::Identity>,

@@ -159,6 +159,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 cairn_metadata::redact_spec(&metadata)
             )
         })?;
+    let probe_name = args.agent_id.clone().or(file.agent_id.clone());
     let cluster = cairn_agent::ClusterSettings {
         agent_id: args.agent_id.or(file.agent_id),
         advertise: args.advertise.or(file.advertise),
@@ -184,6 +185,18 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let addr = listener
         .local_addr()
         .context("listening socket has no address")?;
+    // A missing bucket, refused credentials or a full disk stop the start here, not as
+    // failed produces later; a passing hiccup is retried.
+    let probe_name = probe_name.unwrap_or_else(|| addr.to_string());
+    let mut attempt = 0;
+    while let Err(e) = agent.probe_object_store(&probe_name).await {
+        attempt += 1;
+        if attempt == 10 {
+            return Err(e.into());
+        }
+        tracing::warn!(error = %e, "object store probe failed; retrying");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     tracing::info!(objects = %objects, metadata = %cairn_metadata::redact_spec(&metadata), "agent started");
     let metrics_addr = args
         .metrics_listen

@@ -15,6 +15,23 @@ pub const SEGMENTS: &str = "segments";
 /// The prefix of Parquet tables.
 pub const TOPICS: &str = "topics";
 
+/// Where an agent writes the small object that proves the store takes writes (at start
+/// and for readiness): one per agent id, overwritten, outside [`OBJECT_PREFIXES`] so the
+/// compactor never looks at it.
+pub fn probe_key(agent_id: &str) -> Path {
+    let safe: String = agent_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Path::from(format!("probes/{safe}"))
+}
+
 /// A fresh segment key for a segment sealed at `now_ms` (from the injected clock).
 pub fn segment_key(now_ms: i64) -> Path {
     let ms = now_ms.max(0) as u64;

@@ -122,6 +122,65 @@ pub struct StoreCounters {
     pub put_seconds: Latency,
     /// GET latency.
     pub get_seconds: Latency,
+    /// How the latest requests went, for readiness.
+    pub health: Arc<StoreHealth>,
+}
+
+/// When the object store last answered a request well and last failed one (on
+/// [`StoreHealth::now_ms`]'s clock; 0 for never), and the last failure: an agent whose latest request failed
+/// is not ready. A missing object is an answer, not a failure.
+#[derive(Debug, Default)]
+pub struct StoreHealth {
+    last_ok_ms: AtomicU64,
+    last_failure_ms: AtomicU64,
+    last_failure: std::sync::Mutex<String>,
+}
+
+impl StoreHealth {
+    /// Milliseconds on this process's monotonic clock (from 1, so 0 can mean never): the
+    /// times here are compared with each other only, never with wall-clock time.
+    pub fn now_ms() -> u64 {
+        static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        BASE.get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1
+    }
+
+    /// Records the outcome of one request.
+    pub fn record<T>(&self, op: &str, r: &object_store::Result<T>) {
+        // A GET of a missing object is an answer; a PUT never legitimately meets NotFound
+        // (S3 says it of a missing bucket).
+        let failure = match r {
+            Ok(_) => None,
+            Err(object_store::Error::NotFound { .. }) if op.starts_with("GET") => None,
+            Err(e) => Some(e),
+        };
+        match failure {
+            None => self.last_ok_ms.store(Self::now_ms(), Ordering::Relaxed),
+            Some(e) => {
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = format!("{op}: {e}");
+                self.last_failure_ms
+                    .store(Self::now_ms(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// When a request last succeeded ([`StoreHealth::now_ms`], 0 for never).
+    pub fn last_ok_ms(&self) -> u64 {
+        self.last_ok_ms.load(Ordering::Relaxed)
+    }
+
+    /// The latest failure, when it is more recent than the latest success.
+    pub fn failing(&self) -> Option<String> {
+        let failed = self.last_failure_ms.load(Ordering::Relaxed);
+        (failed != 0 && failed >= self.last_ok_ms()).then(|| {
+            self.last_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        })
+    }
 }
 
 /// Histogram buckets for request latencies: 0.5 ms to ~33 s, doubling.
@@ -306,7 +365,9 @@ impl MultipartUpload for CountingUpload {
     async fn complete(&mut self) -> object_store::Result<PutResult> {
         self.counters.puts.inc_by(1);
         let started = std::time::Instant::now();
-        let r = self.inner.complete().await?;
+        let r = self.inner.complete().await;
+        self.counters.health.record("PUT (complete multipart)", &r);
+        let r = r?;
         self.counters
             .put_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -331,7 +392,9 @@ impl ObjectStore for InstrumentedStore {
             .put_bytes
             .inc_by(payload.content_length() as u64);
         let started = std::time::Instant::now();
-        let r = self.inner.put_opts(location, payload, opts).await?;
+        let r = self.inner.put_opts(location, payload, opts).await;
+        self.counters.health.record("PUT", &r);
+        let r = r?;
         self.counters
             .put_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -343,7 +406,9 @@ impl ObjectStore for InstrumentedStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        let inner = self.inner.put_multipart_opts(location, opts).await;
+        self.counters.health.record("PUT (start multipart)", &inner);
+        let inner = inner?;
         Ok(Box::new(CountingUpload {
             inner,
             counters: self.counters.clone(),
@@ -357,7 +422,9 @@ impl ObjectStore for InstrumentedStore {
     ) -> object_store::Result<GetResult> {
         self.counters.gets.inc_by(1);
         let started = std::time::Instant::now();
-        let r = self.inner.get_opts(location, options).await?;
+        let r = self.inner.get_opts(location, options).await;
+        self.counters.health.record("GET", &r);
+        let r = r?;
         self.counters
             .get_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -372,7 +439,9 @@ impl ObjectStore for InstrumentedStore {
     ) -> object_store::Result<Vec<Bytes>> {
         // Delegate so the inner store's coalescing applies; count what it returns.
         let started = std::time::Instant::now();
-        let r = self.inner.get_ranges(location, ranges).await?;
+        let r = self.inner.get_ranges(location, ranges).await;
+        self.counters.health.record("GET", &r);
+        let r = r?;
         self.counters
             .get_seconds
             .observe(started.elapsed().as_secs_f64());

@@ -239,3 +239,88 @@ fn bench_smoke_reports_every_field() {
     }
     assert!(raw["puts"].as_u64().unwrap() > 0);
 }
+
+/// Readiness follows the object store: a PUT that fails (here the segments directory is
+/// replaced by a file) turns /readyz to 503 naming the failure while the produce waits;
+/// once the store takes writes again the produce is acked and /readyz is 200 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_object_store() -> anyhow::Result<()> {
+    let dir = temp_dir()?;
+    let root = dir.path().join("objects");
+    let objects = format!("file://{}", root.display());
+    let metadata = format!("sqlite:{}", dir.path().join("meta.sqlite").display());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let agent = AgentProcess::start(
+        &[
+            "--object-store",
+            &objects,
+            "--metadata",
+            &metadata,
+            "--metrics-listen",
+            &metrics,
+        ],
+        &[],
+    )?;
+    assert_eq!(http_get(&metrics, "/readyz"), (200, "ready\n".into()));
+    let channel = cairn_client::connect(&agent.endpoint).await?;
+    Admin::new(channel.clone())
+        .create_topic("r", 1, TopicOptions::default())
+        .await?;
+    // Segments cannot be written while `segments` is a file.
+    let segments = root.join("segments");
+    std::fs::create_dir_all(&segments)?;
+    std::fs::rename(&segments, root.join("segments.away"))?;
+    std::fs::write(&segments, b"in the way")?;
+    let producer = Producer::new(channel, ProducerConfig::default());
+    let ack = producer.send(ProducerRecord::new("r", "waits")).await?;
+    let ack = tokio::spawn(ack);
+    let mut seen = http_get(&metrics, "/readyz");
+    while seen.0 == 200 {
+        assert!(!ack.is_finished(), "acked while the store refused writes");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        seen = http_get(&metrics, "/readyz");
+    }
+    assert_eq!(seen.0, 503, "{seen:?}");
+    assert!(seen.1.starts_with("object store failing: PUT"), "{seen:?}");
+    // The store recovers: the waiting produce is acked, readiness returns.
+    std::fs::remove_file(&segments)?;
+    std::fs::rename(root.join("segments.away"), &segments)?;
+    let meta = ack.await??;
+    assert_eq!(meta.offset, 0);
+    assert_eq!(http_get(&metrics, "/readyz"), (200, "ready\n".into()));
+    agent.stop()?;
+    Ok(())
+}
+
+/// Start-up checks that the object store takes writes: an agent pointed at a bucket that
+/// does not exist, or at a directory where it cannot create its objects, exits with one
+/// line saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_refuses_to_start_on_a_store_that_takes_no_writes() -> anyhow::Result<()> {
+    let dir = temp_dir()?;
+    // A directory where nothing can be created (`probes` is a file, so probes/ID fails).
+    std::fs::create_dir_all(dir.path().join("objects"))?;
+    std::fs::write(dir.path().join("objects/probes"), b"")?;
+    let metadata = format!("sqlite:{}", dir.path().join("meta.sqlite").display());
+    let file_store = format!("file://{}", dir.path().join("objects").display());
+    let cases = [
+        (
+            "s3://cairn-no-such-bucket/x".to_string(),
+            cairn_tests::s3_env()?,
+        ),
+        (file_store, Vec::new()),
+    ];
+    for (store, env) in cases {
+        let out = Command::new(cairn_bin()?)
+            .args(["agent", "--listen", "127.0.0.1:0"])
+            .args(["--object-store", &store, "--metadata", &metadata])
+            .env("CAIRN_LOG", "error")
+            .envs(env)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{store}: {err}");
+        assert!(err.contains("does not take writes"), "{store}: {err}");
+        assert!(out.stdout.is_empty(), "{store}: it never listened");
+    }
+    Ok(())
+}
