@@ -437,6 +437,11 @@ impl Metadata {
         offsets: &[(String, u32, i64)],
     ) -> Result<(), MetaError> {
         validate_group(group)?;
+        if let Some((topic, partition, offset)) = offsets.iter().find(|(_, _, o)| *o < 0) {
+            return Err(MetaError::InvalidArgument(format!(
+                "offset must be 0 or more, got {offset} for {topic}/{partition}"
+            )));
+        }
         let now = self.clock().now_ms();
         let token = self.token();
         self.run("commit_offsets", |tx, maybe| async move {

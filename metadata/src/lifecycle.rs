@@ -106,6 +106,11 @@ impl Metadata {
         partition: u32,
         before: i64,
     ) -> Result<i64, MetaError> {
+        if before < 0 {
+            return Err(MetaError::InvalidArgument(format!(
+                "delete-records offset must be 0 or more, got {before}"
+            )));
+        }
         self.run("delete_records", |tx, maybe| async move {
             let t = read_topic(&tx, topic)
                 .await?

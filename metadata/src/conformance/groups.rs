@@ -224,6 +224,14 @@ pub async fn consumer_groups(kv: Arc<dyn KvStore>) {
             .kind(),
         ErrorKind::NotFound
     );
+    // Negative offsets are invalid arguments (the table in ARCHITECTURE), not out of range.
+    let err = m
+        .commit_offsets("billing", "member-1", 1, &[("orders".to_string(), pa, -5)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
+    let err = m.delete_records("orders", pa, -5).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err}");
     // An id the group never issued is refused, not taken as a new member.
     let before = m.describe_group("billing").await.unwrap().members.len();
     let err = m
