@@ -402,6 +402,9 @@ impl Agent {
             let _ = drained_tx.send(());
         };
         let server = tonic::transport::Server::builder()
+            .layer(tower::util::MapResponseLayer::new(
+                oversized_is_resource_exhausted,
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -450,6 +453,23 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// tonic answers a request over the decoding limit with OUT_OF_RANGE; gRPC's status-code
+/// guide (and Cairn's error table) say RESOURCE_EXHAUSTED for a request larger than the
+/// server takes, and OUT_OF_RANGE means an offset here. Such an answer is trailers-only, so
+/// its status is in the response headers.
+fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let oversized = tonic::Status::from_header_map(headers).is_some_and(|s| {
+        s.code() == tonic::Code::OutOfRange
+            && s.message()
+                .starts_with("Error, decoded message length too large")
+    });
+    if oversized {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
 }
 
 /// Removes idle producer state now and then. Every agent runs it; sweeps are idempotent.

@@ -173,6 +173,16 @@ async fn bad_input_gets_precise_errors() -> anyhow::Result<()> {
         ErrorReason::TooLarge,
         "request limit",
     );
+    // Far over it (past the decoding limit, request limit + 1 MiB): tonic refuses it before
+    // the agent sees it, and the agent answers RESOURCE_EXHAUSTED, not tonic's OUT_OF_RANGE.
+    let huge = raw_batch("orders", 0, vec![vec![b'x'; 1 << 20]; 2], Codec::None, None)?;
+    match producer.produce(one(huge)).await {
+        Ok(r) => panic!("a 2 MiB request was accepted: {r:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), Code::ResourceExhausted, "{}", s.message());
+            assert!(s.message().contains("too large"), "{}", s.message());
+        }
+    }
     // The agent never decompresses: a frame is too large when it declares more
     // uncompressed bytes than the limit, however small its payload.
     let compressible = raw_batch("orders", 0, ["x".repeat(25_000)], Codec::Zstd, None)?;
