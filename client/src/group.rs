@@ -159,6 +159,16 @@ impl GroupConsumer {
         Ok(())
     }
 
+    /// The group no longer knows this member (its session expired, e.g. while the metadata
+    /// store was down): it owns nothing until it joins again, so a failed join cannot leave
+    /// it reading partitions that may now be someone else's.
+    fn membership_lost(&mut self) {
+        self.member_id.clear();
+        for (t, p) in std::mem::take(&mut self.owned) {
+            self.consumer.unassign(&t, p);
+        }
+    }
+
     async fn heartbeat(&mut self) -> Result<(), ClientError> {
         let answer = self
             .groups
@@ -176,7 +186,7 @@ impl GroupConsumer {
                 let err = ClientError::from(status);
                 if err.reason() == Some(ErrorReason::UnknownMember) {
                     tracing::warn!(group = %self.group, member = %self.member_id, "session expired; joining again");
-                    self.member_id.clear();
+                    self.membership_lost();
                     self.rejoin().await
                 } else {
                     Err(err)
@@ -188,7 +198,10 @@ impl GroupConsumer {
     /// Heartbeats when due and reads what is available from the owned partitions, waiting up
     /// to `wait` (never past the next heartbeat) if nothing is.
     pub async fn poll(&mut self, wait: Duration) -> Result<Vec<ConsumedRecord>, ClientError> {
-        if Instant::now() >= self.next_heartbeat {
+        if self.member_id.is_empty() {
+            // A join after a lost membership failed (e.g. no agent answered): try again.
+            self.rejoin().await?;
+        } else if Instant::now() >= self.next_heartbeat {
             self.heartbeat().await?;
         }
         let until_beat = self
@@ -210,10 +223,8 @@ impl GroupConsumer {
     pub async fn commit(&mut self) -> Result<(), ClientError> {
         for attempt in 0..2 {
             let offsets: Vec<v2::PartitionOffset> = self
-                .consumer
                 .positions()
                 .into_iter()
-                .filter(|(t, p, _)| self.owned.contains(&(t.clone(), *p)))
                 .map(|(topic, partition, offset)| v2::PartitionOffset {
                     topic,
                     partition,
@@ -241,7 +252,7 @@ impl GroupConsumer {
                     self.heartbeat().await?;
                 }
                 Some(ErrorReason::UnknownMember) => {
-                    self.member_id.clear();
+                    self.membership_lost();
                     self.rejoin().await?;
                     return Err(err);
                 }
@@ -251,6 +262,17 @@ impl GroupConsumer {
         Err(ClientError::Invalid(
             "the group kept rebalancing during the commit".into(),
         ))
+    }
+
+    /// The read position (next offset) of every owned partition: what [`commit`] commits.
+    ///
+    /// [`commit`]: GroupConsumer::commit
+    pub fn positions(&self) -> Vec<(String, u32, i64)> {
+        self.consumer
+            .positions()
+            .into_iter()
+            .filter(|(t, p, _)| self.owned.contains(&(t.clone(), *p)))
+            .collect()
     }
 
     /// Whether every owned partition has been read up to the high watermark last seen.
