@@ -23,19 +23,39 @@ pub struct FaultReport {
     pub commits_failed: u64,
     /// Produce replies lost after their commit.
     pub replies_dropped: u64,
+    /// GETs that failed.
+    pub gets_failed: u64,
+    /// PUTs applied whose reply was lost.
+    pub put_replies_lost: u64,
+    /// Object-store requests slowed down.
+    pub requests_slowed: u64,
+    /// Metadata commits applied whose reply was lost.
+    pub commits_unknown: u64,
 }
 
 /// Which faults to inject, and how often.
 ///
 /// Parsed from `key=value` pairs separated by commas, e.g.
 /// `put_fail_rate=0.05,commit_fail_rate=0.05,reply_drop_rate=0.05,seed=7` or
-/// `crash_after_commits=3`.
+/// `crash_after_commits=3`. Keys: `put_fail_rate`, `get_fail_rate`, `put_reply_lost_rate`,
+/// `slow_rate` with `slow_ms`, `commit_fail_rate`, `commit_unknown_rate`,
+/// `reply_drop_rate`, `crash_after_commits`, `seed`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FaultSpec {
     /// Probability that a segment PUT fails.
     pub put_fail_rate: f64,
+    /// Probability that an object-store GET fails.
+    pub get_fail_rate: f64,
+    /// Probability that a PUT is applied but its reply lost (the agent sees a failure).
+    pub put_reply_lost_rate: f64,
+    /// Probability that an object-store request is answered only after `slow_ms`.
+    pub slow_rate: f64,
+    /// How long a slow request waits, in milliseconds (default 1,000).
+    pub slow_ms: u64,
     /// Probability that a metadata commit fails for good (not applied).
     pub commit_fail_rate: f64,
+    /// Probability that a metadata commit is applied but reports an unknown outcome.
+    pub commit_unknown_rate: f64,
     /// Probability that a produce reply is replaced by UNAVAILABLE after its commit
     /// succeeded, as if the response were lost on the way.
     pub reply_drop_rate: f64,
@@ -49,10 +69,32 @@ pub struct FaultSpec {
 impl FaultSpec {
     /// Whether any fault is configured.
     pub fn is_active(&self) -> bool {
-        self.put_fail_rate > 0.0
+        self.store_faults()
             || self.commit_fail_rate > 0.0
+            || self.commit_unknown_rate > 0.0
             || self.reply_drop_rate > 0.0
             || self.crash_after_commits.is_some()
+    }
+}
+
+impl FaultSpec {
+    /// Whether any object-store fault is configured.
+    pub(crate) fn store_faults(&self) -> bool {
+        self.put_fail_rate > 0.0
+            || self.get_fail_rate > 0.0
+            || self.put_reply_lost_rate > 0.0
+            || self.slow_rate > 0.0
+    }
+
+    /// The object-store fault rates.
+    pub(crate) fn store_rates(&self) -> cairn_storage::StoreFaultRates {
+        cairn_storage::StoreFaultRates {
+            put_fail: self.put_fail_rate,
+            get_fail: self.get_fail_rate,
+            put_reply_lost: self.put_reply_lost_rate,
+            slow: self.slow_rate,
+            slow_for: std::time::Duration::from_millis(self.slow_ms),
+        }
     }
 }
 
@@ -60,7 +102,10 @@ impl FromStr for FaultSpec {
     type Err = AgentError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut spec = FaultSpec::default();
+        let mut spec = FaultSpec {
+            slow_ms: 1000,
+            ..FaultSpec::default()
+        };
         for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let bad = |why: &str| AgentError::Config(format!("fault spec `{pair}`: {why}"));
             let (k, v) = pair
@@ -75,6 +120,17 @@ impl FromStr for FaultSpec {
             match k {
                 "put_fail_rate" => spec.put_fail_rate = rate()?,
                 "commit_fail_rate" => spec.commit_fail_rate = rate()?,
+                "commit_unknown_rate" => spec.commit_unknown_rate = rate()?,
+                "get_fail_rate" => spec.get_fail_rate = rate()?,
+                "put_reply_lost_rate" => spec.put_reply_lost_rate = rate()?,
+                "slow_rate" => spec.slow_rate = rate()?,
+                "slow_ms" => {
+                    spec.slow_ms = v
+                        .parse()
+                        .ok()
+                        .filter(|ms| *ms <= 600_000)
+                        .ok_or_else(|| bad("expected milliseconds, at most 600000"))?
+                }
                 "reply_drop_rate" => spec.reply_drop_rate = rate()?,
                 "crash_after_commits" => {
                     spec.crash_after_commits = Some(v.parse().map_err(|_| bad("expected a count"))?)
@@ -82,8 +138,9 @@ impl FromStr for FaultSpec {
                 "seed" => spec.seed = v.parse().map_err(|_| bad("expected an integer"))?,
                 _ => {
                     return Err(bad(
-                        "unknown key (use put_fail_rate, commit_fail_rate, reply_drop_rate, \
-                         crash_after_commits, seed)",
+                        "unknown key (use put_fail_rate, get_fail_rate, put_reply_lost_rate, \
+                         slow_rate, slow_ms, commit_fail_rate, commit_unknown_rate, \
+                         reply_drop_rate, crash_after_commits, seed)",
                     ));
                 }
             }
@@ -146,10 +203,15 @@ impl Faults {
 
     /// What was injected so far.
     pub(crate) fn report(&self) -> FaultReport {
+        let store = self.store.as_ref().map(|s| s.counts()).unwrap_or_default();
         FaultReport {
-            puts_failed: self.store.as_ref().map_or(0, |s| s.failed_puts()),
+            puts_failed: store.failed_puts,
             commits_failed: self.kv.as_ref().map_or(0, |k| k.broken_commits()),
             replies_dropped: self.replies_dropped.load(Ordering::SeqCst),
+            gets_failed: store.failed_gets,
+            put_replies_lost: store.lost_put_replies,
+            requests_slowed: store.slowed,
+            commits_unknown: self.kv.as_ref().map_or(0, |k| k.unknown_commits()),
         }
     }
 
@@ -193,5 +255,17 @@ mod tests {
         assert!(e.to_string().contains("from 0 to 1"), "{e}");
         let e = FaultSpec::from_str("nope=1").unwrap_err();
         assert!(e.to_string().contains("unknown key"), "{e}");
+        let s: FaultSpec = "get_fail_rate=0.1,put_reply_lost_rate=0.2,slow_rate=0.3,slow_ms=50,commit_unknown_rate=0.4"
+            .parse()
+            .unwrap();
+        assert!(s.is_active() && s.store_faults());
+        assert_eq!(
+            s.store_rates().slow_for,
+            std::time::Duration::from_millis(50)
+        );
+        assert_eq!(s.commit_unknown_rate, 0.4);
+        assert_eq!(FaultSpec::from_str("").unwrap().slow_ms, 1000);
+        let e = FaultSpec::from_str("slow_ms=-1").unwrap_err();
+        assert!(e.to_string().contains("milliseconds"), "{e}");
     }
 }

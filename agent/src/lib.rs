@@ -134,19 +134,20 @@ impl AgentBuilder {
         let spec = &self.faults;
         let mut faulty_store = None;
         let mut faulty_kv = None;
-        if spec.put_fail_rate > 0.0 {
-            let f = Arc::new(FaultyStore::with_put_fail_rate(
+        if spec.store_faults() {
+            let f = Arc::new(FaultyStore::with_rates(
                 store,
-                spec.put_fail_rate,
+                spec.store_rates(),
                 spec.seed,
             ));
             faulty_store = Some(f.clone());
             store = f;
         }
-        if spec.commit_fail_rate > 0.0 {
-            let f = Arc::new(cairn_metadata::FaultyKv::with_break_rate(
+        if spec.commit_fail_rate > 0.0 || spec.commit_unknown_rate > 0.0 {
+            let f = Arc::new(cairn_metadata::FaultyKv::with_rates(
                 kv,
                 spec.commit_fail_rate,
+                spec.commit_unknown_rate,
                 spec.seed.wrapping_add(2),
             ));
             faulty_kv = Some(f.clone());

@@ -87,10 +87,14 @@ type Interlude = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + 
 
 struct Faults {
     fail_commits: AtomicU32,
+    damaged_commits: AtomicU32,
     unknown_commits: AtomicU32,
     broken_commits: AtomicU32,
     /// Probability (parts per million) that a writing commit fails for good.
     break_ppm: u32,
+    /// Probability (parts per million) that a writing commit is applied but its reply lost.
+    unknown_ppm: u32,
+    unknowns: std::sync::atomic::AtomicU64,
     rng: std::sync::Mutex<rand::rngs::StdRng>,
     broken: std::sync::atomic::AtomicU64,
     /// Runs after the next lost-reply commit is applied, before it reports unknown.
@@ -109,13 +113,13 @@ impl std::fmt::Debug for Faults {
 }
 
 impl Faults {
-    fn roll(&self) -> bool {
+    fn roll(&self, ppm: u32) -> bool {
         use rand::Rng;
-        if self.break_ppm == 0 {
+        if ppm == 0 {
             return false;
         }
         let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        rng.random_range(0..1_000_000) < self.break_ppm
+        rng.random_range(0..1_000_000) < ppm
     }
 }
 
@@ -129,14 +133,30 @@ impl FaultyKv {
     /// (a non-retryable backend error, not applied): the caller sees the failure. `seed`
     /// makes the sequence of failures repeatable.
     pub fn with_break_rate(inner: Arc<dyn KvStore>, rate: f64, seed: u64) -> Self {
+        Self::with_rates(inner, rate, 0.0, seed)
+    }
+
+    /// Wraps a store so that each writing commit fails for good with probability
+    /// `break_rate` (see [`FaultyKv::with_break_rate`]) and, with probability
+    /// `unknown_rate`, is applied but reports `CommitUnknown`, like a lost reply (the
+    /// metadata layer's retry contract must cope). `seed` makes the sequence repeatable.
+    pub fn with_rates(
+        inner: Arc<dyn KvStore>,
+        break_rate: f64,
+        unknown_rate: f64,
+        seed: u64,
+    ) -> Self {
         use rand::SeedableRng;
         FaultyKv {
             inner,
             faults: Arc::new(Faults {
                 fail_commits: AtomicU32::new(0),
+                damaged_commits: AtomicU32::new(0),
                 unknown_commits: AtomicU32::new(0),
                 broken_commits: AtomicU32::new(0),
-                break_ppm: (rate.clamp(0.0, 1.0) * 1e6) as u32,
+                break_ppm: (break_rate.clamp(0.0, 1.0) * 1e6) as u32,
+                unknown_ppm: (unknown_rate.clamp(0.0, 1.0) * 1e6) as u32,
+                unknowns: std::sync::atomic::AtomicU64::new(0),
                 rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
                 broken: std::sync::atomic::AtomicU64::new(0),
                 interlude: std::sync::Mutex::new(None),
@@ -149,10 +169,21 @@ impl FaultyKv {
         self.faults.broken.load(Ordering::SeqCst)
     }
 
+    /// Commits applied whose reply was lost at random so far.
+    pub fn unknown_commits(&self) -> u64 {
+        self.faults.unknowns.load(Ordering::SeqCst)
+    }
+
     /// The next `n` commits fail with `Unavailable` and are not applied (the metadata
     /// layer retries these).
     pub fn fail_next_commits(&self, n: u32) {
         self.faults.fail_commits.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` commits fail with [`KvError::Damaged`], as when SQLite finds its file
+    /// malformed, and are not applied.
+    pub fn damage_next_commits(&self, n: u32) {
+        self.faults.damaged_commits.store(n, Ordering::SeqCst);
     }
 
     /// The next `n` commits are applied but report `CommitUnknown`, like a lost reply.
@@ -252,11 +283,17 @@ impl KvTransaction for FaultyTxn {
     async fn commit(&self) -> Result<(), KvError> {
         if self.wrote.load(Ordering::Relaxed) {
             let f = &self.faults;
-            if take_one(&f.broken_commits) || f.roll() {
+            if take_one(&f.broken_commits) || f.roll(f.break_ppm) {
                 f.broken.fetch_add(1, Ordering::SeqCst);
                 return Err(KvError::backend(
                     self.name,
                     Cause("injected commit failure".into()),
+                ));
+            }
+            if take_one(&f.damaged_commits) {
+                return Err(KvError::damaged(
+                    self.name,
+                    Cause("injected: database disk image is malformed".into()),
                 ));
             }
             if take_one(&f.fail_commits) {
@@ -271,6 +308,14 @@ impl KvTransaction for FaultyTxn {
                 if let Some(run) = interlude {
                     run().await;
                 }
+                return Err(KvError::commit_unknown(
+                    self.name,
+                    Cause("injected lost commit reply".into()),
+                ));
+            }
+            if f.roll(f.unknown_ppm) {
+                self.inner.commit().await?;
+                f.unknowns.fetch_add(1, Ordering::SeqCst);
                 return Err(KvError::commit_unknown(
                     self.name,
                     Cause("injected lost commit reply".into()),

@@ -22,6 +22,6 @@ pub mod store;
 pub use error::{FormatError, StorageError, StorageErrorKind};
 pub use segment::{FooterEntry, SegmentBuilder, SegmentFooter, SegmentReader, StoredFrame};
 pub use store::{
-    FaultyStore, InstrumentedStore, Latency, LatencySnapshot, StoreCounters, StoreHealth,
-    StoreStats, open_object_store,
+    FaultyStore, InstrumentedStore, Latency, LatencySnapshot, StoreCounters, StoreFaultCounts,
+    StoreFaultRates, StoreHealth, StoreStats, open_object_store,
 };

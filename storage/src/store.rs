@@ -506,36 +506,83 @@ fn coalesced_requests(ranges: &[Range<u64>]) -> u64 {
     n
 }
 
-/// An [`ObjectStore`] that fails the next N PUTs or GETs on request, for tests of the
-/// failure paths. Failures are `object_store::Error::Generic`, as a 5xx would be.
+/// Rates of the faults a [`FaultyStore`] injects at random (each a probability from 0 to 1
+/// per request).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StoreFaultRates {
+    /// A PUT (plain or multipart start) fails and is not applied, as a 500 or 503 would.
+    pub put_fail: f64,
+    /// A GET fails, as a 500 or 503 would.
+    pub get_fail: f64,
+    /// A PUT is applied but its reply is lost: the caller sees a failure.
+    pub put_reply_lost: f64,
+    /// A request is answered only after [`StoreFaultRates::slow_for`] (a slow store, or a
+    /// timeout when the delay is longer than the caller waits).
+    pub slow: f64,
+    /// How long a slow request waits.
+    pub slow_for: std::time::Duration,
+}
+
+/// An [`ObjectStore`] that injects faults, for tests of the failure paths: the next N PUTs
+/// or GETs fail on request, and PUT and GET failures, lost PUT replies and slow requests
+/// happen at random at given rates, in a sequence a seed makes repeatable. Failures are
+/// `object_store::Error::Generic`, as a 5xx would be.
 #[derive(Debug)]
 pub struct FaultyStore {
     inner: Arc<dyn ObjectStore>,
     put_failures: AtomicU32,
     get_failures: AtomicU32,
-    /// Probability (parts per million) that any PUT fails.
-    put_fail_ppm: u32,
+    rates: StoreFaultRates,
     rng: std::sync::Mutex<rand::rngs::StdRng>,
     failed_puts: std::sync::atomic::AtomicU64,
+    failed_gets: std::sync::atomic::AtomicU64,
+    lost_put_replies: std::sync::atomic::AtomicU64,
+    slowed: std::sync::atomic::AtomicU64,
+}
+
+/// What a [`FaultyStore`] injected so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreFaultCounts {
+    /// PUTs failed (not applied).
+    pub failed_puts: u64,
+    /// GETs failed.
+    pub failed_gets: u64,
+    /// PUTs applied whose reply was lost.
+    pub lost_put_replies: u64,
+    /// Requests slowed down.
+    pub slowed: u64,
 }
 
 impl FaultyStore {
     /// Wraps `inner`; no faults scheduled.
     pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        Self::with_put_fail_rate(inner, 0.0, 0)
+        Self::with_rates(inner, StoreFaultRates::default(), 0)
     }
 
     /// Wraps `inner` so that each PUT fails with probability `rate`, in a sequence that
     /// `seed` makes repeatable.
     pub fn with_put_fail_rate(inner: Arc<dyn ObjectStore>, rate: f64, seed: u64) -> Self {
+        let rates = StoreFaultRates {
+            put_fail: rate,
+            ..StoreFaultRates::default()
+        };
+        Self::with_rates(inner, rates, seed)
+    }
+
+    /// Wraps `inner` to inject faults at `rates`, in a sequence that `seed` makes
+    /// repeatable.
+    pub fn with_rates(inner: Arc<dyn ObjectStore>, rates: StoreFaultRates, seed: u64) -> Self {
         use rand::SeedableRng;
         FaultyStore {
             inner,
             put_failures: AtomicU32::new(0),
             get_failures: AtomicU32::new(0),
-            put_fail_ppm: (rate.clamp(0.0, 1.0) * 1e6) as u32,
+            rates,
             rng: std::sync::Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)),
             failed_puts: std::sync::atomic::AtomicU64::new(0),
+            failed_gets: std::sync::atomic::AtomicU64::new(0),
+            lost_put_replies: std::sync::atomic::AtomicU64::new(0),
+            slowed: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -544,19 +591,48 @@ impl FaultyStore {
         self.failed_puts.load(Ordering::SeqCst)
     }
 
-    fn put_fault(&self, op: &str) -> object_store::Result<()> {
+    /// Every fault injected so far.
+    pub fn counts(&self) -> StoreFaultCounts {
+        StoreFaultCounts {
+            failed_puts: self.failed_puts.load(Ordering::SeqCst),
+            failed_gets: self.failed_gets.load(Ordering::SeqCst),
+            lost_put_replies: self.lost_put_replies.load(Ordering::SeqCst),
+            slowed: self.slowed.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Whether an event of probability `rate` happens now.
+    fn roll(&self, rate: f64) -> bool {
         use rand::Rng;
+        if rate <= 0.0 {
+            return false;
+        }
+        let ppm = (rate.clamp(0.0, 1.0) * 1e6) as u32;
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        rng.random_range(0..1_000_000) < ppm
+    }
+
+    /// Waits before a request if this one is to be slow.
+    async fn maybe_slow(&self) {
+        if self.roll(self.rates.slow) {
+            self.slowed.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(self.rates.slow_for).await;
+        }
+    }
+
+    fn put_fault(&self, op: &str) -> object_store::Result<()> {
         let scheduled = Self::injected(&self.put_failures, op);
-        let random = self.put_fail_ppm > 0 && {
-            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            rng.random_range(0..1_000_000) < self.put_fail_ppm
-        };
-        if scheduled.is_err() || random {
+        if scheduled.is_err() || self.roll(self.rates.put_fail) {
             self.failed_puts.fetch_add(1, Ordering::SeqCst);
-            return Err(object_store::Error::Generic {
-                store: "FaultyStore",
-                source: format!("injected {op} failure").into(),
-            });
+            return Err(injected(op));
+        }
+        Ok(())
+    }
+
+    fn get_fault(&self) -> object_store::Result<()> {
+        if Self::injected(&self.get_failures, "GET").is_err() || self.roll(self.rates.get_fail) {
+            self.failed_gets.fetch_add(1, Ordering::SeqCst);
+            return Err(injected("GET"));
         }
         Ok(())
     }
@@ -576,12 +652,16 @@ impl FaultyStore {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            return Err(object_store::Error::Generic {
-                store: "FaultyStore",
-                source: format!("injected {op} failure").into(),
-            });
+            return Err(injected(op));
         }
         Ok(())
+    }
+}
+
+fn injected(op: &str) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "FaultyStore",
+        source: format!("injected {op} failure").into(),
     }
 }
 
@@ -599,8 +679,17 @@ impl ObjectStore for FaultyStore {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        self.maybe_slow().await;
         self.put_fault("PUT")?;
-        self.inner.put_opts(location, payload, opts).await
+        let done = self.inner.put_opts(location, payload, opts).await?;
+        if self.roll(self.rates.put_reply_lost) {
+            self.lost_put_replies.fetch_add(1, Ordering::SeqCst);
+            return Err(object_store::Error::Generic {
+                store: "FaultyStore",
+                source: "injected lost reply: the PUT was applied".into(),
+            });
+        }
+        Ok(done)
     }
 
     async fn put_multipart_opts(
@@ -608,6 +697,7 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         opts: PutMultipartOptions,
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.maybe_slow().await;
         self.put_fault("multipart PUT")?;
         self.inner.put_multipart_opts(location, opts).await
     }
@@ -617,7 +707,8 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        Self::injected(&self.get_failures, "GET")?;
+        self.maybe_slow().await;
+        self.get_fault()?;
         self.inner.get_opts(location, options).await
     }
 
@@ -626,7 +717,8 @@ impl ObjectStore for FaultyStore {
         location: &Path,
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
-        Self::injected(&self.get_failures, "GET")?;
+        self.maybe_slow().await;
+        self.get_fault()?;
         self.inner.get_ranges(location, ranges).await
     }
 

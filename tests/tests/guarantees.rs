@@ -239,8 +239,8 @@ async fn random_faults_lose_and_duplicate_nothing() -> anyhow::Result<()> {
         put_fail_rate: 0.05,
         commit_fail_rate: 0.05,
         reply_drop_rate: 0.05,
-        crash_after_commits: None,
         seed: 42,
+        ..FaultSpec::default()
     };
     let agent = InProcessAgent::start_with(
         file_store(dir.path())?,
