@@ -325,14 +325,17 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when not shutting down, the metadata store answers, and the object store's latest
-/// request succeeded; an agent idle for 30 s (or whose latest request failed) writes its
-/// probe object first, at most every 5 s, so an outage or a full disk shows here even
-/// without traffic.
+/// Ready when not shutting down, the metadata store answers and has not reported damage,
+/// and the object store's latest request succeeded; an agent idle for 30 s (or whose latest
+/// request failed) writes its probe object first, at most every 5 s, so an outage or a full
+/// disk shows here even without traffic.
 async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
     let unavailable = |m: String| (StatusCode::SERVICE_UNAVAILABLE, m);
     if h.stopping.load(Ordering::SeqCst) {
         return unavailable("shutting down\n".into());
+    }
+    if let Some(e) = h.metadata.damaged() {
+        return unavailable(format!("metadata store damaged, taking no writes: {e}\n"));
     }
     if let Err(e) = h.metadata.topic_by_id(0).await {
         return unavailable(format!("metadata store unavailable: {e}\n"));

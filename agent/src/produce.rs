@@ -168,6 +168,10 @@ impl v2::producer_service_server::ProducerService for ProducerService {
     ) -> Result<Response<v2::ProduceResponse>, Status> {
         let s = &self.0;
         let started = std::time::Instant::now();
+        if let Some(e) = s.metadata.damaged() {
+            // No segment is written for a commit that would be refused.
+            return Err(status(AgentError::Meta(cairn_metadata::MetaError::Kv(e))));
+        }
         let v2::ProduceRequest { batches, atomic } = request.into_inner();
         if batches.is_empty() {
             return Err(status(AgentError::Invalid(

@@ -110,6 +110,19 @@ pub enum KvError {
         #[source]
         source: ErrorSource,
     },
+    /// The store reports its own bytes damaged (SQLite: a malformed database image, or a
+    /// file that is not a database). Not retryable: nothing more is read or written through
+    /// this store until it is restored.
+    #[error(
+        "{backend} metadata store is damaged: {source}; stop every agent and compactor using it and restore it from a backup"
+    )]
+    Damaged {
+        /// The store.
+        backend: &'static str,
+        /// What the store reported.
+        #[source]
+        source: ErrorSource,
+    },
     /// A transaction used after it committed or failed (a bug in the caller).
     #[error("{backend}: the transaction was used after it had finished")]
     Finished {
@@ -161,6 +174,16 @@ impl KvError {
         e: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
         KvError::Unavailable {
+            backend,
+            source: Arc::new(e),
+        }
+    }
+
+    pub(crate) fn damaged(
+        backend: &'static str,
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        KvError::Damaged {
             backend,
             source: Arc::new(e),
         }
@@ -353,6 +376,7 @@ impl MetaError {
                 | KvError::ValueTooLarge { .. }
                 | KvError::TransactionTooLarge { .. },
             ) => ErrorKind::TooLarge,
+            MetaError::Kv(KvError::Damaged { .. }) => ErrorKind::Data,
             MetaError::Kv(_) => ErrorKind::Internal,
         }
     }

@@ -145,6 +145,8 @@ pub struct Metadata {
     retries: Arc<AtomicU64>,
     /// Fetches waiting at a high watermark, and the one poller that wakes them.
     hub: Arc<Hub>,
+    /// Set once the store reported its bytes damaged: every later operation is refused.
+    damaged: Arc<std::sync::OnceLock<KvError>>,
 }
 
 /// Decodes `(p, topic, partition)`: start and next offset, and the byte and entry counts as
@@ -382,6 +384,7 @@ impl Metadata {
             commits: Arc::new(watch::channel(0).0),
             retries: Arc::default(),
             hub: Arc::default(),
+            damaged: Arc::default(),
         }
     }
 
@@ -425,7 +428,23 @@ impl Metadata {
         F: FnMut(Tx, MaybeCommitted) -> Fut,
         Fut: Future<Output = Result<T, MetaError>>,
     {
-        transact_counted(self.kv.as_ref(), &self.retry, what, Some(&self.retries), f).await
+        if let Some(e) = self.damaged.get() {
+            return Err(MetaError::Kv(e.clone()));
+        }
+        let result =
+            transact_counted(self.kv.as_ref(), &self.retry, what, Some(&self.retries), f).await;
+        if let Err(MetaError::Kv(e @ KvError::Damaged { .. })) = &result
+            && self.damaged.set(e.clone()).is_ok()
+        {
+            tracing::error!(error = %e, "the metadata store is damaged: refusing every operation from now on");
+        }
+        result
+    }
+
+    /// The damage the metadata store reported, if it did: from then on every operation is
+    /// refused with it (no write may land on a damaged store), and readiness fails.
+    pub fn damaged(&self) -> Option<KvError> {
+        self.damaged.get().cloned()
     }
 
     /// Creates a topic with a fresh id.

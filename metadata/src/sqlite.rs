@@ -56,6 +56,7 @@ pub struct SqliteKv {
 fn map_err(e: rusqlite::Error) -> KvError {
     match e.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => KvError::conflict(NAME, e),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => KvError::damaged(NAME, e),
         Some(ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen) => {
             KvError::unavailable(NAME, e)
         }

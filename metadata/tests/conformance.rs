@@ -110,6 +110,62 @@ async fn fdb_backend_conforms() {
     .await;
 }
 
+/// A SQLite file damaged under a running store: the first operation that meets the damage
+/// is refused as DATA_LOSS, and from then on every operation of that `Metadata` is (the
+/// agent's readiness and writes stop); opening the damaged file is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_sqlite_store_stops_every_operation() -> Result<(), Box<dyn std::error::Error>> {
+    use cairn_metadata::{ErrorKind, KvError, Metadata, SystemClock};
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("meta.sqlite");
+    let spec = format!("sqlite:{}", path.display());
+    let m = Metadata::new(cairn_metadata::open_kv(&spec).await?, Arc::new(SystemClock));
+    // Enough topics that the table spans many pages.
+    for i in 0..300 {
+        m.create_topic(&conformance::spec(&format!("topic-{i:03}"), 1))
+            .await?;
+    }
+    drop(m);
+    let good = std::fs::read(&path)?;
+    assert!(good.len() > 16 * 4096, "{} bytes", good.len());
+    // Opened while the file is sound; then every page after the first two is overwritten
+    // under it: SQLite calls the file malformed when it reads one.
+    let kv: Arc<dyn KvStore> = Arc::new(SqliteKv::open(&path, Limits::default())?);
+    let m = Metadata::new(kv, Arc::new(SystemClock));
+    let mut bad = good.clone();
+    for b in bad.iter_mut().skip(2 * 4096) {
+        *b = 0xA5;
+    }
+    std::fs::write(&path, &bad)?;
+    let err = m
+        .topic("topic-150")
+        .await
+        .expect_err("a malformed database is not read as data");
+    assert_eq!(err.kind(), ErrorKind::Data, "{err}");
+    assert!(
+        err.to_string().contains("metadata store is damaged"),
+        "{err}"
+    );
+    assert!(matches!(m.damaged(), Some(KvError::Damaged { .. })));
+    let write = m
+        .create_topic(&conformance::spec("after", 1))
+        .await
+        .expect_err("a damaged store takes no writes");
+    assert_eq!(write.kind(), ErrorKind::Data, "{write}");
+    // Once damaged, always refused by this process, even if the bytes look fine again: a
+    // restore is an operator's act, followed by a restart.
+    std::fs::write(&path, &good)?;
+    let again = m.topic("topic-001").await.expect_err("still refused");
+    assert_eq!(again.kind(), ErrorKind::Data, "{again}");
+    // A fresh open of the damaged bytes is refused at once, naming the damage.
+    std::fs::write(&path, &bad)?;
+    let Err(open) = cairn_metadata::open_kv(&spec).await else {
+        panic!("a damaged file must be refused at open")
+    };
+    assert_eq!(open.kind(), ErrorKind::Data, "{open}");
+    Ok(())
+}
+
 /// Format marker: a new file is marked, an existing empty one refused unless `init`, a
 /// store with keys from before the marker accepted and marked, a foreign format refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -324,3 +324,75 @@ async fn an_agent_refuses_to_start_on_a_store_that_takes_no_writes() -> anyhow::
     }
     Ok(())
 }
+
+/// Once the metadata store reports damage (SQLite: "database disk image is malformed"), the
+/// agent takes no more writes and is not ready: the produce that met it and every later
+/// one are DATA_LOSS, and `/readyz` says why. The damage is injected at one commit of the
+/// running agent; `a_damaged_sqlite_store_stops_every_operation` (cairn-metadata) shows a
+/// real malformed SQLite file is reported as this damage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_metadata_store_stops_writes_and_readiness() -> anyhow::Result<()> {
+    let dir = temp_dir()?;
+    let kv = cairn_metadata::open_kv(&format!(
+        "sqlite:{}",
+        dir.path().join("meta.sqlite").display()
+    ))
+    .await?;
+    let faulty = std::sync::Arc::new(cairn_metadata::FaultyKv::new(kv));
+    let agent = cairn_agent::AgentBuilder::new(cairn_agent::AgentSettings::default())
+        .object_store(cairn_tests::file_store(&dir.path().join("objects"))?)
+        .metadata_store(faulty.clone())
+        .build()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let metrics = http.local_addr()?.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(agent.serve_with_metrics(listener, Some(http), async move {
+        let _ = stopped.await;
+    }));
+    let channel = cairn_client::connect(&endpoint).await?;
+    Admin::new(channel.clone())
+        .create_topic("d", 1, TopicOptions::default())
+        .await?;
+    let producer = Producer::new(
+        channel,
+        ProducerConfig {
+            delivery_timeout: std::time::Duration::from_secs(5),
+            ..ProducerConfig::default()
+        },
+    );
+    producer
+        .send(ProducerRecord::new("d", "before"))
+        .await?
+        .await?;
+    assert_eq!(http_get(&metrics, "/readyz"), (200, "ready\n".into()));
+
+    faulty.damage_next_commits(1);
+    let err = producer
+        .send(ProducerRecord::new("d", "meets the damage"))
+        .await?
+        .await
+        .expect_err("not acked on a damaged store");
+    assert_eq!(err.code(), Some(tonic::Code::DataLoss), "{err}");
+    assert!(
+        err.to_string().contains("metadata store is damaged"),
+        "{err}"
+    );
+    let (code, body) = http_get(&metrics, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with("metadata store damaged, taking no writes"),
+        "{body}"
+    );
+    // Later writes are refused too, though the store would take them now.
+    let err = producer
+        .send(ProducerRecord::new("d", "after"))
+        .await?
+        .await
+        .expect_err("still refused");
+    assert_eq!(err.code(), Some(tonic::Code::DataLoss), "{err}");
+    let _ = stop.send(());
+    serving.await??;
+    Ok(())
+}
