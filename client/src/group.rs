@@ -107,6 +107,15 @@ impl GroupConsumer {
     /// Takes a new assignment: drops partitions that moved away, starts new ones at the
     /// group's committed offsets.
     async fn apply(&mut self, a: v2::GroupAssignment) -> Result<(), ClientError> {
+        // A partition is kept (read on from this member's position) only if the member saw
+        // every generation in between: after a skipped one it may have been someone else's,
+        // who read and committed past this member's stale position. Then every partition
+        // starts again from the group's committed offsets.
+        if a.generation > self.generation.saturating_add(1) && !self.owned.is_empty() {
+            for (t, p) in std::mem::take(&mut self.owned) {
+                self.consumer.unassign(&t, p);
+            }
+        }
         self.member_id = a.member_id;
         self.generation = a.generation;
         self.heartbeat_interval = Duration::from_millis(u64::from(a.heartbeat_interval_ms.max(1)));

@@ -292,3 +292,73 @@ async fn members_share_partitions_and_survive_a_kill() -> anyhow::Result<()> {
     agent.stop()?;
     Ok(())
 }
+
+/// A member that missed a generation does not carry on from its own positions: while it
+/// was not looking, another member may have owned its partitions and committed past them.
+/// A owns both partitions and commits; B joins (A does not heartbeat), reads and commits
+/// further on its partitions, and leaves; when A next heartbeats it is two generations on,
+/// and reads B's former partitions from B's commits, not again from its stale positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_missed_a_generation_resumes_from_the_commits() -> anyhow::Result<()> {
+    use cairn_client::{GroupConfig, GroupConsumer, Offset};
+    let dir = temp_dir()?;
+    let args = file_agent_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::start(&args, &[])?;
+    let channel = cairn_client::connect(&agent.endpoint).await?;
+    Admin::new(channel.clone())
+        .create_topic("jobs", 2, TopicOptions::default())
+        .await?;
+    let config = GroupConfig {
+        start: Offset::Beginning,
+        ..GroupConfig::default()
+    };
+    produce(&agent.endpoint, 0, 40).await?;
+    let mut a = GroupConsumer::join(channel.clone(), "g", &["jobs"], config.clone()).await?;
+    assert_eq!(a.assignment().len(), 2);
+    while !a.caught_up() || a.positions().iter().any(|(_, _, o)| *o == 0) {
+        a.poll(Duration::from_millis(100)).await?;
+    }
+    a.commit().await?;
+    let a_at: BTreeMap<u32, i64> = a.positions().into_iter().map(|(_, p, o)| (p, o)).collect();
+
+    let mut b = GroupConsumer::join(channel.clone(), "g", &["jobs"], config).await?;
+    let b_owns: Vec<u32> = b.assignment().into_iter().map(|(_, p)| p).collect();
+    assert_eq!(b_owns.len(), 1, "B takes one of the two partitions");
+    produce(&agent.endpoint, 40, 80).await?;
+    while !b.caught_up() || b.positions().iter().any(|(_, p, o)| *o <= a_at[p]) {
+        b.poll(Duration::from_millis(100)).await?;
+    }
+    b.commit().await?;
+    let b_at: BTreeMap<u32, i64> = b.positions().into_iter().map(|(_, p, o)| (p, o)).collect();
+    b.leave().await?;
+
+    // A's next heartbeat is due a third of its session timeout after its last one: then it
+    // learns of two generations at once.
+    let generation = a.generation();
+    tokio::time::sleep(GroupConfig::default().session_timeout / 3 + Duration::from_millis(100))
+        .await;
+    let records = a.poll(Duration::ZERO).await?;
+    assert_eq!(a.generation(), generation + 2, "A skipped B's generation");
+    for r in &records {
+        if let Some(&committed) = b_at.get(&r.partition) {
+            assert!(
+                r.offset >= committed,
+                "A read {}/{} again although B committed {committed}",
+                r.partition,
+                r.offset
+            );
+        }
+    }
+    for (_, p, o) in a.positions() {
+        if let Some(&committed) = b_at.get(&p) {
+            assert!(
+                o >= committed,
+                "A's position in partition {p} is {o}, B committed {committed}"
+            );
+        }
+    }
+    a.leave().await?;
+    agent.stop()?;
+    Ok(())
+}
