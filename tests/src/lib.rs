@@ -5,6 +5,8 @@
 // Only the FoundationDB adapter in cairn-metadata may use unsafe code.
 #![forbid(unsafe_code)]
 
+pub mod history;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -307,16 +309,32 @@ impl AgentProcess {
         Ok(())
     }
 
-    /// Sends SIGTERM and returns at once (see [`AgentProcess::wait_for_exit`]).
-    pub fn terminate(&self) -> anyhow::Result<()> {
+    /// Freezes the process with SIGSTOP: to its peers it is cut off (its lease runs out,
+    /// its connections hang) until [`AgentProcess::resume`], and then it carries on with
+    /// whatever stale state it held.
+    pub fn pause(&self) -> anyhow::Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) -> anyhow::Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> anyhow::Result<()> {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([sig, &self.child.id().to_string()])
             .status()
             .context("running kill")?;
         if !status.success() {
-            bail!("kill -TERM failed");
+            bail!("kill {sig} failed");
         }
         Ok(())
+    }
+
+    /// Sends SIGTERM and returns at once (see [`AgentProcess::wait_for_exit`]).
+    pub fn terminate(&self) -> anyhow::Result<()> {
+        self.signal("-TERM")
     }
 
     /// Sends SIGTERM and waits for a clean exit.
