@@ -228,20 +228,22 @@ impl GroupConsumer {
     /// processed). If the group moved to a new generation in which this member kept its
     /// partitions, the commit is retried at the new generation; if the member was removed,
     /// it joins again and the error is returned (records since the last commit will be read
-    /// again by whoever owns them now).
-    pub async fn commit(&mut self) -> Result<(), ClientError> {
+    /// again by whoever owns them now). Returns the offsets committed (topic, partition,
+    /// next offset to read), which after a rebalance may differ from the positions before
+    /// the call.
+    pub async fn commit(&mut self) -> Result<Vec<(String, u32, i64)>, ClientError> {
         for attempt in 0..2 {
-            let offsets: Vec<v2::PartitionOffset> = self
-                .positions()
-                .into_iter()
+            let positions = self.positions();
+            let offsets: Vec<v2::PartitionOffset> = positions
+                .iter()
                 .map(|(topic, partition, offset)| v2::PartitionOffset {
-                    topic,
-                    partition,
-                    offset,
+                    topic: topic.clone(),
+                    partition: *partition,
+                    offset: *offset,
                 })
                 .collect();
             if offsets.is_empty() {
-                return Ok(());
+                return Ok(positions);
             }
             let answer = self
                 .groups
@@ -253,7 +255,7 @@ impl GroupConsumer {
                 })
                 .await;
             let err = match answer {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(positions),
                 Err(status) => ClientError::from(status),
             };
             match err.reason() {

@@ -431,13 +431,12 @@ async fn group_member(c: Cluster, name: String, history: Arc<History>) -> anyhow
                     .collect(),
             });
         }
-        let positions = g.positions();
         let invoked = Instant::now();
         match g.commit().await {
-            Ok(()) => history.record(Op::Commit {
+            Ok(committed) => history.record(Op::Commit {
                 group: GROUP.into(),
                 consumer: name.clone(),
-                offsets: positions.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
+                offsets: committed.into_iter().map(|(t, p, o)| ((t, p), o)).collect(),
                 invoked,
                 completed: Instant::now(),
             }),

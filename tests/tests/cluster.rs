@@ -303,7 +303,7 @@ async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> 
                 seen.extend(records.iter().map(|r| (r.partition, r.offset)));
                 consumed.store(seen.len() as u64, Ordering::SeqCst);
                 committed = match g.commit().await {
-                    Ok(()) => true,
+                    Ok(_) => true,
                     Err(e) if e.is_retryable() => false,
                     // Its session ran out while PostgreSQL was down: the member joined again
                     // and reads from the group's last commit (reprocessing is allowed).
