@@ -114,8 +114,20 @@ pub enum StorageErrorKind {
 
 impl StorageError {
     /// Wraps an object-store error: a missing object becomes [`StorageError::Missing`].
+    /// A read of a range the object does not have (the object is shorter than the index or
+    /// footer that gave the range: truncated) is [`StorageError::Corrupt`]: DATA_LOSS, never
+    /// a retry.
     pub fn store(op: &'static str, key: impl Into<String>, e: object_store::Error) -> Self {
         let key = key.into();
+        if let Some(why) = range_not_satisfiable(&e) {
+            return StorageError::corrupt(
+                key,
+                FormatError::Invalid {
+                    what: "object length",
+                    reason: format!("{op} of a range past the object's end: {why}"),
+                },
+            );
+        }
         match e {
             object_store::Error::NotFound { .. } => StorageError::Missing { key },
             e => StorageError::Store {
@@ -143,5 +155,52 @@ impl StorageError {
             }
             StorageError::Encode { .. } | StorageError::Config(_) => StorageErrorKind::Internal,
         }
+    }
+}
+
+/// Whether `e` says the requested range lies outside the object, and how. object_store
+/// does not export these errors' types, so their messages are matched: the local store's
+/// "Requested range was invalid" / "Wanted range starting at …" and "Out of range of file"
+/// (a short read), and S3's 416 `InvalidRange`.
+fn range_not_satisfiable(e: &object_store::Error) -> Option<String> {
+    const SIGNS: [&str; 5] = [
+        "Requested range was invalid",
+        "Wanted range starting at",
+        "Out of range of file",
+        "416 Range Not Satisfiable",
+        "InvalidRange",
+    ];
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        let text = err.to_string();
+        if SIGNS.iter().any(|s| text.contains(s)) {
+            return Some(text);
+        }
+        source = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_past_the_end_is_data_loss_other_failures_are_retryable() {
+        let past = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: "Requested range was invalid".into(),
+        };
+        let e = StorageError::store("GET", "segments/x.seg", past);
+        assert_eq!(e.kind(), StorageErrorKind::DataLoss, "{e}");
+        assert!(e.to_string().contains("past the object's end"), "{e}");
+        let failed = object_store::Error::Generic {
+            store: "S3",
+            source: "HTTP 503 Slow Down".into(),
+        };
+        assert_eq!(
+            StorageError::store("GET", "k", failed).kind(),
+            StorageErrorKind::Unavailable
+        );
     }
 }
