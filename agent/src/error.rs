@@ -183,9 +183,26 @@ pub(crate) fn status_with_reason(
     use tonic_types::{ErrorDetails, StatusExt};
     tonic::Status::with_error_details(
         code,
-        message,
+        bounded(message),
         ErrorDetails::with_error_info(reason.as_str_name(), "cairn", numbers),
     )
+}
+
+/// Most bytes of a status message: it travels in an HTTP/2 header, and a message echoing
+/// a 10,000-character name would outgrow the peer's header list (the call then fails as an
+/// h2 protocol error instead of with its status).
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `message` cut to [`MAX_MESSAGE_BYTES`] at a character boundary, marked when cut.
+fn bounded(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &message[..end], message.len())
 }
 
 impl From<AgentError> for tonic::Status {
@@ -209,6 +226,18 @@ impl From<AgentError> for tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_messages_are_cut_to_fit_a_header() {
+        assert_eq!(bounded("short".into()), "short");
+        let long = format!("topic name `{}` is too long", "é".repeat(5_000));
+        let cut = bounded(long.clone());
+        assert!(cut.len() < MAX_MESSAGE_BYTES + 32, "{}", cut.len());
+        assert!(
+            cut.ends_with(&format!("… ({} bytes in all)", long.len())),
+            "{cut}"
+        );
+    }
 
     #[test]
     fn corrupt_and_missing_bytes_are_data_loss_and_store_faults_retryable() {

@@ -462,13 +462,22 @@ impl Agent {
 /// its status is in the response headers.
 fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
-    let oversized = tonic::Status::from_header_map(headers).is_some_and(|s| {
+    let oversized = tonic::Status::from_header_map(headers).filter(|s| {
         s.code() == tonic::Code::OutOfRange
             && s.message()
                 .starts_with("Error, decoded message length too large")
     });
-    if oversized {
-        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    if let Some(s) = oversized {
+        // The same status every other refusal has: code, reason and message.
+        let status = error::status_with_reason(
+            tonic::Code::ResourceExhausted,
+            format!("the request is too large: {}", s.message()),
+            cairn_proto::v2::ErrorReason::TooLarge,
+            Default::default(),
+        );
+        if status.add_header(headers).is_err() {
+            headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        }
     }
     response
 }

@@ -32,9 +32,19 @@ pub struct ClusterSettings {
 
 /// A zone or agent id: letters, digits, `.`, `_`, `-`, `:`, within `max` bytes.
 fn check_name(what: &str, v: &str, max: usize) -> Result<(), AgentError> {
+    // Shown escaped and cut short, so the error stays one readable line.
+    let shown = || {
+        let s: String = v.escape_debug().take(64).collect();
+        if v.chars().count() > 64 {
+            format!("{s}…")
+        } else {
+            s
+        }
+    };
     if v.len() > max {
         return Err(AgentError::Config(format!(
-            "{what} `{v}` is {} bytes; at most {max}",
+            "{what} `{}` is {} bytes; at most {max}",
+            shown(),
             v.len()
         )));
     }
@@ -43,7 +53,8 @@ fn check_name(what: &str, v: &str, max: usize) -> Result<(), AgentError> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
     {
         return Err(AgentError::Config(format!(
-            "{what} `{v}` contains {c:?}; use letters, digits, '.', '_', '-' or ':'"
+            "{what} `{}` contains {c:?}; use letters, digits, '.', '_', '-' or ':'",
+            shown()
         )));
     }
     Ok(())

@@ -117,10 +117,29 @@ fn fenced(reason: FenceReason, message: String) -> MetaError {
     MetaError::Fenced { reason, message }
 }
 
+/// Most bytes of a member id: the agent issues short ones, so a longer id is no member
+/// (refused before any key is built from it).
+const MAX_MEMBER_ID_BYTES: usize = 255;
+
+fn check_member_id(group: &str, member_id: &str) -> Result<(), MetaError> {
+    if member_id.len() > MAX_MEMBER_ID_BYTES {
+        return Err(fenced(
+            FenceReason::UnknownMember,
+            format!(
+                "member {} is not in group `{group}`: a member id has at most {MAX_MEMBER_ID_BYTES} bytes, this one {}; join with an empty member id to get one",
+                crate::types::shown_name(member_id),
+                member_id.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_group(group: &str) -> Result<(), MetaError> {
     validate_topic_name(group).map_err(|_| {
         MetaError::InvalidArgument(format!(
-            "invalid group name `{group}`: use 1 to 249 characters of letters, digits, `.`, `_`, `-`"
+            "invalid group name `{}`: use 1 to 249 characters of letters, digits, `.`, `_`, `-`",
+            crate::types::shown_name(group)
         ))
     })
 }
@@ -378,6 +397,7 @@ impl Metadata {
         member_id: &str,
     ) -> Result<MemberAssignment, MetaError> {
         validate_group(group)?;
+        check_member_id(group, member_id)?;
         let now = self.clock().now_ms();
         self.run("heartbeat", |tx, _| async move {
             let Some(mut g) = read_group(&tx, group).await? else {
@@ -410,6 +430,7 @@ impl Metadata {
     /// Leaves a group; its partitions go to the remaining members.
     pub async fn leave_group(&self, group: &str, member_id: &str) -> Result<(), MetaError> {
         validate_group(group)?;
+        check_member_id(group, member_id)?;
         let now = self.clock().now_ms();
         self.run("leave_group", |tx, _| async move {
             let Some(mut g) = read_group(&tx, group).await? else {
@@ -437,6 +458,7 @@ impl Metadata {
         offsets: &[(String, u32, i64)],
     ) -> Result<(), MetaError> {
         validate_group(group)?;
+        check_member_id(group, member_id)?;
         if let Some((topic, partition, offset)) = offsets.iter().find(|(_, _, o)| *o < 0) {
             return Err(MetaError::InvalidArgument(format!(
                 "offset must be 0 or more, got {offset} for {topic}/{partition}"

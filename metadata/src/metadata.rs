@@ -14,7 +14,7 @@ use crate::clock::{RandomSource, SystemRandom};
 use crate::commit::{MAX_COMMIT_BYTES, commit_size_estimate, read_outcomes, write_segment};
 use crate::keys::{self, decode, value};
 use crate::kv::{KvStore, KvTransaction, RetryPolicy};
-use crate::types::validate_partition_count;
+use crate::types::{validate_partition_count, validate_topic_name};
 use crate::watermarks::Hub;
 use crate::{
     BatchOutcome, Clock, EntryKind, IndexEntry, KvError, MetaError, PartitionState, SegmentCommit,
@@ -251,7 +251,10 @@ fn decode_topic_name(v: &[u8]) -> Result<(u64, u64), MetaError> {
     }
 }
 
+/// The topic of that name; a name the rules refuse is INVALID_ARGUMENT (no topic can have
+/// it), not "not found".
 pub(crate) async fn read_topic(tx: &Tx, name: &str) -> Result<Option<Topic>, MetaError> {
+    validate_topic_name(name)?;
     let Some(v) = tx.get(&keys::topic_name(name)).await? else {
         return Ok(None);
     };

@@ -181,7 +181,8 @@ impl Metadata {
         if let Some(n) = name {
             validate_topic_name(n).map_err(|_| {
                 MetaError::InvalidArgument(format!(
-                    "invalid producer name `{n}`: use 1 to 249 characters of letters, digits, `.`, `_`, `-`"
+                    "invalid producer name `{}`: use 1 to 249 characters of letters, digits, `.`, `_`, `-`",
+                    crate::types::shown_name(n)
                 ))
             })?;
         }

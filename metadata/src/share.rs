@@ -293,7 +293,8 @@ pub struct SharePartitionInfo {
 fn validate_share_group(group: &str) -> Result<(), MetaError> {
     validate_topic_name(group).map_err(|_| {
         MetaError::InvalidArgument(format!(
-            "invalid group name `{group}`: use 1 to 249 characters of letters, digits, `.`, `_`, `-`"
+            "invalid group name `{}`: use 1 to 249 characters of letters, digits, `.`, `_`, `-`",
+            crate::types::shown_name(group)
         ))
     })
 }

@@ -75,7 +75,7 @@ pub(crate) fn validate_partition_count(topic: &str, n: u32) -> Result<(), MetaEr
 pub fn validate_topic_name(name: &str) -> Result<(), MetaError> {
     let bad = |reason: &str| {
         Err(MetaError::InvalidTopicName {
-            name: name.to_string(),
+            name: shown_name(name),
             reason: reason.to_string(),
         })
     };
@@ -97,6 +97,17 @@ pub fn validate_topic_name(name: &str) -> Result<(), MetaError> {
         ));
     }
     Ok(())
+}
+
+/// A name as errors show it: escaped, and cut to 64 characters (a refusal must not echo
+/// 10,000 of them).
+pub(crate) fn shown_name(name: &str) -> String {
+    let s: String = name.escape_debug().take(64).collect();
+    if name.chars().count() > 64 {
+        format!("{s}…")
+    } else {
+        s
+    }
 }
 
 /// A topic as stored.
