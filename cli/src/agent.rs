@@ -110,8 +110,13 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config file {}", path.display()))?;
-            toml::from_str::<FileConfig>(&text)
-                .with_context(|| format!("invalid config file {}", path.display()))?
+            toml::from_str::<FileConfig>(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid config file {}: {}",
+                    path.display(),
+                    toml_error_line(&text, &e)
+                )
+            })?
         }
         None => FileConfig::default(),
     };
@@ -252,6 +257,21 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A TOML error in one line: where it is and what is wrong (the toml crate's own Display
+/// spreads a snippet with a caret over several lines).
+fn toml_error_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 

@@ -34,7 +34,12 @@ impl StoreArgs {
         let store = cairn_storage::open_object_store(&self.object_store, &[])?;
         let kv = cairn_metadata::open_kv(&self.metadata)
             .await
-            .with_context(|| format!("cannot open metadata store {}", self.metadata))?;
+            .with_context(|| {
+                format!(
+                    "cannot open metadata store {}",
+                    cairn_metadata::redact_spec(&self.metadata)
+                )
+            })?;
         Ok((
             store,
             Metadata::new(kv, Arc::new(cairn_metadata::SystemClock)),

@@ -63,8 +63,28 @@ pub fn redact_spec(spec: &str) -> String {
             let _ = u.set_password(Some("***"));
             u.to_string()
         }
-        _ => spec.to_string(),
+        Ok(_) => spec.to_string(),
+        // A URL that does not parse (a bad port or host) may still hold a password.
+        Err(_) => redact_by_hand(spec),
     }
+}
+
+/// Hides the password of `scheme://user:password@rest` and of a libpq `password=…` pair
+/// without parsing the rest.
+fn redact_by_hand(spec: &str) -> String {
+    if let Some((scheme, rest)) = spec.split_once("://")
+        && let Some(at) = rest.rfind('@')
+        && let Some((user, _)) = rest[..at].split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{}", &rest[at + 1..]);
+    }
+    spec.split(' ')
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+            _ => pair.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Opens a metadata backend from a URL-like spec: `sqlite:PATH`,
@@ -174,5 +194,18 @@ mod redact_tests {
             "postgres://cairn:***@db:5432/cairn"
         );
         assert_eq!(super::redact_spec("sqlite:./m.sqlite"), "sqlite:./m.sqlite");
+        // URLs that do not parse, and libpq strings, keep their passwords hidden too.
+        assert_eq!(
+            super::redact_spec("postgres://cairn:s3cret@127.0.0.1:99999/cairn"),
+            "postgres://cairn:***@127.0.0.1:99999/cairn"
+        );
+        assert_eq!(
+            super::redact_spec("postgres://cairn:s3cret@[bad/cairn"),
+            "postgres://cairn:***@[bad/cairn"
+        );
+        assert_eq!(
+            super::redact_spec("host=db password=s3cret user=cairn"),
+            "host=db password=*** user=cairn"
+        );
     }
 }

@@ -96,6 +96,11 @@ impl PostgresKv {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             MetaError::InvalidArgument(format!("bad PostgreSQL URL `{shown}`: {e}"))
         })?;
+        if config.get_hosts().is_empty() {
+            return Err(MetaError::InvalidArgument(format!(
+                "PostgreSQL URL `{shown}` names no host: use postgres://USER:PASSWORD@HOST:PORT/DB"
+            )));
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }

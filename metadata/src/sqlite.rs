@@ -68,6 +68,13 @@ impl SqliteKv {
     /// Opens (creating if needed) the database file at `path`, and its parent directory.
     pub fn open(path: impl AsRef<Path>, limits: Limits) -> Result<Self, MetaError> {
         let path = path.as_ref().to_path_buf();
+        if path.is_dir() {
+            return Err(MetaError::InvalidArgument(format!(
+                "the SQLite metadata file {} is a directory: name a file (e.g. {})",
+                path.display(),
+                path.join("meta.sqlite").display()
+            )));
+        }
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
         {
