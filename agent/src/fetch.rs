@@ -46,6 +46,45 @@ pub(crate) struct Reader {
     footers: moka::future::Cache<String, Arc<OpenedFile>>,
     groups: moka::future::Cache<GroupKey, Arc<Vec<FetchedFrame>>>,
     metrics: Arc<crate::metrics::AgentMetrics>,
+    memory: FetchMemory,
+}
+
+/// The bytes fetches may be reading at once (`fetch_memory_bytes`): a fetch reserves its
+/// `max_bytes` once it has something to read and holds the reservation until its response
+/// is built, so many large fetches queue instead of taking the agent's memory.
+#[derive(Debug, Clone)]
+pub(crate) struct FetchMemory {
+    permits: Arc<tokio::sync::Semaphore>,
+    gauges: Arc<crate::service::AgentGauges>,
+}
+
+impl FetchMemory {
+    /// Reservations are counted in KiB, so any size fits the semaphore's permits.
+    const UNIT: u64 = 1024;
+
+    pub(crate) fn new(bytes: u64, gauges: Arc<crate::service::AgentGauges>) -> Self {
+        let units = usize::try_from(bytes / Self::UNIT)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        FetchMemory {
+            permits: Arc::new(tokio::sync::Semaphore::new(units)),
+            gauges,
+        }
+    }
+
+    /// Waits until `bytes` may be read.
+    async fn reserve(&self, bytes: usize) -> tokio::sync::OwnedSemaphorePermit {
+        let units = u32::try_from((bytes as u64).div_ceil(Self::UNIT).max(1)).unwrap_or(u32::MAX);
+        if let Ok(p) = self.permits.clone().try_acquire_many_owned(units) {
+            return p;
+        }
+        let waiting = &self.gauges.fetches_waiting_for_memory;
+        waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let permit = self.permits.clone().acquire_many_owned(units).await;
+        waiting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        // The semaphore is never closed.
+        permit.unwrap_or_else(|_| unreachable!("the fetch memory semaphore is never closed"))
+    }
 }
 
 /// What a fetch returns.
@@ -53,6 +92,8 @@ pub(crate) struct Fetched {
     pub(crate) frames: Vec<FetchedFrame>,
     pub(crate) high_watermark: i64,
     pub(crate) start_offset: i64,
+    /// The fetch memory this response holds until it is dropped.
+    pub(crate) _memory: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Reader {
@@ -61,6 +102,7 @@ impl Reader {
         metadata: Metadata,
         cache_bytes: u64,
         metrics: Arc<crate::metrics::AgentMetrics>,
+        memory: FetchMemory,
     ) -> Self {
         let cache = moka::future::Cache::builder()
             .max_capacity(cache_bytes)
@@ -84,6 +126,7 @@ impl Reader {
             footers,
             groups,
             metrics,
+            memory,
         }
     }
 
@@ -135,6 +178,11 @@ impl Reader {
             total += e.length;
             chosen.push(e);
         }
+        // Something to read: reserve this fetch's share of the agent's fetch memory.
+        let memory = match chosen.is_empty() {
+            true => None,
+            false => Some(self.memory.reserve(max_bytes).await),
+        };
         // Parquet entries come first (the compacted prefix): serve only from the first one,
         // and only its row groups that hold wanted offsets.
         if let Some(first) = chosen.first()
@@ -145,6 +193,7 @@ impl Reader {
                 frames,
                 high_watermark: state.next_offset,
                 start_offset: state.start_offset,
+                _memory: memory,
             });
         }
         let chunks = futures::future::try_join_all(chosen.iter().map(|e| self.chunk(e))).await?;
@@ -172,6 +221,7 @@ impl Reader {
             frames: out,
             high_watermark: state.next_offset,
             start_offset: state.start_offset,
+            _memory: memory,
         })
     }
 

@@ -51,7 +51,7 @@ use admin::AdminService;
 use batcher::Batcher;
 use consume::ConsumerService;
 use faults::Faults;
-use fetch::Reader;
+use fetch::{FetchMemory, Reader};
 use produce::ProducerService;
 pub use service::AgentGauges;
 use service::Shared;
@@ -167,11 +167,13 @@ impl AgentBuilder {
             faults.clone(),
             metrics.clone(),
         );
+        let gauges: Arc<AgentGauges> = Arc::default();
         let reader = Reader::new(
             store.clone(),
             metadata.clone(),
             self.settings.cache_bytes,
             metrics.clone(),
+            FetchMemory::new(self.settings.fetch_memory_bytes, gauges.clone()),
         );
         let topics = moka::future::Cache::builder()
             .max_capacity(100_000)
@@ -185,7 +187,7 @@ impl AgentBuilder {
                 sequencer: Default::default(),
                 reader,
                 topics,
-                gauges: Arc::default(),
+                gauges,
                 faults,
                 metrics,
                 store_url: self.store_url,

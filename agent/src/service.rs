@@ -42,12 +42,19 @@ pub(crate) struct Shared {
 pub struct AgentGauges {
     pub(crate) produce_waiting: AtomicU64,
     pub(crate) duplicates: AtomicU64,
+    pub(crate) fetches_waiting_for_memory: AtomicU64,
 }
 
 impl AgentGauges {
     /// Produce requests validated and waiting for their segment's PUT and commit.
     pub fn produce_waiting(&self) -> u64 {
         self.produce_waiting.load(Ordering::SeqCst)
+    }
+
+    /// Fetches with something to read that wait for the agent's fetch memory
+    /// (`fetch_memory_bytes`) to be released by others.
+    pub fn fetches_waiting_for_memory(&self) -> u64 {
+        self.fetches_waiting_for_memory.load(Ordering::SeqCst)
     }
 
     /// Batches recognised as retries of committed ones and answered with their original

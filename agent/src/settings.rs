@@ -30,6 +30,10 @@ pub struct AgentSettings {
     pub max_batch_uncompressed_bytes: usize,
     /// Bytes of object data cached for fetches.
     pub cache_bytes: u64,
+    /// Bytes that fetches may be reading at once: each fetch reserves its `max_bytes` (at
+    /// most 64 MiB) once it has something to read, and waits while the reservations would
+    /// pass this. Waiting at the high watermark reserves nothing.
+    pub fetch_memory_bytes: u64,
     /// Longest a fetch may wait at the high watermark.
     #[serde(with = "humantime_serde")]
     pub max_fetch_wait: Duration,
@@ -65,6 +69,7 @@ impl Default for AgentSettings {
             max_request_bytes: 16 << 20,
             max_batch_uncompressed_bytes: 64 << 20,
             cache_bytes: 256 << 20,
+            fetch_memory_bytes: 512 << 20,
             max_fetch_wait: Duration::from_secs(30),
             topic_cache_ttl: Duration::from_secs(1),
             producer_idle_expiry: Duration::from_secs(7 * 24 * 3600),
@@ -113,6 +118,12 @@ impl AgentSettings {
                 "max_batch_uncompressed_bytes must be between 1 and {}, got {}",
                 cairn_proto::MAX_UNCOMPRESSED_BYTES,
                 self.max_batch_uncompressed_bytes
+            ));
+        }
+        if self.fetch_memory_bytes < 64 << 20 || self.fetch_memory_bytes > 1 << 40 {
+            return bad(format!(
+                "fetch_memory_bytes must be between 64 MiB (one fetch's largest max_bytes) and 1 TiB, got {}",
+                self.fetch_memory_bytes
             ));
         }
         if !(1..=100).contains(&self.share_max_deliveries) {

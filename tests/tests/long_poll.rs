@@ -199,3 +199,73 @@ async fn a_commit_through_one_agent_wakes_a_fetch_waiting_on_another() -> anyhow
     }
     Ok(())
 }
+
+/// Fetches with something to read share the agent's fetch memory (`fetch_memory_bytes`):
+/// with 64 MiB of it, three fetches asking for 64 MiB each are served one at a time (the
+/// others wait, counted by `fetches_waiting_for_memory`), and all three get their records.
+/// The object store answers every request after 1.5 s, so the first fetch holds its
+/// reservation long enough for the others to be seen waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_queue_for_the_agents_fetch_memory() -> anyhow::Result<()> {
+    let dir = temp_dir()?;
+    let kv = cairn_metadata::open_kv(&format!(
+        "sqlite:{}",
+        dir.path().join("meta.sqlite").display()
+    ))
+    .await?;
+    let agent = InProcessAgent::start_with(
+        file_store(dir.path())?,
+        kv,
+        AgentSettings {
+            fetch_memory_bytes: 64 << 20,
+            linger: Duration::from_millis(5),
+            ..AgentSettings::default()
+        },
+        "slow_rate=1,slow_ms=1500".parse::<FaultSpec>()?,
+    )
+    .await?;
+    let channel = cairn_client::connect(&agent.endpoint).await?;
+    Admin::new(channel.clone())
+        .create_topic("big", 1, TopicOptions::default())
+        .await?;
+    let producer = Producer::new(channel.clone(), ProducerConfig::default());
+    producer
+        .send(ProducerRecord::new("big", "the only record"))
+        .await?
+        .await?;
+    let fetch = || {
+        let mut c = ConsumerServiceClient::new(channel.clone());
+        tokio::spawn(async move {
+            c.fetch(v2::FetchRequest {
+                topic: "big".into(),
+                partition: 0,
+                offset: 0,
+                max_bytes: Some(64 << 20),
+                max_wait_ms: 0,
+            })
+            .await
+        })
+    };
+    let fetches = [fetch(), fetch(), fetch()];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.gauges.fetches_waiting_for_memory() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no fetch ever waited for memory: three 64 MiB fetches ran at once"
+        );
+        assert!(
+            !fetches.iter().all(|f| f.is_finished()),
+            "all fetches finished without one waiting"
+        );
+        // A gauge has no change notification: look again shortly.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for f in fetches {
+        let answer = f.await??.into_inner();
+        assert_eq!(answer.frames.len(), 1, "{answer:?}");
+        assert_eq!(answer.high_watermark, 1);
+    }
+    assert_eq!(agent.gauges.fetches_waiting_for_memory(), 0);
+    agent.stop().await?;
+    Ok(())
+}
