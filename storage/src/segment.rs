@@ -327,8 +327,15 @@ impl SegmentReader {
         let footer = Self::footer(&object)?;
         let mut frames = Vec::with_capacity(footer.frames.len());
         for e in &footer.frames {
-            let start = e.position as usize;
-            let end = start + e.length as usize;
+            // A footer (CRC-valid, so written so) may still name any position: no overflow.
+            let end = e.position.saturating_add(u64::from(e.length));
+            let (Ok(start), Ok(end)) = (usize::try_from(e.position), usize::try_from(end)) else {
+                return Err(FormatError::Truncated {
+                    what: "segment frame",
+                    need: usize::MAX,
+                    have: object.len(),
+                });
+            };
             if end > object.len() {
                 return Err(FormatError::Truncated {
                     what: "segment frame",
@@ -371,6 +378,19 @@ pub fn concat(chunks: &[Bytes]) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+
+    /// Found by the fuzz target `segment`: a CRC-valid footer naming a frame at position
+    /// 2^64-1 overflowed `position + length` (a panic in debug, a bad slice in release).
+    #[test]
+    fn a_footer_position_near_the_end_of_u64_is_an_error() {
+        let hex = "434149524e53454702000a11080718ffffffffffffffffff01200128019d9f3ce913000000434149524e534547";
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let err = SegmentReader::read_all(Bytes::from(bytes)).unwrap_err();
+        assert!(matches!(err, FormatError::Truncated { .. }), "{err}");
+    }
     use super::*;
     use cairn_proto::v2::{Codec, ProducerStamp, Record};
     use cairn_proto::{build_frame, open_frame};
