@@ -15,7 +15,7 @@ use cairn_metadata::{BatchOutcome, Clock, CommitBatch, Metadata, ProducerStamp, 
 use cairn_proto::v2::FrameHeader;
 use cairn_storage::{SegmentBuilder, StorageError, keys};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -397,14 +397,60 @@ async fn put_segment(
             .await
             .map_err(storage)?;
     } else {
-        let upload = store.put_multipart(key).await.map_err(storage)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
-        for chunk in chunks {
-            writer.put(chunk);
+        let mut upload = store.put_multipart(key).await.map_err(storage)?;
+        let parts = split_parts(chunks, PART_BYTES);
+        let uploaded = async {
+            // Every part's future is made (in order) before any is awaited; at most
+            // PARTS_IN_FLIGHT run at once.
+            let pending: Vec<_> = parts.into_iter().map(|p| upload.put_part(p)).collect();
+            use futures::{StreamExt, TryStreamExt};
+            futures::stream::iter(pending)
+                .buffer_unordered(PARTS_IN_FLIGHT)
+                .try_collect::<Vec<()>>()
+                .await?;
+            upload.complete().await
         }
-        writer.finish().await.map_err(storage)?;
+        .await;
+        if let Err(e) = uploaded {
+            // A failed upload leaves its parts stored (and billed) until aborted; the
+            // segment is written again under a new key when the producers retry.
+            if let Err(abort) = upload.abort().await {
+                tracing::warn!(%key, error = %abort, "aborting a failed multipart upload failed");
+            }
+            return Err(storage(e));
+        }
     }
     Ok(())
+}
+
+/// Size of each part of a multipart segment upload but the last (S3 wants at least 5 MiB,
+/// and some stores equal sizes).
+const PART_BYTES: usize = 8 << 20;
+
+/// Parts of one multipart upload being sent at once.
+const PARTS_IN_FLIGHT: usize = 4;
+
+/// Cuts `chunks` into payloads of exactly `part` bytes, the last one shorter, without
+/// copying.
+fn split_parts(chunks: Vec<Bytes>, part: usize) -> Vec<PutPayload> {
+    let mut parts = Vec::new();
+    let mut current: Vec<Bytes> = Vec::new();
+    let mut filled = 0;
+    for mut chunk in chunks {
+        while !chunk.is_empty() {
+            let take = chunk.len().min(part - filled);
+            current.push(chunk.split_to(take));
+            filled += take;
+            if filled == part {
+                parts.push(PutPayload::from_iter(std::mem::take(&mut current)));
+                filled = 0;
+            }
+        }
+    }
+    if !current.is_empty() {
+        parts.push(PutPayload::from_iter(current));
+    }
+    parts
 }
 
 async fn commit_loop(
@@ -645,5 +691,56 @@ mod tests {
         assert_eq!(first, vec![BatchOutcome::Committed { base_offset: 0 }]);
         assert_eq!(second, vec![BatchOutcome::Committed { base_offset: 1 }]);
         batcher.shutdown().await;
+    }
+
+    #[test]
+    fn parts_are_cut_to_the_part_size_without_regard_to_chunk_bounds() {
+        let chunks = vec![
+            Bytes::from(vec![1u8; 5]),
+            Bytes::from(vec![2u8; 9]),
+            Bytes::from(vec![3u8; 3]),
+        ];
+        let parts = split_parts(chunks.clone(), 4);
+        let sizes: Vec<usize> = parts.iter().map(PutPayload::content_length).collect();
+        assert_eq!(sizes, vec![4, 4, 4, 4, 1]);
+        let joined: Vec<u8> = parts
+            .iter()
+            .flat_map(|p| p.iter().flat_map(|b| b.to_vec()))
+            .collect();
+        let expected: Vec<u8> = chunks.iter().flat_map(|b| b.to_vec()).collect();
+        assert_eq!(joined, expected);
+        assert!(split_parts(Vec::new(), 4).is_empty());
+        assert_eq!(split_parts(vec![Bytes::from(vec![0u8; 8])], 4).len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_multipart_segment_upload_that_fails_half_way_is_aborted() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let rates = cairn_storage::StoreFaultRates {
+            part_fail: 1.0,
+            ..Default::default()
+        };
+        let faulty = cairn_storage::FaultyStore::with_rates(inner.clone(), rates, 1);
+        let chunks: Vec<Bytes> = (0..5u8).map(|i| Bytes::from(vec![i; 4 << 20])).collect();
+        let key = Path::from("segments/half-way");
+        let failed = put_segment(&faulty, &key, chunks.clone(), 5 << 20).await;
+        assert!(failed.is_err(), "the upload should fail: {failed:?}");
+        let counts = faulty.counts();
+        assert_eq!((counts.failed_uploads, counts.aborted_uploads), (1, 1));
+        assert!(matches!(
+            inner.get(&key).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+
+        // Without the fault the same segment is stored whole, in three parts.
+        let healthy = cairn_storage::FaultyStore::new(inner.clone());
+        let r = put_segment(&healthy, &key, chunks.clone(), 5 << 20).await;
+        assert!(r.is_ok(), "{r:?}");
+        let stored = match inner.get(&key).await {
+            Ok(got) => got.bytes().await.ok(),
+            Err(_) => None,
+        };
+        let expected: Vec<u8> = chunks.iter().flat_map(|b| b.to_vec()).collect();
+        assert_eq!(stored.as_deref(), Some(&expected[..]));
     }
 }

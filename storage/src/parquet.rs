@@ -262,24 +262,38 @@ pub async fn write(
     let mut writer =
         AsyncArrowWriter::try_new(BufWriter::new(store, path.clone()), schema(), Some(props))
             .map_err(write_err)?;
-    let mut crcs = Vec::new();
-    for chunk in records.chunks(rows_per_group) {
-        crcs.push(chunk.iter().fold(0, record_digest));
-        writer
-            .write(&to_batch(chunk).map_err(encode)?)
-            .await
-            .map_err(write_err)?;
-        // One chunk, one row group: the checksums line up with the row groups.
-        writer.flush().await.map_err(write_err)?;
+    let written = async {
+        let mut crcs = Vec::new();
+        for chunk in records.chunks(rows_per_group) {
+            crcs.push(chunk.iter().fold(0, record_digest));
+            writer
+                .write(&to_batch(chunk).map_err(encode)?)
+                .await
+                .map_err(write_err)?;
+            // One chunk, one row group: the checksums line up with the row groups.
+            writer.flush().await.map_err(write_err)?;
+        }
+        writer.append_key_value_metadata(KeyValue::new(
+            ROW_GROUP_CRC_KEY.to_string(),
+            crcs.iter()
+                .map(|c| format!("{c:08x}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ));
+        writer.finish().await.map_err(write_err)
     }
-    writer.append_key_value_metadata(KeyValue::new(
-        ROW_GROUP_CRC_KEY.to_string(),
-        crcs.iter()
-            .map(|c| format!("{c:08x}"))
-            .collect::<Vec<_>>()
-            .join(","),
-    ));
-    let meta = writer.finish().await.map_err(write_err)?;
+    .await;
+    let meta = match written {
+        Ok(meta) => meta,
+        Err(e) => {
+            // A file larger than the writer's buffer went up as a multipart upload: its
+            // parts stay stored (and billed) until the upload is aborted.
+            if let Err(abort) = writer.into_inner().abort().await {
+                tracing::warn!(%key, error = %abort, "aborting a failed Parquet upload failed");
+            }
+            return Err(e);
+        }
+    };
     let size = writer.bytes_written() as u64;
     Ok(ParquetFile {
         path: path.to_string(),

@@ -521,6 +521,9 @@ pub struct StoreFaultRates {
     pub slow: f64,
     /// How long a slow request waits.
     pub slow_for: std::time::Duration,
+    /// A multipart upload fails half way: its second part fails (or, with one part, its
+    /// completion), after the first part was uploaded. The caller should abort it.
+    pub part_fail: f64,
 }
 
 /// An [`ObjectStore`] that injects faults, for tests of the failure paths: the next N PUTs
@@ -538,6 +541,8 @@ pub struct FaultyStore {
     failed_gets: std::sync::atomic::AtomicU64,
     lost_put_replies: std::sync::atomic::AtomicU64,
     slowed: std::sync::atomic::AtomicU64,
+    failed_uploads: Arc<AtomicU64>,
+    aborted_uploads: Arc<AtomicU64>,
 }
 
 /// What a [`FaultyStore`] injected so far.
@@ -551,6 +556,10 @@ pub struct StoreFaultCounts {
     pub lost_put_replies: u64,
     /// Requests slowed down.
     pub slowed: u64,
+    /// Multipart uploads failed half way.
+    pub failed_uploads: u64,
+    /// Multipart uploads the caller aborted (after any failure, injected or not).
+    pub aborted_uploads: u64,
 }
 
 impl FaultyStore {
@@ -583,6 +592,8 @@ impl FaultyStore {
             failed_gets: std::sync::atomic::AtomicU64::new(0),
             lost_put_replies: std::sync::atomic::AtomicU64::new(0),
             slowed: std::sync::atomic::AtomicU64::new(0),
+            failed_uploads: Arc::new(AtomicU64::new(0)),
+            aborted_uploads: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -598,6 +609,8 @@ impl FaultyStore {
             failed_gets: self.failed_gets.load(Ordering::SeqCst),
             lost_put_replies: self.lost_put_replies.load(Ordering::SeqCst),
             slowed: self.slowed.load(Ordering::SeqCst),
+            failed_uploads: self.failed_uploads.load(Ordering::SeqCst),
+            aborted_uploads: self.aborted_uploads.load(Ordering::SeqCst),
         }
     }
 
@@ -665,6 +678,42 @@ fn injected(op: &str) -> object_store::Error {
     }
 }
 
+/// A multipart upload of a [`FaultyStore`]: when `fail` is set, the second part fails (the
+/// first one is uploaded), or the completion when there was only one part.
+#[derive(Debug)]
+struct FaultyUpload {
+    inner: Box<dyn MultipartUpload>,
+    parts: usize,
+    fail: bool,
+    failed: Arc<AtomicU64>,
+    aborted: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl MultipartUpload for FaultyUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        self.parts += 1;
+        if self.fail && self.parts == 2 {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Box::pin(async { Err(injected("multipart part")) });
+        }
+        self.inner.put_part(data)
+    }
+
+    async fn complete(&mut self) -> object_store::Result<PutResult> {
+        if self.fail && self.parts < 2 {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(injected("multipart completion"));
+        }
+        self.inner.complete().await
+    }
+
+    async fn abort(&mut self) -> object_store::Result<()> {
+        self.aborted.fetch_add(1, Ordering::SeqCst);
+        self.inner.abort().await
+    }
+}
+
 impl fmt::Display for FaultyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Faulty({})", self.inner)
@@ -699,7 +748,14 @@ impl ObjectStore for FaultyStore {
     ) -> object_store::Result<Box<dyn MultipartUpload>> {
         self.maybe_slow().await;
         self.put_fault("multipart PUT")?;
-        self.inner.put_multipart_opts(location, opts).await
+        let inner = self.inner.put_multipart_opts(location, opts).await?;
+        Ok(Box::new(FaultyUpload {
+            inner,
+            parts: 0,
+            fail: self.roll(self.rates.part_fail),
+            failed: self.failed_uploads.clone(),
+            aborted: self.aborted_uploads.clone(),
+        }))
     }
 
     async fn get_opts(
