@@ -31,6 +31,31 @@ pub struct FaultReport {
     pub requests_slowed: u64,
     /// Metadata commits applied whose reply was lost.
     pub commits_unknown: u64,
+    /// Multipart uploads failed half way.
+    pub uploads_failed: u64,
+    /// Multipart uploads aborted after a failure.
+    pub uploads_aborted: u64,
+}
+
+impl std::fmt::Display for FaultReport {
+    /// `key=value` pairs separated by commas, in the field names' order.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "puts_failed={},commits_failed={},replies_dropped={},gets_failed={},\
+             put_replies_lost={},requests_slowed={},commits_unknown={},uploads_failed={},\
+             uploads_aborted={}",
+            self.puts_failed,
+            self.commits_failed,
+            self.replies_dropped,
+            self.gets_failed,
+            self.put_replies_lost,
+            self.requests_slowed,
+            self.commits_unknown,
+            self.uploads_failed,
+            self.uploads_aborted,
+        )
+    }
 }
 
 /// Which faults to inject, and how often.
@@ -38,8 +63,8 @@ pub struct FaultReport {
 /// Parsed from `key=value` pairs separated by commas, e.g.
 /// `put_fail_rate=0.05,commit_fail_rate=0.05,reply_drop_rate=0.05,seed=7` or
 /// `crash_after_commits=3`. Keys: `put_fail_rate`, `get_fail_rate`, `put_reply_lost_rate`,
-/// `slow_rate` with `slow_ms`, `commit_fail_rate`, `commit_unknown_rate`,
-/// `reply_drop_rate`, `crash_after_commits`, `seed`.
+/// `slow_rate` with `slow_ms`, `part_fail_rate`, `commit_fail_rate`, `commit_unknown_rate`,
+/// `reply_drop_rate`, `crash_after_commits`, `clock_skew_ms`, `report_file`, `seed`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FaultSpec {
     /// Probability that a segment PUT fails.
@@ -52,6 +77,8 @@ pub struct FaultSpec {
     pub slow_rate: f64,
     /// How long a slow request waits, in milliseconds (default 1,000).
     pub slow_ms: u64,
+    /// Probability that a multipart upload fails half way (after its first part).
+    pub part_fail_rate: f64,
     /// Probability that a metadata commit fails for good (not applied).
     pub commit_fail_rate: f64,
     /// Probability that a metadata commit is applied but reports an unknown outcome.
@@ -62,6 +89,13 @@ pub struct FaultSpec {
     /// Abort the process right after this many successful segment commits, before any of
     /// the last segment's producers is answered.
     pub crash_after_commits: Option<u64>,
+    /// Milliseconds added to the agent's wall clock (negative: behind), at most an hour
+    /// either way: the clock every lease, session, deadline and timestamp the agent writes
+    /// is computed from.
+    pub clock_skew_ms: i64,
+    /// A file the agent rewrites every second with its [`FaultReport`] (`key=value` pairs),
+    /// so a harness can count the faults even of an agent it kills.
+    pub report_file: Option<std::path::PathBuf>,
     /// Seed of the fault sequence.
     pub seed: u64,
 }
@@ -74,6 +108,7 @@ impl FaultSpec {
             || self.commit_unknown_rate > 0.0
             || self.reply_drop_rate > 0.0
             || self.crash_after_commits.is_some()
+            || self.clock_skew_ms != 0
     }
 }
 
@@ -84,6 +119,7 @@ impl FaultSpec {
             || self.get_fail_rate > 0.0
             || self.put_reply_lost_rate > 0.0
             || self.slow_rate > 0.0
+            || self.part_fail_rate > 0.0
     }
 
     /// The object-store fault rates.
@@ -94,6 +130,7 @@ impl FaultSpec {
             put_reply_lost: self.put_reply_lost_rate,
             slow: self.slow_rate,
             slow_for: std::time::Duration::from_millis(self.slow_ms),
+            part_fail: self.part_fail_rate,
         }
     }
 }
@@ -132,6 +169,16 @@ impl FromStr for FaultSpec {
                         .ok_or_else(|| bad("expected milliseconds, at most 600000"))?
                 }
                 "reply_drop_rate" => spec.reply_drop_rate = rate()?,
+                "part_fail_rate" => spec.part_fail_rate = rate()?,
+                "clock_skew_ms" => {
+                    spec.clock_skew_ms = v
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|ms| ms.abs() <= 3_600_000)
+                        .ok_or_else(|| bad("expected milliseconds from -3600000 to 3600000"))?
+                }
+                "report_file" if v.is_empty() => return Err(bad("expected a file path")),
+                "report_file" => spec.report_file = Some(v.into()),
                 "crash_after_commits" => {
                     spec.crash_after_commits = Some(v.parse().map_err(|_| bad("expected a count"))?)
                 }
@@ -139,14 +186,53 @@ impl FromStr for FaultSpec {
                 _ => {
                     return Err(bad(
                         "unknown key (use put_fail_rate, get_fail_rate, put_reply_lost_rate, \
-                         slow_rate, slow_ms, commit_fail_rate, commit_unknown_rate, \
-                         reply_drop_rate, crash_after_commits, seed)",
+                         slow_rate, slow_ms, part_fail_rate, commit_fail_rate, \
+                         commit_unknown_rate, reply_drop_rate, crash_after_commits, \
+                         clock_skew_ms, report_file, seed)",
                     ));
                 }
             }
         }
         Ok(spec)
     }
+}
+
+/// Wraps the stores with the faults `spec` names and starts the report writer, if any.
+pub(crate) fn wrap_stores(
+    spec: &FaultSpec,
+    mut store: Arc<dyn object_store::ObjectStore>,
+    mut kv: Arc<dyn cairn_metadata::KvStore>,
+) -> (
+    Arc<dyn object_store::ObjectStore>,
+    Arc<dyn cairn_metadata::KvStore>,
+    Arc<Faults>,
+) {
+    let mut faulty_store = None;
+    let mut faulty_kv = None;
+    if spec.store_faults() {
+        let f = Arc::new(FaultyStore::with_rates(
+            store,
+            spec.store_rates(),
+            spec.seed,
+        ));
+        faulty_store = Some(f.clone());
+        store = f;
+    }
+    if spec.commit_fail_rate > 0.0 || spec.commit_unknown_rate > 0.0 {
+        let f = Arc::new(FaultyKv::with_rates(
+            kv,
+            spec.commit_fail_rate,
+            spec.commit_unknown_rate,
+            spec.seed.wrapping_add(2),
+        ));
+        faulty_kv = Some(f.clone());
+        kv = f;
+    }
+    let faults = Arc::new(Faults::new(spec, faulty_store, faulty_kv));
+    if let Some(path) = &spec.report_file {
+        faults.keep_reporting(path.clone());
+    }
+    (store, kv, faults)
 }
 
 /// The faults the agent itself injects (PUT and commit faults live in the wrapped stores).
@@ -212,7 +298,27 @@ impl Faults {
             put_replies_lost: store.lost_put_replies,
             requests_slowed: store.slowed,
             commits_unknown: self.kv.as_ref().map_or(0, |k| k.unknown_commits()),
+            uploads_failed: store.failed_uploads,
+            uploads_aborted: store.aborted_uploads,
         }
+    }
+
+    /// Rewrites `path` with the report every second while the agent lives (a harness
+    /// reads it even after killing the process: at most a second of faults is missing).
+    pub(crate) fn keep_reporting(self: &Arc<Self>, path: std::path::PathBuf) {
+        let faults = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(f) = faults.upgrade() else { break };
+                let line = format!("{}\n", f.report());
+                drop(f);
+                if let Err(e) = tokio::fs::write(&path, line).await {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the fault report");
+                }
+            }
+        });
     }
 
     fn roll_reply(&self) -> bool {
@@ -267,5 +373,17 @@ mod tests {
         assert_eq!(FaultSpec::from_str("").unwrap().slow_ms, 1000);
         let e = FaultSpec::from_str("slow_ms=-1").unwrap_err();
         assert!(e.to_string().contains("milliseconds"), "{e}");
+        let s: FaultSpec = "part_fail_rate=0.5,clock_skew_ms=-4000,report_file=/tmp/r"
+            .parse()
+            .unwrap();
+        assert!(s.is_active() && s.store_faults());
+        assert_eq!(s.store_rates().part_fail, 0.5);
+        assert_eq!(s.clock_skew_ms, -4000);
+        assert_eq!(s.report_file, Some("/tmp/r".into()));
+        assert!(FaultSpec::from_str("clock_skew_ms=2").unwrap().is_active());
+        let e = FaultSpec::from_str("clock_skew_ms=3600001").unwrap_err();
+        assert!(e.to_string().contains("-3600000 to 3600000"), "{e}");
+        let e = FaultSpec::from_str("report_file=").unwrap_err();
+        assert!(e.to_string().contains("a file path"), "{e}");
     }
 }

@@ -127,38 +127,20 @@ impl AgentBuilder {
         let store = self
             .store
             .ok_or_else(|| AgentError::Config("no object store given".into()))?;
-        let mut kv = self
+        let kv = self
             .kv
             .ok_or_else(|| AgentError::Config("no metadata store given".into()))?;
-        let mut store = store;
         let spec = &self.faults;
-        let mut faulty_store = None;
-        let mut faulty_kv = None;
-        if spec.store_faults() {
-            let f = Arc::new(FaultyStore::with_rates(
-                store,
-                spec.store_rates(),
-                spec.seed,
-            ));
-            faulty_store = Some(f.clone());
-            store = f;
-        }
-        if spec.commit_fail_rate > 0.0 || spec.commit_unknown_rate > 0.0 {
-            let f = Arc::new(cairn_metadata::FaultyKv::with_rates(
-                kv,
-                spec.commit_fail_rate,
-                spec.commit_unknown_rate,
-                spec.seed.wrapping_add(2),
-            ));
-            faulty_kv = Some(f.clone());
-            kv = f;
-        }
-        let faults = Arc::new(Faults::new(spec, faulty_store, faulty_kv));
+        let (store, kv, faults) = faults::wrap_stores(spec, store, kv);
+        let clock = match spec.clock_skew_ms {
+            0 => self.clock,
+            skew => Arc::new(cairn_metadata::SkewedClock::new(self.clock, skew)),
+        };
         let instrumented = InstrumentedStore::new(store);
         let counters = instrumented.counters();
         let metrics = Arc::new(AgentMetrics::new((*counters).clone()));
         let store: Arc<dyn ObjectStore> = Arc::new(instrumented);
-        let metadata = Metadata::new(kv, self.clock);
+        let metadata = Metadata::new(kv, clock);
         let started_ms = metadata.clock().now_ms();
         let batcher = Batcher::start(
             self.settings.clone(),
@@ -204,6 +186,18 @@ impl AgentBuilder {
 /// Injects faults into a serving agent (tests of producer retries).
 #[derive(Debug, Clone)]
 pub struct FaultControl(Arc<Faults>);
+
+/// Wraps the stores of a process other than an agent (the compactor) with the object-store
+/// and metadata faults `spec` names, and starts writing its report to `spec.report_file`
+/// (while the returned control lives). A Tokio runtime must be running.
+pub fn inject_faults(
+    spec: &FaultSpec,
+    store: Arc<dyn ObjectStore>,
+    kv: Arc<dyn KvStore>,
+) -> (Arc<dyn ObjectStore>, Arc<dyn KvStore>, FaultControl) {
+    let (store, kv, faults) = faults::wrap_stores(spec, store, kv);
+    (store, kv, FaultControl(faults))
+}
 
 impl FaultControl {
     /// Loses the next `n` produce replies after their segments committed, answering

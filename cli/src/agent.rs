@@ -153,6 +153,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             "unsupported metadata store `{metadata}`: use sqlite:PATH, postgres://USER@HOST:PORT/DB or fdb:CLUSTER_FILE"
         );
     }
+    // Refuse bad settings before anything is opened: a refused start creates no directory
+    // and no metadata file.
+    settings.validate()?;
     let options: Vec<(String, String)> = file.s3.into_iter().collect();
     let store = cairn_storage::open_object_store(&objects, &options)?;
     let open = cairn_metadata::OpenOptions { init: args.init };

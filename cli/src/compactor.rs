@@ -62,7 +62,7 @@ pub(crate) async fn run(args: CompactorArgs) -> anyhow::Result<()> {
     if args.grace < Duration::from_secs(1) {
         anyhow::bail!("--grace must be at least 1s, got {:?}", args.grace);
     }
-    let (store, metadata) = args.stores.open().await?;
+    let (store, metadata, _faults) = args.stores.open_with_test_faults().await?;
     let compactor = Compactor::new(
         store,
         metadata,

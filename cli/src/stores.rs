@@ -31,6 +31,43 @@ pub(crate) struct StoreArgs {
 impl StoreArgs {
     /// Opens both stores; time comes from the system clock.
     pub(crate) async fn open(&self) -> anyhow::Result<(Arc<dyn ObjectStore>, Metadata)> {
+        let (store, kv) = self.open_raw().await?;
+        Ok((
+            store,
+            Metadata::new(kv, Arc::new(cairn_metadata::SystemClock)),
+        ))
+    }
+
+    /// [`StoreArgs::open`] with the faults `CAIRN_TEST_FAULTS` names injected into both
+    /// stores (tests of the failure paths; never set in production). The control must be
+    /// kept while the stores are used: it writes the fault report.
+    pub(crate) async fn open_with_test_faults(
+        &self,
+    ) -> anyhow::Result<(
+        Arc<dyn ObjectStore>,
+        Metadata,
+        Option<cairn_agent::FaultControl>,
+    )> {
+        let (mut store, mut kv) = self.open_raw().await?;
+        let mut control = None;
+        if let Ok(spec) = std::env::var("CAIRN_TEST_FAULTS") {
+            let spec: cairn_agent::FaultSpec = spec.parse().context("invalid CAIRN_TEST_FAULTS")?;
+            if spec.is_active() || spec.report_file.is_some() {
+                tracing::warn!(faults = ?spec, "CAIRN_TEST_FAULTS is set: injecting faults");
+                let (s, k, c) = cairn_agent::inject_faults(&spec, store, kv);
+                (store, kv, control) = (s, k, Some(c));
+            }
+        }
+        Ok((
+            store,
+            Metadata::new(kv, Arc::new(cairn_metadata::SystemClock)),
+            control,
+        ))
+    }
+
+    async fn open_raw(
+        &self,
+    ) -> anyhow::Result<(Arc<dyn ObjectStore>, Arc<dyn cairn_metadata::KvStore>)> {
         let store = cairn_storage::open_object_store(&self.object_store, &[])?;
         let kv = cairn_metadata::open_kv(&self.metadata)
             .await
@@ -40,9 +77,6 @@ impl StoreArgs {
                     cairn_metadata::redact_spec(&self.metadata)
                 )
             })?;
-        Ok((
-            store,
-            Metadata::new(kv, Arc::new(cairn_metadata::SystemClock)),
-        ))
+        Ok((store, kv))
     }
 }

@@ -50,6 +50,27 @@ impl Clock for ManualClock {
     }
 }
 
+/// Another clock moved by a fixed offset: a machine whose clock is ahead (positive) or
+/// behind (negative), for tests of what leases and deadlines do under clock skew.
+#[derive(Debug)]
+pub struct SkewedClock {
+    inner: std::sync::Arc<dyn Clock>,
+    skew_ms: i64,
+}
+
+impl SkewedClock {
+    /// `inner` moved by `skew_ms` milliseconds.
+    pub fn new(inner: std::sync::Arc<dyn Clock>, skew_ms: i64) -> Self {
+        SkewedClock { inner, skew_ms }
+    }
+}
+
+impl Clock for SkewedClock {
+    fn now_ms(&self) -> i64 {
+        self.inner.now_ms().saturating_add(self.skew_ms)
+    }
+}
+
 /// A source of random numbers for values that must be unique across processes, such as the
 /// token an operation records in what it writes so that its rerun recognises its own write.
 pub trait RandomSource: Send + Sync + std::fmt::Debug + 'static {
@@ -83,5 +104,24 @@ impl SeededRandom {
 impl RandomSource for SeededRandom {
     fn next_u64(&self) -> u64 {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).random()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_skewed_clock_runs_at_a_fixed_offset_from_its_source() {
+        let source = Arc::new(ManualClock::new(10_000));
+        let ahead = SkewedClock::new(source.clone(), 2_500);
+        let behind = SkewedClock::new(source.clone(), -4_000);
+        assert_eq!((ahead.now_ms(), behind.now_ms()), (12_500, 6_000));
+        source.advance(1_000);
+        assert_eq!((ahead.now_ms(), behind.now_ms()), (13_500, 7_000));
+        let edge = SkewedClock::new(Arc::new(ManualClock::new(i64::MAX - 1)), 5);
+        assert_eq!(edge.now_ms(), i64::MAX);
     }
 }

@@ -29,7 +29,9 @@ mod sqlite;
 mod types;
 mod watermarks;
 
-pub use clock::{Clock, ManualClock, RandomSource, SeededRandom, SystemClock, SystemRandom};
+pub use clock::{
+    Clock, ManualClock, RandomSource, SeededRandom, SkewedClock, SystemClock, SystemRandom,
+};
 pub use cluster::{AgentLoad, AgentRecord};
 pub use compaction::{CompactedFile, CompactionClaim, MAX_SWAP_ENTRIES};
 pub use error::{ErrorKind, ErrorSource, FenceReason, KvError, MetaError};
