@@ -11,94 +11,12 @@
 // A panic is how a test fails; helpers outside #[test] fns may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cairn");
-
-/// Every environment variable the commands read, so the caller's environment cannot change
-/// what a case sees.
-const CAIRN_ENV: &[&str] = &[
-    "CAIRN_CONFIG",
-    "CAIRN_LISTEN",
-    "CAIRN_METRICS_LISTEN",
-    "CAIRN_OBJECT_STORE",
-    "CAIRN_METADATA",
-    "CAIRN_LINGER",
-    "CAIRN_SEGMENT_MAX_BYTES",
-    "CAIRN_AGENT_ID",
-    "CAIRN_ADVERTISE",
-    "CAIRN_ZONE",
-    "CAIRN_AGENT_LEASE",
-    "CAIRN_SHUTDOWN_TIMEOUT",
-    "CAIRN_ENDPOINT",
-    "CAIRN_TEST_FAULTS",
-    "RUST_LOG",
-];
-
-/// `cairn` with `args` in `dir`, warnings-only logging, a clean environment plus `env`.
-fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).current_dir(dir).env("CAIRN_LOG", "warn");
-    for var in CAIRN_ENV {
-        cmd.env_remove(var);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-/// Runs a command that must end by itself (a refusal, a client command), feeding it
-/// `stdin`; kills it and fails if it runs past a minute (a refused start that listens
-/// instead would never end).
-fn run_with(mut cmd: Command, stdin: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not exit within a minute");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let mut stdout = Vec::new();
-    let mut stderr = Vec::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_end(&mut stderr)
-        .unwrap();
-    Output {
-        status,
-        stdout,
-        stderr,
-    }
-}
+use common::{client, command, run_with, start_agent};
 
 /// `cairn args` in `dir` with no input.
 fn cairn_in(dir: &Path, args: &[&str]) -> Output {
@@ -156,49 +74,6 @@ fn usage_error(out: &Output, first: &str) {
             .all(|l| l.starts_with("Usage: ") || *l == "For more information, try '--help'."),
         "only the usage and the hint follow: {stderr}"
     );
-}
-
-/// An agent started by a test; killed when dropped.
-struct Agent {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `cairn agent --listen 127.0.0.1:0 args` in `dir`, once it says it listens.
-fn start_agent(dir: &Path, args: &[&str]) -> Agent {
-    let mut all = vec!["agent", "--listen", "127.0.0.1:0"];
-    all.extend_from_slice(args);
-    let mut child = command(dir, &all, &[])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let endpoint = line
-        .trim()
-        .strip_prefix("cairn agent listening on ")
-        .unwrap_or_else(|| panic!("the agent did not start: `{line}`"))
-        .to_string();
-    Agent { child, endpoint }
-}
-
-/// A client command against `agent`, with `stdin`.
-fn client(agent: &Agent, args: &[&str], stdin: &str) -> Output {
-    let dir = std::env::temp_dir();
-    run_with(
-        command(&dir, args, &[("CAIRN_ENDPOINT", agent.endpoint.as_str())]),
-        stdin,
-    )
 }
 
 /// The proof that closes every group: an agent over the files in `dir` (with `args`)
@@ -384,6 +259,11 @@ fn out_of_range_durations_and_sizes_are_refused() {
     ] {
         refused_exactly(&agent_in(d, &[flag, value]), line);
     }
+    // Refused before any store was opened: nothing was created.
+    assert!(
+        !d.join("cairn-data").exists(),
+        "a refused start created ./cairn-data"
+    );
     for (arg, first) in [
         (
             "--linger=banana",

@@ -4,61 +4,22 @@
 // A panic is how a test fails; helpers outside #[test] fns may unwrap too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_cairn");
-
-struct Agent {
-    child: Child,
-    endpoint: String,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Agent, BIN};
 
 /// `cairn agent` with no storage flags, in `dir`, on a free port.
 fn start_agent(dir: &Path) -> Agent {
-    let mut child = Command::new(BIN)
-        .args(["agent", "--listen", "127.0.0.1:0"])
-        .current_dir(dir)
-        .env("CAIRN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let endpoint = line
-        .trim()
-        .strip_prefix("cairn agent listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line `{line}`"))
-        .to_string();
-    Agent { child, endpoint }
+    common::start_agent(dir, &[])
 }
 
+/// A client command against `agent`, with `stdin`.
 fn cairn(agent: &Agent, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("CAIRN_ENDPOINT", &agent.endpoint)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    common::client(agent, args, stdin)
 }
 
 fn ok(out: Output) -> String {

@@ -8,7 +8,8 @@
 //! [`Anomaly`] with a count and the first examples.
 //!
 //! Which anomalies Cairn's guarantees forbid, and which are allowed ([`Anomaly::forbidden`]):
-//! - forbidden: an acknowledged write that is never readable; a value readable at two
+//! - forbidden: an acknowledged write that is never readable; a readable value that no
+//!   producer wrote (damaged data served as if whole); a value readable at two
 //!   offsets (idempotent producers never duplicate); two values at one offset; a write at
 //!   another offset than its acknowledgement; a write whose failure was definite (say a
 //!   conditional append refused for its offset) that is readable; part of an atomic append
@@ -99,10 +100,15 @@ pub enum Op {
         /// What it acquired.
         records: Vec<(Tp, i64, String)>,
     },
-    /// A share-group acknowledgement (only accepted ones are settled).
+    /// A share-group acknowledgement (only accepted ones are settled). A client records
+    /// each call twice: with `accepted: None` before it sends it, and with the answer after
+    /// (same `call`); the last record of a call counts, so a call whose client died while
+    /// it was in flight stays unanswered, of unknown outcome.
     ShareAck {
         /// The share consumer.
         consumer: String,
+        /// The call's number, unique per consumer.
+        call: u64,
         /// What it acknowledged.
         records: Vec<(Tp, i64)>,
         /// Whether the agent accepted the acknowledgement (`None`: no answer came).
@@ -148,6 +154,8 @@ impl History {
 pub enum Anomaly {
     /// An acknowledged write that the final read does not hold.
     LostWrite,
+    /// A value readable that no producer wrote: damaged or invented data.
+    Unwritten,
     /// A value readable at two offsets.
     Duplicate,
     /// Two values seen at one offset (by any two reads).
@@ -317,6 +325,25 @@ pub fn check(ops: &[Op], final_read: &[(Tp, i64, String)], share: &ShareScope) -
         }
     }
     let visible = |v: &str| places.contains_key(v);
+    let written: std::collections::HashSet<&str> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Write { batches, .. } => Some(batches),
+            _ => None,
+        })
+        .flat_map(|batches| batches.iter().flat_map(|(b, _)| b.values.iter()))
+        .map(String::as_str)
+        .collect();
+    for (tp, o, v) in final_read {
+        if !written.contains(v.as_str()) {
+            r.add(Anomaly::Unwritten, || {
+                format!(
+                    "{}/{} offset {o}: {v:?}, which no producer wrote",
+                    tp.0, tp.1
+                )
+            });
+        }
+    }
 
     check_writes(ops, &places, &mut r, &visible);
     check_reads(ops, &at, &mut r);
@@ -581,8 +608,8 @@ fn check_commits(ops: &[Op], r: &mut Report) {
 
 fn check_share(ops: &[Op], final_read: &[(Tp, i64, String)], share: &ShareScope, r: &mut Report) {
     let mut acquired: HashMap<(&Tp, i64), usize> = HashMap::new();
-    let mut acked: HashMap<(&Tp, i64), Vec<&str>> = HashMap::new();
-    let mut maybe_acked: BTreeSet<(&Tp, i64)> = BTreeSet::new();
+    // The last record of each acknowledgement call: its answer, if one came.
+    let mut calls: BTreeMap<(&str, u64), (&[(Tp, i64)], Option<bool>)> = BTreeMap::new();
     for op in ops {
         match op {
             Op::ShareAcquire { records, .. } => {
@@ -592,19 +619,26 @@ fn check_share(ops: &[Op], final_read: &[(Tp, i64, String)], share: &ShareScope,
             }
             Op::ShareAck {
                 consumer,
+                call,
                 records,
-                accepted: Some(true),
+                accepted,
             } => {
-                for (tp, o) in records {
-                    acked.entry((tp, *o)).or_default().push(consumer.as_str());
+                calls.insert((consumer.as_str(), *call), (records.as_slice(), *accepted));
+            }
+            _ => {}
+        }
+    }
+    let mut acked: HashMap<(&Tp, i64), Vec<&str>> = HashMap::new();
+    let mut maybe_acked: BTreeSet<(&Tp, i64)> = BTreeSet::new();
+    for ((consumer, _), (records, accepted)) in &calls {
+        match accepted {
+            Some(true) => {
+                for (tp, o) in records.iter() {
+                    acked.entry((tp, *o)).or_default().push(consumer);
                 }
             }
-            Op::ShareAck {
-                records,
-                accepted: None,
-                ..
-            } => maybe_acked.extend(records.iter().map(|(tp, o)| (tp, *o))),
-            _ => {}
+            None => maybe_acked.extend(records.iter().map(|(tp, o)| (tp, *o))),
+            Some(false) => {}
         }
     }
     for ((tp, o), n) in &acquired {
@@ -734,8 +768,15 @@ mod tests {
             write("p", 3, 0, None, &["d"], Outcome::Refused),
             write("p", 4, 0, None, &["e"], Outcome::Unknown),
         ];
-        let final_read = log(&[(0, 0, "a"), (0, 1, "c"), (0, 2, "c"), (0, 3, "d")]);
+        let final_read = log(&[
+            (0, 0, "a"),
+            (0, 1, "c"),
+            (0, 2, "c"),
+            (0, 3, "d"),
+            (0, 4, "z"),
+        ]);
         let r = check(&ops, &final_read, &ShareScope::default());
+        assert_eq!(r.count(Anomaly::Unwritten), 1, "{r}");
         assert_eq!(r.count(Anomaly::LostWrite), 1, "{r}");
         assert_eq!(r.count(Anomaly::Duplicate), 1, "{r}");
         assert_eq!(r.count(Anomaly::WrongAckOffset), 1, "{r}");
@@ -841,21 +882,33 @@ mod tests {
             },
             Op::ShareAck {
                 consumer: "a".into(),
+                call: 1,
                 records: vec![(tp(0), 0)],
                 accepted: Some(true),
             },
             Op::ShareAck {
                 consumer: "b".into(),
+                call: 1,
                 records: vec![(tp(0), 0)],
                 accepted: Some(true),
             },
+            // Sent, then refused: the refusal counts, not the invocation.
             Op::ShareAck {
                 consumer: "a".into(),
-                records: vec![(tp(0), 1)],
-                accepted: Some(false),
+                call: 2,
+                records: vec![(tp(0), 1), (tp(0), 2)],
+                accepted: None,
             },
             Op::ShareAck {
                 consumer: "a".into(),
+                call: 2,
+                records: vec![(tp(0), 1), (tp(0), 2)],
+                accepted: Some(false),
+            },
+            // Sent, and no answer ever recorded (its client died while it was in flight).
+            Op::ShareAck {
+                consumer: "a".into(),
+                call: 3,
                 records: vec![(tp(0), 3)],
                 accepted: None,
             },

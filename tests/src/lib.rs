@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod history;
+pub mod netcut;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -233,6 +234,14 @@ impl AgentProcess {
     /// listens.
     pub fn start(args: &[&str], env: &[(String, String)]) -> anyhow::Result<AgentProcess> {
         Self::start_at("127.0.0.1:0", args, env)
+    }
+
+    /// [`AgentProcess::start`] over a local object store and SQLite file in `dir`
+    /// ([`file_agent_args`]).
+    pub fn on_files(dir: &Path) -> anyhow::Result<AgentProcess> {
+        let args = file_agent_args(dir);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start(&args, &[])
     }
 
     /// [`AgentProcess::start`] listening on `listen` (e.g. `127.0.0.3:0`: another loopback
@@ -463,6 +472,16 @@ pub async fn read_all_through(
     cluster: impl Into<cairn_client::Cluster>,
     topic: &str,
 ) -> anyhow::Result<Vec<ConsumedRecord>> {
+    read_all_mapped(cluster, topic, |r| r).await
+}
+
+/// [`read_all_through`], keeping only what `keep` makes of each record (so a large topic
+/// is checked as it is read, not held in memory).
+pub async fn read_all_mapped<T>(
+    cluster: impl Into<cairn_client::Cluster>,
+    topic: &str,
+    mut keep: impl FnMut(ConsumedRecord) -> T,
+) -> anyhow::Result<Vec<T>> {
     let mut consumer = Consumer::new(cluster, ConsumerConfig::default());
     consumer.assign_all(topic, Offset::Beginning).await?;
     let mut out = Vec::new();
@@ -471,7 +490,7 @@ pub async fn read_all_through(
         if batch.is_empty() && consumer.caught_up() {
             return Ok(out);
         }
-        out.extend(batch);
+        out.extend(batch.into_iter().map(&mut keep));
     }
 }
 

@@ -302,9 +302,7 @@ async fn members_share_partitions_and_survive_a_kill() -> anyhow::Result<()> {
 async fn a_member_that_missed_a_generation_resumes_from_the_commits() -> anyhow::Result<()> {
     use cairn_client::{GroupConfig, GroupConsumer, Offset};
     let dir = temp_dir()?;
-    let args = file_agent_args(dir.path());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = AgentProcess::start(&args, &[])?;
+    let agent = AgentProcess::on_files(dir.path())?;
     let channel = cairn_client::connect(&agent.endpoint).await?;
     Admin::new(channel.clone())
         .create_topic("jobs", 2, TopicOptions::default())

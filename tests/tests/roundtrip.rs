@@ -10,8 +10,7 @@ use cairn_client::{
     Admin, Consumer, ConsumerConfig, Offset, Producer, ProducerConfig, ProducerRecord, TopicOptions,
 };
 use cairn_tests::{
-    AgentProcess, file_agent_args, produce_workload, read_all, s3_env, s3_url, temp_dir,
-    verify_exact,
+    AgentProcess, produce_workload, read_all, s3_env, s3_url, temp_dir, verify_exact,
 };
 
 const PARTITIONS: u32 = 8;
@@ -131,9 +130,7 @@ async fn two_agents_share_sqlite_and_bucket() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_partition_does_not_swallow_the_others_records() -> anyhow::Result<()> {
     let dir = temp_dir()?;
-    let args = file_agent_args(dir.path());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = AgentProcess::start(&args, &[])?;
+    let agent = AgentProcess::on_files(dir.path())?;
     let channel = cairn_client::connect(&agent.endpoint).await?;
     let admin = Admin::new(channel.clone());
     admin

@@ -206,9 +206,7 @@ async fn crashing_consumers_lose_nothing() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_records_go_to_the_dead_letter_topic() -> anyhow::Result<()> {
     let dir = temp_dir()?;
-    let args = file_agent_args(dir.path());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = AgentProcess::start(&args, &[])?;
+    let agent = AgentProcess::on_files(dir.path())?;
     let channel = cairn_client::connect(&agent.endpoint).await?;
     Admin::new(channel.clone())
         .create_topic("orders", 1, TopicOptions::default())
