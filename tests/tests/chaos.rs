@@ -18,9 +18,11 @@
 //! the history checker (`cairn_tests::history`) reports the anomalies; the test fails on
 //! any forbidden one.
 //!
-//! Knobs: `CAIRN_CHAOS_SECS` (how long faults are injected; 120 by default, what CI runs)
-//! and `CAIRN_CHAOS_SEED` (the schedule's seed; random by default and printed, so a failing
-//! schedule can be replayed — the timing of the clients around it is not replayed).
+//! Knobs: `CAIRN_CHAOS_SECS` (how long faults are injected; 120 by default, what CI runs),
+//! `CAIRN_CHAOS_SEED` (the schedule's seed; random by default and printed, so a failing
+//! schedule can be replayed — the timing of the clients around it is not replayed) and
+//! `CAIRN_CHAOS_PAUSE_MS` (a pause between each producer's windows of 200 records, to
+//! bound the in-memory history of a long run; 0 by default).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -54,6 +56,19 @@ const BULK_RECORDS: usize = 9;
 const BULK_RECORD_BYTES: usize = 1 << 20;
 const GROUP: &str = "audit";
 const SHARE_GROUP: &str = "workers";
+
+/// How long each record producer waits between its windows of 200 records
+/// (`CAIRN_CHAOS_PAUSE_MS`, default 0): the history is kept in memory, and an hour at full
+/// speed would hold tens of millions of records.
+fn window_pause() -> anyhow::Result<Duration> {
+    match std::env::var("CAIRN_CHAOS_PAUSE_MS") {
+        Ok(s) => Ok(Duration::from_millis(
+            s.parse()
+                .context("CAIRN_CHAOS_PAUSE_MS must be a number of milliseconds")?,
+        )),
+        Err(_) => Ok(Duration::ZERO),
+    }
+}
 
 /// The schedule's seed and how long faults are injected.
 fn knobs() -> anyhow::Result<(u64, Duration)> {
@@ -368,8 +383,10 @@ async fn produce(c: Cluster, topic: &'static str, name: String, w: Writers) -> a
         ..ProducerConfig::default()
     };
     let p = Producer::new(c, config);
+    let pause = window_pause()?;
     let mut seq = 0u64;
     while w.running() {
+        tokio::time::sleep(pause).await;
         let mut window = Vec::new();
         for _ in 0..200 {
             let key = format!("k{}", seq % 16);
