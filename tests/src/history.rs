@@ -608,8 +608,10 @@ fn check_commits(ops: &[Op], r: &mut Report) {
 
 fn check_share(ops: &[Op], final_read: &[(Tp, i64, String)], share: &ShareScope, r: &mut Report) {
     let mut acquired: HashMap<(&Tp, i64), usize> = HashMap::new();
-    // The last record of each acknowledgement call: its answer, if one came.
-    let mut calls: BTreeMap<(&str, u64), (&[(Tp, i64)], Option<bool>)> = BTreeMap::new();
+    // The last record of each acknowledgement call (by consumer and call number): what it
+    // acknowledged, and its answer if one came.
+    type Calls<'a> = BTreeMap<(&'a str, u64), (&'a [(Tp, i64)], Option<bool>)>;
+    let mut calls: Calls<'_> = BTreeMap::new();
     for op in ops {
         match op {
             Op::ShareAcquire { records, .. } => {
