@@ -47,11 +47,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_health_and_status() -> anyhow::Result<()> {
-    let dir = temp_dir()?;
-    let objects = format!("file://{}", dir.path().join("objects").display());
-    let metadata = format!("sqlite:{}", dir.path().join("meta.sqlite").display());
+/// An agent process over `dir/objects` and `dir/meta.sqlite`, and its metrics address.
+fn agent_with_metrics(dir: &std::path::Path) -> anyhow::Result<(AgentProcess, String)> {
+    let objects = format!("file://{}", dir.join("objects").display());
+    let metadata = format!("sqlite:{}", dir.join("meta.sqlite").display());
     let metrics = format!("127.0.0.1:{}", free_port());
     let agent = AgentProcess::start(
         &[
@@ -64,6 +63,13 @@ async fn metrics_health_and_status() -> anyhow::Result<()> {
         ],
         &[],
     )?;
+    Ok((agent, metrics))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_status() -> anyhow::Result<()> {
+    let dir = temp_dir()?;
+    let (agent, metrics) = agent_with_metrics(dir.path())?;
     assert_eq!(http_get(&metrics, "/healthz"), (200, "ok\n".into()));
     assert_eq!(http_get(&metrics, "/readyz"), (200, "ready\n".into()));
     let (code, before) = http_get(&metrics, "/metrics");
@@ -247,20 +253,7 @@ fn bench_smoke_reports_every_field() {
 async fn readiness_follows_the_object_store() -> anyhow::Result<()> {
     let dir = temp_dir()?;
     let root = dir.path().join("objects");
-    let objects = format!("file://{}", root.display());
-    let metadata = format!("sqlite:{}", dir.path().join("meta.sqlite").display());
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let agent = AgentProcess::start(
-        &[
-            "--object-store",
-            &objects,
-            "--metadata",
-            &metadata,
-            "--metrics-listen",
-            &metrics,
-        ],
-        &[],
-    )?;
+    let (agent, metrics) = agent_with_metrics(dir.path())?;
     assert_eq!(http_get(&metrics, "/readyz"), (200, "ready\n".into()));
     let channel = cairn_client::connect(&agent.endpoint).await?;
     Admin::new(channel.clone())

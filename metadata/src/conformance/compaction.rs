@@ -66,16 +66,7 @@ pub async fn compaction(kv: Arc<dyn KvStore>) {
     assert!(m.is_object_committed("p0").await.unwrap());
     // Swapping the same run again is a conflict: it changed (it is gone).
     let err = m.swap_compacted(a, &run[..3], &file).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            MetaError::Fenced {
-                reason: FenceReason::CompactionConflict,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_fenced(&err, FenceReason::CompactionConflict);
     // After the lease, another owner takes over; the old token is fenced.
     clock.advance(61_000);
     let b = m
@@ -84,29 +75,11 @@ pub async fn compaction(kv: Arc<dyn KvStore>) {
         .unwrap()
         .unwrap();
     let err = m.swap_compacted(a, &run[3..], &file).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            MetaError::Fenced {
-                reason: FenceReason::ClaimLost,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_fenced(&err, FenceReason::ClaimLost);
     // Retention removes an entry under a compaction: the swap refuses.
     m.delete_records("c", 0, 40).await.unwrap();
     let err = m.swap_compacted(b, &run[3..], &file).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            MetaError::Fenced {
-                reason: FenceReason::CompactionConflict,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_fenced(&err, FenceReason::CompactionConflict);
     m.release_compaction(b).await.unwrap();
     m.release_compaction(a).await.unwrap();
     assert!(

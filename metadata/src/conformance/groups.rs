@@ -49,31 +49,13 @@ pub async fn consumer_groups(kv: Arc<dyn KvStore>) {
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            MetaError::Fenced {
-                reason: FenceReason::StaleGeneration,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_fenced(&err, FenceReason::StaleGeneration);
     let (tb, pb) = b.partitions[0].clone();
     let err = m
         .commit_offsets("billing", &a.member_id, a.generation, &[(tb, pb, 0)])
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            MetaError::Fenced {
-                reason: FenceReason::NotAssigned,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_fenced(&err, FenceReason::NotAssigned);
     let err = m
         .commit_offsets(
             "billing",
@@ -109,16 +91,7 @@ pub async fn consumer_groups(kv: Arc<dyn KvStore>) {
         .commit_offsets("billing", &c.member_id, c.generation, &[(tc, pc, 0)])
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            MetaError::Fenced {
-                reason: FenceReason::UnknownMember,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_fenced(&err, FenceReason::UnknownMember);
     assert!(matches!(
         m.heartbeat("billing", &c.member_id).await.unwrap_err(),
         MetaError::Fenced { .. }
@@ -154,16 +127,7 @@ pub async fn consumer_groups(kv: Arc<dyn KvStore>) {
         .reset_offsets("billing", "orders", OffsetReset::Earliest)
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            MetaError::Fenced {
-                reason: FenceReason::GroupActive,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_fenced(&err, FenceReason::GroupActive);
     m.leave_group("billing", &a2.member_id).await.unwrap();
     let b3 = m.heartbeat("billing", &b2.member_id).await.unwrap();
     assert_eq!(b3.partitions.len(), 12, "the last member owns everything");

@@ -45,6 +45,15 @@ use crate::{
     Rejection, RetryPolicy, SegmentCommit, ShareAction, TopicSpec, transact,
 };
 
+/// Fails unless `err` is a fence for `reason`.
+#[track_caller]
+fn assert_fenced(err: &MetaError, reason: FenceReason) {
+    assert!(
+        matches!(err, MetaError::Fenced { reason: r, .. } if *r == reason),
+        "expected a {reason:?} fence, got {err}"
+    );
+}
+
 fn metadata(kv: Arc<dyn KvStore>) -> Metadata {
     Metadata::new(kv, Arc::new(ManualClock::new(1_700_000_000_000)))
 }

@@ -52,16 +52,7 @@ pub async fn share_groups(kv: Arc<dyn KvStore>) {
         .share_settle("q", "alice", "tasks", p, &[o], ShareAction::Ack)
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            MetaError::Fenced {
-                reason: FenceReason::NotHeld,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_fenced(&err, FenceReason::NotHeld);
     let (bp, bo) = (b.records[0].0, b.records[0].1);
     let err = m
         .share_settle("q", "alice", "tasks", bp, &[bo], ShareAction::Ack)
@@ -110,16 +101,7 @@ pub async fn share_groups(kv: Arc<dyn KvStore>) {
         )
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            MetaError::Fenced {
-                reason: FenceReason::LeaseExpired,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_fenced(&err, FenceReason::LeaseExpired);
     let again = m
         .share_acquire("q", "carol", "tasks", 100, 1_000, 5)
         .await
