@@ -10,7 +10,8 @@
 //! - from outside: agents killed with SIGKILL and replaced, agents frozen with SIGSTOP past
 //!   their lease (then back with stale state), agents cut off from the network while they
 //!   run (every connection to and from them stalls: clients, PostgreSQL and S3), one
-//!   agent's object store stalled past its 5 s request timeout (real timeouts), the
+//!   agent's object store stalled past its 5 s request timeout (real timeouts) or answering
+//!   `503 Slow Down` to every request (S3's throttling, through object_store's retries), the
 //!   compactor killed and restarted, PostgreSQL stopped and restarted, group members and
 //!   share consumers killed (share consumers while holding leases).
 //!
@@ -798,6 +799,7 @@ enum Fault {
     PauseAgent,
     CutAgent,
     StallObjectStore,
+    ThrottleObjectStore,
     KillCompactor,
     RestartPostgres,
     KillGroupMember,
@@ -947,14 +949,15 @@ async fn nothing_acknowledged_is_lost_under_a_seeded_chaos_schedule() -> anyhow:
         for task in members.iter_mut().chain(&mut sharers).chain(&mut writers) {
             stopped(task).await?;
         }
-        let fault = match schedule.random_range(0..12) {
+        let fault = match schedule.random_range(0..13) {
             0..=2 => Fault::KillAgent,
             3 => Fault::PauseAgent,
             4 => Fault::CutAgent,
             5 => Fault::StallObjectStore,
-            6 => Fault::KillCompactor,
-            7 => Fault::RestartPostgres,
-            8 | 9 => Fault::KillGroupMember,
+            6 => Fault::ThrottleObjectStore,
+            7 => Fault::KillCompactor,
+            8 => Fault::RestartPostgres,
+            9 | 10 => Fault::KillGroupMember,
             _ => Fault::KillShareConsumer,
         };
         let t = started.elapsed().as_secs_f64();
@@ -991,6 +994,17 @@ async fn nothing_acknowledged_is_lost_under_a_seeded_chaos_schedule() -> anyhow:
                     rig.slots[i].name
                 );
                 rig.slots[i].s3.cut();
+                tokio::time::sleep(hold).await;
+                rig.slots[i].s3.heal();
+            }
+            Fault::ThrottleObjectStore => {
+                let i = schedule.random_range(0..rig.slots.len());
+                let hold = Duration::from_millis(schedule.random_range(2000..8000));
+                eprintln!(
+                    "chaos {t:6.1}s: S3 answers 503 Slow Down to agent slot {} for {hold:?}",
+                    rig.slots[i].name
+                );
+                rig.slots[i].s3.slow_down();
                 tokio::time::sleep(hold).await;
                 rig.slots[i].s3.heal();
             }
