@@ -64,7 +64,8 @@ impl std::fmt::Display for FaultReport {
 /// `put_fail_rate=0.05,commit_fail_rate=0.05,reply_drop_rate=0.05,seed=7` or
 /// `crash_after_commits=3`. Keys: `put_fail_rate`, `get_fail_rate`, `put_reply_lost_rate`,
 /// `slow_rate` with `slow_ms`, `part_fail_rate`, `commit_fail_rate`, `commit_unknown_rate`,
-/// `reply_drop_rate`, `crash_after_commits`, `clock_skew_ms`, `report_file`, `seed`.
+/// `commit_unavailable_first`, `reply_drop_rate`, `crash_after_commits`, `clock_skew_ms`,
+/// `report_file`, `seed`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FaultSpec {
     /// Probability that a segment PUT fails.
@@ -83,6 +84,10 @@ pub struct FaultSpec {
     pub commit_fail_rate: f64,
     /// Probability that a metadata commit is applied but reports an unknown outcome.
     pub commit_unknown_rate: f64,
+    /// The first this many metadata commits fail as unavailable (not applied; the metadata
+    /// layer retries them): a metadata store that is down, or too contended, when the
+    /// process starts.
+    pub commit_unavailable_first: u32,
     /// Probability that a produce reply is replaced by UNAVAILABLE after its commit
     /// succeeded, as if the response were lost on the way.
     pub reply_drop_rate: f64,
@@ -106,6 +111,7 @@ impl FaultSpec {
         self.store_faults()
             || self.commit_fail_rate > 0.0
             || self.commit_unknown_rate > 0.0
+            || self.commit_unavailable_first > 0
             || self.reply_drop_rate > 0.0
             || self.crash_after_commits.is_some()
             || self.clock_skew_ms != 0
@@ -170,6 +176,10 @@ impl FromStr for FaultSpec {
                 }
                 "reply_drop_rate" => spec.reply_drop_rate = rate()?,
                 "part_fail_rate" => spec.part_fail_rate = rate()?,
+                "commit_unavailable_first" => {
+                    spec.commit_unavailable_first =
+                        v.parse().map_err(|_| bad("expected a count of commits"))?
+                }
                 "clock_skew_ms" => {
                     spec.clock_skew_ms = v
                         .parse::<i64>()
@@ -187,7 +197,8 @@ impl FromStr for FaultSpec {
                     return Err(bad(
                         "unknown key (use put_fail_rate, get_fail_rate, put_reply_lost_rate, \
                          slow_rate, slow_ms, part_fail_rate, commit_fail_rate, \
-                         commit_unknown_rate, reply_drop_rate, crash_after_commits, \
+                         commit_unknown_rate, commit_unavailable_first, reply_drop_rate, \
+                         crash_after_commits, \
                          clock_skew_ms, report_file, seed)",
                     ));
                 }
@@ -218,13 +229,17 @@ pub(crate) fn wrap_stores(
         faulty_store = Some(f.clone());
         store = f;
     }
-    if spec.commit_fail_rate > 0.0 || spec.commit_unknown_rate > 0.0 {
+    if spec.commit_fail_rate > 0.0
+        || spec.commit_unknown_rate > 0.0
+        || spec.commit_unavailable_first > 0
+    {
         let f = Arc::new(FaultyKv::with_rates(
             kv,
             spec.commit_fail_rate,
             spec.commit_unknown_rate,
             spec.seed.wrapping_add(2),
         ));
+        f.fail_next_commits(spec.commit_unavailable_first);
         faulty_kv = Some(f.clone());
         kv = f;
     }
@@ -381,6 +396,8 @@ mod tests {
         assert_eq!(s.clock_skew_ms, -4000);
         assert_eq!(s.report_file, Some("/tmp/r".into()));
         assert!(FaultSpec::from_str("clock_skew_ms=2").unwrap().is_active());
+        let s = FaultSpec::from_str("commit_unavailable_first=70").unwrap();
+        assert!(s.is_active() && s.commit_unavailable_first == 70);
         let e = FaultSpec::from_str("clock_skew_ms=3600001").unwrap_err();
         assert!(e.to_string().contains("-3600000 to 3600000"), "{e}");
         let e = FaultSpec::from_str("report_file=").unwrap_err();

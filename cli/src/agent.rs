@@ -229,7 +229,25 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .local_addr()
         .context("metrics socket has no address")?;
     tracing::info!("metrics on http://{metrics_addr}/metrics (also /healthz, /readyz)");
-    let id = agent.join_cluster(addr).await?;
+    // Registering is one metadata transaction; a passing fault of the metadata store (a
+    // restart, a storm of serialization conflicts that outlasts the transaction's own
+    // retries) is waited out for a while rather than ending the start.
+    let patience = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let id = loop {
+        match agent.join_cluster(addr).await {
+            Ok(id) => break id,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    cairn_metadata::ErrorKind::Unavailable | cairn_metadata::ErrorKind::Internal
+                ) && std::time::Instant::now() < patience =>
+            {
+                tracing::warn!(error = %e, "registering in the cluster failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot register in the cluster")),
+        }
+    };
     tracing::info!(id = %id, "joined the cluster");
     // The one line on stdout: scripts and tests wait for it.
     println!("cairn agent listening on http://{addr}");

@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{Agent, BIN};
+use common::{Agent, BIN, start_agent_with_env};
 
 /// `cairn agent` with no storage flags, in `dir`, on a free port.
 fn start_agent(dir: &Path) -> Agent {
@@ -506,4 +506,20 @@ fn an_empty_existing_metadata_file_is_refused_without_init() {
     // Marked now: a restart without the flag is accepted.
     let agent = start_agent(dir.path());
     drop(agent);
+}
+
+/// An agent whose first metadata commits all fail (a metadata store that is down or too
+/// contended when it starts: seen in the chaos run as a storm of PostgreSQL serialization
+/// failures) keeps trying to register instead of exiting, and serves once it gets through.
+#[test]
+fn an_agent_waits_out_a_metadata_store_that_refuses_its_registration() {
+    let dir = tempfile::tempdir().unwrap();
+    // More failures than one transaction retries (60 attempts): registration fails once,
+    // and the start goes on.
+    let agent = start_agent_with_env(
+        dir.path(),
+        &[],
+        &[("CAIRN_TEST_FAULTS", "commit_unavailable_first=70")],
+    );
+    ok(cairn(&agent, &["topic", "create", "after-outage"], ""));
 }

@@ -273,20 +273,13 @@ pub async fn write(
             // One chunk, one row group: the checksums line up with the row groups.
             writer.flush().await.map_err(write_err)?;
         }
-        writer.append_key_value_metadata(KeyValue::new(
-            ROW_GROUP_CRC_KEY.to_string(),
-            crcs.iter()
-                .map(|c| format!("{c:08x}"))
-                .collect::<Vec<_>>()
-                .join(","),
-        ));
-        writer.finish().await.map_err(write_err)
+        Ok::<_, StorageError>(crcs)
     }
     .await;
-    let meta = match written {
-        Ok(meta) => meta,
+    let crcs = match written {
+        Ok(crcs) => crcs,
         Err(e) => {
-            // A file larger than the writer's buffer went up as a multipart upload: its
+            // A file larger than the writer's buffer is going up as a multipart upload: its
             // parts stay stored (and billed) until the upload is aborted.
             if let Err(abort) = writer.into_inner().abort().await {
                 tracing::warn!(%key, error = %abort, "aborting a failed Parquet upload failed");
@@ -294,6 +287,17 @@ pub async fn write(
             return Err(e);
         }
     };
+    writer.append_key_value_metadata(KeyValue::new(
+        ROW_GROUP_CRC_KEY.to_string(),
+        crcs.iter()
+            .map(|c| format!("{c:08x}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    ));
+    // A failure from here on may come from the upload's completion, after which the writer
+    // can no longer abort it (object_store's BufWriter panics if asked to): its parts are
+    // left to the bucket's lifecycle rule for incomplete uploads.
+    let meta = writer.finish().await.map_err(write_err)?;
     let size = writer.bytes_written() as u64;
     Ok(ParquetFile {
         path: path.to_string(),
@@ -804,6 +808,49 @@ mod tests {
             rows += batch.num_rows();
         }
         assert_eq!(rows, input.len());
+    }
+
+    /// A file larger than the writer's 10 MiB buffer goes up in parts; when the upload
+    /// fails half way the write fails cleanly (it once panicked: object_store's BufWriter
+    /// cannot abort an upload whose completion failed) and leaves no object.
+    #[tokio::test]
+    async fn a_multipart_upload_failing_half_way_fails_the_write_cleanly() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let rates = crate::StoreFaultRates {
+            part_fail: 1.0,
+            ..Default::default()
+        };
+        let faulty = Arc::new(crate::FaultyStore::with_rates(inner.clone(), rates, 3));
+        // 12 values of 1 MiB that do not compress (xorshift).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let input: Vec<StoredRecord> = (0..12)
+            .map(|i| {
+                let value: Vec<u8> = (0..1 << 20)
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x as u8
+                    })
+                    .collect();
+                StoredRecord {
+                    offset: i,
+                    timestamp_ms: 1_700_000_000_000,
+                    key: Bytes::new(),
+                    value: Bytes::from(value),
+                    headers: Vec::new(),
+                    producer: None,
+                }
+            })
+            .collect();
+        let failed = write(faulty.clone(), "big", 0, 1, &input).await;
+        assert!(failed.is_err(), "the upload failed half way: {failed:?}");
+        assert_eq!(faulty.counts().failed_uploads, 1);
+        let listed = inner.list(None).collect::<Vec<_>>().await;
+        assert!(listed.is_empty(), "{listed:?}");
+        // The same write through a healthy store is whole.
+        let file = write(inner.clone(), "big", 0, 1, &input).await;
+        assert!(file.is_ok(), "{file:?}");
     }
 
     #[tokio::test]

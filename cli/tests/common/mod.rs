@@ -110,9 +110,14 @@ impl Drop for Agent {
 
 /// `cairn agent --listen 127.0.0.1:0 args` in `dir`, once it says it listens.
 pub(crate) fn start_agent(dir: &Path, args: &[&str]) -> Agent {
+    start_agent_with_env(dir, args, &[])
+}
+
+/// [`start_agent`] with extra environment variables.
+pub(crate) fn start_agent_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Agent {
     let mut all = vec!["agent", "--listen", "127.0.0.1:0"];
     all.extend_from_slice(args);
-    let mut child = command(dir, &all, &[])
+    let mut child = command(dir, &all, env)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
