@@ -70,6 +70,16 @@ for target in $targets; do
     fi
     for f in "$artifacts/$target"/*; do
         [ -f "$f" ] || continue
+        case $(basename "$f") in
+        slow-unit-*)
+            # Slower than libFuzzer's -report_slow_units (10 s), not a hang (-timeout): a
+            # finding to look at, not a failure. See fuzz/README.md, "Slow inputs".
+            echo "slow input $f ($(wc -c <"$f") bytes; first 4 KiB in hex):"
+            head -c 4096 "$f" | od -An -v -tx1 | tr -d ' \n'
+            echo
+            continue
+            ;;
+        esac
         echo "crashing input $f ($(wc -c <"$f") bytes; first 4 KiB in hex):"
         head -c 4096 "$f" | od -An -v -tx1 | tr -d ' \n'
         echo
