@@ -240,12 +240,17 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 if matches!(
                     e.kind(),
                     cairn_metadata::ErrorKind::Unavailable | cairn_metadata::ErrorKind::Internal
-                ) && std::time::Instant::now() < patience =>
+                ) =>
             {
+                if std::time::Instant::now() >= patience {
+                    return Err(anyhow::Error::new(e)
+                        .context("cannot register in the cluster (retried for 30s)"));
+                }
                 tracing::warn!(error = %e, "registering in the cluster failed; retrying");
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
-            Err(e) => return Err(anyhow::Error::new(e).context("cannot register in the cluster")),
+            // A refusal (bad address, id in use) is final and says what to fix.
+            Err(e) => return Err(e.into()),
         }
     };
     tracing::info!(id = %id, "joined the cluster");
