@@ -173,29 +173,9 @@ fn with_causes(status: &tonic::Status) -> String {
     out
 }
 
-/// 64-bit FNV-1a.
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// MurmurHash3's 64-bit finalizer: FNV-1a alone barely separates ids that differ in one
-/// character.
-fn fmix64(mut k: u64) -> u64 {
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    k ^= k >> 33;
-    k = k.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    k ^ (k >> 33)
-}
-
 /// The rendezvous score of `agent` for `topic`/`partition` (see the proto's `AgentInfo`).
 fn score(agent: &str, topic: &str, partition: u32) -> u64 {
-    fmix64(fnv1a64(format!("{agent}\n{topic}\n{partition}").as_bytes()))
+    cairn_proto::rendezvous_score(agent, topic, u64::from(partition))
 }
 
 impl Cluster {
@@ -540,13 +520,6 @@ mod tests {
             zone: zone.into(),
             produce_load: load,
         }
-    }
-
-    #[test]
-    fn fnv_matches_the_reference_vectors() {
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]
