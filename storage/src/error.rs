@@ -162,7 +162,9 @@ impl StorageError {
 /// does not export these errors' types, so their messages are matched: the local store's
 /// "Requested range was invalid" / "Wanted range starting at …" and "Out of range of file"
 /// (a short read), and S3's 416 `InvalidRange`.
-fn range_not_satisfiable(e: &object_store::Error) -> Option<String> {
+/// Whether `e` says a read started at or past the object's end (the wording differs per
+/// store), and that message.
+pub fn range_not_satisfiable(e: &object_store::Error) -> Option<String> {
     const SIGNS: [&str; 5] = [
         "Requested range was invalid",
         "Wanted range starting at",

@@ -19,7 +19,7 @@ pub mod parquet;
 pub mod segment;
 pub mod store;
 
-pub use error::{FormatError, StorageError, StorageErrorKind};
+pub use error::{FormatError, StorageError, StorageErrorKind, range_not_satisfiable};
 pub use segment::{FooterEntry, SegmentBuilder, SegmentFooter, SegmentReader, StoredFrame};
 pub use store::{
     FaultyStore, InstrumentedStore, Latency, LatencySnapshot, StoreCounters, StoreFaultCounts,

@@ -425,16 +425,50 @@ impl AsyncFileReader for StoreReader {
 
     fn get_metadata<'a>(
         &'a mut self,
-        options: Option<&'a ArrowReaderOptions>,
+        _options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
         async move {
+            let bad = parquet::errors::ParquetError::General;
             let size = self.size;
-            let meta = ParquetMetaDataReader::new()
-                .with_arrow_reader_options(options)
-                .with_prefetch_hint(Some(FOOTER_PREFETCH))
-                .load_and_finish(self, size)
-                .await?;
-            Ok(Arc::new(meta))
+            if size < 12 {
+                return Err(bad(format!("a {size}-byte file is too short for Parquet")));
+            }
+            let tail_len = size.min(FOOTER_PREFETCH as u64);
+            let tail = self.get_bytes(size - tail_len..size).await?;
+            let n = tail.len();
+            if n as u64 != tail_len {
+                return Err(bad(format!(
+                    "read {n} bytes of the file's last {tail_len}: the object is shorter than the index says"
+                )));
+            }
+            if &tail[n - 4..] != b"PAR1" {
+                return Err(bad("the file does not end with the PAR1 magic".into()));
+            }
+            let footer_len = u64::from(u32::from_le_bytes([
+                tail[n - 8],
+                tail[n - 7],
+                tail[n - 6],
+                tail[n - 5],
+            ]));
+            if footer_len + 12 > size {
+                return Err(bad(format!(
+                    "a {footer_len}-byte footer does not fit in a {size}-byte file"
+                )));
+            }
+            let footer = if footer_len + 8 <= tail_len {
+                tail.slice(n - 8 - footer_len as usize..n - 8)
+            } else {
+                self.get_bytes(size - 8 - footer_len..size - 8).await?
+            };
+            // The Thrift decoder runs on a blocking thread, not a runtime worker: a corrupt
+            // footer can keep it busy for long (the parquet crate skips a list of booleans
+            // of unknown field id element by element, each consuming no byte, so a 2 KB
+            // footer can declare billions; see fuzz/README.md, "Slow inputs").
+            let decoded =
+                tokio::task::spawn_blocking(move || ParquetMetaDataReader::decode_metadata(&footer))
+                    .await
+                    .map_err(|e| bad(format!("the footer decoder failed: {e}")))?;
+            Ok(Arc::new(decoded?))
         }
         .boxed()
     }
