@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/cairn/v2/records.proto",
         "proto/cairn/v2/errors.proto",
         "proto/cairn/v2/api.proto",
+        "proto/cairn/v2/peer.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

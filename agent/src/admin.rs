@@ -154,6 +154,11 @@ impl v2::admin_service_server::AdminService for AdminService {
                 .map(|i| i.address.clone())
                 .unwrap_or_default(),
             waiting_fetches: s.metadata.waiting_fetches() as u64,
+            zone_cache_local_hits: m.zone_reads(crate::zone::Source::LocalHit).get(),
+            zone_cache_local_misses: m.zone_reads(crate::zone::Source::LocalMiss).get(),
+            zone_cache_peer_reads: m.zone_reads(crate::zone::Source::Peer).get(),
+            zone_cache_peer_failures: m.zone_reads(crate::zone::Source::PeerFailed).get(),
+            zone_cache_members: s.zone.as_ref().map_or(0, |z| z.member_count()),
         }))
     }
 

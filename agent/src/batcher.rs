@@ -656,7 +656,7 @@ mod tests {
             ..AgentSettings::default()
         };
         let faults = Arc::new(Faults::new(&crate::FaultSpec::default(), None, None));
-        let metrics = Arc::new(AgentMetrics::new(crate::StoreCounters::default()));
+        let metrics = Arc::new(AgentMetrics::new(crate::StoreCounters::default(), ""));
         let batcher = Batcher::start(settings, store.clone(), metadata.clone(), faults, metrics);
 
         // Segment 1: its PUT blocks at the gate.

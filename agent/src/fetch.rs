@@ -40,7 +40,11 @@ const PARQUET_BATCH_RECORDS: usize = 2_000;
 /// Reads committed batches.
 #[derive(Clone)]
 pub(crate) struct Reader {
+    /// The read path's store: through the zone read cache when there is one.
     store: Arc<dyn ObjectStore>,
+    /// The agent's own store when `store` goes through the zone cache: bytes that fail
+    /// their checks after coming through the zone are read again from here.
+    direct: Option<Arc<dyn ObjectStore>>,
     metadata: Metadata,
     cache: moka::future::Cache<ChunkKey, Arc<Vec<StoredFrame>>>,
     footers: moka::future::Cache<String, Arc<OpenedFile>>,
@@ -99,6 +103,7 @@ pub(crate) struct Fetched {
 impl Reader {
     pub(crate) fn new(
         store: Arc<dyn ObjectStore>,
+        direct: Option<Arc<dyn ObjectStore>>,
         metadata: Metadata,
         cache_bytes: u64,
         metrics: Arc<crate::metrics::AgentMetrics>,
@@ -121,6 +126,7 @@ impl Reader {
             .build();
         Reader {
             store,
+            direct,
             metadata,
             cache,
             footers,
@@ -287,12 +293,13 @@ impl Reader {
         offset: i64,
         max_bytes: usize,
     ) -> Result<Vec<FetchedFrame>, AgentError> {
-        let store = self.store.clone();
+        let (store, direct) = (self.store.clone(), self.direct.clone());
         let entry = e.clone();
         let file = self
             .footers
             .try_get_with(e.object_key.clone(), async move {
-                parquet_file::open(store, &entry.object_key, entry.length)
+                let open = |store| parquet_file::open(store, &entry.object_key, entry.length);
+                retry_direct(&entry.object_key, open(store).await, direct.map(open))
                     .await
                     .map(Arc::new)
             })
@@ -334,13 +341,13 @@ impl Reader {
             return Ok(hit);
         }
         self.metrics.cache_misses.inc();
-        let store = self.store.clone();
+        let (store, direct) = (self.store.clone(), self.direct.clone());
         let (object, size, file) = (e.object_key.clone(), e.length, file.clone());
         let codec = codec_to_proto(topic.codec);
         self.groups
             .try_get_with(key, async move {
-                let records =
-                    parquet_file::read_row_group(store, &object, size, &file, group).await?;
+                let read = |store| parquet_file::read_row_group(store, &object, size, &file, group);
+                let records = retry_direct(&object, read(store).await, direct.map(read)).await?;
                 let mut records = records.into_iter();
                 let mut frames = Vec::new();
                 loop {
@@ -364,43 +371,68 @@ impl Reader {
             return Ok(hit);
         }
         self.metrics.cache_misses.inc();
-        let store = self.store.clone();
+        let (store, direct) = (self.store.clone(), self.direct.clone());
         let entry = e.clone();
         self.cache
             .try_get_with(key, async move {
-                let path = Path::from(entry.object_key.as_str());
-                let range = entry.position..entry.position + entry.length;
-                let bytes = store
-                    .get_range(&path, range)
-                    .await
-                    .map_err(|err| StorageError::store("GET", entry.object_key.as_str(), err))?;
-                let frames = parse_frames(bytes)
-                    .map_err(|source| StorageError::corrupt(entry.object_key.as_str(), source))?;
-                let records: i64 = frames
-                    .iter()
-                    .map(|f| i64::from(f.header.record_count))
-                    .sum();
-                if records != entry.end_offset - entry.base_offset
-                    || frames.len() != entry.batch_count as usize
-                {
-                    return Err(StorageError::corrupt(
-                        entry.object_key.as_str(),
-                        FormatError::Invalid {
-                            what: "index entry",
-                            reason: format!(
-                                "offsets {}..{} ({} frames) but the bytes hold {records} records in {} frames",
-                                entry.base_offset,
-                                entry.end_offset,
-                                entry.batch_count,
-                                frames.len()
-                            ),
-                        },
-                    ));
-                }
-                Ok(Arc::new(frames))
+                let read = |store| read_entry(store, &entry);
+                retry_direct(&entry.object_key, read(store).await, direct.map(read)).await
             })
             .await
             .map_err(|e: Arc<StorageError>| AgentError::from((*e).clone()))
+    }
+}
+
+/// The verified frames of one index entry: one range GET from `store`.
+async fn read_entry(
+    store: Arc<dyn ObjectStore>,
+    entry: &IndexEntry,
+) -> Result<Arc<Vec<StoredFrame>>, StorageError> {
+    let path = Path::from(entry.object_key.as_str());
+    let range = entry.position..entry.position + entry.length;
+    let bytes = store
+        .get_range(&path, range)
+        .await
+        .map_err(|err| StorageError::store("GET", entry.object_key.as_str(), err))?;
+    let frames = parse_frames(bytes)
+        .map_err(|source| StorageError::corrupt(entry.object_key.as_str(), source))?;
+    let records: i64 = frames
+        .iter()
+        .map(|f| i64::from(f.header.record_count))
+        .sum();
+    if records != entry.end_offset - entry.base_offset || frames.len() != entry.batch_count as usize
+    {
+        return Err(StorageError::corrupt(
+            entry.object_key.as_str(),
+            FormatError::Invalid {
+                what: "index entry",
+                reason: format!(
+                    "offsets {}..{} ({} frames) but the bytes hold {records} records in {} frames",
+                    entry.base_offset,
+                    entry.end_offset,
+                    entry.batch_count,
+                    frames.len()
+                ),
+            },
+        ));
+    }
+    Ok(Arc::new(frames))
+}
+
+/// `first`, read through the zone cache; when its bytes failed their checks and `direct`
+/// (the same read from the agent's own store) is given, that read's result instead: bytes
+/// from another agent are never the only evidence that an object is corrupt.
+pub(crate) async fn retry_direct<T>(
+    object: &str,
+    first: Result<T, StorageError>,
+    direct: Option<impl Future<Output = Result<T, StorageError>>>,
+) -> Result<T, StorageError> {
+    match (first, direct) {
+        (Err(e @ StorageError::Corrupt { .. }), Some(again)) => {
+            tracing::warn!(object, error = %e, "bytes read through the zone cache failed their checks; reading the store directly");
+            again.await
+        }
+        (r, _) => r,
     }
 }
 

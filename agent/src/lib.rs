@@ -24,6 +24,7 @@ mod sequencer;
 mod service;
 mod settings;
 mod share;
+mod zone;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,8 +32,8 @@ use std::sync::Arc;
 use cairn_metadata::{Clock, KvStore, Metadata, SystemClock};
 use cairn_proto::v2::{
     admin_service_server::AdminServiceServer, consumer_service_server::ConsumerServiceServer,
-    group_service_server::GroupServiceServer, producer_service_server::ProducerServiceServer,
-    share_service_server::ShareServiceServer,
+    group_service_server::GroupServiceServer, peer_service_server::PeerServiceServer,
+    producer_service_server::ProducerServiceServer, share_service_server::ShareServiceServer,
 };
 use futures::StreamExt;
 use object_store::ObjectStore;
@@ -138,7 +139,7 @@ impl AgentBuilder {
         };
         let instrumented = InstrumentedStore::new(store);
         let counters = instrumented.counters();
-        let metrics = Arc::new(AgentMetrics::new((*counters).clone()));
+        let metrics = Arc::new(AgentMetrics::new((*counters).clone(), &self.cluster.zone));
         let store: Arc<dyn ObjectStore> = Arc::new(instrumented);
         let metadata = Metadata::new(kv, clock);
         let started_ms = metadata.clock().now_ms();
@@ -150,8 +151,22 @@ impl AgentBuilder {
             metrics.clone(),
         );
         let gauges: Arc<AgentGauges> = Arc::default();
+        let zone = (self.settings.chunk_cache_bytes > 0).then(|| {
+            Arc::new(zone::ZoneCache::new(
+                store.clone(),
+                self.settings.chunk_bytes,
+                self.settings.chunk_cache_bytes,
+                self.settings.peer_read_timeout,
+                metrics.clone(),
+            ))
+        });
+        let read_store: Arc<dyn ObjectStore> = match &zone {
+            Some(z) => Arc::new(zone::ZoneStore::new(z.clone(), store.clone())),
+            None => store.clone(),
+        };
         let reader = Reader::new(
-            store.clone(),
+            read_store,
+            zone.is_some().then(|| store.clone()),
             metadata.clone(),
             self.settings.cache_bytes,
             metrics.clone(),
@@ -176,6 +191,8 @@ impl AgentBuilder {
                 store,
                 started_ms,
                 identity: std::sync::OnceLock::new(),
+                zone,
+                peer_listener: std::sync::Mutex::new(None),
             }),
             counters,
             cluster: self.cluster,
@@ -277,7 +294,11 @@ impl Agent {
         if let Some(i) = self.shared.identity.get() {
             return Ok(i.id.clone());
         }
-        let identity = self.cluster.resolve(listen)?;
+        let peer_port = match &self.shared.zone {
+            None => None,
+            Some(_) => Some(self.bind_peer_port(listen).await?),
+        };
+        let identity = self.cluster.resolve(listen, peer_port)?;
         registry::probe(&identity).await?;
         registry::register(
             &self.shared.metadata,
@@ -287,8 +308,47 @@ impl Agent {
         )
         .await?;
         let id = identity.id.clone();
+        if let Some(zone) = &self.shared.zone {
+            zone.joined(&id);
+        }
         let _ = self.shared.identity.set(identity);
         Ok(id)
+    }
+
+    /// Binds the peer port (once) and returns its port number.
+    async fn bind_peer_port(&self, listen: std::net::SocketAddr) -> Result<u16, AgentError> {
+        let addr = self
+            .cluster
+            .peer_listen
+            .unwrap_or_else(|| std::net::SocketAddr::new(listen.ip(), 0));
+        let mut slot = self
+            .shared
+            .peer_listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(l) = slot.as_ref() {
+            return l
+                .local_addr()
+                .map(|a| a.port())
+                .map_err(|e| AgentError::Config(format!("peer port has no address: {e}")));
+        }
+        let std_listener = std::net::TcpListener::bind(addr).map_err(|e| {
+            AgentError::Config(format!(
+                "cannot listen on {addr} for the agents of the zone (peer port): {e}; \
+                 choose another with --peer-listen"
+            ))
+        })?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| AgentError::Config(format!("peer port {addr}: {e}")))?;
+        let listener = TcpListener::from_std(std_listener)
+            .map_err(|e| AgentError::Config(format!("peer port {addr}: {e}")))?;
+        let port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .map_err(|e| AgentError::Config(format!("peer port has no address: {e}")))?;
+        *slot = Some(listener);
+        Ok(port)
     }
 
     /// Serves gRPC on `listener` until `shutdown` resolves; then stops accepting, seals
@@ -330,6 +390,38 @@ impl Agent {
             self.shared.metrics.clone(),
         ));
         let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (peer_stop, peer_stopped) = tokio::sync::oneshot::channel::<()>();
+        let peer_listener = self
+            .shared
+            .peer_listener
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let mut zone_tasks = Vec::new();
+        if let (Some(zone), Some(listener)) = (&self.shared.zone, peer_listener) {
+            zone_tasks.push(tokio::spawn(
+                zone.clone()
+                    .follow_members(self.shared.metadata.clone(), identity.zone.clone()),
+            ));
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+                s.inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                })
+            });
+            let service = PeerServiceServer::new(zone::PeerServer(zone.clone()))
+                .max_encoding_message_size(zone::MAX_PEER_READ as usize + 4096);
+            zone_tasks.push(tokio::spawn(async move {
+                let served = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = peer_stopped.await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the peer port stopped serving");
+                }
+            }));
+        }
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http = metrics.map(|l| {
             tokio::spawn(metrics::serve(
@@ -444,6 +536,10 @@ impl Agent {
         }
         expiry.abort();
         self.shared.batcher.shutdown().await;
+        let _ = peer_stop.send(());
+        for t in zone_tasks {
+            t.abort();
+        }
         let _ = http_stop.send(());
         if let Some(h) = http {
             let _ = h.await;

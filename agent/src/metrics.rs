@@ -13,6 +13,7 @@ use axum::routing::get;
 use cairn_metadata::Metadata;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
@@ -45,11 +46,24 @@ pub struct AgentMetrics {
     metadata_retries_seen: AtomicU64,
     pub(crate) cache_hits: Counter,
     pub(crate) cache_misses: Counter,
+    zone: String,
+    zone_reads: Family<Vec<(String, String)>, Counter>,
+    pub(crate) peer_served_bytes: Counter,
     pub(crate) store: StoreCounters,
 }
 
 impl AgentMetrics {
-    pub(crate) fn new(store: StoreCounters) -> Self {
+    /// The counter of zone-cache reads from `source`.
+    pub(crate) fn zone_reads(&self, source: crate::zone::Source) -> Counter {
+        self.zone_reads
+            .get_or_create(&vec![
+                ("source".to_string(), source.label().to_string()),
+                ("zone".to_string(), self.zone.clone()),
+            ])
+            .clone()
+    }
+
+    pub(crate) fn new(store: StoreCounters, zone: &str) -> Self {
         let mut registry = Registry::with_prefix("cairn");
         let m = AgentMetrics {
             registry: Registry::default(),
@@ -74,6 +88,9 @@ impl AgentMetrics {
             metadata_retries_seen: AtomicU64::new(0),
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
+            zone: zone.to_string(),
+            zone_reads: Family::default(),
+            peer_served_bytes: Counter::default(),
             store,
         };
         let r = &mut registry;
@@ -161,6 +178,20 @@ impl AgentMetrics {
             "cache_misses",
             "Fetch cache misses (object GETs)",
             m.cache_misses.clone(),
+        );
+        r.register(
+            "zone_cache_reads",
+            "Chunk pieces read through the zone read cache, by where they came from: \
+             local_hit (this agent's chunk cache), local_miss (a GET by this agent, the \
+             chunk's owner), peer (the owning agent answered), peer_failed (the owner did not \
+             answer in time or answered badly; read here instead)",
+            m.zone_reads.clone(),
+        );
+        r.register_with_unit(
+            "zone_cache_served",
+            "Bytes this agent served to other agents of its zone from its chunk cache",
+            Unit::Bytes,
+            m.peer_served_bytes.clone(),
         );
         r.register(
             "object_puts",

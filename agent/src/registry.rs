@@ -28,6 +28,12 @@ pub struct ClusterSettings {
     /// The agent's zone (availability zone, rack); clients of the same zone prefer it.
     /// Empty: no zone.
     pub zone: String,
+    /// Where the agent listens for the agents of its zone (the zone read cache's peer
+    /// port). Default: the IP it serves clients on, with a port the system picks.
+    pub peer_listen: Option<std::net::SocketAddr>,
+    /// The address the agents of its zone reach the peer port at (`host:port`). Default:
+    /// the advertised host with the peer port.
+    pub peer_advertise: Option<String>,
 }
 
 /// A zone or agent id: letters, digits, `.`, `_`, `-`, `:`, within `max` bytes.
@@ -68,6 +74,8 @@ pub(crate) struct Identity {
     pub(crate) address: String,
     pub(crate) zone: String,
     pub(crate) incarnation: u64,
+    /// `http://host:port` of the peer port; empty without a zone cache.
+    pub(crate) peer_address: String,
 }
 
 impl ClusterSettings {
@@ -80,11 +88,19 @@ impl ClusterSettings {
             }
             check_name("agent id", id, MAX_ID_BYTES)?;
         }
+        if let Some(a) = &self.peer_advertise {
+            normalize_address(a)?;
+        }
         Ok(())
     }
 
-    /// The identity of an agent listening on `listen`.
-    pub(crate) fn resolve(&self, listen: std::net::SocketAddr) -> Result<Identity, AgentError> {
+    /// The identity of an agent listening on `listen`, with its peer port on `peer_port`
+    /// when it serves one.
+    pub(crate) fn resolve(
+        &self,
+        listen: std::net::SocketAddr,
+        peer_port: Option<u16>,
+    ) -> Result<Identity, AgentError> {
         let address = match &self.advertise {
             Some(a) => normalize_address(a)?,
             None if listen.ip().is_unspecified() => {
@@ -104,11 +120,23 @@ impl ClusterSettings {
         // decision, so the thread RNG is fine.
         #[allow(clippy::disallowed_methods)]
         let incarnation = rand::rng().random::<u64>().max(1);
+        let peer_address = match (peer_port, &self.peer_advertise) {
+            (None, _) => String::new(),
+            (Some(_), Some(a)) => normalize_address(a)?,
+            (Some(port), None) => {
+                let host = url::Url::parse(&address)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_string))
+                    .ok_or_else(|| AgentError::Config(format!("no host in {address}")))?;
+                format!("http://{host}:{port}")
+            }
+        };
         Ok(Identity {
             id,
             address,
             zone: self.zone.clone(),
             incarnation,
+            peer_address,
         })
     }
 }
@@ -173,6 +201,7 @@ fn record(identity: &Identity, started_ms: i64, load: AgentLoad) -> AgentRecord 
     AgentRecord {
         id: identity.id.clone(),
         address: identity.address.clone(),
+        peer_address: identity.peer_address.clone(),
         zone: identity.zone.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_ms,
@@ -257,6 +286,7 @@ pub(crate) fn agent_info(r: AgentRecord) -> v2::AgentInfo {
         produce_bytes_per_second: r.load.produce_bytes_per_sec,
         fetch_bytes_per_second: r.load.fetch_bytes_per_sec,
         inflight_segments: r.load.inflight_segments,
+        peer_address: r.peer_address,
     }
 }
 
@@ -284,10 +314,10 @@ mod tests {
         assert!(s.validate().is_err());
         let s = ClusterSettings::default();
         let wildcard = "0.0.0.0:7170".parse().ok();
-        assert!(wildcard.is_some_and(|w| s.resolve(w).is_err()));
+        assert!(wildcard.is_some_and(|w| s.resolve(w, None).is_err()));
         let local = "127.0.0.1:7170".parse().ok();
         let id = local
-            .and_then(|l| s.resolve(l).ok())
+            .and_then(|l| s.resolve(l, None).ok())
             .map(|i| (i.id, i.address));
         assert_eq!(
             id,

@@ -35,6 +35,10 @@ pub(crate) struct Shared {
     pub(crate) started_ms: i64,
     /// Who the agent is in the cluster, known once it serves.
     pub(crate) identity: std::sync::OnceLock<crate::registry::Identity>,
+    /// This agent's part of its zone's read cache; `None` when `chunk_cache_bytes` is 0.
+    pub(crate) zone: Option<Arc<crate::zone::ZoneCache>>,
+    /// The peer port, bound when the agent joins the cluster and served by `serve`.
+    pub(crate) peer_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
 }
 
 /// Live counts of what an agent is doing, for tests and (later) metrics.

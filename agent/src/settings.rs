@@ -28,8 +28,18 @@ pub struct AgentSettings {
     /// Largest uncompressed size a frame may declare: the bound on a batch of records once a
     /// consumer decompresses it (the agent itself never decompresses).
     pub max_batch_uncompressed_bytes: usize,
-    /// Bytes of object data cached for fetches.
+    /// Bytes of decoded object data (verified frames, re-framed Parquet row groups) cached
+    /// for fetches.
     pub cache_bytes: u64,
+    /// The zone read cache (see `peer.proto`): bytes of object chunks this agent caches for
+    /// its zone. 0 turns the zone cache off: every agent then reads the store for itself.
+    pub chunk_cache_bytes: u64,
+    /// Size of the zone read cache's chunks: objects are read in aligned ranges of this
+    /// size, one GET per chunk per zone. Every agent of a zone must use the same size.
+    pub chunk_bytes: u64,
+    /// How long an agent waits for the owner of a chunk before it reads the store itself.
+    #[serde(with = "humantime_serde")]
+    pub peer_read_timeout: Duration,
     /// Bytes that fetches may be reading at once: each fetch reserves its `max_bytes` (at
     /// most 64 MiB) once it has something to read, and waits while the reservations would
     /// pass this. Waiting at the high watermark reserves nothing.
@@ -69,6 +79,9 @@ impl Default for AgentSettings {
             max_request_bytes: 16 << 20,
             max_batch_uncompressed_bytes: 64 << 20,
             cache_bytes: 256 << 20,
+            chunk_cache_bytes: 256 << 20,
+            chunk_bytes: 4 << 20,
+            peer_read_timeout: Duration::from_secs(2),
             fetch_memory_bytes: 512 << 20,
             max_fetch_wait: Duration::from_secs(30),
             topic_cache_ttl: Duration::from_secs(1),
@@ -124,6 +137,26 @@ impl AgentSettings {
             return bad(format!(
                 "fetch_memory_bytes must be between 64 MiB (one fetch's largest max_bytes) and 1 TiB, got {}",
                 self.fetch_memory_bytes
+            ));
+        }
+        if !(64 << 10..=64 << 20).contains(&self.chunk_bytes) {
+            return bad(format!(
+                "chunk_bytes must be between 64 KiB and 64 MiB, got {}",
+                self.chunk_bytes
+            ));
+        }
+        if self.chunk_cache_bytes != 0 && self.chunk_cache_bytes < self.chunk_bytes {
+            return bad(format!(
+                "chunk_cache_bytes must be 0 (no zone cache) or at least one chunk ({} bytes), got {}",
+                self.chunk_bytes, self.chunk_cache_bytes
+            ));
+        }
+        if self.peer_read_timeout < Duration::from_millis(10)
+            || self.peer_read_timeout > Duration::from_secs(60)
+        {
+            return bad(format!(
+                "peer_read_timeout must be between 10ms and 60s, got {:?}",
+                self.peer_read_timeout
             ));
         }
         if !(1..=100).contains(&self.share_max_deliveries) {

@@ -26,14 +26,17 @@ Examples:
   AWS_ENDPOINT_URL=http://127.0.0.1:4566 cairn agent --object-store s3://cairn
 
 A TOML file (--config) may set: listen, metrics_listen, object_store, metadata, agent_id,
-advertise, zone, an [s3] table
+advertise, zone, peer_listen, peer_advertise, an [s3] table
 of object_store S3 options (endpoint, region, ...) and a [tuning] table (segment_max_bytes,
 linger, max_inflight_segments, multipart_threshold, segment_max_batches, max_request_bytes,
-max_batch_uncompressed_bytes, cache_bytes, max_fetch_wait, topic_cache_ttl,
-producer_idle_expiry, share_max_deliveries, agent_lease, shutdown_timeout).
+max_batch_uncompressed_bytes, cache_bytes, chunk_cache_bytes, chunk_bytes,
+peer_read_timeout, max_fetch_wait, topic_cache_ttl, producer_idle_expiry,
+share_max_deliveries, agent_lease, shutdown_timeout).
 
 Several agents form one cluster when they share the object store and a PostgreSQL (or
-FoundationDB) metadata store; each registers itself there. `cairn cluster` lists them.")]
+FoundationDB) metadata store; each registers itself there. `cairn cluster` lists them.
+The agents of one zone share one read cache: each object chunk (4 MiB) is read from the
+store by one agent of the zone, which serves it to the others on its peer port.")]
 pub(crate) struct AgentArgs {
     /// TOML configuration file; flags and environment variables override it.
     #[arg(long, env = "CAIRN_CONFIG", value_name = "FILE")]
@@ -73,6 +76,15 @@ pub(crate) struct AgentArgs {
     /// topology.kubernetes.io/zone label.
     #[arg(long, env = "CAIRN_ZONE", value_name = "ZONE")]
     zone: Option<String>,
+    /// Address the agents of this zone read cached object chunks from (the zone read
+    /// cache's peer port). Default: the --listen IP with a free port. Only agents should
+    /// reach it.
+    #[arg(long, env = "CAIRN_PEER_LISTEN", value_name = "ADDR")]
+    peer_listen: Option<SocketAddr>,
+    /// The HOST:PORT other agents reach the peer port at (default: the advertised host
+    /// with the peer port).
+    #[arg(long, env = "CAIRN_PEER_ADVERTISE", value_name = "HOST:PORT")]
+    peer_advertise: Option<String>,
     /// How long the agent's cluster registration lives without renewal: a dead agent
     /// leaves clients' views within this time (default 10s).
     #[arg(long, env = "CAIRN_AGENT_LEASE", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -96,6 +108,8 @@ struct FileConfig {
     agent_id: Option<String>,
     advertise: Option<String>,
     zone: Option<String>,
+    peer_listen: Option<SocketAddr>,
+    peer_advertise: Option<String>,
     metrics_listen: Option<SocketAddr>,
     object_store: Option<String>,
     metadata: Option<String>,
@@ -156,6 +170,15 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Refuse bad settings before anything is opened: a refused start creates no directory
     // and no metadata file.
     settings.validate()?;
+    let probe_name = args.agent_id.clone().or(file.agent_id.clone());
+    let cluster = cairn_agent::ClusterSettings {
+        agent_id: args.agent_id.or(file.agent_id),
+        advertise: args.advertise.or(file.advertise),
+        zone: args.zone.or(file.zone).unwrap_or_default(),
+        peer_listen: args.peer_listen.or(file.peer_listen),
+        peer_advertise: args.peer_advertise.or(file.peer_advertise),
+    };
+    cluster.validate()?;
     let options: Vec<(String, String)> = file.s3.into_iter().collect();
     let store = cairn_storage::open_object_store(&objects, &options)?;
     let open = cairn_metadata::OpenOptions { init: args.init };
@@ -167,12 +190,6 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 cairn_metadata::redact_spec(&metadata)
             )
         })?;
-    let probe_name = args.agent_id.clone().or(file.agent_id.clone());
-    let cluster = cairn_agent::ClusterSettings {
-        agent_id: args.agent_id.or(file.agent_id),
-        advertise: args.advertise.or(file.advertise),
-        zone: args.zone.or(file.zone).unwrap_or_default(),
-    };
     let mut builder = AgentBuilder::new(settings)
         .object_store(store)
         .metadata_store(kv)

@@ -55,6 +55,7 @@ pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 serde_json::json!({
                     "id": a.id,
                     "address": a.address,
+                    "peer_address": a.peer_address,
                     "zone": a.zone,
                     "version": a.version,
                     "started_at_ms": a.started_at_ms,

@@ -66,6 +66,22 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
         b.waiting_fetches
     );
     println!("cache hits     {hit_ratio} of {lookups} lookups");
+    if b.zone_cache_members > 0 {
+        let chunk_lookups = b.zone_cache_local_hits + b.zone_cache_local_misses;
+        let chunk_ratio = if chunk_lookups == 0 {
+            "-".to_string()
+        } else {
+            format!(
+                "{:.1}%",
+                100.0 * b.zone_cache_local_hits as f64 / chunk_lookups as f64
+            )
+        };
+        println!(
+            "zone cache     {} agents in the zone; chunk hits {chunk_ratio} of {chunk_lookups}; \
+             {} pieces from their owner, {} owner failures",
+            b.zone_cache_members, b.zone_cache_peer_reads, b.zone_cache_peer_failures
+        );
+    }
     println!(
         "object store   {} PUTs ({:.1} MiB), {} GETs ({:.1} MiB)",
         b.object_puts,

@@ -31,6 +31,10 @@ pub struct AgentRecord {
     pub id: String,
     /// Where clients reach it (`http://host:port`).
     pub address: String,
+    /// Where the agents of its zone reach its peer port, the zone read cache
+    /// (`http://host:port`); empty when it serves none.
+    #[serde(default)]
+    pub peer_address: String,
     /// Its zone (availability zone, rack); empty when it has none.
     pub zone: String,
     /// Its software version.

@@ -9,6 +9,7 @@ fn record(id: &str, incarnation: u64) -> AgentRecord {
     AgentRecord {
         id: id.into(),
         address: format!("http://{id}:7170"),
+        peer_address: String::new(),
         zone: "a".into(),
         version: "test".into(),
         started_ms: 1,
