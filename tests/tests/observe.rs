@@ -389,3 +389,115 @@ async fn a_damaged_metadata_store_stops_writes_and_readiness() -> anyhow::Result
     serving.await??;
     Ok(())
 }
+
+/// The metric names a PromQL expression reads (`cairn_…` identifiers).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("cairn_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// The series names of a Prometheus text exposition.
+fn exported(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every metric the Grafana dashboard of `deploy/` queries exists in a running agent's or
+/// compactor's /metrics once they have done some work: a renamed metric breaks this test,
+/// not a panel nobody looks at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_dashboard_queries_is_exported() -> anyhow::Result<()> {
+    let path = cairn_tests::workspace_root().join("deploy/grafana/dashboards/cairn.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let mut wanted = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            assert!(!expr.is_empty(), "a target without a query in {panel}");
+            wanted.extend(metric_names(expr));
+        }
+    }
+    assert!(wanted.len() >= 15, "only {wanted:?} in {}", path.display());
+
+    // An agent that produced, served fetches and read through its zone cache.
+    let dir = temp_dir()?;
+    let (agent, metrics) = agent_with_metrics(dir.path())?;
+    let channel = cairn_client::connect(&agent.endpoint).await?;
+    Admin::new(channel.clone())
+        .create_topic("d", 2, TopicOptions::default())
+        .await?;
+    let producer = Producer::new(channel, ProducerConfig::default());
+    let mut acks = Vec::new();
+    for i in 0..20 {
+        acks.push(
+            producer
+                .send(ProducerRecord::new("d", format!("v{i}")))
+                .await?,
+        );
+    }
+    for a in acks {
+        a.await?;
+    }
+    assert_eq!(cairn_tests::read_all(&agent.endpoint, "d").await?.len(), 20);
+    let (code, agent_text) = http_get(&metrics, "/metrics");
+    assert_eq!(code, 200);
+
+    // A compactor over the same stores, serving its metrics.
+    let compactor_metrics = format!("127.0.0.1:{}", free_port());
+    let mut compactor = Command::new(cairn_bin()?)
+        .args([
+            "compactor",
+            "--interval",
+            "1h",
+            "--metrics-listen",
+            &compactor_metrics,
+        ])
+        .args([
+            "--object-store",
+            &format!("file://{}", dir.path().join("objects").display()),
+        ])
+        .args([
+            "--metadata",
+            &format!("sqlite:{}", dir.path().join("meta.sqlite").display()),
+        ])
+        .env("CAIRN_LOG", "warn")
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let compactor_text = loop {
+        if TcpStream::connect(&compactor_metrics).is_ok() {
+            let (code, text) = http_get(&compactor_metrics, "/metrics");
+            if code == 200 {
+                break text;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the compactor never served /metrics on {compactor_metrics}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let _ = compactor.kill();
+    let _ = compactor.wait();
+
+    let mut have = exported(&agent_text);
+    have.extend(exported(&compactor_text));
+    let missing: Vec<&String> = wanted.iter().filter(|m| !have.contains(*m)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics that neither the agent nor the compactor exports: {missing:?}"
+    );
+    agent.stop()?;
+    Ok(())
+}
