@@ -46,6 +46,15 @@ pub(crate) enum Attempt {
     Done { merge: bool, report: RunReport },
 }
 
+/// Bytes of the segment entries after the last Parquet entry of `entries` (in index order).
+fn backlog_bytes(entries: &[IndexEntry]) -> u64 {
+    let first_segment = entries
+        .iter()
+        .rposition(|e| e.kind == EntryKind::Parquet)
+        .map_or(0, |p| p + 1);
+    entries[first_segment..].iter().map(|e| e.length).sum()
+}
+
 /// What compacting one run did.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RunReport {
@@ -63,6 +72,16 @@ impl Compactor {
         topic: &Topic,
         partition: u32,
     ) -> Result<Option<Run>, CompactorError> {
+        Ok(self.plan_with_backlog(topic, partition).await?.0)
+    }
+
+    /// [`Compactor::plan`], with the partition's backlog: the bytes of its segment entries
+    /// after its last Parquet file (among the first index entries read for planning).
+    pub(crate) async fn plan_with_backlog(
+        &self,
+        topic: &Topic,
+        partition: u32,
+    ) -> Result<(Option<Run>, u64), CompactorError> {
         let c = &self.config;
         let (_, entries) = self
             .metadata
@@ -88,10 +107,13 @@ impl Compactor {
                 i += 1;
             }
             if run.len() >= c.merge_fan_in.max(2) {
-                return Ok(Some(Run {
-                    entries: run,
-                    merge: true,
-                }));
+                return Ok((
+                    Some(Run {
+                        entries: run,
+                        merge: true,
+                    }),
+                    backlog_bytes(&entries),
+                ));
             }
         }
         // Fresh: the segment entries after the last Parquet file.
@@ -99,6 +121,7 @@ impl Compactor {
             .iter()
             .rposition(|e| e.kind == EntryKind::Parquet)
             .map_or(0, |p| p + 1);
+        let backlog = backlog_bytes(&entries);
         let mut run = Vec::new();
         let mut bytes = 0;
         for e in &entries[first_segment..] {
@@ -111,18 +134,21 @@ impl Compactor {
             run.push(e.clone());
         }
         let Some(oldest) = run.iter().map(|e| e.max_timestamp_ms).min() else {
-            return Ok(None);
+            return Ok((None, backlog));
         };
         let now = self.metadata.clock().now_ms();
         let age_ms = i64::try_from(c.max_age.as_millis()).unwrap_or(i64::MAX);
         let full = bytes >= c.min_bytes || run.len() == MAX_SWAP_ENTRIES;
         if full || now.saturating_sub(oldest) >= age_ms {
-            Ok(Some(Run {
-                entries: run,
-                merge: false,
-            }))
+            Ok((
+                Some(Run {
+                    entries: run,
+                    merge: false,
+                }),
+                backlog,
+            ))
         } else {
-            Ok(None)
+            Ok((None, backlog))
         }
     }
 

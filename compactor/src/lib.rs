@@ -194,6 +194,9 @@ impl Compactor {
         self.compact_all(&topics, progress, &mut report).await?;
         self.collect(progress, &mut report).await?;
         self.metrics.record(&report);
+        if let Err(e) = self.observe_lag(&topics).await {
+            tracing::warn!(error = %e, "cannot read the consumer groups' lag; the gauge keeps its last value");
+        }
         tracing::info!(?report, "compactor cycle done");
         Ok(report)
     }
@@ -207,15 +210,21 @@ impl Compactor {
         progress(Progress::Step("planning compaction"));
         let mut due = Vec::new();
         let (mut runs, mut bytes) = (0u64, 0u64);
+        let mut backlogs = Vec::new();
         for t in topics {
+            let mut backlog = 0;
             for p in 0..t.partitions {
-                if let Some(run) = self.plan(t, p).await? {
+                let (run, b) = self.plan_with_backlog(t, p).await?;
+                backlog += b;
+                if let Some(run) = run {
                     runs += 1;
                     bytes += run.bytes();
                     due.push((t, p));
                 }
             }
+            backlogs.push((t.name.clone(), backlog));
         }
+        self.metrics.set_backlogs(backlogs);
         progress(Progress::Planned { runs, bytes });
         for (t, p) in due {
             progress(Progress::Step(&format!("compacting {}/{p}", t.name)));
@@ -248,6 +257,36 @@ impl Compactor {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Sets the consumer-lag gauge: for every consumer group and topic it committed
+    /// offsets in, the records between those offsets and the high watermarks.
+    async fn observe_lag(&self, topics: &[cairn_metadata::Topic]) -> Result<(), MetaError> {
+        let mut states = std::collections::HashMap::new();
+        let mut lags = Vec::new();
+        for group in self.metadata.list_groups().await? {
+            let mut per_topic: std::collections::BTreeMap<String, i64> = Default::default();
+            for (topic, partition, offset) in self.metadata.committed_offsets(&group).await? {
+                let Some(t) = topics.iter().find(|t| t.name == topic) else {
+                    continue;
+                };
+                if !states.contains_key(&topic) {
+                    states.insert(topic.clone(), self.metadata.partition_states(t).await?);
+                }
+                let end = states
+                    .get(&topic)
+                    .and_then(|s| s.iter().find(|s| s.partition == partition))
+                    .map_or(offset, |s| s.next_offset);
+                *per_topic.entry(topic).or_default() += (end - offset).max(0);
+            }
+            lags.extend(
+                per_topic
+                    .into_iter()
+                    .map(|(t, lag)| (group.clone(), t, lag)),
+            );
+        }
+        self.metrics.set_lags(lags);
         Ok(())
     }
 

@@ -2,6 +2,8 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::CycleReport;
@@ -19,6 +21,8 @@ pub struct CompactorMetrics {
     failed_runs: Counter,
     objects_deleted: Counter,
     retention_bytes: Counter,
+    backlog: Family<Vec<(String, String)>, Gauge>,
+    lag: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl CompactorMetrics {
@@ -34,6 +38,8 @@ impl CompactorMetrics {
             failed_runs: Counter::default(),
             objects_deleted: Counter::default(),
             retention_bytes: Counter::default(),
+            backlog: Family::default(),
+            lag: Family::default(),
         };
         let r = &mut m.registry;
         r.register("cycles", "Compactor cycles completed", m.cycles.clone());
@@ -76,7 +82,43 @@ impl CompactorMetrics {
             Unit::Bytes,
             m.retention_bytes.clone(),
         );
+        r.register_with_unit(
+            "backlog",
+            "Bytes of each topic not compacted yet (segment entries after each partition's last \
+             Parquet file), as the last cycle planned it",
+            Unit::Bytes,
+            m.backlog.clone(),
+        );
+        r.register(
+            "consumer_lag_records",
+            "Records between each consumer group's committed offsets and the high watermarks, \
+             per topic, as of the last cycle",
+            m.lag.clone(),
+        );
         m
+    }
+
+    /// Replaces the backlog gauge with `(topic, bytes)` of the last plan.
+    pub(crate) fn set_backlogs(&self, backlogs: Vec<(String, u64)>) {
+        self.backlog.clear();
+        for (topic, bytes) in backlogs {
+            self.backlog
+                .get_or_create(&vec![("topic".to_string(), topic)])
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Replaces the lag gauge with `(group, topic, records)`.
+    pub(crate) fn set_lags(&self, lags: Vec<(String, String, i64)>) {
+        self.lag.clear();
+        for (group, topic, records) in lags {
+            self.lag
+                .get_or_create(&vec![
+                    ("group".to_string(), group),
+                    ("topic".to_string(), topic),
+                ])
+                .set(records);
+        }
     }
 
     pub(crate) fn record(&self, r: &CycleReport) {

@@ -451,6 +451,27 @@ async fn every_metric_the_dashboard_queries_is_exported() -> anyhow::Result<()> 
         a.await?;
     }
     assert_eq!(cairn_tests::read_all(&agent.endpoint, "d").await?.len(), 20);
+    // A consumer group with committed offsets, for the lag gauge.
+    run_ok(Command::new(cairn_bin()?).args([
+        "consume",
+        "d",
+        "--group",
+        "dashboard",
+        "--from-beginning",
+        "--endpoint",
+        &agent.endpoint,
+    ]))?;
+    // Five records the group has not read: its lag.
+    let producer = Producer::new(
+        cairn_client::connect(&agent.endpoint).await?,
+        ProducerConfig::default(),
+    );
+    for i in 0..5 {
+        producer
+            .send(ProducerRecord::new("d", format!("late{i}")).partition(0))
+            .await?
+            .await?;
+    }
     let (code, agent_text) = http_get(&metrics, "/metrics");
     assert_eq!(code, 200);
 
@@ -477,19 +498,26 @@ async fn every_metric_the_dashboard_queries_is_exported() -> anyhow::Result<()> 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let compactor_text = loop {
         if TcpStream::connect(&compactor_metrics).is_ok() {
+            // After its first cycle, which sets the backlog and lag gauges.
             let (code, text) = http_get(&compactor_metrics, "/metrics");
-            if code == 200 {
+            if code == 200 && counter(&text, "cairn_compactor_cycles_total") >= 1.0 {
                 break text;
             }
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the compactor never served /metrics on {compactor_metrics}"
+            "the compactor never served /metrics after a cycle on {compactor_metrics}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     let _ = compactor.kill();
     let _ = compactor.wait();
+    assert_eq!(
+        counter(&compactor_text, "cairn_compactor_consumer_lag_records"),
+        5.0,
+        "the group read 20 records of 25"
+    );
+    assert!(counter(&compactor_text, "cairn_compactor_backlog_bytes") > 0.0);
 
     let mut have = exported(&agent_text);
     have.extend(exported(&compactor_text));
