@@ -246,8 +246,13 @@ impl ZoneCache {
         (cairn_proto::rendezvous_score(&best.id, key, index) > mine).then(|| best.clone())
     }
 
-    fn suspect(&self, id: &str) {
-        lock(&self.suspects).insert(id.to_string(), Instant::now() + SUSPECT_FOR);
+    /// Skips `id` for a while; true when it was not skipped already.
+    fn suspect(&self, id: &str) -> bool {
+        let now = Instant::now();
+        let mut suspects = lock(&self.suspects);
+        let was = suspects.get(id).is_some_and(|until| *until > now);
+        suspects.insert(id.to_string(), now + SUSPECT_FOR);
+        !was
     }
 
     fn count(&self, source: Source) {
@@ -331,8 +336,13 @@ impl ZoneCache {
                 Ok(bytes)
             }
             Err(why) => {
-                tracing::warn!(owner = %owner.id, peer = %owner.peer, object = %key, %why, "zone cache owner failed; reading the store here and skipping it for 5s");
-                self.suspect(&owner.id);
+                // One line per owner that turns suspect; the pieces in flight to it with it
+                // only at debug level.
+                if self.suspect(&owner.id) {
+                    tracing::warn!(owner = %owner.id, peer = %owner.peer, object = %key, %why, "zone cache owner failed; reading the store here and skipping it for 5s");
+                } else {
+                    tracing::debug!(owner = %owner.id, object = %key, %why, "zone cache owner failed again");
+                }
                 self.count(Source::PeerFailed);
                 self.slice(key, index, piece).await
             }
