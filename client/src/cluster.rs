@@ -145,6 +145,11 @@ fn with_scheme(address: &str) -> String {
     }
 }
 
+/// How often a connection with calls in flight is pinged.
+pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a ping may go unanswered before the connection is taken for dead.
+pub(crate) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn lazy_channel(address: &str) -> Result<Channel, ClientError> {
     Ok(Endpoint::from_shared(address.to_string())
         .map_err(|source| ClientError::Connect {
@@ -153,7 +158,12 @@ fn lazy_channel(address: &str) -> Result<Channel, ClientError> {
         })?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
+        // An agent cut off the network answers nothing, not even a reset: pings on a
+        // connection with calls in flight find it dead within seconds, and those calls fail
+        // (UNAVAILABLE) and are retried on another agent instead of waiting out their
+        // timeout.
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
         .connect_lazy())
 }
 

@@ -100,7 +100,8 @@ pub async fn connect(endpoint: &str) -> Result<Channel, ClientError> {
         .map_err(err)?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(30))
+        .http2_keep_alive_interval(cluster::KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(cluster::KEEP_ALIVE_TIMEOUT)
         .connect()
         .await
         .map_err(err)
@@ -116,5 +117,7 @@ pub fn connect_lazy(endpoint: &str) -> Result<Channel, ClientError> {
         })?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
+        .http2_keep_alive_interval(cluster::KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(cluster::KEEP_ALIVE_TIMEOUT)
         .connect_lazy())
 }

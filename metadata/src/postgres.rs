@@ -37,6 +37,10 @@ const POOL_SIZE: usize = 16;
 /// How long to wait for a pooled connection (or a new one) before answering UNAVAILABLE.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long sent bytes may stay unacknowledged before the connection is dropped (Linux
+/// `TCP_USER_TIMEOUT`; a server busy with a query still acknowledges at once).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A PostgreSQL [`KvStore`].
 #[derive(Clone)]
 pub struct PostgresKv {
@@ -105,6 +109,13 @@ impl PostgresKv {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.application_name("cairn");
+        // A connection whose packets stop being acknowledged (the host cut off the network,
+        // the server's machine gone) fails within seconds instead of waiting out TCP's
+        // retransmissions (minutes), so the pool opens a fresh one once the network is back.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        config.keepalives_idle(Duration::from_secs(5));
         // An acknowledged commit must survive a crash of the server, whatever the server's
         // default: with synchronous_commit off, PostgreSQL acknowledges a COMMIT before its
         // WAL is written and a crash loses the last ones (acknowledged records included).
