@@ -50,10 +50,14 @@ printf 'root:x:0:\ncairn:x:1000:\n' >"$rootfs/etc/group"
 
 tar -C "$rootfs" -c . | docker import \
     -c 'ENTRYPOINT ["/usr/local/bin/cairn"]' \
-    -c 'CMD ["agent", "--listen", "0.0.0.0:7170", "--advertise", "localhost:7170"]' \
+    -c 'CMD ["agent", "--listen", "0.0.0.0:7170"]' \
     -c 'WORKDIR /data' \
     -c 'ENV CAIRN_LOG=info' \
     -c 'EXPOSE 7170 7171' \
     -m "cairn from $(basename "$bin") ($hash)" - "$tag" >/dev/null
 docker tag "$tag" cairn:local
+# Older builds' images (other content tags) are dropped, so repeated builds do not pile up.
+for old in $(docker images cairn --format '{{.Tag}}'); do
+    case $old in local | "$hash") ;; *) docker rmi "cairn:$old" >/dev/null 2>&1 || true ;; esac
+done
 echo "$tag"

@@ -23,7 +23,8 @@ pub struct ClusterSettings {
     /// (`host:port`), which no other live agent can have.
     pub agent_id: Option<String>,
     /// The address clients reach this agent at (`host:port` or `http://host:port`).
-    /// Default: the address it listens on, which must then not be a wildcard (0.0.0.0).
+    /// Default: the address it listens on; for a wildcard (0.0.0.0), the address this
+    /// host's name resolves to, unless that is a loopback address (then it is refused).
     pub advertise: Option<String>,
     /// The agent's zone (availability zone, rack); clients of the same zone prefer it.
     /// Empty: no zone.
@@ -103,12 +104,18 @@ impl ClusterSettings {
     ) -> Result<Identity, AgentError> {
         let address = match &self.advertise {
             Some(a) => normalize_address(a)?,
-            None if listen.ip().is_unspecified() => {
-                return Err(AgentError::Config(format!(
-                    "the agent listens on {listen}, which clients cannot dial: give the \
-                     address they reach it at with --advertise HOST:PORT"
-                )));
-            }
+            None if listen.ip().is_unspecified() => match host_address() {
+                // In a container or a Kubernetes pod the host name resolves to the address
+                // others reach it at.
+                Some(ip) => format!("http://{}", std::net::SocketAddr::new(ip, listen.port())),
+                None => {
+                    return Err(AgentError::Config(format!(
+                        "the agent listens on {listen}, which clients cannot dial, and this \
+                         host's name resolves to no other address: give the address they \
+                         reach it at with --advertise HOST:PORT"
+                    )));
+                }
+            },
             None => format!("http://{listen}"),
         };
         let id = match &self.agent_id {
@@ -139,6 +146,30 @@ impl ClusterSettings {
             peer_address,
         })
     }
+}
+
+/// The first address, not a loopback one, that this host's name resolves to (IPv4
+/// preferred): what a container or a pod is reached at. `None` when there is none.
+fn host_address() -> Option<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())?;
+    let name = name.trim();
+    if name.is_empty() {
+        return None;
+    }
+    let addrs: Vec<std::net::IpAddr> = (name, 0u16)
+        .to_socket_addrs()
+        .ok()?
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .collect();
+    addrs
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or(addrs.first())
+        .copied()
 }
 
 /// `host:port` or `http://host:port` as `http://host:port`.
@@ -314,7 +345,15 @@ mod tests {
         assert!(s.validate().is_err());
         let s = ClusterSettings::default();
         let wildcard = "0.0.0.0:7170".parse().ok();
-        assert!(wildcard.is_some_and(|w| s.resolve(w, None).is_err()));
+        // A wildcard is refused, unless the host's name resolves to an address to use.
+        let resolved = wildcard.map(|w| s.resolve(w, None).map(|i| i.address));
+        match host_address() {
+            None => assert!(resolved.is_some_and(|r| r.is_err())),
+            Some(ip) => assert_eq!(
+                resolved.and_then(|r| r.ok()),
+                Some(format!("http://{}", std::net::SocketAddr::new(ip, 7170)))
+            ),
+        }
         let local = "127.0.0.1:7170".parse().ok();
         let id = local
             .and_then(|l| s.resolve(l, None).ok())

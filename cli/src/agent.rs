@@ -66,8 +66,9 @@ pub(crate) struct AgentArgs {
     /// HOST:PORT). Starting a second agent with the id of a live one fails.
     #[arg(long, env = "CAIRN_AGENT_ID", value_name = "ID")]
     agent_id: Option<String>,
-    /// The HOST:PORT clients reach this agent at (default: --listen, which must then not
-    /// be 0.0.0.0). Checked at start: an address the agent cannot reach itself is refused.
+    /// The HOST:PORT clients reach this agent at (default: --listen; with 0.0.0.0, the
+    /// address this host's name resolves to, as in a container or a Kubernetes pod).
+    /// Checked at start: an address the agent cannot reach itself is refused.
     #[arg(long, env = "CAIRN_ADVERTISE", value_name = "HOST:PORT")]
     advertise: Option<String>,
     /// This agent's zone (availability zone, rack): clients of the same zone produce to
