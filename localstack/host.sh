@@ -11,15 +11,19 @@
 #                                    free port); used by the test harness
 #
 # Only the endpoint line goes to stdout; everything else goes to stderr. LocalStack binds
-# 127.0.0.1 only. Environment: CAIRN_LOCALSTACK_HOME (cache, default
-# ~/.cache/cairn/localstack), CAIRN_PYTHON (a Python 3.13), CAIRN_S3_BUCKET (default cairn),
-# CAIRN_LOCALSTACK_PORT (default port).
+# one address, 127.0.0.1 unless CAIRN_LOCALSTACK_HOST says another. Environment:
+# CAIRN_LOCALSTACK_HOME (cache, default ~/.cache/cairn/localstack), CAIRN_PYTHON (a Python
+# 3.13), CAIRN_S3_BUCKET (default cairn), CAIRN_LOCALSTACK_PORT (default port),
+# CAIRN_LOCALSTACK_HOST (default 127.0.0.1).
 set -euo pipefail
 
 PINS=("localstack-core[base-runtime]==2026.3.0" "cbor2<6" "pyopenssl<25" "cryptography<45" "service-identity")
 HOME_DIR=${CAIRN_LOCALSTACK_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/cairn/localstack}
 VENV=$HOME_DIR/venv
 BUCKET=${CAIRN_S3_BUCKET:-cairn}
+# The address LocalStack listens on (another one of this host, e.g. a Docker network's
+# gateway, lets containers reach it).
+HOST=${CAIRN_LOCALSTACK_HOST:-127.0.0.1}
 
 log() { echo "localstack/host.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -74,13 +78,13 @@ install() {
 }
 
 free_port() {
-    "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+    "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("'"$HOST"'", 0)); print(s.getsockname()[1]); s.close()'
 }
 
 state_dir() { echo "$HOME_DIR/state/$1"; }
 
 healthy() {
-    curl -sf "http://127.0.0.1:$1/_localstack/health" 2>/dev/null | grep -Eq '"s3": *"(available|running)"'
+    curl -sf "http://$HOST:$1/_localstack/health" 2>/dev/null | grep -Eq '"s3": *"(available|running)"'
 }
 
 # Starts LocalStack on $1 in its own process group; prints its pid.
@@ -89,10 +93,10 @@ launch() {
     dir=$(state_dir "$port")
     rm -rf "$dir"
     mkdir -p "$dir/fs" "$dir/cache" "$dir/tmp"
-    # GATEWAY_SERVER=hypercorn keeps it on 127.0.0.1; OVERRIDE_IN_DOCKER=0 keeps it out of
+    # GATEWAY_SERVER=hypercorn keeps it on $HOST; OVERRIDE_IN_DOCKER=0 keeps it out of
     # /etc, /var/lib and /usr/lib.
     env GATEWAY_SERVER=hypercorn OVERRIDE_IN_DOCKER=0 DNS_ADDRESS=0 \
-        GATEWAY_LISTEN="127.0.0.1:$port" SERVICES=s3 EAGER_SERVICE_LOADING=1 \
+        GATEWAY_LISTEN="$HOST:$port" SERVICES=s3 EAGER_SERVICE_LOADING=1 \
         FILESYSTEM_ROOT="$dir/fs" XDG_CACHE_HOME="$dir/cache" TMPDIR="$dir/tmp" \
         DISABLE_EVENTS=1 LOCALSTACK_TELEMETRY_DISABLED=1 SKIP_SSL_CERT_DOWNLOAD=1 \
         setsid "$VENV/bin/python" -m localstack.runtime.main >"$dir/localstack.log" 2>&1 </dev/null &
@@ -120,7 +124,7 @@ wait_ready() {
 
 make_bucket() {
     local port=$1 code
-    code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "http://127.0.0.1:$port/$BUCKET")
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "http://$HOST:$port/$BUCKET")
     case $code in
         200 | 409) ;;
         *) die "creating bucket $BUCKET answered HTTP $code" ;;
@@ -147,14 +151,14 @@ case $cmd in
         port=${1:-${CAIRN_LOCALSTACK_PORT:-4566}}
         install
         if healthy "$port"; then
-            log "already running on 127.0.0.1:$port"
+            log "already running on $HOST:$port"
         else
             pid=$(launch "$port")
             wait_ready "$port" "$pid"
         fi
         make_bucket "$port"
-        log "S3 ready on 127.0.0.1:$port with bucket $BUCKET (stop: $0 stop $port)"
-        echo "LOCALSTACK_ENDPOINT=http://127.0.0.1:$port"
+        log "S3 ready on $HOST:$port with bucket $BUCKET (stop: $0 stop $port)"
+        echo "LOCALSTACK_ENDPOINT=http://$HOST:$port"
         ;;
     stop)
         port=${1:-${CAIRN_LOCALSTACK_PORT:-4566}}
@@ -170,9 +174,9 @@ case $cmd in
     status)
         port=${1:-${CAIRN_LOCALSTACK_PORT:-4566}}
         if healthy "$port"; then
-            echo "running on 127.0.0.1:$port"
+            echo "running on $HOST:$port"
         else
-            echo "not running on 127.0.0.1:$port"
+            echo "not running on $HOST:$port"
             exit 1
         fi
         ;;
@@ -191,7 +195,7 @@ case $cmd in
         trap cleanup EXIT
         wait_ready "$port" "$pid"
         make_bucket "$port"
-        echo "LOCALSTACK_ENDPOINT=http://127.0.0.1:$port"
+        echo "LOCALSTACK_ENDPOINT=http://$HOST:$port"
         # Our stdout may be a pipe the watcher stops reading; never write to it again.
         exec >/dev/null
         while kill -0 "$watch" 2>/dev/null && kill -0 "$pid" 2>/dev/null; do

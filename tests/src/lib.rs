@@ -47,8 +47,16 @@ fn start_localstack() -> anyhow::Result<String> {
     {
         return Ok(ep);
     }
+    start_localstack_on("127.0.0.1")
+}
+
+/// Starts another LocalStack for this test process, listening on `host` (an address of this
+/// machine, e.g. a Docker network's gateway so containers reach it), with the test bucket;
+/// it stops when the process exits. Returns its endpoint.
+pub fn start_localstack_on(host: &str) -> anyhow::Result<String> {
     let script = workspace_root().join("localstack/host.sh");
     let mut child = Command::new("bash")
+        .env("CAIRN_LOCALSTACK_HOST", host)
         .arg(&script)
         .args(["run", "--watch-pid", &std::process::id().to_string(), "0"])
         .stdout(Stdio::piped())
@@ -728,6 +736,109 @@ fn install_client_packages() -> anyhow::Result<PathBuf> {
     )?;
     std::fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))?;
     Ok(python)
+}
+
+/// A producer that keeps sending keyed records until told to stop, publishing how many were
+/// acknowledged; its result is every acknowledged record and the longest time between two
+/// acknowledgements.
+pub struct Load {
+    acked: tokio::sync::watch::Receiver<u64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<(Vec<Sent>, Duration)>>,
+}
+
+impl Load {
+    /// Starts producing to `topic` through `c`, as producer number `producer` (recorded in
+    /// each [`Sent`]).
+    pub fn start(c: cairn_client::Cluster, topic: &str, producer: usize) -> Load {
+        let topic = topic.to_string();
+        let (tx, acked) = tokio::sync::watch::channel(0u64);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let task = tokio::spawn(async move {
+            let config = cairn_client::ProducerConfig {
+                linger: Duration::from_millis(2),
+                ..cairn_client::ProducerConfig::default()
+            };
+            let p = cairn_client::Producer::new(c, config);
+            let mut sent = Vec::new();
+            let mut longest = Duration::ZERO;
+            let mut last = std::time::Instant::now();
+            let mut seq = 0usize;
+            while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                // Windows of 50 records: enough in flight to pipeline, few enough that the
+                // gaps between acknowledgements show a failover.
+                let mut pending = Vec::new();
+                for _ in 0..50 {
+                    let key = bytes::Bytes::from(format!("key-{}", seq % 97));
+                    let value = bytes::Bytes::from(format!("producer {producer} record {seq}"));
+                    let record = cairn_client::ProducerRecord::new(topic.as_str(), value.clone())
+                        .key(key.clone())
+                        .header("seq", seq.to_string());
+                    let headers = record.headers.clone();
+                    pending.push((seq, key, value, headers, p.send(record).await?));
+                    seq += 1;
+                }
+                let mut errors = Vec::new();
+                for (seq, key, value, headers, d) in pending {
+                    let meta = match d.await {
+                        Ok(m) => m,
+                        Err(e) => {
+                            errors.push(format!(
+                                "record {seq} ({}): {e}",
+                                String::from_utf8_lossy(&key)
+                            ));
+                            continue;
+                        }
+                    };
+                    longest = longest.max(last.elapsed());
+                    last = std::time::Instant::now();
+                    sent.push(Sent {
+                        producer,
+                        seq,
+                        key,
+                        value,
+                        headers,
+                        partition: meta.partition,
+                        offset: meta.offset,
+                    });
+                }
+                if !errors.is_empty() {
+                    anyhow::bail!("{} deliveries failed:\n{}", errors.len(), errors.join("\n"));
+                }
+                tx.send_replace(sent.len() as u64);
+            }
+            p.close().await?;
+            Ok((sent, longest))
+        });
+        Load { acked, stop, task }
+    }
+
+    /// Waits until `n` more records than now were acknowledged.
+    pub async fn progress(&mut self, n: u64) -> anyhow::Result<()> {
+        let target = *self.acked.borrow() + n;
+        match tokio::time::timeout(
+            Duration::from_secs(120),
+            self.acked.wait_for(|a| *a >= target),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            // The producer task ended: it failed.
+            Ok(Err(_)) => match (&mut self.task).await? {
+                Err(e) => Err(e.context("the producer failed")),
+                Ok(_) => anyhow::bail!("the producer stopped"),
+            },
+            Err(_) => anyhow::bail!("the producer made no progress for 120s"),
+        }
+    }
+
+    /// Stops the producer; every acknowledged record and the longest gap between two
+    /// acknowledgements.
+    pub async fn finish(self) -> anyhow::Result<(Vec<Sent>, Duration)> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await?
+    }
 }
 
 #[cfg(test)]

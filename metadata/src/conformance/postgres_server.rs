@@ -14,6 +14,9 @@ pub struct TempPostgres {
     port: u16,
     /// Run the server's commands through `runuser -u postgres` (we are root).
     as_postgres: bool,
+    /// Another address the server listens on, beside 127.0.0.1 (see
+    /// [`TempPostgres::start_also_on`]).
+    also: Option<std::net::IpAddr>,
 }
 
 /// Where the server binaries are: `CAIRN_PG_BIN`, else the newest
@@ -68,6 +71,20 @@ fn is_root() -> bool {
 impl TempPostgres {
     /// Creates a cluster and starts the server; waits until it accepts connections.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(None)
+    }
+
+    /// [`TempPostgres::start`], listening on `address` too and trusting logins from
+    /// `network` (CIDR), e.g. a Docker network's gateway and subnet, so containers on that
+    /// network reach it.
+    pub fn start_also_on(address: std::net::IpAddr, network: &str) -> Result<Self, String> {
+        if network.parse::<std::net::IpAddr>().is_ok() || !network.contains('/') {
+            return Err(format!("`{network}` is not a CIDR network"));
+        }
+        Self::start_with(Some((address, network)))
+    }
+
+    fn start_with(also: Option<(std::net::IpAddr, &str)>) -> Result<Self, String> {
         let bin = bin_dir()?;
         let as_postgres = is_root();
         let dir = tempfile::Builder::new()
@@ -89,6 +106,7 @@ impl TempPostgres {
             bin,
             port: 0,
             as_postgres,
+            also: also.map(|(a, _)| a),
         };
         let data = pg.dir.path().join("data");
         pg.run(
@@ -104,6 +122,12 @@ impl TempPostgres {
                 "--no-sync",
             ],
         )?;
+        if let Some((_, network)) = also {
+            let hba = data.join("pg_hba.conf");
+            let mut text = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
+            text.push_str(&format!("host all all {network} trust\n"));
+            std::fs::write(&hba, text).map_err(|e| e.to_string())?;
+        }
         // A free port can be taken between the check and the start: try a few.
         let mut last = String::new();
         for _ in 0..5 {
@@ -120,8 +144,12 @@ impl TempPostgres {
     /// a restart, as after a crash.
     pub fn start_again(&self) -> Result<(), String> {
         let data = self.dir.path().join("data");
+        let listen = match self.also {
+            Some(a) => format!("127.0.0.1,{a}"),
+            None => "127.0.0.1".to_string(),
+        };
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            "-p {} -k {} -c listen_addresses={listen} -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
             self.port,
             self.dir.path().display()
         );
@@ -169,6 +197,17 @@ impl TempPostgres {
     /// The URL of database `db` (which [`TempPostgres::create_database`] makes).
     pub fn url(&self, db: &str) -> String {
         format!("postgres://cairn@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The URL of database `db` at the other address it listens on (the host's address on
+    /// a Docker network), when started with [`TempPostgres::start_also_on`].
+    pub fn url_on_also(&self, db: &str) -> Option<String> {
+        self.also.map(|a| {
+            format!(
+                "postgres://cairn@{}/{db}",
+                std::net::SocketAddr::new(a, self.port)
+            )
+        })
     }
 
     /// Creates database `db` and returns its URL.
