@@ -738,6 +738,32 @@ fn install_client_packages() -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
+/// What the index of `topic` references, as the zone read cache reads it: the number of
+/// `chunk`-byte chunks its entries touch (the fewest GETs a zone can read it with), the
+/// number of objects and the bytes indexed.
+pub async fn chunks_touched(
+    metadata_url: &str,
+    topic: &str,
+    chunk: u64,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let kv = cairn_metadata::open_kv(metadata_url).await?;
+    let m = cairn_metadata::Metadata::new(kv, Arc::new(cairn_metadata::SystemClock));
+    let t = m.topic(topic).await?;
+    let mut touched = std::collections::BTreeSet::new();
+    let (mut objects, mut bytes) = (std::collections::BTreeSet::new(), 0u64);
+    for p in 0..t.partitions {
+        let (_, entries) = m.read_index(t.id, p, 0, 100_000).await?;
+        for e in entries {
+            bytes += e.length;
+            for c in e.position / chunk..=(e.position + e.length.max(1) - 1) / chunk {
+                touched.insert((e.object_key.clone(), c));
+            }
+            objects.insert(e.object_key);
+        }
+    }
+    Ok((touched.len() as u64, objects.len() as u64, bytes))
+}
+
 /// A producer that keeps sending keyed records until told to stop, publishing how many were
 /// acknowledged; its result is every acknowledged record and the longest time between two
 /// acknowledgements.

@@ -4,6 +4,8 @@
 //! host, listening on the network's gateway. One scenario under a producer load, each step
 //! from the state the last one left:
 //!
+//! - the zone read cache across hosts: one reader, then four, through one zone's two agents
+//!   cost about one GET per 4 MiB chunk for the zone (≤ 1.1×);
 //! - produce and read through all three agents with zone-aware clients;
 //! - `docker kill` an agent: its zone's producer fails over, nothing acked is lost;
 //! - a fourth agent joins: fetch ownership moves to it;
@@ -22,7 +24,9 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use cairn_client::{Admin, Cluster, ClusterConfig, TopicOptions};
+use cairn_client::{
+    Admin, Cluster, ClusterConfig, Producer, ProducerConfig, ProducerRecord, TopicOptions,
+};
 use cairn_metadata::conformance::TempPostgres;
 use cairn_tests::{Load, cairn_bin, s3_url, verify_exact, workspace_root};
 use testcontainers::bollard::Docker;
@@ -289,6 +293,78 @@ async fn a_cluster_on_separate_hosts_survives_a_kill_a_network_cut_and_a_new_age
     Admin::new(cluster(&all, "z1").await?)
         .create_topic(TOPIC, PARTITIONS, TopicOptions::default())
         .await?;
+
+    // The zone read cache across hosts: data read by one consumer, then by four, through
+    // z1's two agents costs about one GET per 4 MiB chunk for the zone.
+    let gets_topic = "zone-gets";
+    let z1_client = cluster(&all, "z1").await?;
+    Admin::new(z1_client.clone())
+        .create_topic(gets_topic, PARTITIONS, TopicOptions::default())
+        .await?;
+    let producer = Producer::new(z1_client.clone(), ProducerConfig::default());
+    let mut acks = Vec::new();
+    for i in 0..4_000u32 {
+        // Incompressible: xorshift bytes seeded by the record number.
+        let mut x = (u64::from(i) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut value = Vec::with_capacity(4096);
+        while value.len() < 4096 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            value.extend_from_slice(&x.to_le_bytes());
+        }
+        let value = bytes::Bytes::from(value);
+        acks.push(
+            producer
+                .send(ProducerRecord::new(gets_topic, value).partition(i % PARTITIONS))
+                .await?,
+        );
+    }
+    for a in acks {
+        a.await?;
+    }
+    producer.close().await?;
+    let z1_agents = [a1.endpoint.as_str(), a2.endpoint.as_str()];
+    let zone_gets = || async {
+        let mut total = 0;
+        for e in z1_agents {
+            total += Admin::new(cairn_client::connect(e).await?)
+                .agent_status()
+                .await?
+                .object_gets;
+        }
+        anyhow::Ok(total)
+    };
+    // Both z1 agents see each other before the reads (they read the registry every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for e in z1_agents {
+        while Admin::new(cairn_client::connect(e).await?)
+            .agent_status()
+            .await?
+            .zone_cache_members
+            != 2
+        {
+            anyhow::ensure!(Instant::now() < deadline, "{e} never saw both agents of z1");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (chunks, _, indexed) =
+        cairn_tests::chunks_touched(&pg.url("hosts"), gets_topic, 4 << 20).await?;
+    let before = zone_gets().await?;
+    let mut gets = Vec::new();
+    for _ in 0..4 {
+        let read = cairn_tests::read_all_mapped(z1_client.clone(), gets_topic, |_| ()).await?;
+        anyhow::ensure!(read.len() == 4_000, "read {} of 4000 records", read.len());
+        gets.push(zone_gets().await? - before);
+    }
+    eprintln!(
+        "cluster across hosts: {indexed} bytes in {chunks} chunks of 4 MiB; GETs by zone z1: 1 reader {}, 4 readers {}",
+        gets[0], gets[3]
+    );
+    assert!(
+        gets[0] * 10 <= chunks * 11 && gets[3] * 10 <= chunks * 11,
+        "z1 read {chunks} chunks with {gets:?} GETs after 1..4 readers"
+    );
 
     // One producer per zone, through zone-aware clients.
     let mut z1_load = Load::start(cluster(&all, "z1").await?, TOPIC, 1);

@@ -210,23 +210,8 @@ async fn a_zone_reads_each_chunk_from_the_store_about_once_however_many_consumer
     }
 
     // The least a chunked read costs: one GET per chunk that an index entry touches.
-    let kv = cairn_metadata::open_kv(&metadata).await?;
-    let m = cairn_metadata::Metadata::new(kv, std::sync::Arc::new(cairn_metadata::SystemClock));
-    let topic = m.topic(TOPIC).await?;
-    let mut touched = std::collections::BTreeSet::new();
-    let (mut objects_read, mut bytes) = (std::collections::BTreeSet::new(), 0u64);
-    for p in 0..PARTITIONS {
-        let (_, entries) = m.read_index(topic.id, p, 0, 100_000).await?;
-        for e in entries {
-            bytes += e.length;
-            for c in e.position / CHUNK..=(e.position + e.length - 1) / CHUNK {
-                touched.insert((e.object_key.clone(), c));
-            }
-            objects_read.insert(e.object_key);
-        }
-    }
-    let chunks = touched.len() as u64;
-    let objects_read = objects_read.len() as u64;
+    let (chunks, objects_read, bytes) =
+        cairn_tests::chunks_touched(&metadata, TOPIC, CHUNK).await?;
     assert!(objects_read >= 3, "{objects_read} segment objects");
 
     let (on_one, on_four) = gets_for_one_and_four_reads(&zone, true).await?;
