@@ -46,15 +46,6 @@ pub(crate) enum Attempt {
     Done { merge: bool, report: RunReport },
 }
 
-/// Bytes of the segment entries after the last Parquet entry of `entries` (in index order).
-fn backlog_bytes(entries: &[IndexEntry]) -> u64 {
-    let first_segment = entries
-        .iter()
-        .rposition(|e| e.kind == EntryKind::Parquet)
-        .map_or(0, |p| p + 1);
-    entries[first_segment..].iter().map(|e| e.length).sum()
-}
-
 /// What compacting one run did.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RunReport {
@@ -87,6 +78,12 @@ impl Compactor {
             .metadata
             .read_index(topic.id, partition, 0, MAX_SWAP_ENTRIES * 2)
             .await?;
+        // The segment entries after the last Parquet file: the backlog, and the fresh run.
+        let first_segment = entries
+            .iter()
+            .rposition(|e| e.kind == EntryKind::Parquet)
+            .map_or(0, |p| p + 1);
+        let backlog: u64 = entries[first_segment..].iter().map(|e| e.length).sum();
         // Merge: consecutive small Parquet files.
         let small = |e: &IndexEntry| e.kind == EntryKind::Parquet && e.length < c.target_bytes / 2;
         let mut i = 0;
@@ -112,16 +109,11 @@ impl Compactor {
                         entries: run,
                         merge: true,
                     }),
-                    backlog_bytes(&entries),
+                    backlog,
                 ));
             }
         }
         // Fresh: the segment entries after the last Parquet file.
-        let first_segment = entries
-            .iter()
-            .rposition(|e| e.kind == EntryKind::Parquet)
-            .map_or(0, |p| p + 1);
-        let backlog = backlog_bytes(&entries);
         let mut run = Vec::new();
         let mut bytes = 0;
         for e in &entries[first_segment..] {
