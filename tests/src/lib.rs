@@ -738,6 +738,38 @@ fn install_client_packages() -> anyhow::Result<PathBuf> {
     Ok(python)
 }
 
+/// A zone-aware client of `zone` bootstrapped from `bootstrap`, refreshing its view of the
+/// agents every 300 ms (tests kill and add agents and want the view to follow quickly).
+pub async fn zone_cluster(bootstrap: &[&str], zone: &str) -> anyhow::Result<cairn_client::Cluster> {
+    let mut config = cairn_client::ClusterConfig::new(bootstrap.iter().copied()).zone(zone);
+    config.refresh_interval = Duration::from_millis(300);
+    Ok(cairn_client::Cluster::connect(config).await?)
+}
+
+/// The agent at `endpoint`'s account of itself (GetAgentStatus).
+pub async fn agent_status(endpoint: &str) -> anyhow::Result<cairn_client::GetAgentStatusResponse> {
+    Ok(
+        cairn_client::Admin::new(cairn_client::connect(endpoint).await?)
+            .agent_status()
+            .await?,
+    )
+}
+
+/// `len` bytes nobody can compress: xorshift64 seeded by `seed` (a record number), so each
+/// record's value differs and compressed segments are as large as the records.
+pub fn incompressible(seed: u64, len: usize) -> bytes::Bytes {
+    let mut x = seed.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out.into()
+}
+
 /// What the index of `topic` references, as the zone read cache reads it: the number of
 /// `chunk`-byte chunks its entries touch (the fewest GETs a zone can read it with), the
 /// number of objects and the bytes indexed.

@@ -17,13 +17,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_client::{
-    Admin, Cluster, ClusterConfig, ConsumedRecord, ErrorReason, GetAgentStatusResponse,
-    GroupConfig, GroupConsumer, Offset, ProducerConfig, TopicOptions,
+    Admin, Cluster, ClusterConfig, ConsumedRecord, ErrorReason, GroupConfig, GroupConsumer, Offset,
+    ProducerConfig, TopicOptions,
 };
 use cairn_metadata::conformance::TempPostgres;
 use cairn_tests::{
-    AgentProcess, Load, Sent, cairn_bin, file_agent_args, run_json, s3_env, s3_url, temp_dir,
-    verify_exact,
+    AgentProcess, Load, Sent, agent_status, cairn_bin, file_agent_args, run_json, s3_env, s3_url,
+    temp_dir, verify_exact, zone_cluster,
 };
 
 const TOPIC: &str = "orders";
@@ -53,18 +53,6 @@ fn agent_args(objects: &str, metadata: &str, id: &str, zone: &str) -> Vec<String
 fn start(listen: &str, args: &[String], env: &[(String, String)]) -> anyhow::Result<AgentProcess> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     AgentProcess::start_at(listen, &args, env)
-}
-
-async fn cluster(bootstrap: &[&str], zone: &str) -> anyhow::Result<Cluster> {
-    let mut config = ClusterConfig::new(bootstrap.iter().copied()).zone(zone);
-    config.refresh_interval = Duration::from_millis(300);
-    Ok(Cluster::connect(config).await?)
-}
-
-async fn status(endpoint: &str) -> anyhow::Result<GetAgentStatusResponse> {
-    Ok(Admin::new(cairn_client::connect(endpoint).await?)
-        .agent_status()
-        .await?)
 }
 
 /// Reads every partition from the beginning to the current high watermarks through `c`.
@@ -98,7 +86,7 @@ async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> 
     )?;
 
     // Bootstrapping from a dead address among live ones works: the client learns all three.
-    let z1 = cluster(&["http://127.0.0.1:1", &a.endpoint], "z1").await?;
+    let z1 = zone_cluster(&["http://127.0.0.1:1", &a.endpoint], "z1").await?;
     let mut agents = z1.agents();
     agents.sort();
     let seen: Vec<(&str, &str)> = agents
@@ -106,7 +94,7 @@ async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> 
         .map(|(id, _, zone)| (id.as_str(), zone.as_str()))
         .collect();
     assert_eq!(seen, [("a", "z1"), ("b", "z1"), ("c", "z2")]);
-    let z2 = cluster(&[&b.endpoint], "z2").await?;
+    let z2 = zone_cluster(&[&b.endpoint], "z2").await?;
     // `cairn cluster` shows the same view; a CLI client of zone z2 asks z2's agent.
     let shown = run_json(std::process::Command::new(cairn_bin()?).args([
         "cluster",
@@ -129,8 +117,8 @@ async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> 
     // Zone-aware produce: z1's producers use a and b, never c.
     let mut all_sent: Vec<Sent> = Vec::new();
     let clusters = vec![
-        cluster(&[&a.endpoint], "z1").await?,
-        cluster(&[&c.endpoint], "z1").await?,
+        zone_cluster(&[&a.endpoint], "z1").await?,
+        zone_cluster(&[&c.endpoint], "z1").await?,
     ];
     let sent =
         cairn_tests::produce_workload_through(clusters, TOPIC, 500, ProducerConfig::default())
@@ -138,39 +126,40 @@ async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> 
     // Producer numbers 0 and 1 are used by the workload; the loads below use 10 and up.
     all_sent.extend(sent);
     assert_eq!(
-        status(&c.endpoint).await?.produce_records,
+        agent_status(&c.endpoint).await?.produce_records,
         0,
         "z1 never produced to c"
     );
     assert!(
-        status(&a.endpoint).await?.produce_records + status(&b.endpoint).await?.produce_records
+        agent_status(&a.endpoint).await?.produce_records
+            + agent_status(&b.endpoint).await?.produce_records
             >= 1000
     );
 
     // Zone-aware fetch: a z2 reader reads everything through c alone.
     let (fa, fb) = (
-        status(&a.endpoint).await?.fetch_bytes,
-        status(&b.endpoint).await?.fetch_bytes,
+        agent_status(&a.endpoint).await?.fetch_bytes,
+        agent_status(&b.endpoint).await?.fetch_bytes,
     );
     let got = read_all(&z2).await?;
     verify_exact(&all_sent, &got)?;
     assert!(
-        status(&c.endpoint).await?.fetch_bytes > 0,
+        agent_status(&c.endpoint).await?.fetch_bytes > 0,
         "z2 reads through c"
     );
     assert_eq!(
-        status(&a.endpoint).await?.fetch_bytes,
+        agent_status(&a.endpoint).await?.fetch_bytes,
         fa,
         "z2 never fetched from a"
     );
     assert_eq!(
-        status(&b.endpoint).await?.fetch_bytes,
+        agent_status(&b.endpoint).await?.fetch_bytes,
         fb,
         "z2 never fetched from b"
     );
 
     // A group member of z1 follows the topic throughout.
-    let members = cluster(&[&a.endpoint], "z1").await?;
+    let members = zone_cluster(&[&a.endpoint], "z1").await?;
     // Distinct records the member read, and (once the loads end) how many there are.
     let consumed = Arc::new(AtomicU64::new(0));
     let group_target = Arc::new(AtomicU64::new(0));
@@ -218,7 +207,7 @@ async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> 
     };
 
     // SIGKILL the agent a z1 producer uses, under load: it moves to the other z1 agent.
-    let load_cluster = cluster(&[&a.endpoint], "z1").await?;
+    let load_cluster = zone_cluster(&[&a.endpoint], "z1").await?;
     let mut load = Load::start(load_cluster.clone(), TOPIC, 10);
     load.progress(500).await?;
     let victim = load_cluster
@@ -265,7 +254,7 @@ async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> 
     eprintln!("step: a fourth agent joins");
     // A fourth agent joins under load: partitions of z1 move to it by rendezvous.
     let owners_before: Vec<Option<String>> = (0..PARTITIONS).map(|p| z1.owner(TOPIC, p)).collect();
-    let mut load = Load::start(cluster(&[&survivor.endpoint], "z1").await?, TOPIC, 11);
+    let mut load = Load::start(zone_cluster(&[&survivor.endpoint], "z1").await?, TOPIC, 11);
     load.progress(300).await?;
     let d = start(
         "127.0.0.5:0",
@@ -286,11 +275,11 @@ async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> 
         );
     }
     load.progress(300).await?;
-    let d_before = status(&d.endpoint).await?.fetch_bytes;
+    let d_before = agent_status(&d.endpoint).await?.fetch_bytes;
     let got = read_all(&z1).await?;
     assert!(got.len() >= all_sent.len());
     assert!(
-        status(&d.endpoint).await?.fetch_bytes > d_before,
+        agent_status(&d.endpoint).await?.fetch_bytes > d_before,
         "z1 reads d's partitions from d"
     );
 
@@ -410,7 +399,7 @@ async fn bad_cluster_input_is_refused_clearly() -> anyhow::Result<()> {
         "{err}"
     );
     // A client of a zone without agents uses the others.
-    let z = cluster(&[&first.endpoint], "nowhere").await?;
+    let z = zone_cluster(&[&first.endpoint], "nowhere").await?;
     Admin::new(z)
         .create_topic("t", 1, TopicOptions::default())
         .await?;

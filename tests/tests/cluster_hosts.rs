@@ -24,11 +24,12 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use cairn_client::{
-    Admin, Cluster, ClusterConfig, Producer, ProducerConfig, ProducerRecord, TopicOptions,
-};
+use cairn_client::{Admin, Producer, ProducerConfig, ProducerRecord, TopicOptions};
 use cairn_metadata::conformance::TempPostgres;
-use cairn_tests::{Load, cairn_bin, s3_url, verify_exact, workspace_root};
+use cairn_tests::{
+    Load, agent_status, cairn_bin, incompressible, s3_url, verify_exact, workspace_root,
+    zone_cluster,
+};
 use testcontainers::bollard::Docker;
 use testcontainers::bollard::models::{
     EndpointIpamConfig, EndpointSettings, Ipam, IpamConfig, NetworkConnectRequest,
@@ -222,12 +223,6 @@ impl Setup {
     }
 }
 
-async fn cluster(bootstrap: &[&str], zone: &str) -> anyhow::Result<Cluster> {
-    let mut config = ClusterConfig::new(bootstrap.iter().copied()).zone(zone);
-    config.refresh_interval = Duration::from_millis(300);
-    Ok(Cluster::connect(config).await?)
-}
-
 /// The live agents' ids and incarnations as `endpoint` reads the registry.
 async fn registry(endpoint: &str) -> anyhow::Result<Vec<(String, i64)>> {
     let admin = Admin::new(cairn_client::connect(endpoint).await?);
@@ -290,30 +285,21 @@ async fn a_cluster_on_separate_hosts_survives_a_kill_a_network_cut_and_a_new_age
         b1.endpoint.as_str(),
     ];
     wait_registry(&b1.endpoint, "three agents", |v| v.len() == 3).await?;
-    Admin::new(cluster(&all, "z1").await?)
+    Admin::new(zone_cluster(&all, "z1").await?)
         .create_topic(TOPIC, PARTITIONS, TopicOptions::default())
         .await?;
 
     // The zone read cache across hosts: data read by one consumer, then by four, through
     // z1's two agents costs about one GET per 4 MiB chunk for the zone.
     let gets_topic = "zone-gets";
-    let z1_client = cluster(&all, "z1").await?;
+    let z1_client = zone_cluster(&all, "z1").await?;
     Admin::new(z1_client.clone())
         .create_topic(gets_topic, PARTITIONS, TopicOptions::default())
         .await?;
     let producer = Producer::new(z1_client.clone(), ProducerConfig::default());
     let mut acks = Vec::new();
     for i in 0..4_000u32 {
-        // Incompressible: xorshift bytes seeded by the record number.
-        let mut x = (u64::from(i) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let mut value = Vec::with_capacity(4096);
-        while value.len() < 4096 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            value.extend_from_slice(&x.to_le_bytes());
-        }
-        let value = bytes::Bytes::from(value);
+        let value = incompressible(u64::from(i), 4096);
         acks.push(
             producer
                 .send(ProducerRecord::new(gets_topic, value).partition(i % PARTITIONS))
@@ -328,22 +314,14 @@ async fn a_cluster_on_separate_hosts_survives_a_kill_a_network_cut_and_a_new_age
     let zone_gets = || async {
         let mut total = 0;
         for e in z1_agents {
-            total += Admin::new(cairn_client::connect(e).await?)
-                .agent_status()
-                .await?
-                .object_gets;
+            total += agent_status(e).await?.object_gets;
         }
         anyhow::Ok(total)
     };
     // Both z1 agents see each other before the reads (they read the registry every 2 s).
     let deadline = Instant::now() + Duration::from_secs(30);
     for e in z1_agents {
-        while Admin::new(cairn_client::connect(e).await?)
-            .agent_status()
-            .await?
-            .zone_cache_members
-            != 2
-        {
+        while agent_status(e).await?.zone_cache_members != 2 {
             anyhow::ensure!(Instant::now() < deadline, "{e} never saw both agents of z1");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -367,8 +345,8 @@ async fn a_cluster_on_separate_hosts_survives_a_kill_a_network_cut_and_a_new_age
     );
 
     // One producer per zone, through zone-aware clients.
-    let mut z1_load = Load::start(cluster(&all, "z1").await?, TOPIC, 1);
-    let mut z2_load = Load::start(cluster(&all, "z2").await?, TOPIC, 2);
+    let mut z1_load = Load::start(zone_cluster(&all, "z1").await?, TOPIC, 1);
+    let mut z2_load = Load::start(zone_cluster(&all, "z2").await?, TOPIC, 2);
     z1_load.progress(300).await?;
     z2_load.progress(300).await?;
 
@@ -394,7 +372,7 @@ async fn a_cluster_on_separate_hosts_survives_a_kill_a_network_cut_and_a_new_age
 
     // A fourth agent joins z1 under load: fetch ownership of some partitions moves to it.
     let a3 = setup.agent(&docker, "a3", "z1").await?;
-    let z1 = cluster(&[&a3.endpoint, &b1.endpoint], "z1").await?;
+    let z1 = zone_cluster(&[&a3.endpoint, &b1.endpoint], "z1").await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let owned_by_a3 = loop {
         z1.refresh().await?;
@@ -471,7 +449,7 @@ async fn a_cluster_on_separate_hosts_survives_a_kill_a_network_cut_and_a_new_age
     sent.extend(z2_sent);
     // Every acknowledged record, exactly once per partition and in order, through each zone.
     for (zone, via) in [("z1", &a3.endpoint), ("z2", &b1.endpoint)] {
-        let c = cluster(&[via], zone).await?;
+        let c = zone_cluster(&[via], zone).await?;
         let consumed = cairn_tests::read_all_through(c, TOPIC).await?;
         verify_exact(&sent, &consumed)?;
     }

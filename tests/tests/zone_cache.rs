@@ -15,30 +15,18 @@
 use std::time::Duration;
 
 use cairn_client::{
-    Admin, Cluster, ClusterConfig, GetAgentStatusResponse, Producer, ProducerConfig,
-    ProducerRecord, TopicOptions,
+    Admin, Cluster, GetAgentStatusResponse, Producer, ProducerConfig, ProducerRecord, TopicOptions,
 };
 use cairn_metadata::conformance::TempPostgres;
-use cairn_tests::{AgentProcess, s3_env, s3_url, temp_dir};
+use cairn_tests::{
+    AgentProcess, agent_status, incompressible, s3_env, s3_url, temp_dir, zone_cluster,
+};
 
 const TOPIC: &str = "zone-reads";
 const PARTITIONS: u32 = 24;
 const CHUNK: u64 = 4 << 20;
 const RECORDS: usize = 8_000;
 const VALUE_BYTES: usize = 4_096;
-
-/// A value nobody can compress: xorshift bytes seeded by the record number.
-fn value(i: usize) -> bytes::Bytes {
-    let mut x = (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    let mut out = Vec::with_capacity(VALUE_BYTES);
-    while out.len() < VALUE_BYTES {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.into()
-}
 
 struct Zone {
     agents: Vec<AgentProcess>,
@@ -90,10 +78,8 @@ impl Zone {
 
     /// A client of zone z1 that knows all three agents.
     async fn client(&self) -> anyhow::Result<Cluster> {
-        let mut config =
-            ClusterConfig::new(self.agents.iter().map(|a| a.endpoint.as_str())).zone("z1");
-        config.refresh_interval = Duration::from_millis(300);
-        let cluster = Cluster::connect(config).await?;
+        let endpoints: Vec<&str> = self.agents.iter().map(|a| a.endpoint.as_str()).collect();
+        let cluster = zone_cluster(&endpoints, "z1").await?;
         // Every agent in the view, so each serves its share of the partitions.
         for _ in 0..100 {
             if cluster.agents().len() == 3 {
@@ -111,11 +97,7 @@ impl Zone {
     async fn statuses(&self) -> anyhow::Result<Vec<GetAgentStatusResponse>> {
         let mut out = Vec::new();
         for a in &self.agents {
-            out.push(
-                Admin::new(cairn_client::connect(&a.endpoint).await?)
-                    .agent_status()
-                    .await?,
-            );
+            out.push(agent_status(&a.endpoint).await?);
         }
         Ok(out)
     }
@@ -201,8 +183,8 @@ async fn a_zone_reads_each_chunk_from_the_store_about_once_however_many_consumer
     let producer = Producer::new(cluster.clone(), ProducerConfig::default());
     let mut pending = Vec::new();
     for i in 0..RECORDS {
-        let record =
-            ProducerRecord::new(TOPIC, value(i)).partition((i % PARTITIONS as usize) as u32);
+        let record = ProducerRecord::new(TOPIC, incompressible(i as u64, VALUE_BYTES))
+            .partition((i % PARTITIONS as usize) as u32);
         pending.push(producer.send(record).await?);
     }
     for d in pending {
