@@ -159,6 +159,7 @@ impl v2::admin_service_server::AdminService for AdminService {
             zone_cache_peer_reads: m.zone_reads(crate::zone::Source::Peer).get(),
             zone_cache_peer_failures: m.zone_reads(crate::zone::Source::PeerFailed).get(),
             zone_cache_members: s.zone.as_ref().map_or(0, |z| z.member_count()),
+            clock_offset_ms: s.metadata.clock_offset_ms(),
         }))
     }
 

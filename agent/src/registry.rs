@@ -242,6 +242,12 @@ fn record(identity: &Identity, started_ms: i64, load: AgentLoad) -> AgentRecord 
     }
 }
 
+/// `local_ms`, a time the agent read before its clock was synchronised with the store's,
+/// on the store's clock.
+fn on_store_clock(metadata: &Metadata, local_ms: i64) -> i64 {
+    local_ms.saturating_add(metadata.clock_offset_ms().unwrap_or(0))
+}
+
 /// Registers the agent (refusing to start on a duplicate live id).
 pub(crate) async fn register(
     metadata: &Metadata,
@@ -249,8 +255,17 @@ pub(crate) async fn register(
     started_ms: i64,
     lease: Duration,
 ) -> Result<(), AgentError> {
+    // On the store's clock before the first lease is written (see `Metadata::sync_clock`).
+    metadata.sync_clock().await?;
     metadata
-        .register_agent(&record(identity, started_ms, AgentLoad::default()), lease)
+        .register_agent(
+            &record(
+                identity,
+                on_store_clock(metadata, started_ms),
+                AgentLoad::default(),
+            ),
+            lease,
+        )
         .await
         .map_err(|e| match e {
             e @ MetaError::AgentIdInUse { .. } => AgentError::Config(e.to_string()),
@@ -286,8 +301,14 @@ pub(crate) async fn renew_forever(
             inflight_segments: metrics.segments_inflight.get().max(0) as u64,
         };
         last = (now, produced, fetched);
+        if let Err(e) = metadata.sync_clock().await {
+            tracing::warn!(error = %e, "could not read the metadata store's clock; keeping the last offset");
+        }
         match metadata
-            .register_agent(&record(&identity, started_ms, load), lease)
+            .register_agent(
+                &record(&identity, on_store_clock(&metadata, started_ms), load),
+                lease,
+            )
             .await
         {
             Ok(_) => {}

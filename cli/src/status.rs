@@ -93,6 +93,12 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
         "metadata       {} segment commits, {} retries",
         b.metadata_commits, b.metadata_retries
     );
+    if let Some(offset) = b.clock_offset_ms {
+        println!(
+            "clock          {} (leases and deadlines use the metadata store's clock)",
+            clock_offset(offset)
+        );
+    }
     println!("cpu            {:.2} s", b.cpu_seconds);
     let peak_rss = if b.peak_rss_bytes == 0 {
         "- (not reported on this platform)".to_string()
@@ -101,4 +107,14 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
     };
     println!("peak memory    {peak_rss} resident");
     Ok(())
+}
+
+/// How far the store's clock is from the agent's, in words.
+fn clock_offset(offset_ms: i64) -> String {
+    let secs = offset_ms.unsigned_abs() as f64 / 1000.0;
+    match offset_ms {
+        0 => "the agent's clock agrees with the metadata store's".to_string(),
+        o if o > 0 => format!("the agent's clock is {secs:.3} s behind the metadata store's"),
+        _ => format!("the agent's clock is {secs:.3} s ahead of the metadata store's"),
+    }
 }

@@ -179,6 +179,9 @@ impl Compactor {
         progress: &(dyn Fn(Progress<'_>) + Sync),
     ) -> Result<CycleReport, CompactorError> {
         let mut report = CycleReport::default();
+        // Claims, grace periods and retention are judged on the store's clock, as the
+        // agents judge them (see `Metadata::sync_clock`).
+        self.metadata.sync_clock().await?;
         let topics = self.metadata.list_topics().await?;
         for t in &topics {
             progress(Progress::Step(&format!("retention of {}", t.name)));

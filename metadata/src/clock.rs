@@ -3,8 +3,8 @@
 //! replay the random numbers an operation draws (the tokens that let a rerun after a lost
 //! commit reply recognise its own earlier write).
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng};
 
@@ -54,13 +54,13 @@ impl Clock for ManualClock {
 /// behind (negative), for tests of what leases and deadlines do under clock skew.
 #[derive(Debug)]
 pub struct SkewedClock {
-    inner: std::sync::Arc<dyn Clock>,
+    inner: Arc<dyn Clock>,
     skew_ms: i64,
 }
 
 impl SkewedClock {
     /// `inner` moved by `skew_ms` milliseconds.
-    pub fn new(inner: std::sync::Arc<dyn Clock>, skew_ms: i64) -> Self {
+    pub fn new(inner: Arc<dyn Clock>, skew_ms: i64) -> Self {
         SkewedClock { inner, skew_ms }
     }
 }
@@ -68,6 +68,65 @@ impl SkewedClock {
 impl Clock for SkewedClock {
     fn now_ms(&self) -> i64 {
         self.inner.now_ms().saturating_add(self.skew_ms)
+    }
+}
+
+/// A clock kept on the metadata store's time: the local clock plus the offset last measured
+/// against the store ([`Metadata::sync_clock`](crate::Metadata::sync_clock)). Leases,
+/// session deadlines and lock expiries are written by one process and judged by others; on
+/// the store's one clock they mean the same to all, however far a host's own clock is off.
+/// Until a measurement (and for a store without a clock) the offset is 0.
+#[derive(Debug)]
+pub struct SyncedClock {
+    inner: Arc<dyn Clock>,
+    offset_ms: AtomicI64,
+    measured: AtomicBool,
+}
+
+impl SyncedClock {
+    /// A change of the offset smaller than this is taken for the noise of the round trip
+    /// and ignored, so time does not jitter back and forth with each measurement.
+    pub const NOISE_MS: i64 = 100;
+
+    /// `inner`, not yet synchronised.
+    pub fn new(inner: Arc<dyn Clock>) -> Self {
+        SyncedClock {
+            inner,
+            offset_ms: AtomicI64::new(0),
+            measured: AtomicBool::new(false),
+        }
+    }
+
+    /// The local clock's time, without the offset.
+    pub fn local_ms(&self) -> i64 {
+        self.inner.now_ms()
+    }
+
+    /// How far the store's clock is ahead of the local one (ms), once measured.
+    pub fn offset_ms(&self) -> Option<i64> {
+        self.measured
+            .load(Ordering::SeqCst)
+            .then(|| self.offset_ms.load(Ordering::SeqCst))
+    }
+
+    /// Takes a new measurement of the offset; returns whether the offset in use changed
+    /// (the first measurement, or one that moved by more than [`Self::NOISE_MS`]).
+    pub fn observe(&self, offset_ms: i64) -> bool {
+        let first = !self.measured.swap(true, Ordering::SeqCst);
+        let old = self.offset_ms.load(Ordering::SeqCst);
+        if first || offset_ms.saturating_sub(old).abs() > Self::NOISE_MS {
+            self.offset_ms.store(offset_ms, Ordering::SeqCst);
+            return true;
+        }
+        false
+    }
+}
+
+impl Clock for SyncedClock {
+    fn now_ms(&self) -> i64 {
+        self.inner
+            .now_ms()
+            .saturating_add(self.offset_ms.load(Ordering::SeqCst))
     }
 }
 
@@ -109,9 +168,28 @@ impl RandomSource for SeededRandom {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
+
+    #[test]
+    fn a_synced_clock_moves_by_the_measured_offset_and_ignores_noise() {
+        let local = Arc::new(ManualClock::new(1_000_000));
+        let clock = SyncedClock::new(local.clone());
+        assert_eq!((clock.now_ms(), clock.offset_ms()), (1_000_000, None));
+        // The store is five minutes ahead.
+        assert!(clock.observe(300_000));
+        assert_eq!(clock.now_ms(), 1_300_000);
+        assert_eq!(clock.offset_ms(), Some(300_000));
+        // Round-trip noise does not move it; a real change does.
+        assert!(!clock.observe(300_000 + SyncedClock::NOISE_MS));
+        assert_eq!(clock.now_ms(), 1_300_000);
+        assert!(clock.observe(-60_000));
+        local.advance(5);
+        assert_eq!((clock.now_ms(), clock.local_ms()), (940_005, 1_000_005));
+        // The first measurement counts even when it is 0.
+        let fresh = SyncedClock::new(local);
+        assert!(fresh.observe(0));
+        assert_eq!(fresh.offset_ms(), Some(0));
+    }
 
     #[test]
     fn a_skewed_clock_runs_at_a_fixed_offset_from_its_source() {

@@ -25,6 +25,16 @@ pub trait KvStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// A short name for logs and `cairn status` (`sqlite`, `memory`, `fdb`).
     fn name(&self) -> &'static str;
+
+    /// The store's own wall clock (ms since the Unix epoch), for a backend shared by
+    /// processes on many hosts that has one (PostgreSQL's `clock_timestamp()`): every
+    /// process judges leases and deadlines on this one clock, so a host whose clock is off
+    /// by minutes does not make its leases look expired or immortal to the others. `None`
+    /// for a backend that is on the caller's host (SQLite, memory) or has no clock to read
+    /// (FoundationDB, whose hosts must keep their clocks in sync).
+    async fn store_time_ms(&self) -> Result<Option<i64>, KvError> {
+        Ok(None)
+    }
 }
 
 /// One transaction. Methods take `&self` so the retry loop can share it with the closure.
@@ -233,6 +243,10 @@ impl KvStore for FaultyKv {
 
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+
+    async fn store_time_ms(&self) -> Result<Option<i64>, KvError> {
+        self.inner.store_time_ms().await
     }
 }
 

@@ -30,7 +30,8 @@ mod types;
 mod watermarks;
 
 pub use clock::{
-    Clock, ManualClock, RandomSource, SeededRandom, SkewedClock, SystemClock, SystemRandom,
+    Clock, ManualClock, RandomSource, SeededRandom, SkewedClock, SyncedClock, SystemClock,
+    SystemRandom,
 };
 pub use cluster::{AgentLoad, AgentRecord};
 pub use compaction::{CompactedFile, CompactionClaim, MAX_SWAP_ENTRIES};
@@ -45,7 +46,7 @@ pub use kv::{FaultyKv, KeyValue, KvStore, KvTransaction, RetryPolicy};
 pub use lifecycle::{GcPage, RetentionReport};
 pub use limits::Limits;
 pub use memory::MemoryKv;
-pub use metadata::{MaybeCommitted, Metadata, transact};
+pub use metadata::{MAX_CLOCK_SYNC_RTT_MS, MaybeCommitted, Metadata, transact};
 pub use postgres::PostgresKv;
 pub use producer::{ExpiryReport, ProducerStats, WINDOW as PRODUCER_WINDOW};
 pub use share::{Acquired, MAX_IN_FLIGHT as SHARE_MAX_IN_FLIGHT, ShareAction, SharePartitionInfo};

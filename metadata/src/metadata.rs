@@ -10,7 +10,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::watch;
 
-use crate::clock::{RandomSource, SystemRandom};
+use crate::clock::{RandomSource, SyncedClock, SystemRandom};
 use crate::commit::{MAX_COMMIT_BYTES, commit_size_estimate, read_outcomes, write_segment};
 use crate::keys::{self, decode, value};
 use crate::kv::{KvStore, KvTransaction, RetryPolicy};
@@ -134,11 +134,17 @@ impl<T: Clone> Memo<T> {
     }
 }
 
+/// A clock measurement against the store whose round trip took longer than this (ms) is
+/// discarded: the store's reading could be anywhere in it.
+pub const MAX_CLOCK_SYNC_RTT_MS: i64 = 1_000;
+
 /// Cairn's metadata operations over a transactional KV store.
 #[derive(Debug, Clone)]
 pub struct Metadata {
     kv: Arc<dyn KvStore>,
+    /// `synced`, as the clock every operation reads.
     clock: Arc<dyn Clock>,
+    synced: Arc<SyncedClock>,
     random: Arc<dyn RandomSource>,
     retry: RetryPolicy,
     commits: Arc<watch::Sender<u64>>,
@@ -377,11 +383,14 @@ pub(crate) fn delta(after: u64, before: u64) -> i64 {
 }
 
 impl Metadata {
-    /// Metadata over `kv`, reading time from `clock`.
+    /// Metadata over `kv`, reading time from `clock` moved onto the store's clock by
+    /// [`Metadata::sync_clock`].
     pub fn new(kv: Arc<dyn KvStore>, clock: Arc<dyn Clock>) -> Self {
+        let synced = Arc::new(SyncedClock::new(clock));
         Metadata {
             kv,
-            clock,
+            clock: synced.clone(),
+            synced,
             random: Arc::new(SystemRandom),
             retry: RetryPolicy::default(),
             commits: Arc::new(watch::channel(0).0),
@@ -414,9 +423,42 @@ impl Metadata {
         &self.kv
     }
 
-    /// The injected clock.
+    /// The clock every lease, deadline and timestamp is taken from: the injected clock
+    /// plus the offset [`Metadata::sync_clock`] measured against the store.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// How far the store's clock is ahead of the injected one (ms), once measured.
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        self.synced.offset_ms()
+    }
+
+    /// Measures the offset between the injected clock and the store's own clock (for a
+    /// store that has one, see [`KvStore::store_time_ms`]) and moves [`Metadata::clock`]
+    /// by it. Processes sharing a store call this at start and then every few seconds
+    /// (agents with each lease renewal, the compactor each cycle), so they judge each
+    /// other's leases on one clock. A measurement whose round trip took longer than
+    /// [`MAX_CLOCK_SYNC_RTT_MS`] is discarded as too imprecise. Returns the offset in use.
+    pub async fn sync_clock(&self) -> Result<Option<i64>, MetaError> {
+        let before = self.synced.local_ms();
+        let Some(store_ms) = self.kv.store_time_ms().await? else {
+            return Ok(None);
+        };
+        let after = self.synced.local_ms();
+        let rtt = after.saturating_sub(before);
+        if !(0..=MAX_CLOCK_SYNC_RTT_MS).contains(&rtt) {
+            return Ok(self.synced.offset_ms());
+        }
+        let offset = store_ms.saturating_sub(before + rtt / 2);
+        if self.synced.observe(offset) && offset.abs() > 1_000 {
+            tracing::warn!(
+                offset_ms = offset,
+                backend = self.kv.name(),
+                "this host's clock is off the metadata store's; leases and deadlines use the store's clock"
+            );
+        }
+        Ok(self.synced.offset_ms())
     }
 
     /// A fresh operation token: drawn once per call, before the retry loop, and recorded in

@@ -119,9 +119,13 @@ impl PostgresKv {
         // An acknowledged commit must survive a crash of the server, whatever the server's
         // default: with synchronous_commit off, PostgreSQL acknowledges a COMMIT before its
         // WAL is written and a crash loses the last ones (acknowledged records included).
+        // And the ROLLBACK that starts each transaction (in case a dropped one left the
+        // connection inside it) warns "there is no transaction in progress" on a clean
+        // connection: the server sends no notice below an error, so logs stay readable.
+        let ours = "-c synchronous_commit=on -c client_min_messages=error";
         let options = match config.get_options() {
-            Some(o) if !o.is_empty() => format!("{o} -c synchronous_commit=on"),
-            _ => "-c synchronous_commit=on".to_string(),
+            Some(o) if !o.is_empty() => format!("{o} {ours}"),
+            _ => ours.to_string(),
         };
         config.options(&options);
         let manager = Manager::from_config(
@@ -230,6 +234,25 @@ impl KvStore for PostgresKv {
 
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    async fn store_time_ms(&self) -> Result<Option<i64>, KvError> {
+        use tokio_postgres::SimpleQueryMessage;
+        let client = self.connection().await?;
+        // As in `begin`, the ROLLBACK ends a transaction a dropped one left open. And
+        // clock_timestamp(), not now(), which is the start of the current transaction.
+        let messages = client
+            .simple_query("ROLLBACK; SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+            .await
+            .map_err(map_err)?;
+        let text = messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0),
+            _ => None,
+        });
+        let ms = text.and_then(|t| t.parse::<i64>().ok()).ok_or_else(|| {
+            KvError::backend(NAME, Cause(format!("clock_timestamp() answered {text:?}")))
+        })?;
+        Ok(Some(ms))
     }
 }
 
