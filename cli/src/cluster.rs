@@ -42,8 +42,9 @@ pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     let mut owns = std::collections::BTreeMap::<String, u32>::new();
     if let Some(topic) = &args.topic {
         let t = admin.describe_topic(topic).await?;
+        let count = t.partitions.len() as u32;
         for p in &t.partitions {
-            if let Some(id) = cluster.owner(topic, p.partition) {
+            if let Some(id) = cluster.owner(topic, p.partition, count) {
                 *owns.entry(id).or_default() += 1;
             }
         }

@@ -33,6 +33,9 @@ use crate::ClientError;
 const SUSPECT_FOR: Duration = Duration::from_secs(5);
 /// Fewest time between two refreshes triggered by failures.
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(250);
+/// Topics whose partition owners a client keeps computed.
+const MAX_CACHED_TOPICS: usize = 4096;
+
 /// How long one DescribeCluster may take.
 const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -45,6 +48,9 @@ pub(crate) enum Route {
         topic: String,
         /// The partition.
         partition: u32,
+        /// The topic's partition count as the caller knows it (0: not known), which splits
+        /// the topic evenly over the zone's agents.
+        partitions: u32,
     },
 }
 
@@ -103,6 +109,9 @@ struct State {
     suspects: HashMap<String, Instant>,
     /// The agent produce and unrouted calls go to, while it stays a candidate.
     home: Option<String>,
+    /// Partition owners by (topic, partition count), for the candidates (ids) they were
+    /// computed over.
+    owners: HashMap<(String, u32), (Vec<String>, Vec<usize>)>,
     last_refresh: Option<Instant>,
 }
 
@@ -289,15 +298,17 @@ impl Cluster {
         }
     }
 
-    /// The id of the agent `topic`/`partition` is fetched from (rendezvous among the
-    /// zone's live agents), if the view has agents.
-    pub fn owner(&self, topic: &str, partition: u32) -> Option<String> {
+    /// The id of the agent `topic`/`partition` is fetched from, if the view has agents:
+    /// among the zone's live agents, by [`cairn_proto::balanced_owners`] when the topic's
+    /// partition count is given (not 0), else by the highest rendezvous score.
+    pub fn owner(&self, topic: &str, partition: u32, partitions: u32) -> Option<String> {
         let Kind::View(inner) = &self.0 else {
             return None;
         };
-        let st = inner.lock();
+        let mut st = inner.lock();
         let candidates = st.candidates(inner.config.zone.as_deref(), Instant::now());
-        pick_owner(&candidates, topic, partition).map(|m| m.id.clone())
+        st.owner_of(&candidates, topic, partition, partitions)
+            .map(|m| m.id.clone())
     }
 
     /// The agent a call goes to, and its channel.
@@ -310,9 +321,13 @@ impl Cluster {
         let now = Instant::now();
         let candidates = st.candidates(inner.config.zone.as_deref(), now);
         let chosen = match route {
-            Some(Route::Partition { topic, partition }) => {
-                pick_owner(&candidates, topic, *partition).cloned()
-            }
+            Some(Route::Partition {
+                topic,
+                partition,
+                partitions,
+            }) => st
+                .owner_of(&candidates, topic, *partition, *partitions)
+                .cloned(),
             None => {
                 let home = st
                     .home
@@ -406,6 +421,36 @@ impl State {
 
     /// Live, unsuspected agents of `zone` (of any zone when the zone has none, or when
     /// `zone` is `None`); when every agent is suspect, all of them.
+    /// The owner of `topic`/`partition` among `candidates`: balanced over the topic's
+    /// `partitions` when known (cached per candidate set), else the highest score.
+    fn owner_of<'a>(
+        &mut self,
+        candidates: &'a [Member],
+        topic: &str,
+        partition: u32,
+        partitions: u32,
+    ) -> Option<&'a Member> {
+        if partition >= partitions {
+            return pick_owner(candidates, topic, partition);
+        }
+        let key = (topic.to_string(), partitions);
+        let fresh = self.owners.get(&key).is_some_and(|(ids, _)| {
+            ids.len() == candidates.len() && ids.iter().zip(candidates).all(|(i, m)| *i == m.id)
+        });
+        if !fresh {
+            // Topics come and go; the cache is rebuilt rather than grown without bound.
+            if self.owners.len() >= MAX_CACHED_TOPICS {
+                self.owners.clear();
+            }
+            let ids: Vec<&str> = candidates.iter().map(|m| m.id.as_str()).collect();
+            let owners = cairn_proto::balanced_owners(&ids, topic, partitions);
+            let ids = ids.into_iter().map(String::from).collect();
+            self.owners.insert(key.clone(), (ids, owners));
+        }
+        let (_, owners) = self.owners.get(&key)?;
+        candidates.get(*owners.get(partition as usize)?)
+    }
+
     fn candidates(&self, zone: Option<&str>, now: Instant) -> Vec<Member> {
         let healthy: Vec<&Member> = self
             .members
@@ -530,6 +575,39 @@ mod tests {
             zone: zone.into(),
             produce_load: load,
         }
+    }
+
+    #[test]
+    fn a_topic_of_known_size_is_split_evenly_and_recomputed_when_agents_change() {
+        let mut st = State::default();
+        let two = vec![member("a2", "z", 0), member("a3", "z", 0)];
+        let count = |st: &mut State, agents: &[Member], id: &str| {
+            (0..12)
+                .filter(|&p| st.owner_of(agents, "hosts", p, 12).map(|m| m.id.as_str()) == Some(id))
+                .count()
+        };
+        // The highest score alone gives a3 ten of these twelve partitions.
+        let plain = (0..12)
+            .filter(|&p| pick_owner(&two, "hosts", p).map(|m| m.id.as_str()) == Some("a3"))
+            .count();
+        assert_eq!(plain, 10);
+        assert_eq!(count(&mut st, &two, "a3"), 6);
+        assert_eq!(count(&mut st, &two, "a2"), 6);
+        let mut three = two.clone();
+        three.push(member("a4", "z", 0));
+        for id in ["a2", "a3", "a4"] {
+            assert_eq!(count(&mut st, &three, id), 4, "{id}");
+        }
+        // Unknown size (0) or a partition beyond it: the highest score.
+        assert_eq!(
+            st.owner_of(&two, "hosts", 3, 0).map(|m| m.id.clone()),
+            pick_owner(&two, "hosts", 3).map(|m| m.id.clone())
+        );
+        assert_eq!(
+            st.owner_of(&two, "hosts", 20, 12).map(|m| m.id.clone()),
+            pick_owner(&two, "hosts", 20).map(|m| m.id.clone())
+        );
+        assert!(st.owner_of(&[], "hosts", 1, 12).is_none());
     }
 
     #[test]

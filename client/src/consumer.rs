@@ -2,6 +2,7 @@
 //! records at the end of the log. Fetches return whole frames; each is verified and decoded
 //! here with [`cairn_proto::open_frame`], and records before the position are skipped.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::Cluster;
@@ -67,6 +68,8 @@ pub struct ConsumedRecord {
 struct Assignment {
     topic: String,
     partition: u32,
+    /// The topic's partition count when assigned (0: not known), for routing.
+    partitions: u32,
     position: i64,
     high_watermark: i64,
 }
@@ -78,6 +81,8 @@ pub struct Consumer {
     admin: AdminServiceClient<Cluster>,
     config: ConsumerConfig,
     assigned: Vec<Assignment>,
+    /// Each assigned topic's partition count, as last described.
+    partition_counts: HashMap<String, u32>,
 }
 
 impl Consumer {
@@ -92,6 +97,7 @@ impl Consumer {
             admin: AdminServiceClient::new(channel),
             config,
             assigned: Vec::new(),
+            partition_counts: HashMap::new(),
         }
     }
 
@@ -102,29 +108,63 @@ impl Consumer {
         partition: u32,
         from: Offset,
     ) -> Result<(), ClientError> {
-        let position = match from {
-            Offset::At(n) if n < 0 => {
+        if let Offset::At(n) = from
+            && n < 0
+        {
+            return Err(ClientError::Invalid(format!(
+                "offset must be 0 or more, got {n}"
+            )));
+        }
+        // The offsets of Beginning and End, and the topic's partition count (for routing:
+        // the cluster splits a topic's partitions evenly over the zone's agents) once.
+        let described = match from {
+            Offset::At(_) if self.partition_counts.contains_key(topic) => None,
+            _ => Some(self.describe(topic).await?),
+        };
+        self.assign_described(topic, partition, from, described.as_ref())
+    }
+
+    async fn describe(&mut self, topic: &str) -> Result<v2::DescribeTopicResponse, ClientError> {
+        Ok(self
+            .admin
+            .describe_topic(v2::DescribeTopicRequest {
+                name: topic.to_string(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// [`Consumer::assign`] with the topic's description when it was read.
+    fn assign_described(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        from: Offset,
+        described: Option<&v2::DescribeTopicResponse>,
+    ) -> Result<(), ClientError> {
+        if let Some(d) = described {
+            let count = d
+                .topic
+                .as_ref()
+                .map_or(d.partitions.len() as u32, |t| t.partitions);
+            self.partition_counts.insert(topic.to_string(), count);
+            if partition >= count {
                 return Err(ClientError::Invalid(format!(
-                    "offset must be 0 or more, got {n}"
+                    "topic `{topic}` has no partition {partition} ({count} partitions)"
                 )));
             }
-            Offset::At(n) => n,
-            Offset::Beginning | Offset::End => {
-                let described = self
-                    .admin
-                    .describe_topic(v2::DescribeTopicRequest {
-                        name: topic.to_string(),
-                    })
-                    .await?
-                    .into_inner();
-                let info = described
+        }
+        let position = match (from, described) {
+            (Offset::At(n), _) => n,
+            (Offset::Beginning | Offset::End, Some(d)) => {
+                let info = d
                     .partitions
                     .iter()
                     .find(|p| p.partition == partition)
                     .ok_or_else(|| {
                         ClientError::Invalid(format!(
                             "topic `{topic}` has no partition {partition} ({} partitions)",
-                            described.partitions.len()
+                            d.partitions.len()
                         ))
                     })?;
                 if from == Offset::Beginning {
@@ -133,12 +173,18 @@ impl Consumer {
                     info.high_watermark
                 }
             }
+            (_, None) => {
+                return Err(ClientError::Invalid(format!(
+                    "the offsets of `{topic}` were not read"
+                )));
+            }
         };
         self.assigned
             .retain(|a| !(a.topic == topic && a.partition == partition));
         self.assigned.push(Assignment {
             topic: topic.to_string(),
             partition,
+            partitions: self.partition_counts.get(topic).copied().unwrap_or(0),
             position,
             high_watermark: 0,
         });
@@ -153,16 +199,17 @@ impl Consumer {
 
     /// Assigns every partition of `topic`, each starting at `from`.
     pub async fn assign_all(&mut self, topic: &str, from: Offset) -> Result<u32, ClientError> {
-        let described = self
-            .admin
-            .describe_topic(v2::DescribeTopicRequest {
-                name: topic.to_string(),
-            })
-            .await?
-            .into_inner();
-        let n = described.topic.map_or(0, |t| t.partitions);
+        if let Offset::At(n) = from
+            && n < 0
+        {
+            return Err(ClientError::Invalid(format!(
+                "offset must be 0 or more, got {n}"
+            )));
+        }
+        let described = self.describe(topic).await?;
+        let n = described.topic.as_ref().map_or(0, |t| t.partitions);
         for p in 0..n {
-            self.assign(topic, p, from).await?;
+            self.assign_described(topic, p, from, Some(&described))?;
         }
         Ok(n)
     }
@@ -217,6 +264,7 @@ impl Consumer {
                     Route::Partition {
                         topic: a.topic.clone(),
                         partition: a.partition,
+                        partitions: a.partitions,
                     },
                 );
                 async move { (i, client.fetch(request).await) }
@@ -362,6 +410,7 @@ mod tests {
         Assignment {
             topic: "t".into(),
             partition: 3,
+            partitions: 4,
             position,
             high_watermark: 0,
         }

@@ -17,7 +17,7 @@ pub use frame::{
     FrameLimits, MAX_FRAME_RECORDS, MAX_UNCOMPRESSED_BYTES, build_frame, check_frame, compress,
     decompress, murmur2, open_frame, partition_for_key, payload_crc,
 };
-pub use rendezvous::rendezvous_score;
+pub use rendezvous::{balanced_owners, rendezvous_score};
 
 /// Generated protobuf messages and gRPC stubs of package `cairn.v2`.
 #[allow(missing_docs, unreachable_pub, clippy::all)]

@@ -6,7 +6,8 @@
 //!   half way (a bulk producer writes 9 MiB batches so that segments go up in parts, and
 //!   the compactor's Parquet files too), metadata commits failing or applied with their
 //!   reply lost, produce replies lost after their commit; one agent slot runs with its
-//!   clock skewed by up to ±5 s (a new skew each time it is replaced);
+//!   clock skewed by up to ±5 s (a new skew each time it is replaced; the agent measures it
+//!   against PostgreSQL's clock at start and corrects its leases and deadlines by it);
 //! - from outside: agents killed with SIGKILL and replaced, agents frozen with SIGSTOP past
 //!   their lease (then back with stale state), agents cut off from the network while they
 //!   run (every connection to and from them stalls: clients, PostgreSQL and S3), one

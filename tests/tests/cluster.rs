@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use cairn_client::{
     Admin, Cluster, ClusterConfig, ConsumedRecord, ErrorReason, GroupConfig, GroupConsumer, Offset,
-    ProducerConfig, TopicOptions,
+    ProducerConfig, ShareConfig, ShareConsumer, TopicOptions,
 };
 use cairn_metadata::conformance::TempPostgres;
 use cairn_tests::{
@@ -252,8 +252,11 @@ async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> 
     }
 
     eprintln!("step: a fourth agent joins");
-    // A fourth agent joins under load: partitions of z1 move to it by rendezvous.
-    let owners_before: Vec<Option<String>> = (0..PARTITIONS).map(|p| z1.owner(TOPIC, p)).collect();
+    // A fourth agent joins under load: half of the topic's partitions move to it (z1 had
+    // one live agent; a topic is split evenly over its zone's agents, by rendezvous score).
+    let owners_before: Vec<Option<String>> = (0..PARTITIONS)
+        .map(|p| z1.owner(TOPIC, p, PARTITIONS))
+        .collect();
     let mut load = Load::start(zone_cluster(&[&survivor.endpoint], "z1").await?, TOPIC, 11);
     load.progress(300).await?;
     let d = start(
@@ -262,11 +265,17 @@ async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> 
         &env,
     )?;
     z1.refresh().await?;
-    let owners_after: Vec<Option<String>> = (0..PARTITIONS).map(|p| z1.owner(TOPIC, p)).collect();
+    let owners_after: Vec<Option<String>> = (0..PARTITIONS)
+        .map(|p| z1.owner(TOPIC, p, PARTITIONS))
+        .collect();
     let moved: Vec<u32> = (0..PARTITIONS)
         .filter(|&p| owners_before[p as usize] != owners_after[p as usize])
         .collect();
-    assert!(!moved.is_empty(), "some partitions move to d");
+    assert_eq!(
+        moved.len() as u32,
+        PARTITIONS / 2,
+        "half the partitions move to d"
+    );
     for &p in &moved {
         assert_eq!(
             owners_after[p as usize].as_deref(),
@@ -336,6 +345,202 @@ async fn a_cluster_routes_by_zone_and_survives_agents_and_postgres_failing() -> 
     survivor.stop()?;
     d.stop()?;
     c.stop()?;
+    Ok(())
+}
+
+/// The agents whose clock is five minutes behind or ahead, the other one's right.
+const SKEW_MS: i64 = 5 * 60 * 1000;
+
+/// The live agents' ids as the agent at `endpoint` (the only one of `zone`) sees them.
+fn seen_by(endpoint: &str, zone: &str) -> anyhow::Result<Vec<String>> {
+    let shown = run_json(std::process::Command::new(cairn_bin()?).args([
+        "cluster",
+        "--endpoint",
+        endpoint,
+        "--zone",
+        zone,
+        "--json",
+    ]))?;
+    let ids = shown["agents"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x["id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ids)
+}
+
+/// Agents whose clocks are minutes off judge each other's leases, share locks and
+/// deadlines on the metadata store's clock: they see each other, a share record one of them
+/// leased stays leased for its lease and not for minutes more, an agent killed drops out
+/// within its lease, and every acknowledged record is read back exactly once. (Judged on
+/// the writer's clock, the agent behind would be invisible to the others, its share leases
+/// already expired; the agent ahead would hold them, and look alive, for minutes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_with_clocks_minutes_off_agree_on_the_store_clock() -> anyhow::Result<()> {
+    let pg = TempPostgres::start().map_err(anyhow::Error::msg)?;
+    let metadata = pg
+        .create_database("skew")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let objects = s3_url("skew");
+    let env = s3_env()?;
+    let skewed = |ms: i64| {
+        let mut env = env.clone();
+        env.push((
+            "CAIRN_TEST_FAULTS".to_string(),
+            format!("clock_skew_ms={ms}"),
+        ));
+        env
+    };
+    // One agent per zone, so a client of a zone talks to that agent alone.
+    let a = start(
+        "127.0.0.2:0",
+        &agent_args(&objects, &metadata, "a", "z1"),
+        &env,
+    )?;
+    let b = start(
+        "127.0.0.3:0",
+        &agent_args(&objects, &metadata, "b", "z2"),
+        &skewed(-SKEW_MS),
+    )?;
+    let c = start(
+        "127.0.0.4:0",
+        &agent_args(&objects, &metadata, "c", "z3"),
+        &skewed(SKEW_MS),
+    )?;
+
+    // Each sees all three, and knows how far its clock is off the store's.
+    for (agent, zone) in [(&a, "z1"), (&b, "z2"), (&c, "z3")] {
+        assert_eq!(
+            seen_by(&agent.endpoint, zone)?,
+            ["a", "b", "c"],
+            "seen by {zone}"
+        );
+    }
+    let offset = |s: cairn_client::GetAgentStatusResponse| {
+        s.clock_offset_ms.expect("PostgreSQL has a clock")
+    };
+    let offsets = [
+        offset(agent_status(&a.endpoint).await?),
+        offset(agent_status(&b.endpoint).await?),
+        offset(agent_status(&c.endpoint).await?),
+    ];
+    eprintln!("clock offsets (store minus agent): {offsets:?} ms");
+    assert!(offsets[0].abs() < 1_000, "{offsets:?}");
+    assert!((offsets[1] - SKEW_MS).abs() < 1_000, "{offsets:?}");
+    assert!((offsets[2] + SKEW_MS).abs() < 1_000, "{offsets:?}");
+
+    // Produce through all three with idempotent producers.
+    let z1 = zone_cluster(&[&a.endpoint], "z1").await?;
+    let (z2, z3) = (
+        zone_cluster(&[&b.endpoint], "z2").await?,
+        zone_cluster(&[&c.endpoint], "z3").await?,
+    );
+    Admin::new(z1.clone())
+        .create_topic(TOPIC, 4, TopicOptions::default())
+        .await?;
+    let sent = cairn_tests::produce_workload_through(
+        vec![z1.clone(), z2.clone(), z3.clone()],
+        TOPIC,
+        200,
+        ProducerConfig::default(),
+    )
+    .await?;
+    for (agent, zone) in [(&a, "z1"), (&b, "z2"), (&c, "z3")] {
+        assert!(
+            agent_status(&agent.endpoint).await?.produce_records > 0,
+            "{zone} produced through its agent"
+        );
+    }
+
+    // A share record leased through the agent behind stays leased: the agent on time has
+    // nothing to hand out meanwhile.
+    let lease = ShareConfig {
+        lease: Duration::from_secs(60),
+        max_records: 10_000,
+        ..ShareConfig::default()
+    };
+    let mut behind = ShareConsumer::new(z2.clone(), "work", TOPIC, lease.clone());
+    let mut on_time = ShareConsumer::new(z1.clone(), "work", TOPIC, lease.clone());
+    let mut held = Vec::new();
+    while held.len() < sent.len() {
+        let got = behind.poll(Duration::from_secs(5)).await?;
+        assert!(!got.is_empty(), "leased {} of {}", held.len(), sent.len());
+        held.extend(got);
+    }
+    assert!(held.iter().all(|r| r.delivery_count == 1));
+    let stolen = on_time.poll(Duration::from_millis(500)).await?;
+    assert!(
+        stolen.is_empty(),
+        "{} records leased for 60 s through the agent behind were handed out again at once",
+        stolen.len()
+    );
+    behind.release(&held).await?;
+
+    // A lease of 1 s taken through the agent ahead runs out after 1 s, not 5 minutes: the
+    // agent on time hands the records out again once its holder went silent.
+    let mut ahead = ShareConsumer::new(
+        z3.clone(),
+        "work",
+        TOPIC,
+        ShareConfig {
+            lease: Duration::from_secs(1),
+            ..lease.clone()
+        },
+    );
+    let mut taken = Vec::new();
+    while taken.len() < sent.len() {
+        let got = ahead.poll(Duration::from_secs(5)).await?;
+        assert!(!got.is_empty(), "leased {} of {}", taken.len(), sent.len());
+        taken.extend(got);
+    }
+    drop(ahead);
+    let mut again = Vec::new();
+    while again.len() < sent.len() {
+        let got = on_time.poll(Duration::from_secs(20)).await?;
+        assert!(
+            !got.is_empty(),
+            "{} of {} records leased for 1 s through the agent ahead came back within 20 s",
+            again.len(),
+            sent.len()
+        );
+        again.extend(got);
+    }
+    assert!(again.iter().all(|r| r.delivery_count >= 2));
+    on_time.ack(&again).await?;
+
+    // The agent ahead, killed, drops out of the others' view within its lease (2 s), not
+    // five minutes later.
+    let killed = Instant::now();
+    c.kill()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if seen_by(&a.endpoint, "z1")? == ["a", "b"] && seen_by(&b.endpoint, "z2")? == ["a", "b"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed agent ahead stayed in the view for 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "the killed agent ahead left the view after {:?}",
+        killed.elapsed()
+    );
+
+    // Everything acknowledged, exactly once per partition, in order.
+    let got = cairn_tests::read_all_through(z1.clone(), TOPIC).await?;
+    verify_exact(&sent, &got)?;
+    eprintln!(
+        "checked {} acknowledged records with clocks off by ±5 min: none lost, none duplicated",
+        sent.len()
+    );
+    a.stop()?;
+    b.stop()?;
     Ok(())
 }
 

@@ -8,10 +8,14 @@
 //!   cost about one GET per 4 MiB chunk for the zone (≤ 1.1×);
 //! - produce and read through all three agents with zone-aware clients;
 //! - `docker kill` an agent: its zone's producer fails over, nothing acked is lost;
-//! - a fourth agent joins: fetch ownership moves to it;
+//! - a fourth agent joins: fetch ownership moves to it, and the zone's reads even out over
+//!   its two live agents;
 //! - an agent is cut off the network (`docker network disconnect`): it can neither commit
 //!   nor be reached, clients move away; reconnected (same address), it rejoins the registry
 //!   without a restart (same incarnation);
+//! - two agents of a zone are cut off each other but not off the store (firewall rules on
+//!   the host): reads through them are still exact, each reading from the store what its
+//!   silent peer owns;
 //! - at the end every acknowledged record is read back exactly once per partition, in order
 //!   (no loss, no duplicate: idempotent producers).
 //!
@@ -223,6 +227,50 @@ impl Setup {
     }
 }
 
+/// Packets between two containers dropped by the host's firewall (Docker's DOCKER-USER
+/// chain, which bridged traffic passes), both ways; the rules are removed on drop.
+struct PeerCut {
+    rules: Vec<[String; 2]>,
+}
+
+impl PeerCut {
+    fn between(a: &str, b: &str) -> anyhow::Result<PeerCut> {
+        let mut cut = PeerCut { rules: Vec::new() };
+        for (from, to) in [(a, b), (b, a)] {
+            let rule = [from.to_string(), to.to_string()];
+            iptables("-I", &rule)?;
+            cut.rules.push(rule);
+        }
+        Ok(cut)
+    }
+}
+
+impl Drop for PeerCut {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            if let Err(e) = iptables("-D", rule) {
+                eprintln!("cannot remove the firewall rule {rule:?}: {e}");
+            }
+        }
+    }
+}
+
+/// `iptables <op> DOCKER-USER -s from -d to -j DROP`.
+fn iptables(op: &str, [from, to]: &[String; 2]) -> anyhow::Result<()> {
+    let out = std::process::Command::new("iptables")
+        .args([op, "DOCKER-USER", "-s", from, "-d", to, "-j", "DROP"])
+        .output()
+        .map_err(|e| {
+            anyhow::anyhow!("cannot run iptables (the network cut needs it, as root): {e}")
+        })?;
+    anyhow::ensure!(
+        out.status.success(),
+        "iptables {op} DOCKER-USER failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// The live agents' ids and incarnations as `endpoint` reads the registry.
 async fn registry(endpoint: &str) -> anyhow::Result<Vec<(String, i64)>> {
     let admin = Admin::new(cairn_client::connect(endpoint).await?);
@@ -377,7 +425,7 @@ async fn a_cluster_on_separate_hosts_survives_a_kill_a_network_cut_and_a_new_age
     let owned_by_a3 = loop {
         z1.refresh().await?;
         let owned = (0..PARTITIONS)
-            .filter(|&p| z1.owner(TOPIC, p).as_deref() == Some("a3"))
+            .filter(|&p| z1.owner(TOPIC, p, PARTITIONS).as_deref() == Some("a3"))
             .count();
         if owned > 0 || Instant::now() > deadline {
             break owned;
@@ -386,6 +434,27 @@ async fn a_cluster_on_separate_hosts_survives_a_kill_a_network_cut_and_a_new_age
     };
     assert!(owned_by_a3 > 0, "a3 joined z1 and owns no partition");
     z1_load.progress(300).await?;
+    // Reads through z1 now spread over both of its live agents by partition ownership.
+    let served = || async {
+        anyhow::Ok([
+            agent_status(&a2.endpoint).await?.fetch_bytes,
+            agent_status(&a3.endpoint).await?.fetch_bytes,
+        ])
+    };
+    let before = served().await?;
+    let read = cairn_tests::read_all_through(z1.clone(), TOPIC).await?;
+    let after = served().await?;
+    let (by_a2, by_a3) = (after[0] - before[0], after[1] - before[1]);
+    let a3_share = by_a3 as f64 / (by_a2 + by_a3).max(1) as f64;
+    eprintln!(
+        "cluster across hosts: after a3 joined, reading {} records through z1: a2 served {by_a2} bytes, a3 {by_a3} ({:.0}%; a3 owns {owned_by_a3} of {PARTITIONS} partitions)",
+        read.len(),
+        100.0 * a3_share
+    );
+    assert!(
+        (0.25..=0.75).contains(&a3_share),
+        "z1's reads did not even out over a2 and a3: a2 {by_a2} bytes, a3 {by_a3}"
+    );
 
     // Cut a2 off the network under load: it can reach neither PostgreSQL nor S3 nor anyone;
     // z1's clients move to a3.
@@ -440,6 +509,66 @@ async fn a_cluster_on_separate_hosts_survives_a_kill_a_network_cut_and_a_new_age
     let rejoined = reconnect_at.elapsed();
     eprintln!(
         "cluster across hosts: a2 was back in the registry {rejoined:?} after the reconnect began, without a restart"
+    );
+    z1_load.progress(300).await?;
+
+    // Cut a2 and a3 off each other but not off the store: the zone cache's owners stop
+    // answering each other, and each reads what it needs from the store itself.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for e in [&a2.endpoint, &a3.endpoint] {
+        while agent_status(e).await?.zone_cache_members != 2 {
+            anyhow::ensure!(Instant::now() < deadline, "{e} never saw both agents of z1");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let failures = || async {
+        anyhow::Ok(
+            agent_status(&a2.endpoint).await?.zone_cache_peer_failures
+                + agent_status(&a3.endpoint).await?.zone_cache_peer_failures,
+        )
+    };
+    let failures_before = failures().await?;
+    let cut_topic = "cut-reads";
+    Admin::new(z1.clone())
+        .create_topic(cut_topic, PARTITIONS, TopicOptions::default())
+        .await?;
+    let cut = PeerCut::between(&a2.ip, &a3.ip)?;
+    let producer = Producer::new(z1.clone(), ProducerConfig::default());
+    let mut acks = Vec::new();
+    for i in 0..2_000u32 {
+        let value = incompressible(u64::from(i) + 1_000_000, 4096);
+        let ack = producer
+            .send(ProducerRecord::new(cut_topic, value.clone()).partition(i % PARTITIONS))
+            .await?;
+        acks.push((value, ack));
+    }
+    let mut cut_sent = Vec::new();
+    for (seq, (value, ack)) in acks.into_iter().enumerate() {
+        let ack = ack.await?;
+        cut_sent.push(cairn_tests::Sent {
+            producer: 0,
+            seq,
+            key: bytes::Bytes::new(),
+            value,
+            headers: Vec::new(),
+            partition: ack.partition,
+            offset: ack.offset,
+        });
+    }
+    producer.close().await?;
+    let read_started = Instant::now();
+    let consumed = cairn_tests::read_all_through(z1.clone(), cut_topic).await?;
+    let read_took = read_started.elapsed();
+    let owner_failures = failures().await? - failures_before;
+    drop(cut);
+    verify_exact(&cut_sent, &consumed)?;
+    eprintln!(
+        "cluster across hosts: with a2 and a3 cut off each other, {} records read back exactly in {read_took:?}; {owner_failures} zone-cache owner failures fell back to the store",
+        consumed.len()
+    );
+    assert!(
+        owner_failures > 0,
+        "a2 and a3 read through each other while cut off: the cut did not take effect"
     );
     z1_load.progress(300).await?;
     z2_load.progress(300).await?;
