@@ -85,11 +85,16 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         return run_group(args, channel, &group, from).await;
     }
     let mut consumer = Consumer::new(channel, ConsumerConfig::default());
+    let mut retries = Retries::default();
     if args.partition.is_empty() {
-        consumer.assign_all(&args.topic, from).await?;
+        while let Err(e) = consumer.assign_all(&args.topic, from).await {
+            retries.after(e).await?;
+        }
     } else {
         for &p in &args.partition {
-            consumer.assign(&args.topic, p, from).await?;
+            while let Err(e) = consumer.assign(&args.topic, p, from).await {
+                retries.after(e).await?;
+            }
         }
     }
     if args.follow {
@@ -111,7 +116,16 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         Duration::ZERO
     };
     'poll: loop {
-        let records = consumer.poll(wait).await?;
+        let records = match consumer.poll(wait).await {
+            Ok(r) => {
+                retries.succeeded();
+                r
+            }
+            Err(e) => {
+                retries.after(e).await?;
+                continue;
+            }
+        };
         if records.is_empty() && !args.follow && consumer.caught_up() {
             break;
         }
@@ -130,6 +144,42 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
         eprintln!("no new records (use --from-beginning to read what is stored)");
     }
     Ok(())
+}
+
+/// How long `cairn consume` keeps retrying calls that fail retryably (an agent died and
+/// clients have not yet seen its lease run out, the metadata store restarts) before it
+/// gives up, as a Kafka consumer keeps polling through a broker's failover.
+const RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// The retries of failing calls: a warning at the first, exponential backoff, a deadline.
+#[derive(Debug, Default)]
+struct Retries {
+    since: Option<std::time::Instant>,
+    backoff: Duration,
+}
+
+impl Retries {
+    /// Waits before the next try when `e` is retryable and the deadline has not passed;
+    /// else returns it.
+    async fn after(&mut self, e: cairn_client::ClientError) -> anyhow::Result<()> {
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        if !e.is_retryable() || since.elapsed() >= RETRY_FOR {
+            return Err(e.into());
+        }
+        if self.backoff.is_zero() {
+            eprintln!("warning: {e}; retrying for up to {} s", RETRY_FOR.as_secs());
+            self.backoff = Duration::from_millis(100);
+        } else {
+            self.backoff = (self.backoff * 2).min(Duration::from_secs(2));
+        }
+        tokio::time::sleep(self.backoff).await;
+        Ok(())
+    }
+
+    /// A call succeeded: the next failure starts over.
+    fn succeeded(&mut self) {
+        *self = Retries::default();
+    }
 }
 
 /// `cairn consume --group`: a group member that commits after printing each batch.
@@ -162,10 +212,21 @@ async fn run_group(
     };
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
+    let mut retries = Retries::default();
     loop {
         let records = tokio::select! {
-            r = member.poll(wait) => r?,
+            r = member.poll(wait) => r,
             _ = &mut stop => break,
+        };
+        let records = match records {
+            Ok(r) => {
+                retries.succeeded();
+                r
+            }
+            Err(e) => {
+                retries.after(e).await?;
+                continue;
+            }
         };
         if records.is_empty() && !args.follow && member.caught_up() {
             break;
@@ -190,8 +251,11 @@ async fn run_group(
         }
         printed += take as u64;
         out.flush().context("cannot write to stdout")?;
-        if take > 0 {
-            member.commit().await?;
+        if take > 0
+            && let Err(e) = member.commit().await
+        {
+            // Committed with the next batch, or at the end.
+            retries.after(e).await?;
         }
         if printed >= limit {
             break;

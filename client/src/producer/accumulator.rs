@@ -224,13 +224,33 @@ impl Accumulator {
         {
             return Ok(n);
         }
-        let described = self
-            .admin
-            .describe_topic(v2::DescribeTopicRequest {
+        // Retried while the cluster is unavailable (an agent died and the view still lists
+        // it, the metadata store restarts), as sends are, up to the delivery timeout; a
+        // count read earlier is used meanwhile rather than failing the send.
+        let started = Instant::now();
+        let mut backoff = self.config.retry_backoff;
+        let described = loop {
+            let request = v2::DescribeTopicRequest {
                 name: topic.to_string(),
-            })
-            .await?
-            .into_inner();
+            };
+            match self.admin.describe_topic(request).await {
+                Ok(r) => break r.into_inner(),
+                Err(status) => {
+                    let err = ClientError::from(status);
+                    if !err.is_retryable() {
+                        return Err(err);
+                    }
+                    if let Some(&(n, _)) = self.topics.get(topic) {
+                        return Ok(n);
+                    }
+                    if started.elapsed() + backoff >= self.config.delivery_timeout {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.retry_backoff_max);
+                }
+            }
+        };
         let n = described.topic.map_or(0, |t| t.partitions);
         if n == 0 {
             return Err(ClientError::Invalid(format!(
