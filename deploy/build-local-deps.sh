@@ -24,18 +24,27 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 command -v docker >/dev/null || { echo "docker is not installed" >&2; exit 2; }
 
+# Copies the shared libraries each file given loads (as ldd resolves them on this host)
+# into $rootfs at their paths, unless there already.
+copy_libs() {
+    local f l
+    for f in "$@"; do
+        for l in $(ldd "$f" 2>/dev/null | awk '/=>/ && $3 ~ /^\// {print $3} !/=>/ && $1 ~ /^\// {print $1}'); do
+            [ -e "$rootfs$l" ] && continue
+            mkdir -p "$rootfs$(dirname "$l")"
+            cp -L "$l" "$rootfs$l"
+        done
+    done
+}
+
 # Copies each file given (keeping its path) and every shared library it loads into $rootfs.
 copy_with_libs() {
-    local f l
+    local f
     for f in "$@"; do
         mkdir -p "$rootfs$(dirname "$f")"
         cp -a "$f" "$rootfs$f"
         if [ -f "$f" ] && [ ! -L "$f" ]; then
-            for l in $(ldd "$f" 2>/dev/null | awk '/=>/ && $3 ~ /^\// {print $3} !/=>/ && $1 ~ /^\// {print $1}'); do
-                [ -e "$rootfs$l" ] && continue
-                mkdir -p "$rootfs$(dirname "$l")"
-                cp -L "$l" "$rootfs$l"
-            done
+            copy_libs "$f"
         fi
     done
 }
@@ -132,14 +141,7 @@ build_localstack() {
     tar -C "$venv" --exclude='__pycache__' -c . | tar -C "$rootfs/opt/localstack" -x --transform 's,^\.,./venv,'
     # The shared libraries the interpreter and every extension module load (ldd resolves
     # them on this host; those inside the Python prefix are copied already).
-    local f l
-    for f in $(find "$rootfs$prefix" "$rootfs/opt/localstack" -type f \( -name '*.so*' -o -path '*/bin/python3.*' \)); do
-        for l in $(ldd "$f" 2>/dev/null | awk '/=>/ && $3 ~ /^\// {print $3} !/=>/ && $1 ~ /^\// {print $1}'); do
-            [ -e "$rootfs$l" ] && continue
-            mkdir -p "$rootfs$(dirname "$l")"
-            cp -L "$l" "$rootfs$l"
-        done
-    done
+    copy_libs $(find "$rootfs$prefix" "$rootfs/opt/localstack" -type f \( -name '*.so*' -o -path '*/bin/python3.*' \))
     # Python finds its venv next to the path it was started by, not through a link to it.
     printf '#!/bin/sh\nexec /opt/localstack/venv/bin/python "$@"\n' >"$rootfs/usr/local/bin/python3"
     chmod 755 "$rootfs/usr/local/bin/python3"

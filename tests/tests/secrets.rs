@@ -59,6 +59,19 @@ fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// `cairn agent` on a free loopback port over these stores.
+fn agent_args<'a>(objects: &'a str, metadata: &'a str) -> [&'a str; 7] {
+    [
+        "agent",
+        "--listen",
+        "127.0.0.1:0",
+        "--object-store",
+        objects,
+        "--metadata",
+        metadata,
+    ]
+}
+
 /// Runs `cairn` with `args` and `env`; returns its stdout and stderr together.
 fn cairn(args: &[&str], env: &[(String, String)]) -> anyhow::Result<String> {
     let mut cmd = Command::new(cairn_bin()?);
@@ -103,20 +116,11 @@ async fn no_secret_reaches_logs_status_metrics_or_errors() -> anyhow::Result<()>
 
     // An agent logging everything it can.
     let mut cmd = Command::new(cairn_bin()?);
-    cmd.args([
-        "agent",
-        "--listen",
-        "127.0.0.1:0",
-        "--object-store",
-        &s3_url("secrets"),
-        "--metadata",
-        &metadata,
-        "--metrics-listen",
-        &metrics,
-    ])
-    .env("CAIRN_LOG", "trace")
-    .stdout(Stdio::piped())
-    .stderr(std::fs::File::create(&log_path)?);
+    cmd.args(agent_args(&s3_url("secrets"), &metadata))
+        .args(["--metrics-listen", &metrics])
+        .env("CAIRN_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path)?);
     for (k, v) in &env {
         cmd.env(k, v);
     }
@@ -162,36 +166,15 @@ async fn no_secret_reaches_logs_status_metrics_or_errors() -> anyhow::Result<()>
 
     // Agents that cannot start: a metadata store that refuses, an object store that does not
     // answer. Their errors name the store, not its secrets.
-    let bad_pg = cairn(
-        &[
-            "agent",
-            "--listen",
-            "127.0.0.1:0",
-            "--object-store",
-            &s3_url("secrets"),
-            "--metadata",
-            &format!("postgres://nobody:{PG_SECRET}@127.0.0.1:1/nothing"),
-        ],
-        &env,
-    )?;
+    let unreachable_pg = format!("postgres://nobody:{PG_SECRET}@127.0.0.1:1/nothing");
+    let bad_pg = cairn(&agent_args(&s3_url("secrets"), &unreachable_pg), &env)?;
     assert!(bad_pg.contains("127.0.0.1:1"), "{bad_pg}");
     assert_clean("an agent on an unreachable PostgreSQL", &bad_pg);
     let mut unreachable_s3 = env.clone();
     unreachable_s3.retain(|(k, _)| k != "AWS_ENDPOINT_URL");
     unreachable_s3.push(("AWS_ENDPOINT_URL".into(), "http://127.0.0.1:1".into()));
     // The object store is probed at start (ten tries), so this agent exits with an error.
-    let bad_s3 = cairn(
-        &[
-            "agent",
-            "--listen",
-            "127.0.0.1:0",
-            "--object-store",
-            "s3://nowhere/x",
-            "--metadata",
-            &metadata,
-        ],
-        &unreachable_s3,
-    )?;
+    let bad_s3 = cairn(&agent_args("s3://nowhere/x", &metadata), &unreachable_s3)?;
     assert!(bad_s3.contains("nowhere"), "{bad_s3}");
     assert_clean("an agent on an unreachable S3", &bad_s3);
 
@@ -203,7 +186,10 @@ async fn no_secret_reaches_logs_status_metrics_or_errors() -> anyhow::Result<()>
         log.lines().count()
     );
     // The metadata URL is logged (so the check above had something to miss), redacted.
-    assert!(log.contains(":***@127.0.0.1"), "the metadata URL is not in the log");
+    assert!(
+        log.contains(":***@127.0.0.1"),
+        "the metadata URL is not in the log"
+    );
     assert_clean("the agent's trace log", &log);
     eprintln!(
         "secrets: {} log lines, {} bytes of CLI output and {} of metrics checked",
