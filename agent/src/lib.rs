@@ -24,6 +24,7 @@ mod sequencer;
 mod service;
 mod settings;
 mod share;
+pub mod tls;
 mod zone;
 
 use std::future::Future;

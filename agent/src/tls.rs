@@ -1,0 +1,425 @@
+//! TLS for the agent's listeners: the server configuration from PEM files, reloaded when the
+//! files change (certificate rotation without a restart), and the stream of accepted TLS
+//! connections that tonic serves.
+//!
+//! The configuration is swapped whole (certificate, key and client CA together) in a
+//! `watch`; each connection is handshaken with the configuration current when it arrived,
+//! so a rotation never cuts an open connection. Files are compared by content every
+//! [`RELOAD_EVERY`], not by modification time or file events: Kubernetes rotates a
+//! secret by swapping a symlink and certificate managers write the pair in two steps, and
+//! a pair that does not load (half written, a key of another certificate) keeps the old
+//! configuration until the next look.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_rustls::server::TlsStream;
+
+/// How often the certificate files are read again to notice a rotation.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+/// How long a client may take to complete its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The PEM files of a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, the agent's own certificate first.
+    pub cert: PathBuf,
+    /// The private key of that certificate.
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by one of these CAs (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Why a TLS configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or holds no usable PEM item.
+    #[error("{what} {path}: {reason}")]
+    File {
+        /// Which file: certificate, key or client CA.
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// rustls refused the combination (e.g. a key that is not the certificate's).
+    #[error("the TLS configuration is refused: {0}")]
+    Config(String),
+}
+
+fn file_error(what: &'static str, path: &Path, reason: impl ToString) -> TlsError {
+    TlsError::File {
+        what,
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The certificates of a PEM file (at least one).
+fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_error(what, path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_error(what, path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(what, path, "holds no PEM certificate"));
+    }
+    Ok(certs)
+}
+
+/// Builds the server configuration `files` describe (ALPN `h2`, as gRPC needs).
+pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certificates("certificate", &files.cert)?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_error("key", &files.key, e))?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in certificates("client CA", ca)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| file_error("client CA", ca, e))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| TlsError::Config(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A fingerprint of the files' contents (`None` when one cannot be read).
+fn fingerprint(files: &TlsFiles) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for path in [
+        Some(&files.cert),
+        Some(&files.key),
+        files.client_ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        std::fs::read(path).ok()?.hash(&mut h);
+    }
+    Some(h.finish())
+}
+
+/// A TLS configuration kept current with its files.
+#[derive(Debug, Clone)]
+pub struct Reloading {
+    config: watch::Receiver<Arc<ServerConfig>>,
+}
+
+impl Reloading {
+    /// Loads `files` (failing now if they do not load) and looks at them again every
+    /// `every` until the returned value and its clones are dropped.
+    pub fn start(files: TlsFiles, every: Duration) -> Result<Reloading, TlsError> {
+        let config = load(&files)?;
+        let mut seen = fingerprint(&files);
+        let (tx, rx) = watch::channel(config);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tick.tick() => {}
+                }
+                let now = fingerprint(&files);
+                if now.is_none() || now == seen {
+                    continue;
+                }
+                match load(&files) {
+                    Ok(config) => {
+                        seen = now;
+                        tx.send_replace(config);
+                        tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "the changed TLS files do not load; serving with the previous ones"
+                    ),
+                }
+            }
+        });
+        Ok(Reloading { config: rx })
+    }
+
+    /// The configuration in use now.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.config.borrow().clone()
+    }
+
+    /// The TLS connections `listener` accepts, each handshaken (concurrently, within
+    /// [`HANDSHAKE_TIMEOUT`]) with the configuration current when it arrived. A failed
+    /// handshake is logged and dropped: tonic stops serving at most errors of its stream.
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> + use<> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    _ = tx.closed() => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accepting a connection failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = tokio_rustls::TlsAcceptor::from(this.current());
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(Ok(tls)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    use super::*;
+
+    /// Runs openssl with `args` in `dir`.
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl is installed");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A CA `name`.crt/.key in `dir`.
+    fn ca(dir: &Path, name: &str) {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.crt"),
+            ],
+        );
+    }
+
+    /// A certificate `name`.crt/.key for 127.0.0.1, for server and client use, signed by
+    /// CA `ca`.
+    fn leaf(dir: &Path, name: &str, ca: &str) {
+        std::fs::write(
+            dir.join(format!("{name}.ext")),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .unwrap();
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.crt"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+                "-out",
+                &format!("{name}.crt"),
+            ],
+        );
+    }
+
+    /// Serves gRPC health over TLS on a free port; returns its address.
+    async fn serve(tls: &Reloading) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let incoming = tls.incoming(listener);
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        addr
+    }
+
+    /// A health check over TLS trusting `ca`, presenting `identity` if given.
+    async fn check(
+        addr: std::net::SocketAddr,
+        dir: &Path,
+        ca: &str,
+        identity: Option<&str>,
+    ) -> Result<(), String> {
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
+            std::fs::read(dir.join(format!("{ca}.crt"))).unwrap(),
+        ));
+        if let Some(id) = identity {
+            config = config.identity(Identity::from_pem(
+                std::fs::read(dir.join(format!("{id}.crt"))).unwrap(),
+                std::fs::read(dir.join(format!("{id}.key"))).unwrap(),
+            ));
+        }
+        let channel = Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(config)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn serves_tls_rotates_certificates_and_checks_client_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        ca(d, "ca1");
+        ca(d, "ca2");
+        leaf(d, "server1", "ca1");
+        leaf(d, "server2", "ca2");
+        leaf(d, "client", "ca1");
+        let files = TlsFiles {
+            cert: d.join("server.crt"),
+            key: d.join("server.key"),
+            client_ca: None,
+        };
+        std::fs::copy(d.join("server1.crt"), &files.cert).unwrap();
+        std::fs::copy(d.join("server1.key"), &files.key).unwrap();
+        let tls = Reloading::start(files.clone(), Duration::from_millis(50)).unwrap();
+        let addr = serve(&tls).await;
+        check(addr, d, "ca1", None).await.unwrap();
+        let refused = check(addr, d, "ca2", None).await.unwrap_err();
+        assert!(
+            refused.contains("UnknownIssuer") || refused.contains("invalid peer certificate"),
+            "{refused}"
+        );
+
+        // A half-written rotation (the new certificate, the old key) keeps the old pair.
+        let mut changes = tls.config.clone();
+        std::fs::copy(d.join("server2.crt"), &files.cert).unwrap();
+        check(addr, d, "ca1", None).await.unwrap();
+        // The key follows: the new pair is served without a restart.
+        std::fs::copy(d.join("server2.key"), &files.key).unwrap();
+        changes.changed().await.unwrap();
+        check(addr, d, "ca2", None).await.unwrap();
+        assert!(check(addr, d, "ca1", None).await.is_err());
+
+        // mTLS: a client without a certificate of the client CA is refused.
+        let mtls = Reloading::start(
+            TlsFiles {
+                cert: d.join("server1.crt"),
+                key: d.join("server1.key"),
+                client_ca: Some(d.join("ca1.crt")),
+            },
+            RELOAD_EVERY,
+        )
+        .unwrap();
+        let addr = serve(&mtls).await;
+        check(addr, d, "ca1", Some("client")).await.unwrap();
+        assert!(check(addr, d, "ca1", None).await.is_err());
+
+        // Files that do not load are refused at start, naming the file.
+        let bad = Reloading::start(
+            TlsFiles {
+                cert: d.join("server1.crt"),
+                key: d.join("server2.key"),
+                client_ca: None,
+            },
+            RELOAD_EVERY,
+        )
+        .unwrap_err();
+        assert!(matches!(bad, TlsError::Config(_)), "{bad}");
+        let missing = load(&TlsFiles {
+            cert: d.join("nothing.crt"),
+            key: d.join("server1.key"),
+            client_ca: None,
+        })
+        .unwrap_err();
+        assert!(missing.to_string().contains("nothing.crt"), "{missing}");
+    }
+}
