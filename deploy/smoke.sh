@@ -45,6 +45,7 @@ pick() {
 pick CAIRN_POSTGRES_IMAGE postgres:17 postgres
 pick CAIRN_S3_IMAGE localstack/localstack:4 localstack
 
+command -v python3 >/dev/null || die "python3 is needed (it picks a free port and reads JSON)"
 profiles=()
 if docker image inspect prom/prometheus:v3.5.0 >/dev/null 2>&1 \
     && docker image inspect grafana/grafana:12.1.0 >/dev/null 2>&1; then
@@ -95,7 +96,7 @@ got=$(count)
 [ "$got" = 1000 ] || die "produced 1000 records, read back $got"
 log "1000 records produced and read back"
 
-compacted() { dc logs --no-color compactor | grep -q 'compactor cycle done'; }
+compacted() { dc logs --no-color compactor | grep 'compactor cycle done' >/dev/null; }
 await 120 compacted || die "the compactor completed no cycle in 120 s"
 log "the compactor completed a cycle"
 

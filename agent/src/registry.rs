@@ -301,9 +301,6 @@ pub(crate) async fn renew_forever(
             inflight_segments: metrics.segments_inflight.get().max(0) as u64,
         };
         last = (now, produced, fetched);
-        if let Err(e) = metadata.sync_clock().await {
-            tracing::warn!(error = %e, "could not read the metadata store's clock; keeping the last offset");
-        }
         match metadata
             .register_agent(
                 &record(&identity, on_store_clock(&metadata, started_ms), load),
@@ -317,6 +314,10 @@ pub(crate) async fn renew_forever(
                 "another process took this agent's id while its lease had run out; clients may route to either"
             ),
             Err(e) => tracing::warn!(error = %e, "agent lease renewal failed; will retry"),
+        }
+        // After the renewal, so a slow measurement never delays the lease.
+        if let Err(e) = metadata.sync_clock().await {
+            tracing::warn!(error = %e, "could not read the metadata store's clock; keeping the last offset");
         }
     }
 }

@@ -97,6 +97,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> anyhow::Result<()> {
             }
         }
     }
+    retries.succeeded();
     if args.follow {
         // After assignment, so a reader of stderr knows records produced now will show.
         let n = consumer.positions().len();

@@ -235,6 +235,15 @@ struct PeerCut {
 
 impl PeerCut {
     fn between(a: &str, b: &str) -> anyhow::Result<PeerCut> {
+        // Traffic between two containers of one bridge meets the host's firewall only with
+        // br_netfilter on (newer Dockers load it only for icc=false).
+        let bridged = std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+            .unwrap_or_default();
+        anyhow::ensure!(
+            bridged.trim() == "1",
+            "cutting two containers apart needs bridged traffic to pass iptables: \
+             `modprobe br_netfilter && sysctl net.bridge.bridge-nf-call-iptables=1` (as root)"
+        );
         let mut cut = PeerCut { rules: Vec::new() };
         for (from, to) in [(a, b), (b, a)] {
             let rule = [from.to_string(), to.to_string()];

@@ -241,6 +241,8 @@ impl Accumulator {
                         return Err(err);
                     }
                     if let Some(&(n, _)) = self.topics.get(topic) {
+                        // Kept for another period, rather than asked again for each record.
+                        self.topics.insert(topic.to_string(), (n, Instant::now()));
                         return Ok(n);
                     }
                     if started.elapsed() + backoff >= self.config.delivery_timeout {
