@@ -290,6 +290,19 @@ async fn registry(endpoint: &str) -> anyhow::Result<Vec<(String, i64)>> {
         .collect())
 }
 
+/// Waits (up to 30 s) until both agents of z1 at `endpoints` count two members in their
+/// zone cache (they read the registry every 2 s).
+async fn both_see_each_other(endpoints: [&str; 2]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for e in endpoints {
+        while agent_status(e).await?.zone_cache_members != 2 {
+            anyhow::ensure!(Instant::now() < deadline, "{e} never saw both agents of z1");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
 /// Waits until `endpoint`'s registry view satisfies `ok`.
 async fn wait_registry(
     endpoint: &str,
@@ -376,13 +389,7 @@ async fn a_cluster_on_separate_hosts_survives_a_kill_a_network_cut_and_a_new_age
         anyhow::Ok(total)
     };
     // Both z1 agents see each other before the reads (they read the registry every 2 s).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for e in z1_agents {
-        while agent_status(e).await?.zone_cache_members != 2 {
-            anyhow::ensure!(Instant::now() < deadline, "{e} never saw both agents of z1");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    both_see_each_other(z1_agents).await?;
     let (chunks, _, indexed) =
         cairn_tests::chunks_touched(&pg.url("hosts"), gets_topic, 4 << 20).await?;
     let before = zone_gets().await?;
@@ -523,13 +530,7 @@ async fn a_cluster_on_separate_hosts_survives_a_kill_a_network_cut_and_a_new_age
 
     // Cut a2 and a3 off each other but not off the store: the zone cache's owners stop
     // answering each other, and each reads what it needs from the store itself.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for e in [&a2.endpoint, &a3.endpoint] {
-        while agent_status(e).await?.zone_cache_members != 2 {
-            anyhow::ensure!(Instant::now() < deadline, "{e} never saw both agents of z1");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    both_see_each_other([a2.endpoint.as_str(), a3.endpoint.as_str()]).await?;
     let failures = || async {
         anyhow::Ok(
             agent_status(&a2.endpoint).await?.zone_cache_peer_failures
