@@ -114,8 +114,9 @@ impl v2::admin_service_server::AdminService for AdminService {
 
     async fn get_agent_status(
         &self,
-        _request: Request<v2::GetAgentStatusRequest>,
+        request: Request<v2::GetAgentStatusRequest>,
     ) -> Result<Response<v2::GetAgentStatusResponse>, Status> {
+        let caller = crate::auth::principal_of(&request).map(str::to_string);
         let s = &self.0;
         s.metrics.sync(&s.metadata);
         let m = &s.metrics;
@@ -160,7 +161,66 @@ impl v2::admin_service_server::AdminService for AdminService {
             zone_cache_peer_failures: m.zone_reads(crate::zone::Source::PeerFailed).get(),
             zone_cache_members: s.zone.as_ref().map_or(0, |z| z.member_count()),
             clock_offset_ms: s.metadata.clock_offset_ms(),
+            caller_principal: caller.unwrap_or_default(),
         }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<v2::CreateTokenRequest>,
+    ) -> Result<Response<v2::CreateTokenResponse>, Status> {
+        let by = caller(&request);
+        let peer = peer(&request);
+        let r = request.into_inner();
+        let (record, token) = self
+            .0
+            .metadata
+            .create_token(&r.principal, r.expires_in_ms, &by)
+            .await
+            .map_err(status)?;
+        tracing::info!(
+            target: crate::auth::AUDIT,
+            principal = %by,
+            operation = "CreateToken",
+            resource = %format!("token:{} for {}", record.id, record.principal),
+            peer = %peer,
+            "token created"
+        );
+        Ok(Response::new(v2::CreateTokenResponse {
+            info: Some(token_info(record)),
+            token,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        _request: Request<v2::ListTokensRequest>,
+    ) -> Result<Response<v2::ListTokensResponse>, Status> {
+        let tokens = self.0.metadata.list_tokens().await.map_err(status)?;
+        Ok(Response::new(v2::ListTokensResponse {
+            tokens: tokens.into_iter().map(token_info).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<v2::RevokeTokenRequest>,
+    ) -> Result<Response<v2::RevokeTokenResponse>, Status> {
+        let by = caller(&request);
+        let peer = peer(&request);
+        let r = request.into_inner();
+        let revoked = self.0.metadata.revoke_token(&r.id).await.map_err(status)?;
+        let id = cairn_metadata::tokens::parse_token(&r.id).map_or(r.id.as_str(), |t| t.id);
+        tracing::info!(
+            target: crate::auth::AUDIT,
+            principal = %by,
+            operation = "RevokeToken",
+            resource = %format!("token:{id}"),
+            peer = %peer,
+            revoked,
+            "token revoked"
+        );
+        Ok(Response::new(v2::RevokeTokenResponse { revoked }))
     }
 
     async fn describe_cluster(
@@ -207,6 +267,29 @@ impl v2::admin_service_server::AdminService for AdminService {
         Ok(Response::new(v2::AddPartitionsResponse {
             topic: Some(topic_info(&topic)),
         }))
+    }
+}
+
+/// Who made a call, as recorded with what it changed: its principal, or `(anonymous)`.
+fn caller<T>(request: &Request<T>) -> String {
+    crate::auth::principal_of(request).map_or_else(|| "(anonymous)".to_string(), str::to_string)
+}
+
+/// The peer's address of a call, for the audit log.
+fn peer<T>(request: &Request<T>) -> String {
+    request
+        .remote_addr()
+        .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
+/// A token's record on the wire.
+fn token_info(t: cairn_metadata::tokens::TokenRecord) -> v2::TokenInfo {
+    v2::TokenInfo {
+        id: t.id,
+        principal: t.principal,
+        created_at_ms: t.created_ms,
+        expires_at_ms: t.expires_ms,
+        created_by: t.created_by,
     }
 }
 

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+pub mod auth;
 mod batcher;
 mod consume;
 mod convert;
@@ -68,6 +69,8 @@ pub struct AgentBuilder {
     faults: FaultSpec,
     store_url: String,
     cluster: ClusterSettings,
+    tls: Option<tls::AgentTls>,
+    auth: auth::AuthSettings,
 }
 
 impl AgentBuilder {
@@ -81,7 +84,21 @@ impl AgentBuilder {
             faults: FaultSpec::default(),
             store_url: "(given in code)".into(),
             cluster: ClusterSettings::default(),
+            tls: None,
+            auth: auth::AuthSettings::default(),
         }
+    }
+
+    /// How calls are authenticated; see [`auth::AuthSettings`].
+    pub fn auth(mut self, auth: auth::AuthSettings) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Serves TLS with these files (and mTLS on the peer port); see [`tls::AgentTls`].
+    pub fn tls(mut self, tls: tls::AgentTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The object store segments are written to (required).
@@ -132,6 +149,21 @@ impl AgentBuilder {
         let kv = self
             .kv
             .ok_or_else(|| AgentError::Config("no metadata store given".into()))?;
+        // Certificate files are checked now: a start with a bad pair fails before serving.
+        let peer_tls = match &self.tls {
+            Some(t) => {
+                tls::load(&t.files).map_err(|e| AgentError::Config(e.to_string()))?;
+                if self.settings.chunk_cache_bytes > 0 {
+                    Some(
+                        t.peer_client()
+                            .map_err(|e| AgentError::Config(e.to_string()))?,
+                    )
+                } else {
+                    None
+                }
+            }
+            None => None,
+        };
         let spec = &self.faults;
         let (store, kv, faults) = faults::wrap_stores(spec, store, kv);
         let clock = match spec.clock_skew_ms {
@@ -159,6 +191,7 @@ impl AgentBuilder {
                 self.settings.chunk_cache_bytes,
                 self.settings.peer_read_timeout,
                 metrics.clone(),
+                peer_tls,
             ))
         });
         let read_store: Arc<dyn ObjectStore> = match &zone {
@@ -197,6 +230,8 @@ impl AgentBuilder {
             }),
             counters,
             cluster: self.cluster,
+            tls: self.tls,
+            auth: self.auth,
         })
     }
 }
@@ -235,6 +270,8 @@ pub struct Agent {
     shared: Arc<Shared>,
     counters: Arc<StoreCounters>,
     cluster: ClusterSettings,
+    tls: Option<tls::AgentTls>,
+    auth: auth::AuthSettings,
 }
 
 impl std::fmt::Debug for Agent {
@@ -299,7 +336,8 @@ impl Agent {
             None => None,
             Some(_) => Some(self.bind_peer_port(listen).await?),
         };
-        let identity = self.cluster.resolve(listen, peer_port)?;
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let identity = self.cluster.resolve(listen, peer_port, scheme)?;
         registry::probe(&identity).await?;
         registry::register(
             &self.shared.metadata,
@@ -404,21 +442,27 @@ impl Agent {
                 zone.clone()
                     .follow_members(self.shared.metadata.clone(), identity.zone.clone()),
             ));
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-                s.inspect(|s| {
-                    let _ = s.set_nodelay(true);
-                })
-            });
             let service = PeerServiceServer::new(zone::PeerServer(zone.clone()))
                 .max_encoding_message_size(zone::MAX_PEER_READ as usize + 4096);
+            let router = tonic::transport::Server::builder().add_service(service);
+            let stopped = async move {
+                let _ = peer_stopped.await;
+            };
+            let served: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
+                match &self.tls {
+                    None => Box::pin(
+                        router.serve_with_incoming_shutdown(plain_incoming(listener), stopped),
+                    ),
+                    Some(t) => {
+                        let tls = tls::Reloading::start(t.peer_server_files(), tls::RELOAD_EVERY)
+                            .map_err(|e| AgentError::Config(format!("peer port: {e}")))?;
+                        Box::pin(
+                            router.serve_with_incoming_shutdown(tls.incoming(listener), stopped),
+                        )
+                    }
+                };
             zone_tasks.push(tokio::spawn(async move {
-                let served = tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(incoming, async move {
-                        let _ = peer_stopped.await;
-                    })
-                    .await;
-                if let Err(e) = served {
+                if let Err(e) = served.await {
                     tracing::error!(error = %e, "the peer port stopped serving");
                 }
             }));
@@ -455,12 +499,20 @@ impl Agent {
         let reflection_v1 = reflection().build_v1().map_err(reflection_err)?;
         // Older grpcurl and other tools still ask the v1alpha service.
         let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_err)?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
-            s.inspect(|s| {
-                // Small requests must not wait for Nagle's algorithm.
-                let _ = s.set_nodelay(true);
-            })
-        });
+        // Loaded before anything else starts: files that fail now stop the start.
+        let tls = match &self.tls {
+            Some(t) => Some(
+                tls::Reloading::start(t.files.clone(), tls::RELOAD_EVERY)
+                    .map_err(|e| AgentError::Config(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let authenticator =
+            auth::Authenticator::new(self.auth.clone(), self.shared.metadata.clone());
+        if let Err(e) = authenticator.refresh().await {
+            tracing::warn!(error = %e, "cannot read the token table yet; retrying every 2s");
+        }
+        let token_follower = tokio::spawn(authenticator.clone().follow_tokens());
         let expiry = tokio::spawn(expire_producers(
             self.shared.metadata.clone(),
             settings.producer_idle_expiry,
@@ -495,6 +547,7 @@ impl Agent {
             .layer(tower::util::MapResponseLayer::new(
                 oversized_is_resource_exhausted,
             ))
+            .layer(auth::AuthLayer(authenticator))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -513,8 +566,14 @@ impl Agent {
             .add_service(
                 ConsumerServiceServer::new(ConsumerService(self.shared.clone()))
                     .max_encoding_message_size(usize::MAX),
-            )
-            .serve_with_incoming_shutdown(incoming, signal);
+            );
+        let server: futures::future::BoxFuture<'_, Result<(), tonic::transport::Error>> = match tls
+        {
+            None => Box::pin(server.serve_with_incoming_shutdown(plain_incoming(listener), signal)),
+            Some(tls) => {
+                Box::pin(server.serve_with_incoming_shutdown(tls.incoming(listener), signal))
+            }
+        };
         // tonic's graceful shutdown waits for every open call, and some never end on their
         // own (a gRPC health Watch) or end late (a long-poll, a client stream): once
         // produces are answered they get `shutdown_timeout`, then the server is dropped,
@@ -536,6 +595,7 @@ impl Agent {
             }
         }
         expiry.abort();
+        token_follower.abort();
         self.shared.batcher.shutdown().await;
         let _ = peer_stop.send(());
         for t in zone_tasks {
@@ -547,6 +607,18 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// The connections `listener` accepts, without TLS.
+fn plain_incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|s| {
+        s.inspect(|s| {
+            // Small requests must not wait for Nagle's algorithm.
+            let _ = s.set_nodelay(true);
+        })
+    })
 }
 
 /// tonic answers a request over the decoding limit with OUT_OF_RANGE; gRPC's status-code

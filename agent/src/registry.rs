@@ -22,7 +22,8 @@ pub struct ClusterSettings {
     /// The agent's id, unique among live agents. Default: its advertised address
     /// (`host:port`), which no other live agent can have.
     pub agent_id: Option<String>,
-    /// The address clients reach this agent at (`host:port` or `http://host:port`).
+    /// The address clients reach this agent at (`host:port`, or with the scheme the agent
+    /// serves: `http://host:port`, `https://host:port` with TLS).
     /// Default: the address it listens on; for a wildcard (0.0.0.0), the address this
     /// host's name resolves to, unless that is a loopback address (then it is refused).
     pub advertise: Option<String>,
@@ -71,11 +72,12 @@ fn check_name(what: &str, v: &str, max: usize) -> Result<(), AgentError> {
 #[derive(Debug, Clone)]
 pub(crate) struct Identity {
     pub(crate) id: String,
-    /// `http://host:port`.
+    /// `http://host:port` (`https://` with TLS).
     pub(crate) address: String,
     pub(crate) zone: String,
     pub(crate) incarnation: u64,
-    /// `http://host:port` of the peer port; empty without a zone cache.
+    /// `http://host:port` (`https://` with TLS) of the peer port; empty without a zone
+    /// cache.
     pub(crate) peer_address: String,
 }
 
@@ -90,24 +92,34 @@ impl ClusterSettings {
             check_name("agent id", id, MAX_ID_BYTES)?;
         }
         if let Some(a) = &self.peer_advertise {
-            normalize_address(a)?;
+            let scheme = if a.starts_with("https://") {
+                "https"
+            } else {
+                "http"
+            };
+            normalize_address(a, scheme)?;
         }
         Ok(())
     }
 
     /// The identity of an agent listening on `listen`, with its peer port on `peer_port`
     /// when it serves one.
+    /// `scheme` is `https` when the agent serves TLS, else `http`.
     pub(crate) fn resolve(
         &self,
         listen: std::net::SocketAddr,
         peer_port: Option<u16>,
+        scheme: &str,
     ) -> Result<Identity, AgentError> {
         let address = match &self.advertise {
-            Some(a) => normalize_address(a)?,
+            Some(a) => normalize_address(a, scheme)?,
             None if listen.ip().is_unspecified() => match host_address() {
                 // In a container or a Kubernetes pod the host name resolves to the address
                 // others reach it at.
-                Some(ip) => format!("http://{}", std::net::SocketAddr::new(ip, listen.port())),
+                Some(ip) => format!(
+                    "{scheme}://{}",
+                    std::net::SocketAddr::new(ip, listen.port())
+                ),
                 None => {
                     return Err(AgentError::Config(format!(
                         "the agent listens on {listen}, which clients cannot dial, and this \
@@ -116,11 +128,11 @@ impl ClusterSettings {
                     )));
                 }
             },
-            None => format!("http://{listen}"),
+            None => format!("{scheme}://{listen}"),
         };
         let id = match &self.agent_id {
             Some(id) => id.clone(),
-            None => address.trim_start_matches("http://").to_string(),
+            None => host_port(&address).to_string(),
         };
         check_name("agent id", &id, MAX_ID_BYTES)?;
         // Tells this process's registration from an earlier process of the same id; not a
@@ -129,13 +141,13 @@ impl ClusterSettings {
         let incarnation = rand::rng().random::<u64>().max(1);
         let peer_address = match (peer_port, &self.peer_advertise) {
             (None, _) => String::new(),
-            (Some(_), Some(a)) => normalize_address(a)?,
+            (Some(_), Some(a)) => normalize_address(a, scheme)?,
             (Some(port), None) => {
                 let host = url::Url::parse(&address)
                     .ok()
                     .and_then(|u| u.host_str().map(str::to_string))
                     .ok_or_else(|| AgentError::Config(format!("no host in {address}")))?;
-                format!("http://{host}:{port}")
+                format!("{scheme}://{host}:{port}")
             }
         };
         Ok(Identity {
@@ -172,12 +184,13 @@ fn host_address() -> Option<std::net::IpAddr> {
         .copied()
 }
 
-/// `host:port` or `http://host:port` as `http://host:port`.
-fn normalize_address(a: &str) -> Result<String, AgentError> {
+/// `host:port` or `SCHEME://host:port` as `SCHEME://host:port`, where the scheme is the
+/// one the agent serves (`http`, or `https` with TLS).
+fn normalize_address(a: &str, scheme: &str) -> Result<String, AgentError> {
     let with_scheme = if a.contains("://") {
         a.to_string()
     } else {
-        format!("http://{a}")
+        format!("{scheme}://{a}")
     };
     let bad = |why: &str| {
         Err(AgentError::Config(format!(
@@ -188,8 +201,12 @@ fn normalize_address(a: &str) -> Result<String, AgentError> {
         Ok(u) => u,
         Err(e) => return bad(&format!("is not an address ({e})")),
     };
-    if url.scheme() != "http" {
-        return bad("must use http");
+    if url.scheme() != scheme {
+        return bad(&if scheme == "https" {
+            "must use https: the agent serves TLS".to_string()
+        } else {
+            "must use http: the agent serves no TLS (give --tls-cert and --tls-key)".to_string()
+        });
     }
     let Some(host) = url.host_str() else {
         return bad("has no host");
@@ -200,14 +217,19 @@ fn normalize_address(a: &str) -> Result<String, AgentError> {
     if url.path() != "/" && !url.path().is_empty() {
         return bad("must not have a path");
     }
-    Ok(format!("http://{host}:{port}"))
+    Ok(format!("{scheme}://{host}:{port}"))
+}
+
+/// `scheme://host:port` as `host:port`.
+fn host_port(address: &str) -> &str {
+    address.split_once("://").map_or(address, |(_, hp)| hp)
 }
 
 /// Checks that the advertised address accepts TCP connections from here (the agent's
 /// listener is bound, so it answers even before serving): an address no one can reach is
 /// refused at start, not discovered by clients one by one.
 pub(crate) async fn probe(identity: &Identity) -> Result<(), AgentError> {
-    let hostport = identity.address.trim_start_matches("http://").to_string();
+    let hostport = host_port(&identity.address).to_string();
     let err = |why: String| {
         AgentError::Config(format!(
             "advertised address {} is not reachable from this agent ({why}); clients could \
@@ -350,16 +372,24 @@ mod tests {
     #[test]
     fn addresses_and_names_are_checked() {
         assert_eq!(
-            normalize_address("10.0.0.5:7170").ok().as_deref(),
+            normalize_address("10.0.0.5:7170", "http").ok().as_deref(),
             Some("http://10.0.0.5:7170")
         );
         assert_eq!(
-            normalize_address("http://a.example:1").ok().as_deref(),
+            normalize_address("http://a.example:1", "http")
+                .ok()
+                .as_deref(),
             Some("http://a.example:1")
         );
+        assert_eq!(
+            normalize_address("a.example:1", "https").ok().as_deref(),
+            Some("https://a.example:1")
+        );
         for bad in ["10.0.0.5", "https://a:1", "http://a:1/x", "::::"] {
-            assert!(normalize_address(bad).is_err(), "{bad}");
+            assert!(normalize_address(bad, "http").is_err(), "{bad}");
         }
+        let plain = normalize_address("http://a:1", "https").unwrap_err();
+        assert!(plain.to_string().contains("must use https"), "{plain}");
         let s = ClusterSettings {
             zone: "eu west".into(),
             ..Default::default()
@@ -368,7 +398,7 @@ mod tests {
         let s = ClusterSettings::default();
         let wildcard = "0.0.0.0:7170".parse().ok();
         // A wildcard is refused, unless the host's name resolves to an address to use.
-        let resolved = wildcard.map(|w| s.resolve(w, None).map(|i| i.address));
+        let resolved = wildcard.map(|w| s.resolve(w, None, "http").map(|i| i.address));
         match host_address() {
             None => assert!(resolved.is_some_and(|r| r.is_err())),
             Some(ip) => assert_eq!(
@@ -378,7 +408,7 @@ mod tests {
         }
         let local = "127.0.0.1:7170".parse().ok();
         let id = local
-            .and_then(|l| s.resolve(l, None).ok())
+            .and_then(|l| s.resolve(l, None, "http").ok())
             .map(|i| (i.id, i.address));
         assert_eq!(
             id,

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -39,6 +39,61 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// When set, clients must present a certificate signed by one of these CAs (mTLS).
     pub client_ca: Option<PathBuf>,
+}
+
+/// An agent's TLS: the certificate it serves clients and the agents of its zone with, and
+/// the CAs it checks their certificates against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentTls {
+    /// The gRPC listener's files; with a client CA, clients must present a certificate
+    /// it signed (mTLS).
+    pub files: TlsFiles,
+    /// The CA that signed the other agents' certificates. The peer port (the zone read
+    /// cache) asks each caller for a certificate of this CA, and the agent presents its
+    /// own certificate when it calls another. Default: the client CA.
+    pub peer_ca: Option<PathBuf>,
+}
+
+impl AgentTls {
+    /// The peer CA in use: the one given, else the client CA.
+    pub fn peer_ca(&self) -> Option<&Path> {
+        self.peer_ca.as_deref().or(self.files.client_ca.as_deref())
+    }
+
+    /// The peer port's files: the agent's certificate, and the peer CA as client CA.
+    pub(crate) fn peer_server_files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.files.cert.clone(),
+            key: self.files.key.clone(),
+            client_ca: self.peer_ca().map(Path::to_path_buf),
+        }
+    }
+
+    /// How the agent calls the peer port of another: trusting the peer CA, presenting
+    /// its own certificate.
+    pub(crate) fn peer_client(&self) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
+        let ca = self.peer_ca().ok_or_else(|| {
+            TlsError::Config(
+                "the zone read cache's peer port needs the CA of the agents' certificates: \
+                 give --tls-peer-ca (or --tls-client-ca), or turn the zone cache off with \
+                 chunk_cache_bytes = 0"
+                    .into(),
+            )
+        })?;
+        let read = |what: &'static str, path: &Path| {
+            std::fs::read(path).map_err(|e| file_error(what, path, e))
+        };
+        // Loaded once to fail now on a bad file, rather than on the first peer call.
+        load(&self.peer_server_files())?;
+        Ok(tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                "peer CA", ca,
+            )?))
+            .identity(tonic::transport::Identity::from_pem(
+                read("certificate", &self.files.cert)?,
+                read("key", &self.files.key)?,
+            )))
+    }
 }
 
 /// Why a TLS configuration could not be loaded.
@@ -181,6 +236,7 @@ impl Reloading {
     ) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> + use<> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let this = self.clone();
+        let plain = plain_text_refuser();
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = tokio::select! {
@@ -197,20 +253,99 @@ impl Reloading {
                 let _ = tcp.set_nodelay(true);
                 let acceptor = tokio_rustls::TlsAcceptor::from(this.current());
                 let tx = tx.clone();
+                let plain = plain.clone();
                 tokio::spawn(async move {
+                    // A TLS connection opens with a handshake record (0x16). Anything else
+                    // is a client speaking plain text, most likely HTTP/2 to an http://
+                    // address: it is answered in HTTP/2 with a gRPC status saying so,
+                    // rather than with a TLS alert it would report as a broken pipe.
+                    let mut first = [0u8; 1];
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+                        Ok(Ok(1)) if first[0] != 0x16 => {
+                            tracing::info!(%peer, "TLS handshake failed: the client speaks plain text to this TLS port");
+                            let _ = plain.send(tcp).await;
+                            return;
+                        }
+                        // Closed before a byte: a port probe (the agent's own reachability
+                        // check among them), not a client.
+                        Ok(Ok(0)) => return,
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(tls)).await;
                         }
+                        // Told at info: a client that speaks plain text to this port, or
+                        // trusts another CA, learns only that the connection closed.
                         Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            tracing::info!(%peer, error = %e, "TLS handshake failed")
                         }
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                     }
                 });
             }
         });
         tokio_stream::wrappers::ReceiverStream::new(rx)
+    }
+}
+
+/// Serves plain-text connections that reached a TLS port, answering every call with
+/// FAILED_PRECONDITION saying to use TLS; returns where to send them. It stops when the
+/// sender is dropped (with the listener's accept loop).
+fn plain_text_refuser() -> tokio::sync::mpsc::Sender<TcpStream> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<TcpStream>(16);
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::io::Error>);
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .layer(Refuse)
+            .add_routes(tonic::service::Routes::default())
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "the plain-text refuser stopped");
+        }
+    });
+    tx
+}
+
+/// A layer answering every call with the status that this port serves TLS.
+#[derive(Debug, Clone, Copy)]
+struct Refuse;
+
+impl<S> tower::Layer<S> for Refuse {
+    type Service = Refuse;
+
+    fn layer(&self, _inner: S) -> Refuse {
+        Refuse
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for Refuse {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: http::Request<B>) -> Self::Future {
+        std::future::ready(Ok(tonic::Status::failed_precondition(
+            "this agent serves TLS on this port: use an https:// address (and --ca if its \
+             certificate is not signed by a public CA)",
+        )
+        .into_http()))
     }
 }
 
@@ -373,6 +508,18 @@ mod tests {
         let tls = Reloading::start(files.clone(), Duration::from_millis(50)).unwrap();
         let addr = serve(&tls).await;
         check(addr, d, "ca1", None).await.unwrap();
+        // Plain text to the TLS port is answered in kind, saying what to do.
+        let plain = Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let e = HealthClient::new(plain)
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(e.message().contains("https://"), "{e:?}");
         let refused = check(addr, d, "ca2", None).await.unwrap_err();
         assert!(
             refused.contains("UnknownIssuer") || refused.contains("invalid peer certificate"),

@@ -103,6 +103,8 @@ pub(crate) struct ZoneCache {
     suspects: Mutex<HashMap<String, Instant>>,
     peers: Mutex<HashMap<String, PeerServiceClient<Channel>>>,
     metrics: Arc<AgentMetrics>,
+    /// How peer ports are called when the agents serve TLS (mTLS, see `AgentTls`).
+    peer_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl fmt::Debug for ZoneCache {
@@ -165,6 +167,7 @@ impl ZoneCache {
         cache_bytes: u64,
         timeout: Duration,
         metrics: Arc<AgentMetrics>,
+        peer_tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> Self {
         let chunks = moka::future::Cache::builder()
             .max_capacity(cache_bytes)
@@ -180,6 +183,7 @@ impl ZoneCache {
             suspects: Mutex::default(),
             peers: Mutex::default(),
             metrics,
+            peer_tls,
         }
     }
 
@@ -384,10 +388,15 @@ impl ZoneCache {
         if let Some(c) = peers.get(address) {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(address.to_string())
+        let mut endpoint = Endpoint::from_shared(address.to_string())
             .map_err(|e| format!("bad peer address {address}: {e}"))?
             .connect_timeout(self.timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.peer_tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("peer {address}: TLS: {e}"))?;
+        }
         let client = PeerServiceClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_PEER_READ as usize + 4096);
         peers.insert(address.to_string(), client.clone());
@@ -651,6 +660,7 @@ mod tests {
             1 << 20,
             timeout,
             metrics,
+            None,
         ));
         Agent { zone, counters }
     }

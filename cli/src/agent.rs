@@ -24,9 +24,11 @@ Examples:
   cairn agent --object-store s3://my-bucket/cairn --metadata sqlite:/var/lib/cairn/meta.sqlite
   cairn agent --object-store s3://my-bucket/cairn --metadata postgres://cairn:PASSWORD@db:5432/cairn
   AWS_ENDPOINT_URL=http://127.0.0.1:4566 cairn agent --object-store s3://cairn
+  cairn agent --listen 0.0.0.0:7170 --tls-cert agent.crt --tls-key agent.key --tls-peer-ca ca.crt
 
 A TOML file (--config) may set: listen, metrics_listen, object_store, metadata, agent_id,
-advertise, zone, peer_listen, peer_advertise, an [s3] table
+advertise, zone, peer_listen, peer_advertise, insecure, a [tls] table (cert, key, client_ca,
+peer_ca), an [auth] table (required, tls_principal), an [s3] table
 of object_store S3 options (endpoint, region, ...) and a [tuning] table (segment_max_bytes,
 linger, max_inflight_segments, multipart_threshold, segment_max_batches, max_request_bytes,
 max_batch_uncompressed_bytes, cache_bytes, chunk_cache_bytes, chunk_bytes,
@@ -100,6 +102,74 @@ pub(crate) struct AgentArgs {
     /// truncated or replaced file looks the same. A store the agent creates needs no flag.
     #[arg(long)]
     init: bool,
+    /// Certificate chain (PEM, the agent's own first) to serve TLS with, on the gRPC port
+    /// and the peer port. The files are read again every 5s: replacing them rotates the
+    /// certificate without a restart. Needs --tls-key.
+    #[arg(
+        long,
+        env = "CAIRN_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "CAIRN_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// CA bundle (PEM): clients must present a certificate it signed (mTLS). Also the
+    /// default --tls-peer-ca.
+    #[arg(
+        long,
+        env = "CAIRN_TLS_CLIENT_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_client_ca: Option<PathBuf>,
+    /// CA bundle (PEM) that signed the agents' own certificates: the peer port (the zone
+    /// read cache) admits only agents with a certificate it signed. Default: --tls-client-ca.
+    #[arg(
+        long,
+        env = "CAIRN_TLS_PEER_CA",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_peer_ca: Option<PathBuf>,
+    /// Serve a non-loopback address without TLS or authentication. Without this flag such
+    /// an agent refuses to start: anyone who reaches the port could read, write and delete
+    /// every topic. Only for a network where every host is trusted.
+    #[arg(long, env = "CAIRN_INSECURE")]
+    insecure: bool,
+    /// Refuse calls that present no credential: a bearer token (`cairn token create`) or
+    /// a client certificate (with --tls-client-ca). Health checks stay open.
+    #[arg(long, env = "CAIRN_REQUIRE_AUTH")]
+    require_auth: bool,
+    /// Which name of a client certificate is its principal: cn (the subject's common name)
+    /// or san (its first DNS name, else URI, e.g. a SPIFFE id).
+    #[arg(long, env = "CAIRN_TLS_PRINCIPAL", value_name = "cn|san")]
+    tls_principal: Option<cairn_agent::auth::CertName>,
+}
+
+/// The `[auth]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthConfig {
+    #[serde(default)]
+    required: bool,
+    tls_principal: Option<cairn_agent::auth::CertName>,
+}
+
+/// The `[tls]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsConfig {
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    peer_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +188,12 @@ struct FileConfig {
     s3: BTreeMap<String, String>,
     #[serde(default)]
     tuning: AgentSettings,
+    #[serde(default)]
+    tls: TlsConfig,
+    #[serde(default)]
+    insecure: bool,
+    #[serde(default)]
+    auth: AuthConfig,
 }
 
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -171,6 +247,52 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     // Refuse bad settings before anything is opened: a refused start creates no directory
     // and no metadata file.
     settings.validate()?;
+    let tls = match (
+        args.tls_cert.or(file.tls.cert),
+        args.tls_key.or(file.tls.key),
+    ) {
+        (Some(cert), Some(key)) => Some(cairn_agent::tls::AgentTls {
+            files: cairn_agent::tls::TlsFiles {
+                cert,
+                key,
+                client_ca: args.tls_client_ca.or(file.tls.client_ca),
+            },
+            peer_ca: args.tls_peer_ca.or(file.tls.peer_ca),
+        }),
+        (None, None) => {
+            if args.tls_client_ca.is_some() || file.tls.client_ca.is_some() {
+                bail!(
+                    "a client CA (tls.client_ca) needs the agent's own certificate: set tls.cert and tls.key"
+                );
+            }
+            None
+        }
+        (Some(_), None) => bail!("tls.cert is set but not tls.key: give both"),
+        (None, Some(_)) => bail!("tls.key is set but not tls.cert: give both"),
+    };
+    let auth = cairn_agent::auth::AuthSettings {
+        required: args.require_auth || file.auth.required,
+        cert_name: args
+            .tls_principal
+            .or(file.auth.tls_principal)
+            .unwrap_or_default(),
+    };
+    if !listen.ip().is_loopback() && tls.is_none() {
+        let insecure = args.insecure || file.insecure;
+        if !auth.required && !insecure {
+            bail!(
+                "refusing to serve {listen} without TLS or authentication: anyone who \
+                 reaches it could read, write and delete every topic; give --tls-cert and \
+                 --tls-key, listen on 127.0.0.1, or pass --insecure if every host of this \
+                 network is trusted"
+            );
+        }
+        if auth.required {
+            tracing::warn!(
+                "serving {listen} without TLS: tokens and records cross the network in plain text"
+            );
+        }
+    }
     let probe_name = args.agent_id.clone().or(file.agent_id.clone());
     let cluster = cairn_agent::ClusterSettings {
         agent_id: args.agent_id.or(file.agent_id),
@@ -196,6 +318,11 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .metadata_store(kv)
         .store_url(objects.clone())
         .cluster(cluster);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    builder = builder.auth(auth);
+    if let Some(tls) = tls {
+        builder = builder.tls(tls);
+    }
     // Fault injection for the delivery-guarantee tests; never set in production.
     if let Ok(spec) = std::env::var("CAIRN_TEST_FAULTS") {
         let faults: cairn_agent::FaultSpec = spec.parse().context("invalid CAIRN_TEST_FAULTS")?;
@@ -273,7 +400,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     tracing::info!(id = %id, "joined the cluster");
     // The one line on stdout: scripts and tests wait for it.
-    println!("cairn agent listening on http://{addr}");
+    println!("cairn agent listening on {scheme}://{addr}");
     agent
         .serve_with_metrics(listener, Some(metrics_listener), shutdown_signal())
         .await?;

@@ -18,6 +18,7 @@ mod size;
 mod sql;
 mod status;
 mod stores;
+mod token;
 mod topic;
 
 use std::process::ExitCode;
@@ -80,6 +81,9 @@ enum Command {
     /// List, describe and reset consumer groups.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// Issue, list and revoke bearer tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Look inside stored objects.
     #[command(subcommand)]
     Inspect(inspect::InspectCommand),
@@ -97,6 +101,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or journald gets plain text to grep.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -119,6 +125,7 @@ fn main() -> ExitCode {
             Command::Share(cmd) => share::run(cmd).await,
             Command::Status(args) => status::run(args).await,
             Command::Cluster(args) => cluster::run(args).await,
+            Command::Token(cmd) => token::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Compactor(args) => compactor::run(args).await,
             #[cfg(feature = "sql")]
@@ -203,33 +210,69 @@ pub(crate) struct ConnectArgs {
     /// or when the zone has no live agent, any agent is used.
     #[arg(long, env = "CAIRN_ZONE", value_name = "ZONE")]
     pub(crate) zone: Option<String>,
+    /// CA certificate (PEM) that signed the agents' certificates: connect over TLS and
+    /// trust it. With --cert but no --ca, the system's trusted roots are used.
+    #[arg(long, env = "CAIRN_CA", value_name = "FILE")]
+    pub(crate) ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to present to agents that ask for one (mTLS); needs --key.
+    #[arg(long, env = "CAIRN_CERT", value_name = "FILE", requires = "key")]
+    pub(crate) cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, env = "CAIRN_KEY", value_name = "FILE", requires = "cert")]
+    pub(crate) key: Option<std::path::PathBuf>,
+    /// Bearer token to authenticate with (`cairn token create` prints one). Prefer the
+    /// environment variable: other users of the host can read a process's flags.
+    #[arg(
+        long,
+        env = "CAIRN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) token: Option<String>,
 }
 
 impl ConnectArgs {
-    /// The endpoints with a scheme.
-    pub(crate) fn endpoints(&self) -> Vec<String> {
-        self.endpoint
+    /// TLS settings and credentials from the flags.
+    pub(crate) fn security(&self) -> anyhow::Result<cairn_client::Security> {
+        let mut security = if self.ca.is_some() || self.cert.is_some() {
+            cairn_client::Security::tls_from_files(
+                self.ca.as_deref(),
+                self.cert.as_deref(),
+                self.key.as_deref(),
+            )?
+        } else {
+            cairn_client::Security::default()
+        };
+        if let Some(t) = &self.token {
+            security = security.with_token(t)?;
+        }
+        Ok(security)
+    }
+
+    /// The endpoints with a scheme (`https://` with TLS settings).
+    pub(crate) fn endpoints(&self) -> anyhow::Result<Vec<String>> {
+        let security = self.security()?;
+        let mut out = Vec::new();
+        for e in self
+            .endpoint
             .iter()
             .map(|e| e.trim())
             .filter(|e| !e.is_empty())
-            .map(|e| {
-                if e.contains("://") {
-                    e.to_string()
-                } else {
-                    format!("http://{e}")
-                }
-            })
-            .collect()
+        {
+            out.push(security.url(e)?);
+        }
+        Ok(out)
     }
 
     /// The cluster, learned from the endpoints.
     pub(crate) async fn cluster(&self) -> anyhow::Result<cairn_client::Cluster> {
         use anyhow::Context;
-        let endpoints = self.endpoints();
+        let endpoints = self.endpoints()?;
         if endpoints.is_empty() {
             anyhow::bail!("--endpoint is empty: give an agent address such as {DEFAULT_ENDPOINT}");
         }
-        let mut config = cairn_client::ClusterConfig::new(endpoints.clone());
+        let mut config =
+            cairn_client::ClusterConfig::new(endpoints.clone()).security(self.security()?);
         if let Some(z) = &self.zone {
             config = config.zone(z.clone());
         }
@@ -238,14 +281,16 @@ impl ConnectArgs {
             .context("is an agent running? start one with `cairn agent`")
     }
 
-    /// A channel to the first endpoint alone (for commands about one agent).
-    pub(crate) async fn first_agent(&self) -> anyhow::Result<cairn_client::Channel> {
+    /// The first endpoint alone (for commands about one agent).
+    pub(crate) async fn first_agent(&self) -> anyhow::Result<cairn_client::Cluster> {
         use anyhow::Context;
-        let Some(endpoint) = self.endpoints().into_iter().next() else {
+        let Some(endpoint) = self.endpoints()?.into_iter().next() else {
             anyhow::bail!("--endpoint is empty: give an agent address such as {DEFAULT_ENDPOINT}");
         };
-        cairn_client::connect(&endpoint).await.with_context(|| {
-            format!("is an agent running at {endpoint}? start one with `cairn agent`")
-        })
+        cairn_client::Cluster::single(&endpoint, &self.security()?)
+            .await
+            .with_context(|| {
+                format!("is an agent running at {endpoint}? start one with `cairn agent`")
+            })
     }
 }

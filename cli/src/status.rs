@@ -99,6 +99,12 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<()> {
             clock_offset(offset)
         );
     }
+    if !b.caller_principal.is_empty() {
+        println!(
+            "you are        {} (as the agent authenticated you)",
+            b.caller_principal
+        );
+    }
     println!("cpu            {:.2} s", b.cpu_seconds);
     let peak_rss = if b.peak_rss_bytes == 0 {
         "- (not reported on this platform)".to_string()

@@ -457,7 +457,7 @@ fn addresses_that_cannot_work_are_refused() {
     // loopback (as on our machines), the start is refused.
     if host_name_is_loopback() {
         let line = refused(
-            &cairn_in(d, &["agent", "--listen", "0.0.0.0:0"]),
+            &cairn_in(d, &["agent", "--listen", "0.0.0.0:0", "--insecure"]),
             "error: invalid configuration: the agent listens on 0.0.0.0:",
         );
         assert!(

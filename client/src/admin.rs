@@ -104,6 +104,47 @@ impl Admin {
             .into_inner())
     }
 
+    /// Issues a bearer token for `principal`, working for `expires_in` (for ever when
+    /// `None`). The answer holds the token itself, which cannot be read again.
+    pub async fn create_token(
+        &self,
+        principal: &str,
+        expires_in: Option<std::time::Duration>,
+    ) -> Result<v2::CreateTokenResponse, ClientError> {
+        let expires_in_ms = expires_in.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        Ok(self
+            .client
+            .clone()
+            .create_token(v2::CreateTokenRequest {
+                principal: principal.to_string(),
+                expires_in_ms,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Every token's record (never a secret), by id.
+    pub async fn list_tokens(&self) -> Result<Vec<v2::TokenInfo>, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .list_tokens(v2::ListTokensRequest {})
+            .await?
+            .into_inner()
+            .tokens)
+    }
+
+    /// Revokes the token `id` (or the whole token); false when there was none.
+    pub async fn revoke_token(&self, id: &str) -> Result<bool, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .revoke_token(v2::RevokeTokenRequest { id: id.to_string() })
+            .await?
+            .into_inner()
+            .revoked)
+    }
+
     /// Every group's name, each list in name order: `(consumer groups, share groups)`.
     pub async fn list_groups(&self) -> Result<(Vec<String>, Vec<String>), ClientError> {
         let mut consumer = Vec::new();

@@ -25,9 +25,9 @@ use cairn_proto::v2::{self, admin_service_client::AdminServiceClient};
 use rand::Rng;
 use tonic::body::Body;
 use tonic::codegen::{BoxFuture, Service, StdError, http};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use crate::ClientError;
+use crate::{ClientError, Security};
 
 /// How long an agent that failed a call is skipped.
 const SUSPECT_FOR: Duration = Duration::from_secs(5);
@@ -70,6 +70,8 @@ pub struct ClusterConfig {
     pub zone: Option<String>,
     /// How often the view is refreshed in the background.
     pub refresh_interval: Duration,
+    /// TLS and credentials (default: plain text, none).
+    pub security: Security,
 }
 
 impl ClusterConfig {
@@ -79,7 +81,14 @@ impl ClusterConfig {
             bootstrap: addresses.into_iter().map(Into::into).collect(),
             zone: None,
             refresh_interval: Duration::from_secs(5),
+            security: Security::default(),
         }
+    }
+
+    /// The same config with TLS and credentials.
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
+        self
     }
 
     /// The same config with `zone`.
@@ -129,7 +138,11 @@ struct Inner {
 /// the module docs). Cheap to clone; clones share the view. Made with
 /// [`Cluster::connect`], or from a [`Channel`] (one agent, no discovery).
 #[derive(Debug, Clone)]
-pub struct Cluster(Kind);
+pub struct Cluster {
+    kind: Kind,
+    /// The `authorization` value every call carries.
+    token: Option<http::HeaderValue>,
+}
 
 #[derive(Debug, Clone)]
 enum Kind {
@@ -141,11 +154,14 @@ enum Kind {
 
 impl From<Channel> for Cluster {
     fn from(channel: Channel) -> Self {
-        Cluster(Kind::Fixed(channel))
+        Cluster {
+            kind: Kind::Fixed(channel),
+            token: None,
+        }
     }
 }
 
-/// `host:port` as `http://host:port`.
+/// A registry address as a URL (`host:port` from an agent older than the scheme: `http://`).
 fn with_scheme(address: &str) -> String {
     if address.contains("://") {
         address.to_string()
@@ -159,20 +175,9 @@ pub(crate) const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a ping may go unanswered before the connection is taken for dead.
 pub(crate) const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
-fn lazy_channel(address: &str) -> Result<Channel, ClientError> {
-    Ok(Endpoint::from_shared(address.to_string())
-        .map_err(|source| ClientError::Connect {
-            endpoint: address.to_string(),
-            source,
-        })?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        // An agent cut off the network answers nothing, not even a reset: pings on a
-        // connection with calls in flight find it dead within seconds, and those calls fail
-        // (UNAVAILABLE) and are retried on another agent instead of waiting out their
-        // timeout.
-        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+fn lazy_channel(address: &str, security: &Security) -> Result<Channel, ClientError> {
+    Ok(security
+        .endpoint(address, Duration::from_secs(2))?
         .connect_lazy())
 }
 
@@ -214,26 +219,48 @@ impl Cluster {
         }
         let mut bootstrap = Vec::new();
         for a in &config.bootstrap {
-            let a = with_scheme(a.trim());
-            let ch = lazy_channel(&a)?;
+            let a = config.security.url(a)?;
+            let ch = lazy_channel(&a, &config.security)?;
             bootstrap.push((a, ch));
         }
+        let token = config.security.token().cloned();
         let inner = Arc::new(Inner {
             config,
             bootstrap,
             state: Mutex::default(),
             refreshing: tokio::sync::Mutex::new(()),
         });
-        let cluster = Cluster(Kind::View(inner.clone()));
+        let cluster = Cluster {
+            kind: Kind::View(inner.clone()),
+            token,
+        };
         cluster.refresh().await?;
         tokio::spawn(refresh_forever(Arc::downgrade(&inner)));
         Ok(cluster)
     }
 
+    /// One agent at `address`, without discovery: every call goes there (commands about
+    /// one agent). Connects now, so an agent that is not there is reported here.
+    pub async fn single(address: &str, security: &Security) -> Result<Cluster, ClientError> {
+        let url = security.url(address)?;
+        let channel = security
+            .endpoint(address, Duration::from_secs(5))?
+            .connect()
+            .await
+            .map_err(|source| ClientError::Connect {
+                endpoint: url,
+                source,
+            })?;
+        Ok(Cluster {
+            kind: Kind::Fixed(channel),
+            token: security.token().cloned(),
+        })
+    }
+
     /// Reads the view again now (the background task does it every refresh interval).
     /// Fails only when no known agent and no bootstrap address answers.
     pub async fn refresh(&self) -> Result<(), ClientError> {
-        let Kind::View(inner) = &self.0 else {
+        let Kind::View(inner) = &self.kind else {
             return Ok(());
         };
         let _one = inner.refreshing.lock().await;
@@ -250,14 +277,23 @@ impl Cluster {
                 .collect();
             healthy
                 .into_iter()
-                .filter_map(|a| st.channel(&a).ok().map(|c| (a, c)))
+                .filter_map(|a| st.channel(&a, &inner.config.security).ok().map(|c| (a, c)))
                 .collect()
         };
         candidates.extend(inner.bootstrap.iter().cloned());
         let mut last_error = None;
         for (address, channel) in candidates {
             let mut admin = AdminServiceClient::new(channel);
-            let call = admin.describe_cluster(v2::DescribeClusterRequest {});
+            let mut request = tonic::Request::new(v2::DescribeClusterRequest {});
+            if let Some(t) = &self.token
+                && let Ok(mut v) = tonic::metadata::AsciiMetadataValue::try_from(t.as_bytes())
+            {
+                v.set_sensitive(true);
+                request
+                    .metadata_mut()
+                    .insert(crate::security::AUTHORIZATION, v);
+            }
+            let call = admin.describe_cluster(request);
             match tokio::time::timeout(DESCRIBE_TIMEOUT, call).await {
                 Ok(Ok(r)) => {
                     let agents = r.into_inner().agents;
@@ -279,7 +315,7 @@ impl Cluster {
 
     /// The live agents as last learned: `(id, address, zone)`, by id.
     pub fn agents(&self) -> Vec<(String, String, String)> {
-        match &self.0 {
+        match &self.kind {
             Kind::View(inner) => inner
                 .lock()
                 .members
@@ -292,7 +328,7 @@ impl Cluster {
 
     /// The id of the agent produce and unrouted calls go to now, once one was chosen.
     pub fn produce_agent(&self) -> Option<String> {
-        match &self.0 {
+        match &self.kind {
             Kind::View(inner) => inner.lock().home.clone(),
             Kind::Fixed(_) => None,
         }
@@ -302,7 +338,7 @@ impl Cluster {
     /// among the zone's live agents, by [`cairn_proto::balanced_owners`] when the topic's
     /// partition count is given (not 0), else by the highest rendezvous score.
     pub fn owner(&self, topic: &str, partition: u32, partitions: u32) -> Option<String> {
-        let Kind::View(inner) = &self.0 else {
+        let Kind::View(inner) = &self.kind else {
             return None;
         };
         let mut st = inner.lock();
@@ -313,7 +349,7 @@ impl Cluster {
 
     /// The agent a call goes to, and its channel.
     fn pick(&self, route: Option<&Route>) -> (Option<String>, Channel) {
-        let inner = match &self.0 {
+        let inner = match &self.kind {
             Kind::Fixed(ch) => return (None, ch.clone()),
             Kind::View(inner) => inner,
         };
@@ -340,7 +376,7 @@ impl Cluster {
             }
         };
         if let Some(m) = chosen
-            && let Ok(ch) = st.channel(&m.address)
+            && let Ok(ch) = st.channel(&m.address, &inner.config.security)
         {
             return (Some(m.id), ch);
         }
@@ -353,7 +389,9 @@ impl Cluster {
 
     /// Marks `id` suspect and refreshes the view soon.
     fn failed(&self, id: &str) {
-        let Kind::View(inner) = &self.0 else { return };
+        let Kind::View(inner) = &self.kind else {
+            return;
+        };
         let due = {
             let mut st = inner.lock();
             st.suspects
@@ -475,11 +513,11 @@ impl State {
         pool.into_iter().cloned().collect()
     }
 
-    fn channel(&mut self, address: &str) -> Result<Channel, ClientError> {
+    fn channel(&mut self, address: &str, security: &Security) -> Result<Channel, ClientError> {
         if let Some(ch) = self.channels.get(address) {
             return Ok(ch.clone());
         }
-        let ch = lazy_channel(address)?;
+        let ch = lazy_channel(address, security)?;
         self.channels.insert(address.to_string(), ch.clone());
         Ok(ch)
     }
@@ -516,7 +554,10 @@ async fn refresh_forever(inner: Weak<Inner>) {
         };
         tokio::time::sleep(every).await;
         let Some(i) = inner.upgrade() else { return };
-        let cluster = Cluster(Kind::View(i));
+        let cluster = Cluster {
+            token: i.config.security.token().cloned(),
+            kind: Kind::View(i),
+        };
         if let Err(e) = cluster.refresh().await {
             tracing::debug!(error = %e, "background cluster refresh failed");
         }
@@ -542,7 +583,12 @@ impl Service<http::Request<Body>> for Cluster {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        if let Some(t) = &self.token {
+            request
+                .headers_mut()
+                .insert(crate::security::AUTHORIZATION, t.clone());
+        }
         let route = request.extensions().get::<Route>().cloned();
         let (agent, mut channel) = self.pick(route.as_ref());
         let this = self.clone();

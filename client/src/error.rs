@@ -17,7 +17,7 @@ const ERROR_DOMAIN: &str = "cairn";
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The endpoint could not be parsed or reached.
-    #[error("cannot connect to {endpoint}: {source}")]
+    #[error("cannot connect to {endpoint}: {}", with_hint(source))]
     Connect {
         /// The endpoint that was dialled.
         endpoint: String,
@@ -34,7 +34,7 @@ pub enum ClientError {
         last_error: String,
     },
     /// The agent answered with an error status ([`ClientError::reason`] says why).
-    #[error("{}: {}", code_name(.0.code()), .0.message())]
+    #[error("{}", describe_status(.0))]
     Status(tonic::Status),
     /// An argument the agent would reject anyway, caught before sending, or an answer the
     /// client cannot use.
@@ -200,6 +200,84 @@ pub(crate) fn batch_error_status(e: &v2::BatchError) -> ClientError {
         format!("batch refused: {}", e.message),
         ErrorDetails::with_error_info(e.reason().as_str_name(), ERROR_DOMAIN, numbers),
     ))
+}
+
+/// An error and its causes in one line, with what to do when the causes show a TLS
+/// mismatch (the transport's own words are accurate but rarely say what to fix).
+fn with_hint(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        // Debug names what Display leaves out (hyper's "http2 error" is a GOAWAY of
+        // FRAME_SIZE_ERROR underneath).
+        let debug = format!("{s:?}");
+        if let Some(hint) = tls_hint(&debug).or_else(|| tls_hint(&text)) {
+            out.push_str(hint);
+            return out;
+        }
+        source = s.source();
+    }
+    out
+}
+
+/// What a transport failure's words mean for TLS, if anything.
+fn tls_hint(causes: &str) -> Option<&'static str> {
+    const HINTS: &[(&[&str], &str)] = &[
+        (
+            &["FRAME_SIZE_ERROR", "frame with invalid size"],
+            " (the agent answered in something other than plain HTTP/2: it probably serves \
+             TLS; use an https:// address and --ca)",
+        ),
+        (
+            &["InvalidContentType", "corrupt message", "InvalidMessage"],
+            " (the agent does not serve TLS at this address: use http:// and no --ca)",
+        ),
+        (
+            &["UnknownIssuer", "BadSignature"],
+            " (the agent's certificate is not signed by the CA given with --ca)",
+        ),
+        (&["Expired"], " (the agent's certificate has expired)"),
+        (
+            &["NotValidForName"],
+            " (the agent's certificate does not name this address: add it as a SAN)",
+        ),
+        (
+            &[
+                "CertificateRequired",
+                "UnknownCA",
+                "BadCertificate",
+                "connection closed",
+            ],
+            " (the agent closed the connection: if it asks for client certificates (mTLS), \
+             give --cert and --key signed by its client CA; its log says why)",
+        ),
+    ];
+    HINTS
+        .iter()
+        .find(|(needles, _)| needles.iter().any(|n| causes.contains(n)))
+        .map(|(_, hint)| *hint)
+}
+
+/// A status in one line: its code and message, and for a failure of the connection (not
+/// an answer of the agent) its causes.
+fn describe_status(s: &tonic::Status) -> String {
+    let head = format!("{}: {}", code_name(s.code()), s.message());
+    match std::error::Error::source(s) {
+        Some(source) if is_transport_failure(s) => {
+            let causes = with_hint(source);
+            if head.contains(&causes) {
+                head
+            } else {
+                format!("{head}: {causes}")
+            }
+        }
+        _ => head,
+    }
 }
 
 impl From<tonic::Status> for ClientError {

@@ -57,11 +57,10 @@ mod consumer;
 mod error;
 mod group;
 mod producer;
+mod security;
 mod share;
 
 use std::time::Duration;
-
-use tonic::transport::Endpoint;
 
 pub use admin::{Admin, ResetTo, TopicOptions};
 /// The error of a frame that fails to build or to open (see [`ClientError::Corrupt`]).
@@ -69,7 +68,7 @@ pub use cairn_proto::FrameError;
 pub use cairn_proto::v2::{
     AgentInfo, Codec, DescribeClusterResponse, DescribeGroupResponse, DescribeTopicResponse,
     ErrorReason, GetAgentStatusResponse, LatencyHistogram, PartitionInfo, PartitionOffset,
-    TopicInfo,
+    TokenInfo, TopicInfo,
 };
 pub use cluster::{Cluster, ClusterConfig};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Offset};
@@ -78,6 +77,7 @@ pub use group::{GroupConfig, GroupConsumer};
 pub use producer::{
     AppendBatch, AppendResult, Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
+pub use security::Security;
 pub use share::{ShareConfig, ShareConsumer, ShareRecord};
 /// The gRPC channel to an agent, as returned by [`connect`].
 pub use tonic::transport::Channel;
@@ -89,35 +89,24 @@ pub(crate) const MAX_IN_FLIGHT: usize = 5;
 /// Largest gRPC message the client accepts or sends (fetches may carry many MiB).
 pub(crate) const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
-/// Opens a channel to an agent, e.g. `http://127.0.0.1:7170`. The channel is cheap to
-/// clone and shared by [`Admin`], [`Producer`] and [`Consumer`].
+/// Opens a channel to an agent, e.g. `http://127.0.0.1:7170` (plain text, no
+/// credentials; [`Cluster::single`] takes TLS settings and a token). The channel is cheap
+/// to clone and shared by [`Admin`], [`Producer`] and [`Consumer`].
 pub async fn connect(endpoint: &str) -> Result<Channel, ClientError> {
-    let err = |source| ClientError::Connect {
-        endpoint: endpoint.to_string(),
-        source,
-    };
-    Endpoint::from_shared(endpoint.to_string())
-        .map_err(err)?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(cluster::KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(cluster::KEEP_ALIVE_TIMEOUT)
+    Security::default()
+        .endpoint(endpoint, Duration::from_secs(5))?
         .connect()
         .await
-        .map_err(err)
+        .map_err(|source| ClientError::Connect {
+            endpoint: endpoint.to_string(),
+            source,
+        })
 }
 
 /// A channel that connects on first use (and reconnects after failures), so building a
 /// client never fails because an agent is briefly down.
 pub fn connect_lazy(endpoint: &str) -> Result<Channel, ClientError> {
-    Ok(Endpoint::from_shared(endpoint.to_string())
-        .map_err(|source| ClientError::Connect {
-            endpoint: endpoint.to_string(),
-            source,
-        })?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(cluster::KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(cluster::KEEP_ALIVE_TIMEOUT)
+    Ok(Security::default()
+        .endpoint(endpoint, Duration::from_secs(5))?
         .connect_lazy())
 }

@@ -27,6 +27,7 @@
 //! | `(cairn, seq, compaction)` | next compaction claim token |
 //! | `(cairn, cc, topic_id, partition)` | compaction claim: owner, token, lease expiry (ms) |
 //! | `(cairn, ag, agent_id)` | a registered agent: address, zone, version, incarnation, lease, load (JSON) |
+//! | `(cairn, tok, token_id)` | a bearer token: principal, expiry, salt, salted hash (JSON) |
 
 use foundationdb_tuple::{Subspace, TuplePack, TupleUnpack, pack, unpack};
 
@@ -41,6 +42,14 @@ fn key<T: TuplePack>(t: T) -> Vec<u8> {
 /// The half-open range of every key under a prefix tuple.
 fn range<T: TuplePack>(t: T) -> (Vec<u8>, Vec<u8>) {
     Subspace::from(ROOT).subspace(&t).range()
+}
+
+pub(crate) fn token(id: &str) -> Vec<u8> {
+    key(("tok", id))
+}
+
+pub(crate) fn tokens() -> (Vec<u8>, Vec<u8>) {
+    range(("tok",))
 }
 
 pub(crate) fn next_topic_id() -> Vec<u8> {

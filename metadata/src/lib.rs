@@ -26,6 +26,7 @@ mod postgres;
 mod producer;
 mod share;
 mod sqlite;
+pub mod tokens;
 mod types;
 mod watermarks;
 

@@ -12,6 +12,9 @@ mod error;
 mod frame;
 mod rendezvous;
 
+/// The gRPC metadata key a bearer token travels in (`Bearer cairn_<id>_<secret>`).
+pub const AUTHORIZATION: &str = "authorization";
+
 pub use error::FrameError;
 pub use frame::{
     FrameLimits, MAX_FRAME_RECORDS, MAX_UNCOMPRESSED_BYTES, build_frame, check_frame, compress,

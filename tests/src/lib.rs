@@ -7,6 +7,7 @@
 
 pub mod history;
 pub mod netcut;
+pub mod pki;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -259,13 +260,34 @@ impl AgentProcess {
         args: &[&str],
         env: &[(String, String)],
     ) -> anyhow::Result<AgentProcess> {
+        Self::spawn(listen, args, env, Stdio::inherit())
+    }
+
+    /// [`AgentProcess::start_at`] logging at info level to the file `log`.
+    pub fn start_logging(
+        listen: &str,
+        args: &[&str],
+        env: &[(String, String)],
+        log: &Path,
+    ) -> anyhow::Result<AgentProcess> {
+        let mut env = env.to_vec();
+        env.push(("CAIRN_LOG".into(), "info".into()));
+        Self::spawn(listen, args, &env, Stdio::from(std::fs::File::create(log)?))
+    }
+
+    fn spawn(
+        listen: &str,
+        args: &[&str],
+        env: &[(String, String)],
+        stderr: Stdio,
+    ) -> anyhow::Result<AgentProcess> {
         let mut cmd = Command::new(cairn_bin()?);
         cmd.arg("agent")
             .args(["--listen", listen])
             .args(args)
             .env("CAIRN_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -591,7 +591,7 @@ async fn bad_cluster_input_is_refused_clearly() -> anyhow::Result<()> {
     };
     if loopback_name {
         // Otherwise a wildcard listen advertises the address the host's name resolves to.
-        let e = refused(&["--listen", "0.0.0.0:0"])?;
+        let e = refused(&["--listen", "0.0.0.0:0", "--insecure"])?;
         assert!(e.contains("--advertise HOST:PORT"), "{e}");
     }
     let e = refused(&["--listen", "127.0.0.1:0", "--zone", "eu west"])?;

@@ -200,6 +200,8 @@ impl Setup {
                 "agent",
                 "--listen",
                 "0.0.0.0:7170",
+                // A private network of the test's own.
+                "--insecure",
                 "--object-store",
                 &self.objects,
                 "--metadata",

@@ -30,7 +30,11 @@ pub(crate) struct AgentShare {
 impl Agents {
     /// Connects to every agent the cluster knows (the one bootstrap agent when the view is
     /// empty).
-    pub(super) async fn connect(cluster: &Cluster, fallback: &str) -> anyhow::Result<Agents> {
+    pub(super) async fn connect(
+        cluster: &Cluster,
+        fallback: &str,
+        security: &cairn_client::Security,
+    ) -> anyhow::Result<Agents> {
         let mut members = Vec::new();
         let known = cluster.agents();
         let list = if known.is_empty() {
@@ -39,11 +43,11 @@ impl Agents {
             known
         };
         for (id, address, zone) in list {
-            let channel = cairn_client::connect(&address).await?;
+            let agent = Cluster::single(&address, security).await?;
             members.push(Member {
                 id,
                 zone,
-                admin: Admin::new(channel),
+                admin: Admin::new(agent),
             });
         }
         Ok(Agents(members))

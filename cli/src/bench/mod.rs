@@ -94,7 +94,7 @@ async fn agent_bench(c: Common, kind: Kind) -> anyhow::Result<()> {
     };
     let endpoints = match &embedded {
         Some(e) => vec![e.endpoint.clone()],
-        None => c.connect.endpoints(),
+        None => c.connect.endpoints()?,
     };
     if endpoints.is_empty() {
         bail!("--endpoint is empty: give one agent address or several, comma-separated");

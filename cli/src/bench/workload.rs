@@ -128,6 +128,9 @@ pub(super) async fn raw_put(
 /// The cluster at `endpoints` as a client of the bench's zone sees it.
 async fn cluster(c: &Common, endpoints: &[String]) -> anyhow::Result<Cluster> {
     let mut config = ClusterConfig::new(endpoints.to_vec());
+    if !c.embedded {
+        config = config.security(c.connect.security()?);
+    }
     if let Some(z) = &c.connect.zone {
         config = config.zone(z.clone());
     }
@@ -157,7 +160,17 @@ pub(super) async fn run_against(
     };
     let channel = cluster(c, endpoints).await?;
     let admin = Admin::new(channel.clone());
-    let agents = Agents::connect(&channel, endpoints.first().map_or("", |e| e.as_str())).await?;
+    let security = if c.embedded {
+        cairn_client::Security::default()
+    } else {
+        c.connect.security()?
+    };
+    let agents = Agents::connect(
+        &channel,
+        endpoints.first().map_or("", |e| e.as_str()),
+        &security,
+    )
+    .await?;
     if let Some(existing) = &c.topic {
         if kind != Kind::Consume {
             bail!("--topic is for `cairn bench consume` (produce benches make their own topic)");

@@ -1,0 +1,322 @@
+//! Authentication: who a call comes from. A call carries a bearer token in its
+//! `authorization` metadata (`Bearer cairn_<id>_<secret>`), or arrives over an mTLS
+//! connection whose client certificate names a principal. Tokens are checked against the
+//! agent's copy of the token table, read again every [`TOKEN_REFRESH`], so a revoked or
+//! expired token is refused everywhere within seconds.
+//!
+//! Every refusal is logged on the `cairn::audit` tracing target with the principal (if
+//! any), the operation, and the peer's address, so it can be routed apart.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use cairn_metadata::Metadata;
+use cairn_metadata::tokens::{TokenRecord, parse_token};
+use tonic::Status;
+
+/// How often the token table is read again.
+pub const TOKEN_REFRESH: Duration = Duration::from_secs(2);
+
+/// The tracing target of audit events: refused calls, token and ACL changes.
+pub const AUDIT: &str = "cairn::audit";
+
+/// Which name of a client certificate is its principal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertName {
+    /// The subject's common name (CN).
+    #[default]
+    Cn,
+    /// The first DNS name, else the first URI (a SPIFFE id), of the subject alternative
+    /// names.
+    San,
+}
+
+impl std::str::FromStr for CertName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cn" => Ok(CertName::Cn),
+            "san" => Ok(CertName::San),
+            other => Err(format!("`{other}`: use cn or san")),
+        }
+    }
+}
+
+/// How the agent authenticates calls.
+#[derive(Debug, Clone, Default)]
+pub struct AuthSettings {
+    /// Refuse calls that present no credential (UNAUTHENTICATED). Without it such calls
+    /// are served unauthenticated, as on a loopback-only agent.
+    pub required: bool,
+    /// Which certificate name is a client's principal.
+    pub cert_name: CertName,
+}
+
+/// The authenticated principal of a call, in its extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal(pub String);
+
+/// Checks each call's credentials; cheap to clone (it is tonic's interceptor).
+#[derive(Debug, Clone)]
+pub(crate) struct Authenticator {
+    settings: AuthSettings,
+    tokens: Arc<RwLock<HashMap<String, TokenRecord>>>,
+    metadata: Metadata,
+}
+
+/// What the audit log and the checks need to know of a call's connection.
+struct Connection {
+    peer: String,
+    certs: Option<Arc<Vec<tokio_rustls::rustls::pki_types::CertificateDer<'static>>>>,
+}
+
+fn connection<B>(request: &http::Request<B>) -> Connection {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = request.extensions();
+    if let Some(tls) = ext.get::<TlsConnectInfo<TcpConnectInfo>>() {
+        return Connection {
+            peer: tls
+                .get_ref()
+                .remote_addr()
+                .map_or_else(|| "unknown".into(), |a| a.to_string()),
+            certs: tls.peer_certs(),
+        };
+    }
+    Connection {
+        peer: ext
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr)
+            .map_or_else(|| "unknown".into(), |a| a.to_string()),
+        certs: None,
+    }
+}
+
+/// Calls that need no credentials: health checks (load balancers) and reflection.
+fn is_open(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
+/// The principal a client certificate names, by `how`.
+fn principal_of_certificate(der: &[u8], how: CertName) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = || {
+        cert.subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string)
+    };
+    let san = || {
+        let names = cert.subject_alternative_name().ok()??;
+        let dns = names.value.general_names.iter().find_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        });
+        dns.or_else(|| {
+            names.value.general_names.iter().find_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                _ => None,
+            })
+        })
+    };
+    let name = match how {
+        CertName::Cn => cn().or_else(san),
+        CertName::San => san().or_else(cn),
+    }?;
+    cairn_metadata::tokens::check_principal(&name).ok()?;
+    Some(name)
+}
+
+impl Authenticator {
+    /// An authenticator reading tokens from `metadata`; [`Authenticator::follow_tokens`]
+    /// keeps its table current.
+    pub(crate) fn new(settings: AuthSettings, metadata: Metadata) -> Self {
+        Authenticator {
+            settings,
+            tokens: Arc::default(),
+            metadata,
+        }
+    }
+
+    /// Reads the token table now.
+    pub(crate) async fn refresh(&self) -> Result<(), cairn_metadata::MetaError> {
+        let table: HashMap<String, TokenRecord> = self
+            .metadata
+            .list_tokens()
+            .await?
+            .into_iter()
+            .map(|t| (t.id.clone(), t))
+            .collect();
+        *self
+            .tokens
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = table;
+        Ok(())
+    }
+
+    /// Reads the token table every [`TOKEN_REFRESH`], for ever. A failed read keeps the
+    /// table it had (revocations wait for the store to answer again).
+    pub(crate) async fn follow_tokens(self) {
+        let mut warned = false;
+        loop {
+            tokio::time::sleep(TOKEN_REFRESH).await;
+            match self.refresh().await {
+                Ok(()) => warned = false,
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %e, "cannot read the token table; using the last one read");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The principal of `token`, or why it is refused.
+    fn check_token(&self, token: &str) -> Result<String, &'static str> {
+        let presented = parse_token(token).ok_or("the token is malformed")?;
+        let tokens = self
+            .tokens
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // An unknown id and a wrong secret read the same, so ids cannot be probed.
+        let record = tokens
+            .get(presented.id)
+            .filter(|r| r.matches(presented.secret))
+            .ok_or("the token is unknown or revoked")?;
+        if record.expired(self.metadata.clock().now_ms()) {
+            return Err("the token has expired");
+        }
+        Ok(record.principal.clone())
+    }
+
+    /// Refuses a call as UNAUTHENTICATED, with an audit event.
+    fn refuse(&self, operation: &str, peer: &str, why: &str) -> Status {
+        tracing::warn!(
+            target: AUDIT,
+            principal = "",
+            operation = %operation,
+            peer = %peer,
+            reason = %why,
+            "refused: not authenticated"
+        );
+        Status::unauthenticated(why.to_string())
+    }
+
+    /// Finds who `request` comes from and records it in its extensions, or refuses it.
+    fn authenticate<B>(&self, request: &mut http::Request<B>) -> Result<(), Status> {
+        let operation = request.uri().path().to_string();
+        if is_open(&operation) {
+            return Ok(());
+        }
+        let conn = connection(request);
+        let principal = match request.headers().get(cairn_proto::AUTHORIZATION) {
+            Some(value) => {
+                let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "))
+                else {
+                    return Err(self.refuse(
+                        &operation,
+                        &conn.peer,
+                        "the authorization metadata must read `Bearer <token>`",
+                    ));
+                };
+                match self.check_token(token.trim()) {
+                    Ok(p) => Some(p),
+                    Err(why) => return Err(self.refuse(&operation, &conn.peer, why)),
+                }
+            }
+            None => conn
+                .certs
+                .as_ref()
+                .and_then(|certs| certs.first())
+                .and_then(|c| principal_of_certificate(c.as_ref(), self.settings.cert_name)),
+        };
+        match principal {
+            Some(p) => {
+                request.extensions_mut().insert(Principal(p));
+            }
+            None if self.settings.required => {
+                return Err(self.refuse(
+                    &operation,
+                    &conn.peer,
+                    "this agent requires authentication: give a token (--token or \
+                     CAIRN_TOKEN) or a client certificate",
+                ));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// The tower layer that authenticates every call before any service sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthLayer(pub(crate) Authenticator);
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> AuthService<S> {
+        AuthService {
+            auth: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// [`AuthLayer`]'s service.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthService<S> {
+    auth: Authenticator,
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        match self.auth.authenticate(&mut request) {
+            Ok(()) => Box::pin(self.inner.call(request)),
+            Err(status) => {
+                let response = status.into_http();
+                Box::pin(async move { Ok(response) })
+            }
+        }
+    }
+}
+
+/// The principal a call was authenticated as, if any.
+pub(crate) fn principal_of<T>(request: &tonic::Request<T>) -> Option<&str> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.0.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cert_names_parse() {
+        assert_eq!("cn".parse::<CertName>(), Ok(CertName::Cn));
+        assert_eq!("san".parse::<CertName>(), Ok(CertName::San));
+        assert!("subject".parse::<CertName>().is_err());
+        assert!(principal_of_certificate(b"not a certificate", CertName::Cn).is_none());
+    }
+}
