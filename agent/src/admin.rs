@@ -9,7 +9,8 @@ use tonic::{Request, Response, Status};
 
 use crate::AgentError;
 use crate::convert::{codec_from_proto, page, topic_info};
-use crate::service::{Shared, need, status};
+use crate::service::{Shared, allow, need, status};
+use cairn_metadata::acls::{Operation, ResourceType};
 
 /// The Admin service.
 pub(crate) struct AdminService(pub(crate) Arc<Shared>);
@@ -20,6 +21,25 @@ impl v2::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<v2::CreateTopicRequest>,
     ) -> Result<Response<v2::CreateTopicResponse>, Status> {
+        // Create on the topic's name, or on the cluster (any topic).
+        let name = &request.get_ref().name;
+        if allow(
+            &self.0,
+            &request,
+            Operation::Create,
+            ResourceType::Cluster,
+            "*",
+        )
+        .is_err()
+        {
+            allow(
+                &self.0,
+                &request,
+                Operation::Create,
+                ResourceType::Topic,
+                name,
+            )?;
+        }
         let r = request.into_inner();
         let retention = |what: &str, v: Option<i64>| match v {
             None => Ok(-1),
@@ -46,8 +66,18 @@ impl v2::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<v2::ListTopicsRequest>,
     ) -> Result<Response<v2::ListTopicsResponse>, Status> {
+        let principal = crate::auth::principal_of(&request).map(str::to_string);
         let r = request.into_inner();
         let mut topics = self.0.metadata.list_topics().await.map_err(status)?;
+        // Only the topics the caller may see.
+        topics.retain(|t| {
+            self.0.authz.may(
+                principal.as_deref(),
+                Operation::Describe,
+                ResourceType::Topic,
+                &t.name,
+            )
+        });
         topics.sort_by(|a, b| a.name.cmp(&b.name));
         let (topics, next_page_token) =
             page(topics, |t| t.name.clone(), r.page_size, &r.page_token).map_err(status)?;
@@ -61,6 +91,14 @@ impl v2::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<v2::DescribeTopicRequest>,
     ) -> Result<Response<v2::DescribeTopicResponse>, Status> {
+        let name = &request.get_ref().name;
+        allow(
+            &self.0,
+            &request,
+            Operation::Describe,
+            ResourceType::Topic,
+            name,
+        )?;
         let name = request.into_inner().name;
         need("topic name", &name)?;
         let topic = self.0.metadata.topic(&name).await.map_err(status)?;
@@ -90,6 +128,14 @@ impl v2::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<v2::DeleteTopicRequest>,
     ) -> Result<Response<v2::DeleteTopicResponse>, Status> {
+        let name = &request.get_ref().name;
+        allow(
+            &self.0,
+            &request,
+            Operation::Delete,
+            ResourceType::Topic,
+            name,
+        )?;
         let name = request.into_inner().name;
         need("topic name", &name)?;
         self.0.metadata.delete_topic(&name).await.map_err(status)?;
@@ -101,6 +147,14 @@ impl v2::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<v2::DeleteRecordsRequest>,
     ) -> Result<Response<v2::DeleteRecordsResponse>, Status> {
+        let topic = &request.get_ref().topic;
+        allow(
+            &self.0,
+            &request,
+            Operation::Delete,
+            ResourceType::Topic,
+            topic,
+        )?;
         let r = request.into_inner();
         need("topic name", &r.topic)?;
         let start_offset = self
@@ -116,6 +170,13 @@ impl v2::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<v2::GetAgentStatusRequest>,
     ) -> Result<Response<v2::GetAgentStatusResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Describe,
+            ResourceType::Cluster,
+            "*",
+        )?;
         let caller = crate::auth::principal_of(&request).map(str::to_string);
         let s = &self.0;
         s.metrics.sync(&s.metadata);
@@ -169,6 +230,13 @@ impl v2::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<v2::CreateTokenRequest>,
     ) -> Result<Response<v2::CreateTokenResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Alter,
+            ResourceType::Cluster,
+            "*",
+        )?;
         let by = caller(&request);
         let peer = peer(&request);
         let r = request.into_inner();
@@ -194,8 +262,15 @@ impl v2::admin_service_server::AdminService for AdminService {
 
     async fn list_tokens(
         &self,
-        _request: Request<v2::ListTokensRequest>,
+        request: Request<v2::ListTokensRequest>,
     ) -> Result<Response<v2::ListTokensResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Alter,
+            ResourceType::Cluster,
+            "*",
+        )?;
         let tokens = self.0.metadata.list_tokens().await.map_err(status)?;
         Ok(Response::new(v2::ListTokensResponse {
             tokens: tokens.into_iter().map(token_info).collect(),
@@ -206,6 +281,13 @@ impl v2::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<v2::RevokeTokenRequest>,
     ) -> Result<Response<v2::RevokeTokenResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Alter,
+            ResourceType::Cluster,
+            "*",
+        )?;
         let by = caller(&request);
         let peer = peer(&request);
         let r = request.into_inner();
@@ -221,6 +303,74 @@ impl v2::admin_service_server::AdminService for AdminService {
             "token revoked"
         );
         Ok(Response::new(v2::RevokeTokenResponse { revoked }))
+    }
+
+    async fn create_acl(
+        &self,
+        request: Request<v2::CreateAclRequest>,
+    ) -> Result<Response<v2::CreateAclResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Alter,
+            ResourceType::Cluster,
+            "*",
+        )?;
+        let (by, peer) = (caller(&request), peer(&request));
+        let acl = acl_from_proto(request.into_inner().acl)?;
+        self.0.metadata.add_acl(&acl).await.map_err(status)?;
+        tracing::info!(
+            target: crate::auth::AUDIT,
+            principal = %by,
+            operation = "CreateAcl",
+            resource = %acl.describe(),
+            peer = %peer,
+            "ACL added"
+        );
+        Ok(Response::new(v2::CreateAclResponse {}))
+    }
+
+    async fn list_acls(
+        &self,
+        request: Request<v2::ListAclsRequest>,
+    ) -> Result<Response<v2::ListAclsResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Describe,
+            ResourceType::Cluster,
+            "*",
+        )?;
+        let acls = self.0.metadata.list_acls().await.map_err(status)?;
+        Ok(Response::new(v2::ListAclsResponse {
+            acls: acls.iter().map(acl_to_proto).collect(),
+        }))
+    }
+
+    async fn delete_acl(
+        &self,
+        request: Request<v2::DeleteAclRequest>,
+    ) -> Result<Response<v2::DeleteAclResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Alter,
+            ResourceType::Cluster,
+            "*",
+        )?;
+        let (by, peer) = (caller(&request), peer(&request));
+        let acl = acl_from_proto(request.into_inner().acl)?;
+        let deleted = self.0.metadata.remove_acl(&acl).await.map_err(status)?;
+        tracing::info!(
+            target: crate::auth::AUDIT,
+            principal = %by,
+            operation = "DeleteAcl",
+            resource = %acl.describe(),
+            peer = %peer,
+            deleted,
+            "ACL removed"
+        );
+        Ok(Response::new(v2::DeleteAclResponse { deleted }))
     }
 
     async fn describe_cluster(
@@ -256,6 +406,14 @@ impl v2::admin_service_server::AdminService for AdminService {
         &self,
         request: Request<v2::AddPartitionsRequest>,
     ) -> Result<Response<v2::AddPartitionsResponse>, Status> {
+        let name = &request.get_ref().name;
+        allow(
+            &self.0,
+            &request,
+            Operation::Alter,
+            ResourceType::Topic,
+            name,
+        )?;
         let r = request.into_inner();
         let topic = self
             .0
@@ -280,6 +438,40 @@ fn peer<T>(request: &Request<T>) -> String {
     request
         .remote_addr()
         .map_or_else(|| "unknown".to_string(), |a| a.to_string())
+}
+
+/// An ACL from the wire, each field checked.
+fn acl_from_proto(acl: Option<v2::AclBinding>) -> Result<cairn_metadata::acls::Acl, Status> {
+    let a = acl.ok_or_else(|| status(AgentError::Invalid("acl is missing".into())))?;
+    let field = |what: &str, e: String| status(AgentError::Invalid(format!("acl {what} {e}")));
+    let acl = cairn_metadata::acls::Acl {
+        principal: a.principal,
+        resource_type: a
+            .resource_type
+            .parse()
+            .map_err(|e| field("resource_type", e))?,
+        pattern_type: a
+            .pattern_type
+            .parse()
+            .map_err(|e| field("pattern_type", e))?,
+        pattern: a.pattern,
+        operation: a.operation.parse().map_err(|e| field("operation", e))?,
+        permission: a.permission.parse().map_err(|e| field("permission", e))?,
+    };
+    acl.validate().map_err(status)?;
+    Ok(acl)
+}
+
+/// An ACL on the wire.
+fn acl_to_proto(a: &cairn_metadata::acls::Acl) -> v2::AclBinding {
+    v2::AclBinding {
+        principal: a.principal.clone(),
+        resource_type: a.resource_type.to_string(),
+        pattern_type: a.pattern_type.to_string(),
+        pattern: a.pattern.clone(),
+        operation: a.operation.to_string(),
+        permission: a.permission.to_string(),
+    }
 }
 
 /// A token's record on the wire.

@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use cairn_metadata::Metadata;
+use cairn_metadata::acls::{Acl, Denial, Operation, ResourceType, decide};
 use cairn_metadata::tokens::{TokenRecord, parse_token};
 use tonic::Status;
 
@@ -53,6 +54,83 @@ pub struct AuthSettings {
     pub required: bool,
     /// Which certificate name is a client's principal.
     pub cert_name: CertName,
+    /// Principals that may do anything, whatever the ACLs say: how a new secure cluster
+    /// is administered before it has ACLs.
+    pub super_users: Vec<String>,
+}
+
+/// Decides, from the ACLs, whether a principal may do an operation on a resource. ACLs are
+/// enforced when the agent requires authentication; without it every call is allowed.
+#[derive(Debug)]
+pub(crate) struct Authorizer {
+    enforce: bool,
+    super_users: std::collections::HashSet<String>,
+    acls: RwLock<Arc<Vec<Acl>>>,
+}
+
+impl Authorizer {
+    /// An authorizer with no ACLs yet.
+    pub(crate) fn new(settings: &AuthSettings) -> Self {
+        Authorizer {
+            enforce: settings.required,
+            super_users: settings.super_users.iter().cloned().collect(),
+            acls: RwLock::default(),
+        }
+    }
+
+    fn set(&self, acls: Vec<Acl>) {
+        *self
+            .acls
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(acls);
+    }
+
+    /// `Ok` when `principal` may do `operation` on `name` of `resource_type`; else why not.
+    pub(crate) fn check(
+        &self,
+        principal: Option<&str>,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> Result<(), String> {
+        if !self.enforce {
+            return Ok(());
+        }
+        let Some(principal) = principal else {
+            return Err("the call is not authenticated".into());
+        };
+        if self.super_users.contains(principal) {
+            return Ok(());
+        }
+        let acls = self
+            .acls
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        decide(&acls, principal, resource_type, name, operation).map_err(|d| {
+            let what =
+                format!("principal `{principal}` may not {operation} {resource_type} `{name}`");
+            match d {
+                Denial::NoAllow => format!(
+                    "{what}: no ACL allows it (cairn acl add --principal {principal} \
+                     --operation {operation} --{resource_type} {name})"
+                ),
+                Denial::Denied(acl) => format!("{what}: denied by the ACL `{}`", acl.describe()),
+            }
+        })
+    }
+
+    /// True when `principal` may do `operation` on `name` (for filtering listings).
+    pub(crate) fn may(
+        &self,
+        principal: Option<&str>,
+        operation: Operation,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> bool {
+        self.check(principal, operation, resource_type, name)
+            .is_ok()
+    }
 }
 
 /// The authenticated principal of a call, in its extensions.
@@ -65,6 +143,7 @@ pub(crate) struct Authenticator {
     settings: AuthSettings,
     tokens: Arc<RwLock<HashMap<String, TokenRecord>>>,
     metadata: Metadata,
+    authorizer: Arc<Authorizer>,
 }
 
 /// What the audit log and the checks need to know of a call's connection.
@@ -133,16 +212,23 @@ fn principal_of_certificate(der: &[u8], how: CertName) -> Option<String> {
 impl Authenticator {
     /// An authenticator reading tokens from `metadata`; [`Authenticator::follow_tokens`]
     /// keeps its table current.
-    pub(crate) fn new(settings: AuthSettings, metadata: Metadata) -> Self {
+    /// It also keeps `authorizer`'s ACLs current.
+    pub(crate) fn new(
+        settings: AuthSettings,
+        metadata: Metadata,
+        authorizer: Arc<Authorizer>,
+    ) -> Self {
         Authenticator {
             settings,
             tokens: Arc::default(),
             metadata,
+            authorizer,
         }
     }
 
-    /// Reads the token table now.
+    /// Reads the token table and the ACLs now.
     pub(crate) async fn refresh(&self) -> Result<(), cairn_metadata::MetaError> {
+        self.authorizer.set(self.metadata.list_acls().await?);
         let table: HashMap<String, TokenRecord> = self
             .metadata
             .list_tokens()
@@ -157,8 +243,8 @@ impl Authenticator {
         Ok(())
     }
 
-    /// Reads the token table every [`TOKEN_REFRESH`], for ever. A failed read keeps the
-    /// table it had (revocations wait for the store to answer again).
+    /// Reads the token table and the ACLs every [`TOKEN_REFRESH`], for ever. A failed read
+    /// keeps what it had (revocations wait for the store to answer again).
     pub(crate) async fn follow_tokens(self) {
         let mut warned = false;
         loop {
@@ -167,7 +253,7 @@ impl Authenticator {
                 Ok(()) => warned = false,
                 Err(e) if !warned => {
                     warned = true;
-                    tracing::warn!(error = %e, "cannot read the token table; using the last one read");
+                    tracing::warn!(error = %e, "cannot read the tokens and ACLs; using the last ones read");
                 }
                 Err(_) => {}
             }

@@ -7,7 +7,8 @@ use cairn_proto::v2;
 use tonic::{Request, Response, Status};
 
 use crate::AgentError;
-use crate::service::{Shared, status};
+use crate::service::{Shared, allow, status};
+use cairn_metadata::acls::{Operation, ResourceType};
 
 /// Default and largest `max_bytes` of a fetch.
 const DEFAULT_FETCH_BYTES: usize = 1 << 20;
@@ -25,6 +26,13 @@ impl v2::consumer_service_server::ConsumerService for ConsumerService {
     ) -> Result<Response<v2::FetchResponse>, Status> {
         let s = &self.0;
         let started = std::time::Instant::now();
+        allow(
+            s,
+            &request,
+            Operation::Read,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         let r = request.into_inner();
         if r.offset < 0 {
             return Err(status(AgentError::Invalid(format!(

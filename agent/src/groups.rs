@@ -10,7 +10,8 @@ use tonic::{Request, Response, Status};
 
 use crate::AgentError;
 use crate::convert::page;
-use crate::service::{Shared, need, status};
+use crate::service::{Shared, allow, need, status};
+use cairn_metadata::acls::{Operation, ResourceType};
 
 /// Session timeout when a member asks for none.
 const DEFAULT_SESSION_TIMEOUT_MS: i64 = 10_000;
@@ -48,6 +49,22 @@ impl v2::group_service_server::GroupService for GroupsService {
         &self,
         request: Request<v2::JoinGroupRequest>,
     ) -> Result<Response<v2::JoinGroupResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Read,
+            ResourceType::Group,
+            &request.get_ref().group,
+        )?;
+        for topic in &request.get_ref().topics {
+            allow(
+                &self.0,
+                &request,
+                Operation::Read,
+                ResourceType::Topic,
+                topic,
+            )?;
+        }
         let r = request.into_inner();
         need("group", &r.group)?;
         let timeout = r
@@ -69,6 +86,13 @@ impl v2::group_service_server::GroupService for GroupsService {
         &self,
         request: Request<v2::HeartbeatRequest>,
     ) -> Result<Response<v2::HeartbeatResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Read,
+            ResourceType::Group,
+            &request.get_ref().group,
+        )?;
         let r = request.into_inner();
         need("group", &r.group)?;
         need("member_id", &r.member_id)?;
@@ -87,6 +111,13 @@ impl v2::group_service_server::GroupService for GroupsService {
         &self,
         request: Request<v2::LeaveGroupRequest>,
     ) -> Result<Response<v2::LeaveGroupResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Read,
+            ResourceType::Group,
+            &request.get_ref().group,
+        )?;
         let r = request.into_inner();
         need("group", &r.group)?;
         need("member_id", &r.member_id)?;
@@ -102,6 +133,28 @@ impl v2::group_service_server::GroupService for GroupsService {
         &self,
         request: Request<v2::CommitOffsetsRequest>,
     ) -> Result<Response<v2::CommitOffsetsResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Read,
+            ResourceType::Group,
+            &request.get_ref().group,
+        )?;
+        let topics: std::collections::BTreeSet<&str> = request
+            .get_ref()
+            .offsets
+            .iter()
+            .map(|o| o.topic.as_str())
+            .collect();
+        for topic in topics {
+            allow(
+                &self.0,
+                &request,
+                Operation::Read,
+                ResourceType::Topic,
+                topic,
+            )?;
+        }
         let r = request.into_inner();
         need("group", &r.group)?;
         need("member_id", &r.member_id)?;
@@ -127,6 +180,13 @@ impl v2::group_service_server::GroupService for GroupsService {
         &self,
         request: Request<v2::FetchCommittedOffsetsRequest>,
     ) -> Result<Response<v2::FetchCommittedOffsetsResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Describe,
+            ResourceType::Group,
+            &request.get_ref().group,
+        )?;
         let r = request.into_inner();
         need("group", &r.group)?;
         let list = self
@@ -144,6 +204,13 @@ impl v2::group_service_server::GroupService for GroupsService {
         &self,
         request: Request<v2::DescribeGroupRequest>,
     ) -> Result<Response<v2::DescribeGroupResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Describe,
+            ResourceType::Group,
+            &request.get_ref().group,
+        )?;
         let r = request.into_inner();
         need("group", &r.group)?;
         let d = self
@@ -188,6 +255,7 @@ impl v2::group_service_server::GroupService for GroupsService {
         &self,
         request: Request<v2::ListGroupsRequest>,
     ) -> Result<Response<v2::ListGroupsResponse>, Status> {
+        let principal = crate::auth::principal_of(&request).map(str::to_string);
         let r = request.into_inner();
         let mut all: Vec<v2::GroupListing> = Vec::new();
         for (names, kind) in [
@@ -200,10 +268,24 @@ impl v2::group_service_server::GroupService for GroupsService {
                 v2::GroupKind::Share,
             ),
         ] {
-            all.extend(names.into_iter().map(|name| v2::GroupListing {
-                name,
-                kind: kind as i32,
-            }));
+            // Only the groups the caller may see.
+            let resource = match kind {
+                v2::GroupKind::Share => ResourceType::ShareGroup,
+                _ => ResourceType::Group,
+            };
+            all.extend(
+                names
+                    .into_iter()
+                    .filter(|name| {
+                        self.0
+                            .authz
+                            .may(principal.as_deref(), Operation::Describe, resource, name)
+                    })
+                    .map(|name| v2::GroupListing {
+                        name,
+                        kind: kind as i32,
+                    }),
+            );
         }
         // The page key orders consumer groups before share groups, each by name.
         let key = |g: &v2::GroupListing| format!("{}/{}", g.kind, g.name);
@@ -220,6 +302,20 @@ impl v2::group_service_server::GroupService for GroupsService {
         &self,
         request: Request<v2::ResetOffsetsRequest>,
     ) -> Result<Response<v2::ResetOffsetsResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Alter,
+            ResourceType::Group,
+            &request.get_ref().group,
+        )?;
+        allow(
+            &self.0,
+            &request,
+            Operation::Describe,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         use v2::reset_offsets_request::To;
         let r = request.into_inner();
         need("group", &r.group)?;

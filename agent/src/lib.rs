@@ -227,6 +227,7 @@ impl AgentBuilder {
                 identity: std::sync::OnceLock::new(),
                 zone,
                 peer_listener: std::sync::Mutex::new(None),
+                authz: Arc::new(auth::Authorizer::new(&self.auth)),
             }),
             counters,
             cluster: self.cluster,
@@ -507,8 +508,11 @@ impl Agent {
             ),
             None => None,
         };
-        let authenticator =
-            auth::Authenticator::new(self.auth.clone(), self.shared.metadata.clone());
+        let authenticator = auth::Authenticator::new(
+            self.auth.clone(),
+            self.shared.metadata.clone(),
+            self.shared.authz.clone(),
+        );
         if let Err(e) = authenticator.refresh().await {
             tracing::warn!(error = %e, "cannot read the token table yet; retrying every 2s");
         }

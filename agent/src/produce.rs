@@ -15,7 +15,8 @@ use crate::AgentError;
 use crate::batcher::PendingBatch;
 use crate::error::status_with_reason;
 use crate::sequencer::Stamped;
-use crate::service::{Shared, Waiting, status};
+use crate::service::{Shared, Waiting, allow, status};
+use cairn_metadata::acls::{Operation, ResourceType};
 
 /// Most batches in one produce request.
 pub(crate) const MAX_BATCHES_PER_REQUEST: usize = 10_000;
@@ -148,6 +149,17 @@ impl v2::producer_service_server::ProducerService for ProducerService {
         &self,
         request: Request<v2::InitProducerRequest>,
     ) -> Result<Response<v2::InitProducerResponse>, Status> {
+        // A named producer is a resource of its own; an anonymous one is any client's.
+        let name = &request.get_ref().name;
+        if !name.is_empty() {
+            allow(
+                &self.0,
+                &request,
+                Operation::Write,
+                ResourceType::Producer,
+                name,
+            )?;
+        }
         let name = request.into_inner().name;
         let id = self
             .0
@@ -171,6 +183,16 @@ impl v2::producer_service_server::ProducerService for ProducerService {
         if let Some(e) = s.metadata.damaged() {
             // No segment is written for a commit that would be refused.
             return Err(status(AgentError::Meta(cairn_metadata::MetaError::Kv(e))));
+        }
+        // Write on every topic of the request, each checked once.
+        let topics: std::collections::BTreeSet<&str> = request
+            .get_ref()
+            .batches
+            .iter()
+            .map(|b| b.topic.as_str())
+            .collect();
+        for topic in topics {
+            allow(s, &request, Operation::Write, ResourceType::Topic, topic)?;
         }
         let v2::ProduceRequest { batches, atomic } = request.into_inner();
         if batches.is_empty() {

@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) zone: Option<Arc<crate::zone::ZoneCache>>,
     /// The peer port, bound when the agent joins the cluster and served by `serve`.
     pub(crate) peer_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
+    /// Decides each call from the ACLs.
+    pub(crate) authz: Arc<crate::auth::Authorizer>,
 }
 
 /// Live counts of what an agent is doing, for tests and (later) metrics.
@@ -125,6 +127,34 @@ impl Shared {
 pub(crate) fn status(e: impl Into<AgentError>) -> Status {
     let e: AgentError = e.into();
     Status::from(e)
+}
+
+/// PERMISSION_DENIED (logged on the audit target) unless the call's principal may do
+/// `operation` on `name` of `resource_type`.
+pub(crate) fn allow<T>(
+    shared: &Shared,
+    request: &tonic::Request<T>,
+    operation: cairn_metadata::acls::Operation,
+    resource_type: cairn_metadata::acls::ResourceType,
+    name: &str,
+) -> Result<(), Status> {
+    let principal = crate::auth::principal_of(request);
+    shared
+        .authz
+        .check(principal, operation, resource_type, name)
+        .map_err(|why| {
+            tracing::warn!(
+                target: crate::auth::AUDIT,
+                principal = %principal.unwrap_or(""),
+                operation = %operation,
+                resource = %format!("{resource_type}:{name}"),
+                peer = %request
+                    .remote_addr()
+                    .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
+                "refused: {why}"
+            );
+            Status::permission_denied(why)
+        })
 }
 
 /// INVALID_ARGUMENT unless the named field is set.

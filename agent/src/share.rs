@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::AgentError;
-use crate::service::{Shared, need, status};
+use crate::service::{Shared, allow, need, status};
+use cairn_metadata::acls::{Operation, ResourceType};
 
 const DEFAULT_LEASE_MS: u32 = 30_000;
 const LEASE_RANGE_MS: (u32, u32) = (1_000, 600_000);
@@ -199,6 +200,20 @@ impl v2::share_service_server::ShareService for ShareService {
         &self,
         request: Request<v2::AcquireRequest>,
     ) -> Result<Response<v2::AcquireResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Read,
+            ResourceType::ShareGroup,
+            &request.get_ref().group,
+        )?;
+        allow(
+            &self.0,
+            &request,
+            Operation::Read,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         let s = &self.0;
         let r = request.into_inner();
         need("group", &r.group)?;
@@ -308,6 +323,20 @@ impl v2::share_service_server::ShareService for ShareService {
         &self,
         request: Request<v2::SettleRequest>,
     ) -> Result<Response<v2::SettleResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Read,
+            ResourceType::ShareGroup,
+            &request.get_ref().group,
+        )?;
+        allow(
+            &self.0,
+            &request,
+            Operation::Read,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         let s = &self.0;
         let r = request.into_inner();
         need("group", &r.group)?;
@@ -371,6 +400,20 @@ impl v2::share_service_server::ShareService for ShareService {
         &self,
         request: Request<v2::DescribeShareGroupRequest>,
     ) -> Result<Response<v2::DescribeShareGroupResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Describe,
+            ResourceType::ShareGroup,
+            &request.get_ref().group,
+        )?;
+        allow(
+            &self.0,
+            &request,
+            Operation::Describe,
+            ResourceType::Topic,
+            &request.get_ref().topic,
+        )?;
         let r = request.into_inner();
         need("group", &r.group)?;
         need("topic", &r.topic)?;

@@ -28,7 +28,7 @@ Examples:
 
 A TOML file (--config) may set: listen, metrics_listen, object_store, metadata, agent_id,
 advertise, zone, peer_listen, peer_advertise, insecure, a [tls] table (cert, key, client_ca,
-peer_ca), an [auth] table (required, tls_principal), an [s3] table
+peer_ca), an [auth] table (required, tls_principal, super_users), an [s3] table
 of object_store S3 options (endpoint, region, ...) and a [tuning] table (segment_max_bytes,
 linger, max_inflight_segments, multipart_threshold, segment_max_batches, max_request_bytes,
 max_batch_uncompressed_bytes, cache_bytes, chunk_cache_bytes, chunk_bytes,
@@ -151,6 +151,15 @@ pub(crate) struct AgentArgs {
     /// or san (its first DNS name, else URI, e.g. a SPIFFE id).
     #[arg(long, env = "CAIRN_TLS_PRINCIPAL", value_name = "cn|san")]
     tls_principal: Option<cairn_agent::auth::CertName>,
+    /// A principal that may do anything whatever the ACLs say (repeat the flag, or
+    /// comma-separate in CAIRN_SUPER_USERS): who administers a new secure cluster.
+    #[arg(
+        long = "super-user",
+        env = "CAIRN_SUPER_USERS",
+        value_name = "PRINCIPAL",
+        value_delimiter = ','
+    )]
+    super_users: Vec<String>,
 }
 
 /// The `[auth]` table of the config file.
@@ -160,6 +169,8 @@ struct AuthConfig {
     #[serde(default)]
     required: bool,
     tls_principal: Option<cairn_agent::auth::CertName>,
+    #[serde(default)]
+    super_users: Vec<String>,
 }
 
 /// The `[tls]` table of the config file.
@@ -276,7 +287,15 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             .tls_principal
             .or(file.auth.tls_principal)
             .unwrap_or_default(),
+        super_users: if args.super_users.is_empty() {
+            file.auth.super_users
+        } else {
+            args.super_users
+        },
     };
+    for p in &auth.super_users {
+        cairn_metadata::tokens::check_principal(p).context("invalid --super-user")?;
+    }
     if !listen.ip().is_loopback() && tls.is_none() {
         let insecure = args.insecure || file.insecure;
         if !auth.required && !insecure {

@@ -3,6 +3,7 @@
 // Only the FoundationDB adapter in cairn-metadata may use unsafe code.
 #![forbid(unsafe_code)]
 
+mod acl;
 mod agent;
 mod bench;
 mod cluster;
@@ -81,6 +82,9 @@ enum Command {
     /// List, describe and reset consumer groups.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// Add, list and remove ACLs (who may do what to which topics and groups).
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
     /// Issue, list and revoke bearer tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -126,6 +130,7 @@ fn main() -> ExitCode {
             Command::Status(args) => status::run(args).await,
             Command::Cluster(args) => cluster::run(args).await,
             Command::Token(cmd) => token::run(cmd).await,
+            Command::Acl(cmd) => acl::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Compactor(args) => compactor::run(args).await,
             #[cfg(feature = "sql")]
@@ -292,5 +297,17 @@ impl ConnectArgs {
             .with_context(|| {
                 format!("is an agent running at {endpoint}? start one with `cairn agent`")
             })
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    use super::*;
+
+    /// Every command's flags are well formed (no two with one name): clap checks this only
+    /// when a command is parsed, so a clash would otherwise surface to users.
+    #[test]
+    fn every_command_is_well_formed() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

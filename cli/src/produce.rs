@@ -26,9 +26,15 @@ written and the error names the actual next offset.")]
 pub(crate) struct ProduceArgs {
     /// Topic to write to.
     topic: String,
-    /// Key of every record (records with equal keys share a partition).
-    #[arg(long, conflicts_with = "key_separator")]
-    key: Option<String>,
+    /// Key of every record (records with equal keys share a partition). (`--key` is the
+    /// client's TLS key, as for every command.)
+    #[arg(
+        long = "record-key",
+        short = 'k',
+        value_name = "KEY",
+        conflicts_with = "key_separator"
+    )]
+    record_key: Option<String>,
     /// Split each line at the first SEP into key and value.
     #[arg(long, value_name = "SEP")]
     key_separator: Option<String>,
@@ -121,7 +127,7 @@ pub(crate) async fn run(args: ProduceArgs) -> anyhow::Result<()> {
 
 /// One stdin line as a record, split into key and value as the flags say.
 fn to_record(args: &ProduceArgs, line: String, line_no: u64) -> anyhow::Result<ProducerRecord> {
-    let (key, value) = match (&args.key_separator, &args.key) {
+    let (key, value) = match (&args.key_separator, &args.record_key) {
         (Some(sep), _) => match line.split_once(sep.as_str()) {
             Some((k, v)) => (Some(k.to_string()), v.to_string()),
             None => bail!("line {line_no} has no key separator `{sep}`"),

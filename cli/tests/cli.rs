@@ -178,7 +178,11 @@ fn consume_follow_prints_records_as_they_arrive() {
         ready.starts_with("following live (3 partitions)"),
         "{ready}"
     );
-    ok(cairn(&agent, &["produce", "live", "--key", "k"], "new\n"));
+    ok(cairn(
+        &agent,
+        &["produce", "live", "--record-key", "k"],
+        "new\n",
+    ));
     let mut seen = String::new();
     BufReader::new(follower.stdout.take().unwrap())
         .read_line(&mut seen)

@@ -145,6 +145,37 @@ impl Admin {
             .revoked)
     }
 
+    /// Adds an ACL.
+    pub async fn create_acl(&self, acl: v2::AclBinding) -> Result<(), ClientError> {
+        self.client
+            .clone()
+            .create_acl(v2::CreateAclRequest { acl: Some(acl) })
+            .await?;
+        Ok(())
+    }
+
+    /// Every ACL.
+    pub async fn list_acls(&self) -> Result<Vec<v2::AclBinding>, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .list_acls(v2::ListAclsRequest {})
+            .await?
+            .into_inner()
+            .acls)
+    }
+
+    /// Removes an ACL; false when there was none.
+    pub async fn delete_acl(&self, acl: v2::AclBinding) -> Result<bool, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .delete_acl(v2::DeleteAclRequest { acl: Some(acl) })
+            .await?
+            .into_inner()
+            .deleted)
+    }
+
     /// Every group's name, each list in name order: `(consumer groups, share groups)`.
     pub async fn list_groups(&self) -> Result<(Vec<String>, Vec<String>), ClientError> {
         let mut consumer = Vec::new();

@@ -66,9 +66,9 @@ pub use admin::{Admin, ResetTo, TopicOptions};
 /// The error of a frame that fails to build or to open (see [`ClientError::Corrupt`]).
 pub use cairn_proto::FrameError;
 pub use cairn_proto::v2::{
-    AgentInfo, Codec, DescribeClusterResponse, DescribeGroupResponse, DescribeTopicResponse,
-    ErrorReason, GetAgentStatusResponse, LatencyHistogram, PartitionInfo, PartitionOffset,
-    TokenInfo, TopicInfo,
+    AclBinding, AgentInfo, Codec, DescribeClusterResponse, DescribeGroupResponse,
+    DescribeTopicResponse, ErrorReason, GetAgentStatusResponse, LatencyHistogram, PartitionInfo,
+    PartitionOffset, TokenInfo, TopicInfo,
 };
 pub use cluster::{Cluster, ClusterConfig};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Offset};

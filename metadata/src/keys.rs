@@ -28,6 +28,7 @@
 //! | `(cairn, cc, topic_id, partition)` | compaction claim: owner, token, lease expiry (ms) |
 //! | `(cairn, ag, agent_id)` | a registered agent: address, zone, version, incarnation, lease, load (JSON) |
 //! | `(cairn, tok, token_id)` | a bearer token: principal, expiry, salt, salted hash (JSON) |
+//! | `(cairn, acl, resource_type, pattern_type, pattern, principal, operation, permission)` | an ACL (JSON) |
 
 use foundationdb_tuple::{Subspace, TuplePack, TupleUnpack, pack, unpack};
 
@@ -42,6 +43,29 @@ fn key<T: TuplePack>(t: T) -> Vec<u8> {
 /// The half-open range of every key under a prefix tuple.
 fn range<T: TuplePack>(t: T) -> (Vec<u8>, Vec<u8>) {
     Subspace::from(ROOT).subspace(&t).range()
+}
+
+pub(crate) fn acl(
+    resource_type: &str,
+    pattern_type: &str,
+    pattern: &str,
+    principal: &str,
+    operation: &str,
+    permission: &str,
+) -> Vec<u8> {
+    key((
+        "acl",
+        resource_type,
+        pattern_type,
+        pattern,
+        principal,
+        operation,
+        permission,
+    ))
+}
+
+pub(crate) fn acls() -> (Vec<u8>, Vec<u8>) {
+    range(("acl",))
 }
 
 pub(crate) fn token(id: &str) -> Vec<u8> {

@@ -6,6 +6,7 @@
 //! SQLite (the embedded default), in-memory (unit tests) and FoundationDB (feature `fdb`).
 //! Every backend enforces FoundationDB's transaction limits, so a violation fails in tests.
 
+pub mod acls;
 mod clock;
 mod cluster;
 mod commit;

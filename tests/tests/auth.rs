@@ -79,7 +79,17 @@ async fn tokens_authenticate_and_revocation_reaches_every_agent() -> anyhow::Res
     let mut agents = Vec::new();
     for (i, id) in ["a1", "a2"].iter().enumerate() {
         let mut args = file_agent_args(d);
-        args.extend(["--require-auth", "--agent-id", id].map(String::from));
+        // Super-users, so that authentication is what is tested here (acl.rs tests ACLs).
+        args.extend(
+            [
+                "--require-auth",
+                "--super-user",
+                "admin,alice,bob",
+                "--agent-id",
+                id,
+            ]
+            .map(String::from),
+        );
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let log = d.join(format!("{id}.log"));
         agents.push((
