@@ -19,6 +19,12 @@ use tonic::Status;
 /// How often the token table is read again.
 pub const TOKEN_REFRESH: Duration = Duration::from_secs(2);
 
+/// Fewest time between two reads of the token table forced by an unknown token.
+const MIN_FORCED_REFRESH: Duration = Duration::from_millis(250);
+
+/// The answer to a token with no record here (and to a wrong secret).
+const UNKNOWN_TOKEN: &str = "the token is unknown or revoked";
+
 /// The tracing target of audit events: refused calls, token and ACL changes.
 pub const AUDIT: &str = "cairn::audit";
 
@@ -144,6 +150,8 @@ pub(crate) struct Authenticator {
     tokens: Arc<RwLock<HashMap<String, TokenRecord>>>,
     metadata: Metadata,
     authorizer: Arc<Authorizer>,
+    /// When an unknown token last forced a read of the table (one at a time).
+    forced: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// What the audit log and the checks need to know of a call's connection.
@@ -223,7 +231,31 @@ impl Authenticator {
             tokens: Arc::default(),
             metadata,
             authorizer,
+            forced: Arc::default(),
         }
+    }
+
+    /// Reads the token table again for a token it does not know (one just issued on
+    /// another agent) that arrived at `arrived`: a new token works at once. Reads are
+    /// shared (a read begun after the call arrived serves it) and at least
+    /// [`MIN_FORCED_REFRESH`] apart, so a flood of bogus tokens costs the store four reads
+    /// a second at most.
+    async fn refresh_for_unknown(&self, arrived: std::time::Instant) {
+        let mut last = self.forced.lock().await;
+        if let Some(t) = *last {
+            if t >= arrived {
+                return;
+            }
+            let wait = MIN_FORCED_REFRESH.saturating_sub(t.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        let started = std::time::Instant::now();
+        if let Err(e) = self.refresh().await {
+            tracing::debug!(error = %e, "cannot read the tokens for an unknown one");
+        }
+        *last = Some(started);
     }
 
     /// Reads the token table and the ACLs now.
@@ -271,7 +303,7 @@ impl Authenticator {
         let record = tokens
             .get(presented.id)
             .filter(|r| r.matches(presented.secret))
-            .ok_or("the token is unknown or revoked")?;
+            .ok_or(UNKNOWN_TOKEN)?;
         if record.expired(self.metadata.clock().now_ms()) {
             return Err("the token has expired");
         }
@@ -292,7 +324,13 @@ impl Authenticator {
     }
 
     /// Finds who `request` comes from and records it in its extensions, or refuses it.
-    fn authenticate<B>(&self, request: &mut http::Request<B>) -> Result<(), Status> {
+    /// With `may_retry`, a token this agent does not know is answered `Err(None)`: read
+    /// the table again and retry.
+    fn authenticate<B>(
+        &self,
+        request: &mut http::Request<B>,
+        may_retry: bool,
+    ) -> Result<(), Option<Status>> {
         let operation = request.uri().path().to_string();
         if is_open(&operation) {
             return Ok(());
@@ -302,15 +340,16 @@ impl Authenticator {
             Some(value) => {
                 let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer "))
                 else {
-                    return Err(self.refuse(
+                    return Err(Some(self.refuse(
                         &operation,
                         &conn.peer,
                         "the authorization metadata must read `Bearer <token>`",
-                    ));
+                    )));
                 };
                 match self.check_token(token.trim()) {
                     Ok(p) => Some(p),
-                    Err(why) => return Err(self.refuse(&operation, &conn.peer, why)),
+                    Err(UNKNOWN_TOKEN) if may_retry => return Err(None),
+                    Err(why) => return Err(Some(self.refuse(&operation, &conn.peer, why))),
                 }
             }
             None => conn
@@ -324,12 +363,12 @@ impl Authenticator {
                 request.extensions_mut().insert(Principal(p));
             }
             None if self.settings.required => {
-                return Err(self.refuse(
+                return Err(Some(self.refuse(
                     &operation,
                     &conn.peer,
                     "this agent requires authentication: give a token (--token or \
                      CAIRN_TOKEN) or a client certificate",
-                ));
+                )));
             }
             None => {}
         }
@@ -361,8 +400,12 @@ pub(crate) struct AuthService<S> {
 
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -376,11 +419,27 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        match self.auth.authenticate(&mut request) {
+        match self.auth.authenticate(&mut request, true) {
             Ok(()) => Box::pin(self.inner.call(request)),
-            Err(status) => {
+            Err(Some(status)) => {
                 let response = status.into_http();
                 Box::pin(async move { Ok(response) })
+            }
+            Err(None) => {
+                // The service made ready is the one that must take the call.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let auth = self.auth.clone();
+                let arrived = std::time::Instant::now();
+                Box::pin(async move {
+                    auth.refresh_for_unknown(arrived).await;
+                    match auth.authenticate(&mut request, false) {
+                        Ok(()) => inner.call(request).await,
+                        Err(status) => Ok(status
+                            .unwrap_or_else(|| Status::unauthenticated(UNKNOWN_TOKEN))
+                            .into_http()),
+                    }
+                })
             }
         }
     }

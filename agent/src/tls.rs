@@ -30,6 +30,10 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(5);
 /// How long a client may take to complete its TLS handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most handshakes in progress at once on one listener; further connections wait to be
+/// accepted, so a flood of slow handshakes cannot take the agent's memory.
+pub const MAX_HANDSHAKES: usize = 1024;
+
 /// The PEM files of a TLS listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -237,8 +241,12 @@ impl Reloading {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let this = self.clone();
         let plain = plain_text_refuser();
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                    return;
+                };
                 let (tcp, peer) = tokio::select! {
                     _ = tx.closed() => return,
                     accepted = listener.accept() => match accepted {
@@ -255,6 +263,7 @@ impl Reloading {
                 let tx = tx.clone();
                 let plain = plain.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     // A TLS connection opens with a handshake record (0x16). Anything else
                     // is a client speaking plain text, most likely HTTP/2 to an http://
                     // address: it is answered in HTTP/2 with a gRPC status saying so,

@@ -124,19 +124,8 @@ async fn tokens_authenticate_and_revocation_reaches_every_agent() -> anyhow::Res
     let admin = admin.trim().to_string();
     assert!(admin.starts_with("cairn_"), "{admin}");
     assert!(err.contains("cannot be shown again"), "{err}");
-    // Agents read the table every 2 s.
-    let started = Instant::now();
-    while whoami(&e1, Some(&admin)).await.is_err() || whoami(&e2, Some(&admin)).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "admin's token never took"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!(
-        "a new token works on both agents after {:?}",
-        started.elapsed()
-    );
+    // A token an agent does not know yet makes it read the table again: it works at once.
+    assert_eq!(whoami(&e2, Some(&admin)).await.unwrap(), "admin");
     assert_eq!(whoami(&e1, Some(&admin)).await.unwrap(), "admin");
 
     // Through an agent, with the admin's token: a token for alice.
@@ -160,14 +149,7 @@ async fn tokens_authenticate_and_revocation_reaches_every_agent() -> anyhow::Res
         Some(&admin),
     )?;
     assert!(ok, "{err}");
-    let started = Instant::now();
-    while whoami(&e2, Some(&alice)).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "alice's token never took"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Issued through a1, good at once on a2.
     assert_eq!(whoami(&e2, Some(&alice)).await.unwrap(), "alice");
     // The listing names both, and holds no secret.
     let (ok, list, err) = cairn(&["token", "list", "--endpoint", &e2], Some(&alice))?;
@@ -219,16 +201,8 @@ async fn tokens_authenticate_and_revocation_reaches_every_agent() -> anyhow::Res
     )?;
     assert!(ok, "{err}");
     let brief = brief.trim().to_string();
-    // It works on the other agent once that agent has read it…
-    let started = Instant::now();
-    while whoami(&e1, Some(&brief)).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "bob's token never took"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // …and stops when it expires.
+    // Good at once on the other agent, and refused when it expires.
+    assert_eq!(whoami(&e1, Some(&brief)).await.unwrap(), "bob");
     let expired = until_refused(&e1, &brief, "expired").await;
     eprintln!("a 6s token was refused as expired {expired:?} after it first worked there");
 
