@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::AgentError;
 use crate::convert::{codec_from_proto, page, topic_info};
-use crate::service::{Shared, allow, need, status};
+use crate::service::{Shared, allow, need, peer_of, status};
 use cairn_metadata::acls::{Operation, ResourceType};
 
 /// The Admin service.
@@ -238,7 +238,7 @@ impl v2::admin_service_server::AdminService for AdminService {
             "*",
         )?;
         let by = caller(&request);
-        let peer = peer(&request);
+        let peer = peer_of(&request);
         let r = request.into_inner();
         let (record, token) = self
             .0
@@ -289,7 +289,7 @@ impl v2::admin_service_server::AdminService for AdminService {
             "*",
         )?;
         let by = caller(&request);
-        let peer = peer(&request);
+        let peer = peer_of(&request);
         let r = request.into_inner();
         let revoked = self.0.metadata.revoke_token(&r.id).await.map_err(status)?;
         let id = cairn_metadata::tokens::parse_token(&r.id).map_or(r.id.as_str(), |t| t.id);
@@ -316,7 +316,7 @@ impl v2::admin_service_server::AdminService for AdminService {
             ResourceType::Cluster,
             "*",
         )?;
-        let (by, peer) = (caller(&request), peer(&request));
+        let (by, peer) = (caller(&request), peer_of(&request));
         let acl = acl_from_proto(request.into_inner().acl)?;
         self.0.metadata.add_acl(&acl).await.map_err(status)?;
         tracing::info!(
@@ -358,7 +358,7 @@ impl v2::admin_service_server::AdminService for AdminService {
             ResourceType::Cluster,
             "*",
         )?;
-        let (by, peer) = (caller(&request), peer(&request));
+        let (by, peer) = (caller(&request), peer_of(&request));
         let acl = acl_from_proto(request.into_inner().acl)?;
         let deleted = self.0.metadata.remove_acl(&acl).await.map_err(status)?;
         tracing::info!(
@@ -431,13 +431,6 @@ impl v2::admin_service_server::AdminService for AdminService {
 /// Who made a call, as recorded with what it changed: its principal, or `(anonymous)`.
 fn caller<T>(request: &Request<T>) -> String {
     crate::auth::principal_of(request).map_or_else(|| "(anonymous)".to_string(), str::to_string)
-}
-
-/// The peer's address of a call, for the audit log.
-fn peer<T>(request: &Request<T>) -> String {
-    request
-        .remote_addr()
-        .map_or_else(|| "unknown".to_string(), |a| a.to_string())
 }
 
 /// An ACL from the wire, each field checked.

@@ -148,13 +148,18 @@ pub(crate) fn allow<T>(
                 principal = %principal.unwrap_or(""),
                 operation = %operation,
                 resource = %format!("{resource_type}:{name}"),
-                peer = %request
-                    .remote_addr()
-                    .map_or_else(|| "unknown".to_string(), |a| a.to_string()),
+                peer = %peer_of(request),
                 "refused: {why}"
             );
             Status::permission_denied(why)
         })
+}
+
+/// The peer's address of a call, for the audit log.
+pub(crate) fn peer_of<T>(request: &tonic::Request<T>) -> String {
+    request
+        .remote_addr()
+        .map_or_else(|| "unknown".to_string(), |a| a.to_string())
 }
 
 /// INVALID_ARGUMENT unless the named field is set.

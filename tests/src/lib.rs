@@ -558,6 +558,22 @@ pub fn raw_batch<V: Into<bytes::Bytes>>(
     })
 }
 
+/// Waits up to 30 s for `check` to hold, polling every 100 ms; fails naming `what`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 30s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A fresh temporary directory for one test's files.
 pub fn temp_dir() -> anyhow::Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new().prefix("cairn-test-").tempdir()?)

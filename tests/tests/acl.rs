@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cairn_client::{AclBinding, Admin, Cluster, Security};
 use cairn_proto::v2;
-use cairn_tests::{AgentProcess, cairn_bin, file_agent_args, raw_batch, temp_dir};
+use cairn_tests::{AgentProcess, cairn_bin, eventually, file_agent_args, raw_batch, temp_dir};
 use futures::future::BoxFuture;
 use tonic::{Code, Status};
 
@@ -357,19 +357,6 @@ fn calls() -> Vec<(&'static str, Vec<Grant>, Call)> {
             ),
         ),
     ]
-}
-
-/// Waits up to 30 s until `check` holds.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within 30s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

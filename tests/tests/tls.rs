@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use cairn_client::{Admin, Cluster, ClusterConfig, ProducerConfig, Security};
 use cairn_tests::pki::{Ca, Pair};
-use cairn_tests::{AgentProcess, cairn_bin, file_agent_args, temp_dir, verify_exact};
+use cairn_tests::{AgentProcess, cairn_bin, eventually, file_agent_args, temp_dir, verify_exact};
 
 /// The client's error, with its causes, as one string.
 fn chain(e: &dyn std::error::Error) -> String {
@@ -53,19 +53,6 @@ async fn status(endpoint: &str, security: &Security) -> Result<(), String> {
 /// `endpoint` as `host:port`.
 fn host_port(endpoint: &str) -> &str {
     endpoint.split_once("://").map_or(endpoint, |(_, hp)| hp)
-}
-
-/// Waits up to 30 s for `check` to hold, polling.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within 30s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// The agent's log so far.
