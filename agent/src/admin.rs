@@ -373,6 +373,91 @@ impl v2::admin_service_server::AdminService for AdminService {
         Ok(Response::new(v2::DeleteAclResponse { deleted }))
     }
 
+    async fn set_quota(
+        &self,
+        request: Request<v2::SetQuotaRequest>,
+    ) -> Result<Response<v2::SetQuotaResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Alter,
+            ResourceType::Cluster,
+            "*",
+        )?;
+        let (by, peer) = (caller(&request), peer_of(&request));
+        let quota = quota_from_proto(request.into_inner().quota)?;
+        self.0.metadata.set_quota(&quota).await.map_err(status)?;
+        tracing::info!(
+            target: crate::auth::AUDIT,
+            principal = %by,
+            operation = "SetQuota",
+            resource = %format!("quota:{}", quota.principal),
+            peer = %peer,
+            produce_bytes_per_second = ?quota.produce_bytes_per_sec,
+            fetch_bytes_per_second = ?quota.fetch_bytes_per_sec,
+            requests_per_second = ?quota.requests_per_sec,
+            "quota set"
+        );
+        Ok(Response::new(v2::SetQuotaResponse {}))
+    }
+
+    async fn list_quotas(
+        &self,
+        request: Request<v2::ListQuotasRequest>,
+    ) -> Result<Response<v2::ListQuotasResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::DescribeConfigs,
+            ResourceType::Cluster,
+            "*",
+        )?;
+        let quotas = self.0.metadata.list_quotas().await.map_err(status)?;
+        Ok(Response::new(v2::ListQuotasResponse {
+            quotas: quotas
+                .into_iter()
+                .map(|q| v2::QuotaBinding {
+                    principal: q.principal,
+                    produce_bytes_per_second: q.produce_bytes_per_sec,
+                    fetch_bytes_per_second: q.fetch_bytes_per_sec,
+                    requests_per_second: q.requests_per_sec,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_quota(
+        &self,
+        request: Request<v2::DeleteQuotaRequest>,
+    ) -> Result<Response<v2::DeleteQuotaResponse>, Status> {
+        allow(
+            &self.0,
+            &request,
+            Operation::Alter,
+            ResourceType::Cluster,
+            "*",
+        )?;
+        let (by, peer) = (caller(&request), peer_of(&request));
+        let principal = request.into_inner().principal;
+        need("principal", &principal)?;
+        let deleted = self
+            .0
+            .metadata
+            .remove_quota(&principal)
+            .await
+            .map_err(status)?;
+        tracing::info!(
+            target: crate::auth::AUDIT,
+            principal = %by,
+            operation = "DeleteQuota",
+            resource = %format!("quota:{principal}"),
+            peer = %peer,
+            deleted,
+            "quota removed"
+        );
+        Ok(Response::new(v2::DeleteQuotaResponse { deleted }))
+    }
+
     async fn describe_cluster(
         &self,
         _request: Request<v2::DescribeClusterRequest>,
@@ -434,6 +519,18 @@ fn caller<T>(request: &Request<T>) -> String {
 }
 
 /// An ACL from the wire, each field checked.
+fn quota_from_proto(q: Option<v2::QuotaBinding>) -> Result<cairn_metadata::quotas::Quota, Status> {
+    let q = q.ok_or_else(|| status(AgentError::Invalid("quota is missing".into())))?;
+    let quota = cairn_metadata::quotas::Quota {
+        principal: q.principal,
+        produce_bytes_per_sec: q.produce_bytes_per_second,
+        fetch_bytes_per_sec: q.fetch_bytes_per_second,
+        requests_per_sec: q.requests_per_second,
+    };
+    quota.validate().map_err(status)?;
+    Ok(quota)
+}
+
 fn acl_from_proto(acl: Option<v2::AclBinding>) -> Result<cairn_metadata::acls::Acl, Status> {
     let a = acl.ok_or_else(|| status(AgentError::Invalid("acl is missing".into())))?;
     let field = |what: &str, e: String| status(AgentError::Invalid(format!("acl {what} {e}")));

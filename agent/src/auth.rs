@@ -16,6 +16,8 @@ use cairn_metadata::acls::{Acl, Denial, Operation, ResourceType, decide};
 use cairn_metadata::tokens::{TokenRecord, parse_token};
 use tonic::Status;
 
+use crate::quota::{Connections, Held, Kind, Quotas};
+
 /// How often the token table is read again.
 pub const TOKEN_REFRESH: Duration = Duration::from_secs(2);
 
@@ -152,6 +154,10 @@ pub(crate) struct Authenticator {
     authorizer: Arc<Authorizer>,
     /// When an unknown token last forced a read of the table (one at a time).
     forced: Arc<tokio::sync::Mutex<Option<std::time::Instant>>>,
+    /// Quotas: calls per second are checked here, for every call.
+    quotas: Arc<Quotas>,
+    /// What each connection has in flight.
+    connections: Arc<Connections>,
 }
 
 /// What the audit log and the checks need to know of a call's connection.
@@ -178,6 +184,18 @@ fn connection<B>(request: &http::Request<B>) -> Connection {
             .and_then(TcpConnectInfo::remote_addr)
             .map_or_else(|| "unknown".into(), |a| a.to_string()),
         certs: None,
+    }
+}
+
+/// The peer's address of a call's connection (plain or TLS).
+fn remote_addr<B>(request: &http::Request<B>) -> Option<std::net::SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = request.extensions();
+    match ext.get::<TlsConnectInfo<TcpConnectInfo>>() {
+        Some(tls) => tls.get_ref().remote_addr(),
+        None => ext
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr),
     }
 }
 
@@ -225,6 +243,8 @@ impl Authenticator {
         settings: AuthSettings,
         metadata: Metadata,
         authorizer: Arc<Authorizer>,
+        quotas: Arc<Quotas>,
+        connections: Arc<Connections>,
     ) -> Self {
         Authenticator {
             settings,
@@ -232,6 +252,8 @@ impl Authenticator {
             metadata,
             authorizer,
             forced: Arc::default(),
+            quotas,
+            connections,
         }
     }
 
@@ -275,17 +297,29 @@ impl Authenticator {
         Ok(())
     }
 
-    /// Reads the token table and the ACLs every [`TOKEN_REFRESH`], for ever. A failed read
-    /// keeps what it had (revocations wait for the store to answer again).
+    /// Reads the quotas and the number of live agents (which share each quota) now.
+    pub(crate) async fn refresh_quotas(&self) -> Result<(), cairn_metadata::MetaError> {
+        let quotas = self.metadata.list_quotas().await?;
+        let agents = self.metadata.live_agents().await?.len();
+        self.quotas.set(quotas, agents);
+        Ok(())
+    }
+
+    /// Reads the token table, the ACLs and the quotas every [`TOKEN_REFRESH`], for ever. A
+    /// failed read keeps what it had (revocations wait for the store to answer again).
     pub(crate) async fn follow_tokens(self) {
         let mut warned = false;
         loop {
             tokio::time::sleep(TOKEN_REFRESH).await;
-            match self.refresh().await {
+            let read = match self.refresh().await {
+                Ok(()) => self.refresh_quotas().await,
+                Err(e) => Err(e),
+            };
+            match read {
                 Ok(()) => warned = false,
                 Err(e) if !warned => {
                     warned = true;
-                    tracing::warn!(error = %e, "cannot read the tokens and ACLs; using the last ones read");
+                    tracing::warn!(error = %e, "cannot read the tokens, ACLs and quotas; using the last ones read");
                 }
                 Err(_) => {}
             }
@@ -376,6 +410,36 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// Applies the limits every call is under, once it is authenticated: the principal's
+    /// calls per second, and its connection's bytes in flight (counted as its body arrives,
+    /// until it is answered: the returned [`Held`]). The connection's use goes into the
+    /// request's extensions for the handlers' own limits (long-polls).
+    fn admit(
+        &self,
+        mut request: http::Request<tonic::body::Body>,
+    ) -> Result<(http::Request<tonic::body::Body>, Option<Held>), Status> {
+        if is_open(request.uri().path()) {
+            return Ok((request, None));
+        }
+        let principal = request
+            .extensions()
+            .get::<Principal>()
+            .map(|p| p.0.as_str());
+        self.quotas
+            .take(principal, Kind::Requests, 1, std::time::Duration::ZERO)
+            .map_err(|t| t.status())?;
+        let Some(addr) = remote_addr(&request) else {
+            return Ok((request, None));
+        };
+        let conn = self.connections.of(addr);
+        let held = Held::new(conn.clone());
+        request = request.map(|b| held.body(b));
+        request.extensions_mut().insert(conn);
+        Ok((request, Some(held)))
+    }
+}
+
 /// The tower layer that authenticates every call before any service sees it.
 #[derive(Debug, Clone)]
 pub(crate) struct AuthLayer(pub(crate) Authenticator);
@@ -398,14 +462,15 @@ pub(crate) struct AuthService<S> {
     inner: S,
 }
 
-impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
+impl<S> tower::Service<http::Request<tonic::body::Body>> for AuthService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -418,9 +483,22 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
         match self.auth.authenticate(&mut request, true) {
-            Ok(()) => Box::pin(self.inner.call(request)),
+            Ok(()) => match self.auth.admit(request) {
+                Ok((request, held)) => {
+                    let answered = self.inner.call(request);
+                    Box::pin(async move {
+                        let response = answered.await;
+                        drop(held);
+                        response
+                    })
+                }
+                Err(status) => {
+                    let response = status.into_http();
+                    Box::pin(async move { Ok(response) })
+                }
+            },
             Err(Some(status)) => {
                 let response = status.into_http();
                 Box::pin(async move { Ok(response) })
@@ -434,7 +512,14 @@ where
                 Box::pin(async move {
                     auth.refresh_for_unknown(arrived).await;
                     match auth.authenticate(&mut request, false) {
-                        Ok(()) => inner.call(request).await,
+                        Ok(()) => match auth.admit(request) {
+                            Ok((request, held)) => {
+                                let response = inner.call(request).await;
+                                drop(held);
+                                response
+                            }
+                            Err(status) => Ok(status.into_http()),
+                        },
                         Err(status) => Ok(status
                             .unwrap_or_else(|| Status::unauthenticated(UNKNOWN_TOKEN))
                             .into_http()),

@@ -7,7 +7,8 @@ use cairn_proto::v2;
 use tonic::{Request, Response, Status};
 
 use crate::AgentError;
-use crate::service::{Shared, allow, status};
+use crate::quota::Kind;
+use crate::service::{Shared, allow, long_poll, status, within_quota};
 use cairn_metadata::acls::{Operation, ResourceType};
 
 /// Default and largest `max_bytes` of a fetch.
@@ -33,6 +34,9 @@ impl v2::consumer_service_server::ConsumerService for ConsumerService {
             ResourceType::Topic,
             &request.get_ref().topic,
         )?;
+        within_quota(s, &request, Kind::FetchBytes, 0).await?;
+        let _waiting = long_poll(&request, request.get_ref().max_wait_ms > 0)?;
+        let principal = crate::auth::principal_of(&request).map(str::to_string);
         let r = request.into_inner();
         if r.offset < 0 {
             return Err(status(AgentError::Invalid(format!(
@@ -66,10 +70,11 @@ impl v2::consumer_service_server::ConsumerService for ConsumerService {
             .fetch(&topic, r.partition, r.offset, max_bytes, max_wait)
             .await
             .map_err(status)?;
+        let bytes = fetched.frames.iter().map(|f| f.payload.len() as u64).sum();
+        s.quotas
+            .charge(principal.as_deref(), Kind::FetchBytes, bytes);
         s.metrics.fetch_requests.inc();
-        s.metrics
-            .fetch_bytes
-            .inc_by(fetched.frames.iter().map(|f| f.payload.len() as u64).sum());
+        s.metrics.fetch_bytes.inc_by(bytes);
         s.metrics
             .fetch_seconds
             .observe(started.elapsed().as_secs_f64());

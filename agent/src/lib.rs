@@ -20,6 +20,7 @@ mod fetch;
 mod groups;
 mod metrics;
 mod produce;
+mod quota;
 mod registry;
 mod sequencer;
 mod service;
@@ -210,6 +211,14 @@ impl AgentBuilder {
             .max_capacity(100_000)
             .time_to_live(self.settings.topic_cache_ttl)
             .build();
+        let quotas = Arc::new(quota::Quotas::new(metrics.throttled.clone()));
+        let connections = Arc::new(quota::Connections::new(
+            quota::ConnectionLimits {
+                long_polls: self.settings.max_long_polls_per_connection,
+                bytes: self.settings.max_connection_bytes,
+            },
+            quotas.clone(),
+        ));
         Ok(Agent {
             shared: Arc::new(Shared {
                 settings: self.settings,
@@ -228,6 +237,8 @@ impl AgentBuilder {
                 zone,
                 peer_listener: std::sync::Mutex::new(None),
                 authz: Arc::new(auth::Authorizer::new(&self.auth)),
+                quotas,
+                connections,
             }),
             counters,
             cluster: self.cluster,
@@ -469,9 +480,18 @@ impl Agent {
             }));
         }
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        // Loaded before the endpoint starts: files that fail now stop the start.
+        let http_tls = match &self.tls {
+            Some(t) if t.metrics => Some(
+                tls::Reloading::start_for(t.http_files(), tls::RELOAD_EVERY, tls::Alpn::Http1)
+                    .map_err(|e| AgentError::Config(format!("metrics endpoint: {e}")))?,
+            ),
+            _ => None,
+        };
         let http = metrics.map(|l| {
             tokio::spawn(metrics::serve(
                 l,
+                http_tls,
                 metrics::Http {
                     metrics: self.shared.metrics.clone(),
                     metadata: self.shared.metadata.clone(),
@@ -512,9 +532,14 @@ impl Agent {
             self.auth.clone(),
             self.shared.metadata.clone(),
             self.shared.authz.clone(),
+            self.shared.quotas.clone(),
+            self.shared.connections.clone(),
         );
         if let Err(e) = authenticator.refresh().await {
             tracing::warn!(error = %e, "cannot read the token table yet; retrying every 2s");
+        }
+        if let Err(e) = authenticator.refresh_quotas().await {
+            tracing::warn!(error = %e, "cannot read the quotas yet; retrying every 2s");
         }
         let token_follower = tokio::spawn(authenticator.clone().follow_tokens());
         let expiry = tokio::spawn(expire_producers(
@@ -548,6 +573,7 @@ impl Agent {
             let _ = drained_tx.send(());
         };
         let server = tonic::transport::Server::builder()
+            .max_concurrent_streams(settings.max_streams_per_connection)
             .layer(tower::util::MapResponseLayer::new(
                 oversized_is_resource_exhausted,
             ))

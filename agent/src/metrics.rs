@@ -49,6 +49,8 @@ pub struct AgentMetrics {
     zone: String,
     zone_reads: Family<Vec<(String, String)>, Counter>,
     pub(crate) peer_served_bytes: Counter,
+    /// Calls held back by a quota or a per-connection limit, by `limit`.
+    pub(crate) throttled: crate::quota::Throttles,
     pub(crate) store: StoreCounters,
 }
 
@@ -91,8 +93,14 @@ impl AgentMetrics {
             zone: zone.to_string(),
             zone_reads: Family::default(),
             peer_served_bytes: Counter::default(),
+            throttled: Default::default(),
             store,
         };
+        registry.register(
+            "throttled",
+            "Calls held back (RESOURCE_EXHAUSTED, THROTTLED) by a quota or a per-connection limit, by limit",
+            m.throttled.clone(),
+        );
         let r = &mut registry;
         r.register(
             "produce_requests",
@@ -393,9 +401,11 @@ async fn readyz(State(h): State<Http>) -> (StatusCode, String) {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves.
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` (over TLS with `tls`) until
+/// `shutdown` resolves.
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<crate::tls::Reloading>,
     state: Http,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
@@ -405,10 +415,18 @@ pub(crate) async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
+    let served = match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(tls) => match tls.http_listener(listener) {
+            Ok(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = served {
         tracing::warn!(?addr, error = %e, "metrics endpoint stopped");
     }
 }

@@ -14,8 +14,9 @@ use tonic::{Request, Response, Status};
 use crate::AgentError;
 use crate::batcher::PendingBatch;
 use crate::error::status_with_reason;
+use crate::quota::Kind;
 use crate::sequencer::Stamped;
-use crate::service::{Shared, Waiting, allow, status};
+use crate::service::{Shared, Waiting, allow, status, within_quota};
 use cairn_metadata::acls::{Operation, ResourceType};
 
 /// Most batches in one produce request.
@@ -194,6 +195,15 @@ impl v2::producer_service_server::ProducerService for ProducerService {
         for topic in topics {
             allow(s, &request, Operation::Write, ResourceType::Topic, topic)?;
         }
+        // Checked before the request's own limits only for the bytes it carries: a request
+        // refused below is charged, as its bytes did arrive.
+        let carried: u64 = request
+            .get_ref()
+            .batches
+            .iter()
+            .map(|b| b.frame.as_ref().map_or(0, |f| f.payload.len() as u64))
+            .sum();
+        within_quota(s, &request, Kind::ProduceBytes, carried).await?;
         let v2::ProduceRequest { batches, atomic } = request.into_inner();
         if batches.is_empty() {
             return Err(status(AgentError::Invalid(

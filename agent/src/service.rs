@@ -41,6 +41,10 @@ pub(crate) struct Shared {
     pub(crate) peer_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
     /// Decides each call from the ACLs.
     pub(crate) authz: Arc<crate::auth::Authorizer>,
+    /// The principals' quotas.
+    pub(crate) quotas: Arc<crate::quota::Quotas>,
+    /// What each connection has in flight.
+    pub(crate) connections: Arc<crate::quota::Connections>,
 }
 
 /// Live counts of what an agent is doing, for tests and (later) metrics.
@@ -153,6 +157,49 @@ pub(crate) fn allow<T>(
             );
             Status::permission_denied(why)
         })
+}
+
+/// Holds the call until its principal's quota of `kind` admits `cost` (at most
+/// [`crate::quota::MAX_HOLD`]), or answers RESOURCE_EXHAUSTED (THROTTLED) with the time to
+/// wait.
+pub(crate) async fn within_quota<T>(
+    shared: &Shared,
+    request: &tonic::Request<T>,
+    kind: crate::quota::Kind,
+    cost: u64,
+) -> Result<(), Status> {
+    let hold = shared
+        .quotas
+        .take(
+            crate::auth::principal_of(request),
+            kind,
+            cost,
+            crate::quota::MAX_HOLD,
+        )
+        .map_err(|t| t.status())?;
+    if !hold.is_zero() {
+        tokio::time::sleep(hold).await;
+    }
+    Ok(())
+}
+
+/// A long-poll counted against the call's connection (none for a call that does not wait,
+/// or whose connection is unknown); RESOURCE_EXHAUSTED (THROTTLED) when the connection has
+/// its most.
+pub(crate) fn long_poll<T>(
+    request: &tonic::Request<T>,
+    waits: bool,
+) -> Result<Option<crate::quota::LongPoll>, Status> {
+    if !waits {
+        return Ok(None);
+    }
+    match request
+        .extensions()
+        .get::<Arc<crate::quota::ConnectionUse>>()
+    {
+        Some(conn) => conn.long_poll().map(Some).map_err(|t| t.status()),
+        None => Ok(None),
+    }
 }
 
 /// The peer's address of a call, for the audit log.

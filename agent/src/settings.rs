@@ -66,6 +66,16 @@ pub struct AgentSettings {
     /// calls (long-polls, streams, gRPC health watches) may go on before they are closed.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Long-polls (fetches and share acquires that may wait) one connection may have open
+    /// at once; more are answered RESOURCE_EXHAUSTED (THROTTLED) at once.
+    pub max_long_polls_per_connection: usize,
+    /// Request bytes one connection may have in flight (received, not yet answered); a
+    /// call that would pass it is answered RESOURCE_EXHAUSTED (THROTTLED). At least
+    /// `max_request_bytes` plus 1 MiB, so that one request of the largest size fits.
+    pub max_connection_bytes: u64,
+    /// Calls (HTTP/2 streams) one connection may have open at once; the client waits for
+    /// one to end before it starts another.
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for AgentSettings {
@@ -89,6 +99,9 @@ impl Default for AgentSettings {
             share_max_deliveries: 5,
             agent_lease: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
+            max_long_polls_per_connection: 256,
+            max_connection_bytes: 64 << 20,
+            max_streams_per_connection: 1024,
         }
     }
 }
@@ -183,6 +196,25 @@ impl AgentSettings {
             return bad(format!(
                 "shutdown_timeout must be at most 10m, got {:?}",
                 self.shutdown_timeout
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_long_polls_per_connection) {
+            return bad(format!(
+                "max_long_polls_per_connection must be between 1 and 100000, got {}",
+                self.max_long_polls_per_connection
+            ));
+        }
+        let least = self.max_request_bytes as u64 + (1 << 20);
+        if self.max_connection_bytes < least || self.max_connection_bytes > 64 << 30 {
+            return bad(format!(
+                "max_connection_bytes must be between max_request_bytes + 1 MiB ({least}) and 64 GiB, got {}",
+                self.max_connection_bytes
+            ));
+        }
+        if !(16..=100_000).contains(&self.max_streams_per_connection) {
+            return bad(format!(
+                "max_streams_per_connection must be between 16 and 100000, got {}",
+                self.max_streams_per_connection
             ));
         }
         if self.max_request_bytes > 256 << 20 {

@@ -13,7 +13,8 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::AgentError;
-use crate::service::{Shared, allow, need, status};
+use crate::quota::Kind;
+use crate::service::{Shared, allow, long_poll, need, status, within_quota};
 use cairn_metadata::acls::{Operation, ResourceType};
 
 const DEFAULT_LEASE_MS: u32 = 30_000;
@@ -215,6 +216,9 @@ impl v2::share_service_server::ShareService for ShareService {
             &request.get_ref().topic,
         )?;
         let s = &self.0;
+        within_quota(s, &request, Kind::FetchBytes, 0).await?;
+        let _waiting = long_poll(&request, request.get_ref().max_wait_ms > 0)?;
+        let principal = crate::auth::principal_of(&request).map(str::to_string);
         let r = request.into_inner();
         need("group", &r.group)?;
         need("member_id", &r.member_id)?;
@@ -290,6 +294,13 @@ impl v2::share_service_server::ShareService for ShareService {
                         });
                     }
                 }
+                let bytes = frames
+                    .iter()
+                    .filter_map(|f| f.frame.as_ref())
+                    .map(|f| f.payload.len() as u64)
+                    .sum();
+                s.quotas
+                    .charge(principal.as_deref(), Kind::FetchBytes, bytes);
                 return Ok(Response::new(v2::AcquireResponse {
                     frames,
                     lease_deadline_ms: got.lease_deadline_ms,

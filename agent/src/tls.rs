@@ -56,12 +56,25 @@ pub struct AgentTls {
     /// cache) asks each caller for a certificate of this CA, and the agent presents its
     /// own certificate when it calls another. Default: the client CA.
     pub peer_ca: Option<PathBuf>,
+    /// Serve the metrics endpoint (/metrics, /healthz, /readyz) over TLS too, with the same
+    /// certificate and no client certificate asked.
+    pub metrics: bool,
 }
 
 impl AgentTls {
     /// The peer CA in use: the one given, else the client CA.
     pub fn peer_ca(&self) -> Option<&Path> {
         self.peer_ca.as_deref().or(self.files.client_ca.as_deref())
+    }
+
+    /// The metrics endpoint's files: the agent's certificate and key, and no client CA
+    /// (scrapers and health probes present no certificate; the endpoint holds no secret).
+    pub(crate) fn http_files(&self) -> TlsFiles {
+        TlsFiles {
+            cert: self.files.cert.clone(),
+            key: self.files.key.clone(),
+            client_ca: None,
+        }
     }
 
     /// The peer port's files: the agent's certificate, and the peer CA as client CA.
@@ -140,6 +153,20 @@ fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'s
 
 /// Builds the server configuration `files` describe (ALPN `h2`, as gRPC needs).
 pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    load_for(files, Alpn::H2)
+}
+
+/// The application protocol a listener offers in its TLS handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// HTTP/2 only: gRPC.
+    H2,
+    /// HTTP/1.1: the metrics endpoint (Prometheus, curl, health probes).
+    Http1,
+}
+
+/// [`load`] for a listener speaking `alpn`.
+pub fn load_for(files: &TlsFiles, alpn: Alpn) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates("certificate", &files.cert)?;
     let key =
@@ -165,7 +192,10 @@ pub fn load(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Config(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = match alpn {
+        Alpn::H2 => vec![b"h2".to_vec()],
+        Alpn::Http1 => vec![b"http/1.1".to_vec()],
+    };
     Ok(Arc::new(config))
 }
 
@@ -195,7 +225,12 @@ impl Reloading {
     /// Loads `files` (failing now if they do not load) and looks at them again every
     /// `every` until the returned value and its clones are dropped.
     pub fn start(files: TlsFiles, every: Duration) -> Result<Reloading, TlsError> {
-        let config = load(&files)?;
+        Self::start_for(files, every, Alpn::H2)
+    }
+
+    /// [`Reloading::start`] for a listener speaking `alpn`.
+    pub fn start_for(files: TlsFiles, every: Duration, alpn: Alpn) -> Result<Reloading, TlsError> {
+        let config = load_for(&files, alpn)?;
         let mut seen = fingerprint(&files);
         let (tx, rx) = watch::channel(config);
         tokio::spawn(async move {
@@ -210,7 +245,7 @@ impl Reloading {
                 if now.is_none() || now == seen {
                     continue;
                 }
-                match load(&files) {
+                match load_for(&files, alpn) {
                     Ok(config) => {
                         seen = now;
                         tx.send_replace(config);
@@ -234,13 +269,32 @@ impl Reloading {
     /// The TLS connections `listener` accepts, each handshaken (concurrently, within
     /// [`HANDSHAKE_TIMEOUT`]) with the configuration current when it arrived. A failed
     /// handshake is logged and dropped: tonic stops serving at most errors of its stream.
+    /// A plain-text client is answered with a gRPC status saying to use TLS.
     pub fn incoming(
         &self,
         listener: TcpListener,
     ) -> impl Stream<Item = Result<TlsStream<TcpStream>, std::io::Error>> + use<> {
+        let rx = self.accept_loop(listener, Some(plain_text_refuser()));
+        tokio_stream::wrappers::ReceiverStream::new(rx).map(|(tls, _)| Ok(tls))
+    }
+
+    /// The TLS connections `listener` accepts, as an axum listener (the metrics endpoint);
+    /// a plain-text client's connection is closed.
+    pub(crate) fn http_listener(&self, listener: TcpListener) -> std::io::Result<HttpsListener> {
+        let local = listener.local_addr()?;
+        Ok(HttpsListener {
+            accepted: self.accept_loop(listener, None),
+            local,
+        })
+    }
+
+    fn accept_loop(
+        &self,
+        listener: TcpListener,
+        plain: Option<tokio::sync::mpsc::Sender<TcpStream>>,
+    ) -> tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, std::net::SocketAddr)> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let this = self.clone();
-        let plain = plain_text_refuser();
         let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
@@ -272,7 +326,9 @@ impl Reloading {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
                         Ok(Ok(1)) if first[0] != 0x16 => {
                             tracing::info!(%peer, "TLS handshake failed: the client speaks plain text to this TLS port");
-                            let _ = plain.send(tcp).await;
+                            if let Some(plain) = plain {
+                                let _ = plain.send(tcp).await;
+                            }
                             return;
                         }
                         // Closed before a byte: a port probe (the agent's own reachability
@@ -290,7 +346,7 @@ impl Reloading {
                     }
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
-                            let _ = tx.send(Ok(tls)).await;
+                            let _ = tx.send((tls, peer)).await;
                         }
                         // Told at info: a client that speaks plain text to this port, or
                         // trusts another CA, learns only that the connection closed.
@@ -302,7 +358,31 @@ impl Reloading {
                 });
             }
         });
-        tokio_stream::wrappers::ReceiverStream::new(rx)
+        rx
+    }
+}
+
+/// TLS connections for axum (the metrics endpoint), from [`Reloading::http_listener`].
+#[derive(Debug)]
+pub(crate) struct HttpsListener {
+    accepted: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, std::net::SocketAddr)>,
+    local: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for HttpsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The accept loop is gone (it ends only when this listener is dropped).
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
 

@@ -28,12 +28,13 @@ Examples:
 
 A TOML file (--config) may set: listen, metrics_listen, object_store, metadata, agent_id,
 advertise, zone, peer_listen, peer_advertise, insecure, a [tls] table (cert, key, client_ca,
-peer_ca), an [auth] table (required, tls_principal, super_users), an [s3] table
+peer_ca, metrics), an [auth] table (required, tls_principal, super_users), an [s3] table
 of object_store S3 options (endpoint, region, ...) and a [tuning] table (segment_max_bytes,
 linger, max_inflight_segments, multipart_threshold, segment_max_batches, max_request_bytes,
 max_batch_uncompressed_bytes, cache_bytes, chunk_cache_bytes, chunk_bytes,
 peer_read_timeout, max_fetch_wait, topic_cache_ttl, producer_idle_expiry,
-share_max_deliveries, agent_lease, shutdown_timeout).
+share_max_deliveries, agent_lease, shutdown_timeout, max_long_polls_per_connection,
+max_connection_bytes, max_streams_per_connection).
 
 Several agents form one cluster when they share the object store and a PostgreSQL (or
 FoundationDB) metadata store; each registers itself there. `cairn cluster` lists them.
@@ -138,6 +139,10 @@ pub(crate) struct AgentArgs {
         requires = "tls_cert"
     )]
     tls_peer_ca: Option<PathBuf>,
+    /// Serve /metrics, /healthz and /readyz over TLS too (https://, HTTP/1.1), with the
+    /// --tls-cert certificate; no client certificate is asked (probes present none).
+    #[arg(long, env = "CAIRN_METRICS_TLS", requires = "tls_cert")]
+    metrics_tls: bool,
     /// Serve a non-loopback address without TLS or authentication. Without this flag such
     /// an agent refuses to start: anyone who reaches the port could read, write and delete
     /// every topic. Only for a network where every host is trusted.
@@ -181,6 +186,8 @@ struct TlsConfig {
     key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
     peer_ca: Option<PathBuf>,
+    #[serde(default)]
+    metrics: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -269,8 +276,12 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
                 client_ca: args.tls_client_ca.or(file.tls.client_ca),
             },
             peer_ca: args.tls_peer_ca.or(file.tls.peer_ca),
+            metrics: args.metrics_tls || file.tls.metrics,
         }),
         (None, None) => {
+            if file.tls.metrics {
+                bail!("tls.metrics needs the agent's own certificate: set tls.cert and tls.key");
+            }
             if args.tls_client_ca.is_some() || file.tls.client_ca.is_some() {
                 bail!(
                     "a client CA (tls.client_ca) needs the agent's own certificate: set tls.cert and tls.key"
@@ -338,6 +349,11 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         .store_url(objects.clone())
         .cluster(cluster);
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let metrics_scheme = if tls.as_ref().is_some_and(|t| t.metrics) {
+        "https"
+    } else {
+        "http"
+    };
     builder = builder.auth(auth);
     if let Some(tls) = tls {
         builder = builder.tls(tls);
@@ -392,7 +408,7 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     let metrics_addr = metrics_listener
         .local_addr()
         .context("metrics socket has no address")?;
-    tracing::info!("metrics on http://{metrics_addr}/metrics (also /healthz, /readyz)");
+    tracing::info!("metrics on {metrics_scheme}://{metrics_addr}/metrics (also /healthz, /readyz)");
     // Registering is one metadata transaction; a passing fault of the metadata store (a
     // restart, a storm of serialization conflicts that outlasts the transaction's own
     // retries) is waited out for a while rather than ending the start.

@@ -133,7 +133,7 @@ pub(crate) async fn run(args: ClusterArgs) -> anyhow::Result<()> {
 }
 
 /// Bytes per second, human-sized.
-fn human_rate(b: u64) -> String {
+pub(crate) fn human_rate(b: u64) -> String {
     let b = b as f64;
     if b >= 1024.0 * 1024.0 {
         format!("{:.1} MiB", b / (1024.0 * 1024.0))

@@ -13,6 +13,7 @@ mod consume;
 mod group;
 mod inspect;
 mod produce;
+mod quota;
 mod share;
 mod size;
 #[cfg(feature = "sql")]
@@ -88,6 +89,9 @@ enum Command {
     /// Issue, list and revoke bearer tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Set, list and remove quotas (bytes and calls per second per principal).
+    #[command(subcommand)]
+    Quota(quota::QuotaCommand),
     /// Look inside stored objects.
     #[command(subcommand)]
     Inspect(inspect::InspectCommand),
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
             Command::Cluster(args) => cluster::run(args).await,
             Command::Token(cmd) => token::run(cmd).await,
             Command::Acl(cmd) => acl::run(cmd).await,
+            Command::Quota(cmd) => quota::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Compactor(args) => compactor::run(args).await,
             #[cfg(feature = "sql")]

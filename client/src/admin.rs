@@ -176,6 +176,39 @@ impl Admin {
             .deleted)
     }
 
+    /// Sets a principal's quotas (principal `*`: the default), replacing its earlier ones.
+    pub async fn set_quota(&self, quota: v2::QuotaBinding) -> Result<(), ClientError> {
+        self.client
+            .clone()
+            .set_quota(v2::SetQuotaRequest { quota: Some(quota) })
+            .await?;
+        Ok(())
+    }
+
+    /// Every principal's quotas, the default (`*`) first.
+    pub async fn list_quotas(&self) -> Result<Vec<v2::QuotaBinding>, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .list_quotas(v2::ListQuotasRequest {})
+            .await?
+            .into_inner()
+            .quotas)
+    }
+
+    /// Removes a principal's quotas; false when it had none.
+    pub async fn delete_quota(&self, principal: &str) -> Result<bool, ClientError> {
+        Ok(self
+            .client
+            .clone()
+            .delete_quota(v2::DeleteQuotaRequest {
+                principal: principal.to_string(),
+            })
+            .await?
+            .into_inner()
+            .deleted)
+    }
+
     /// Every group's name, each list in name order: `(consumer groups, share groups)`.
     pub async fn list_groups(&self) -> Result<(Vec<String>, Vec<String>), ClientError> {
         let mut consumer = Vec::new();

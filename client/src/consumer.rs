@@ -250,7 +250,7 @@ impl Consumer {
             .iter()
             .enumerate()
             .map(|(i, a)| {
-                let mut client = self.client.clone();
+                let client = self.client.clone();
                 let max_bytes = self.config.max_bytes_per_partition;
                 let request = v2::FetchRequest {
                     topic: a.topic.clone(),
@@ -259,15 +259,19 @@ impl Consumer {
                     max_bytes: (max_bytes > 0).then_some(max_bytes),
                     max_wait_ms: wait_ms,
                 };
-                let request = route(
-                    tonic::Request::new(request),
-                    Route::Partition {
-                        topic: a.topic.clone(),
-                        partition: a.partition,
-                        partitions: a.partitions,
-                    },
-                );
-                async move { (i, client.fetch(request).await) }
+                let to = Route::Partition {
+                    topic: a.topic.clone(),
+                    partition: a.partition,
+                    partitions: a.partitions,
+                };
+                // A throttled fetch is sent again when the agent says (the wait may then
+                // outlast `wait`: the quota decides, as in Kafka).
+                let fetched = crate::error::patiently(move || {
+                    let request = route(tonic::Request::new(request.clone()), to.clone());
+                    let mut client = client.clone();
+                    async move { client.fetch(request).await }
+                });
+                async move { (i, fetched.await) }
             })
             .collect();
         let mut out = Vec::new();

@@ -266,7 +266,12 @@ fn tls_hint(causes: &str) -> Option<&'static str> {
 /// A status in one line: its code and message, and for a failure of the connection (not
 /// an answer of the agent) its causes.
 fn describe_status(s: &tonic::Status) -> String {
-    let head = format!("{}: {}", code_name(s.code()), s.message());
+    let name = if throttle_delay(s).is_some() {
+        "throttled"
+    } else {
+        code_name(s.code())
+    };
+    let head = format!("{name}: {}", s.message());
     match std::error::Error::source(s) {
         Some(source) if is_transport_failure(s) => {
             let causes = with_hint(source);
@@ -325,17 +330,78 @@ impl ClientError {
         }
     }
 
+    /// How long the agent asked to wait before sending a throttled call again (a quota or a
+    /// per-connection limit held it back, and nothing of it was done); `None` for any other
+    /// error.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ClientError::Status(s) => throttle_delay(s),
+            _ => None,
+        }
+    }
+
     /// Whether sending the same request again may succeed: the agent was unavailable, the
-    /// call timed out, or the connection broke before an answer came (the request may or
-    /// may not have been applied; idempotent producers make resending it safe).
+    /// call timed out, the connection broke before an answer came (the request may or may
+    /// not have been applied; idempotent producers make resending it safe), or the call was
+    /// throttled (wait [`ClientError::retry_after`] first).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self.code(),
-            Some(tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::DeadlineExceeded)
-        ) || matches!(
-            self,
-            ClientError::Connect { .. } | ClientError::Unreachable { .. }
-        ) || matches!(self, ClientError::Status(s) if is_transport_failure(s))
+        self.retry_after().is_some()
+            || matches!(
+                self.code(),
+                Some(
+                    tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::DeadlineExceeded
+                )
+            )
+            || matches!(
+                self,
+                ClientError::Connect { .. } | ClientError::Unreachable { .. }
+            )
+            || matches!(self, ClientError::Status(s) if is_transport_failure(s))
+    }
+}
+
+/// Longest delay a throttled call is waited out for: a longer one means a quota far below
+/// what the client sends, and the caller should hear of it.
+pub const MAX_THROTTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The delay an agent asked for in a throttled call's google.rpc.RetryInfo
+/// (RESOURCE_EXHAUSTED with `ERROR_REASON_THROTTLED`), at most [`MAX_THROTTLE_WAIT`].
+pub fn throttle_delay(status: &tonic::Status) -> Option<std::time::Duration> {
+    if status.code() != tonic::Code::ResourceExhausted {
+        return None;
+    }
+    let details = status.get_error_details();
+    let throttled = details
+        .error_info()
+        .is_some_and(|i| i.reason == ErrorReason::Throttled.as_str_name());
+    if !throttled {
+        return None;
+    }
+    let delay = details
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap_or(std::time::Duration::from_millis(100));
+    Some(delay.min(MAX_THROTTLE_WAIT))
+}
+
+/// Runs `call` until it is not throttled, waiting between tries what the agent asked for.
+/// Each try must be a whole new call (a throttled call did nothing).
+pub async fn patiently<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    loop {
+        match call().await {
+            Err(s) => match throttle_delay(&s) {
+                Some(delay) => {
+                    tracing::debug!(?delay, message = %s.message(), "throttled; waiting");
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(s),
+            },
+            ok => return ok,
+        }
     }
 }
 
@@ -364,7 +430,7 @@ fn code_name(code: tonic::Code) -> &'static str {
         NotFound => "not found",
         AlreadyExists => "already exists",
         PermissionDenied => "permission denied",
-        ResourceExhausted => "too large",
+        ResourceExhausted => "resource exhausted",
         FailedPrecondition => "failed precondition",
         Aborted => "aborted",
         OutOfRange => "out of range",

@@ -85,18 +85,20 @@ impl GroupConsumer {
 
     async fn rejoin(&mut self) -> Result<(), ClientError> {
         let timeout_ms = u32::try_from(self.config.session_timeout.as_millis()).unwrap_or(u32::MAX);
-        let a = self
-            .groups
-            .join_group(v2::JoinGroupRequest {
+        let a = crate::error::patiently(|| {
+            let mut c = self.groups.clone();
+            let request = v2::JoinGroupRequest {
                 group: self.group.clone(),
                 member_id: self.member_id.clone(),
                 topics: self.topics.clone(),
                 session_timeout_ms: Some(timeout_ms),
-            })
-            .await?
-            .into_inner()
-            .assignment
-            .ok_or_else(no_assignment)?;
+            };
+            async move { c.join_group(request).await }
+        })
+        .await?
+        .into_inner()
+        .assignment
+        .ok_or_else(no_assignment)?;
         // A new membership: nothing read under the old one may be committed.
         for (t, p) in std::mem::take(&mut self.owned) {
             self.consumer.unassign(&t, p);
@@ -130,17 +132,19 @@ impl GroupConsumer {
         }
         let added: Vec<(String, u32)> = now.difference(&self.owned).cloned().collect();
         if !added.is_empty() {
-            let committed: BTreeMap<(String, u32), i64> = self
-                .groups
-                .fetch_committed_offsets(v2::FetchCommittedOffsetsRequest {
+            let committed: BTreeMap<(String, u32), i64> = crate::error::patiently(|| {
+                let mut c = self.groups.clone();
+                let request = v2::FetchCommittedOffsetsRequest {
                     group: self.group.clone(),
-                })
-                .await?
-                .into_inner()
-                .offsets
-                .into_iter()
-                .map(|o| ((o.topic, o.partition), o.offset))
-                .collect();
+                };
+                async move { c.fetch_committed_offsets(request).await }
+            })
+            .await?
+            .into_inner()
+            .offsets
+            .into_iter()
+            .map(|o| ((o.topic, o.partition), o.offset))
+            .collect();
             let mut starts: BTreeMap<(String, u32), i64> = BTreeMap::new();
             for (t, p) in &added {
                 let from = match committed.get(&(t.clone(), *p)) {
@@ -179,13 +183,15 @@ impl GroupConsumer {
     }
 
     async fn heartbeat(&mut self) -> Result<(), ClientError> {
-        let answer = self
-            .groups
-            .heartbeat(v2::HeartbeatRequest {
+        let answer = crate::error::patiently(|| {
+            let mut c = self.groups.clone();
+            let request = v2::HeartbeatRequest {
                 group: self.group.clone(),
                 member_id: self.member_id.clone(),
-            })
-            .await;
+            };
+            async move { c.heartbeat(request).await }
+        })
+        .await;
         match answer {
             Ok(a) => {
                 let a = a.into_inner().assignment.ok_or_else(no_assignment)?;
@@ -245,15 +251,17 @@ impl GroupConsumer {
             if offsets.is_empty() {
                 return Ok(positions);
             }
-            let answer = self
-                .groups
-                .commit_offsets(v2::CommitOffsetsRequest {
+            let answer = crate::error::patiently(|| {
+                let mut c = self.groups.clone();
+                let request = v2::CommitOffsetsRequest {
                     group: self.group.clone(),
                     member_id: self.member_id.clone(),
                     generation: self.generation,
-                    offsets,
-                })
-                .await;
+                    offsets: offsets.clone(),
+                };
+                async move { c.commit_offsets(request).await }
+            })
+            .await;
             let err = match answer {
                 Ok(_) => return Ok(positions),
                 Err(status) => ClientError::from(status),
@@ -326,13 +334,16 @@ impl GroupConsumer {
 
     /// Leaves the group at once, so its partitions move without waiting for the session
     /// timeout. Commit first to keep the progress.
-    pub async fn leave(mut self) -> Result<(), ClientError> {
-        self.groups
-            .leave_group(v2::LeaveGroupRequest {
+    pub async fn leave(self) -> Result<(), ClientError> {
+        crate::error::patiently(|| {
+            let mut c = self.groups.clone();
+            let request = v2::LeaveGroupRequest {
                 group: self.group.clone(),
                 member_id: self.member_id.clone(),
-            })
-            .await?;
+            };
+            async move { c.leave_group(request).await }
+        })
+        .await?;
         Ok(())
     }
 }

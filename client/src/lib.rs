@@ -68,11 +68,13 @@ pub use cairn_proto::FrameError;
 pub use cairn_proto::v2::{
     AclBinding, AgentInfo, Codec, DescribeClusterResponse, DescribeGroupResponse,
     DescribeTopicResponse, ErrorReason, GetAgentStatusResponse, LatencyHistogram, PartitionInfo,
-    PartitionOffset, TokenInfo, TopicInfo,
+    PartitionOffset, QuotaBinding, TokenInfo, TopicInfo,
 };
 pub use cluster::{Cluster, ClusterConfig};
 pub use consumer::{ConsumedRecord, Consumer, ConsumerConfig, Offset};
-pub use error::{ClientError, RejectReason, Rejected};
+pub use error::{
+    ClientError, MAX_THROTTLE_WAIT, RejectReason, Rejected, patiently, throttle_delay,
+};
 pub use group::{GroupConfig, GroupConsumer};
 pub use producer::{
     AppendBatch, AppendResult, Delivery, Producer, ProducerConfig, ProducerRecord, RecordMetadata,

@@ -95,18 +95,20 @@ impl ShareConsumer {
     /// Leases available records, waiting up to `wait` if there are none.
     pub async fn poll(&mut self, wait: Duration) -> Result<Vec<ShareRecord>, ClientError> {
         let max_records = self.config.max_records;
-        let response = self
-            .client
-            .acquire(v2::AcquireRequest {
+        let response = crate::error::patiently(|| {
+            let mut c = self.client.clone();
+            let request = v2::AcquireRequest {
                 group: self.group.clone(),
                 member_id: self.member_id.clone(),
                 topic: self.topic.clone(),
                 max_records: (max_records > 0).then_some(max_records),
                 lease_ms: Some(self.lease_ms()),
                 max_wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
-            })
-            .await?
-            .into_inner();
+            };
+            async move { c.acquire(request).await }
+        })
+        .await?
+        .into_inner();
         let mut out = Vec::new();
         for leased in response.frames {
             leased_records(&self.topic, leased, &mut out)?;
@@ -135,17 +137,20 @@ impl ShareConsumer {
             Action::Renew => SettleAction::Renew,
         };
         for (partition, offsets) in by_partition {
-            self.client
-                .settle(v2::SettleRequest {
+            crate::error::patiently(|| {
+                let mut c = self.client.clone();
+                let request = v2::SettleRequest {
                     group: self.group.clone(),
                     member_id: self.member_id.clone(),
                     topic: self.topic.clone(),
                     partition,
-                    offsets,
+                    offsets: offsets.clone(),
                     action: action as i32,
                     lease_ms,
-                })
-                .await?;
+                };
+                async move { c.settle(request).await }
+            })
+            .await?;
         }
         Ok(())
     }

@@ -28,6 +28,7 @@
 //! | `(cairn, cc, topic_id, partition)` | compaction claim: owner, token, lease expiry (ms) |
 //! | `(cairn, ag, agent_id)` | a registered agent: address, zone, version, incarnation, lease, load (JSON) |
 //! | `(cairn, tok, token_id)` | a bearer token: principal, expiry, salt, salted hash (JSON) |
+//! | `(cairn, quota, principal)` | a principal's quotas, `*` for the default (JSON) |
 //! | `(cairn, acl, resource_type, pattern_type, pattern, principal, operation, permission)` | an ACL (JSON) |
 
 use foundationdb_tuple::{Subspace, TuplePack, TupleUnpack, pack, unpack};
@@ -66,6 +67,14 @@ pub(crate) fn acl(
 
 pub(crate) fn acls() -> (Vec<u8>, Vec<u8>) {
     range(("acl",))
+}
+
+pub(crate) fn quota(principal: &str) -> Vec<u8> {
+    key(("quota", principal))
+}
+
+pub(crate) fn quotas() -> (Vec<u8>, Vec<u8>) {
+    range(("quota",))
 }
 
 pub(crate) fn token(id: &str) -> Vec<u8> {

@@ -25,6 +25,7 @@ mod memory;
 mod metadata;
 mod postgres;
 mod producer;
+pub mod quotas;
 mod share;
 mod sqlite;
 pub mod tokens;

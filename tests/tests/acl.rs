@@ -184,6 +184,37 @@ fn calls() -> Vec<(&'static str, Vec<Grant>, Call)> {
             call!(A, list_acls, v2::ListAclsRequest {}),
         ),
         (
+            "SetQuota",
+            vec![("alter", "cluster", "*")],
+            call!(
+                A,
+                set_quota,
+                v2::SetQuotaRequest {
+                    quota: Some(v2::QuotaBinding {
+                        principal: "nobody".into(),
+                        requests_per_second: Some(1000),
+                        ..Default::default()
+                    })
+                }
+            ),
+        ),
+        (
+            "DeleteQuota",
+            vec![("alter", "cluster", "*")],
+            call!(
+                A,
+                delete_quota,
+                v2::DeleteQuotaRequest {
+                    principal: "nobody".into()
+                }
+            ),
+        ),
+        (
+            "ListQuotas",
+            vec![("describe-configs", "cluster", "*")],
+            call!(A, list_quotas, v2::ListQuotasRequest {}),
+        ),
+        (
             "InitProducer",
             vec![("write", "producer", "named")],
             call!(
@@ -401,6 +432,20 @@ async fn every_rpc_checks_authentication_and_its_acls() -> anyhow::Result<()> {
 
     // One principal per RPC, so no call's grants help another's.
     let calls = calls();
+    // Every RPC of the API is here: a new one must say what it needs.
+    let api = include_str!("../../proto/proto/cairn/v2/api.proto");
+    let mut rpcs: Vec<&str> = api
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("rpc "))
+        .filter_map(|l| l.split('(').next())
+        .collect();
+    // The three that only filter what they list, or need only authentication, are
+    // checked after the loop.
+    let mut named: Vec<&str> = calls.iter().map(|(n, _, _)| *n).collect();
+    named.extend(["DescribeCluster", "ListGroups", "ListTopics"]);
+    rpcs.sort_unstable();
+    named.sort_unstable();
+    assert_eq!(named, rpcs, "calls() must list every RPC of api.proto");
     let mut tokens = Vec::new();
     for (name, _, _) in &calls {
         let principal = format!("p-{}", name.to_lowercase());
@@ -525,6 +570,13 @@ async fn every_rpc_checks_authentication_and_its_acls() -> anyhow::Result<()> {
     assert_eq!(seen, ["orders.eu", "orders.us"]);
     // The super-user sees everything, whatever the ACLs.
     assert!(admin.list_topics().await?.len() >= 5);
+    // Groups likewise: g1 (joined above) is the admin's to see, not the reader's.
+    let (groups, _) = admin.list_groups().await?;
+    assert!(groups.iter().any(|g| g == "g1"), "{groups:?}");
+    let (groups, _) = Admin::new(connect(&endpoint, Some(&reader)).await)
+        .list_groups()
+        .await?;
+    assert!(groups.is_empty(), "{groups:?}");
     let acls = admin.list_acls().await?;
     assert!(
         acls.iter()

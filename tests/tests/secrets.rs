@@ -1,8 +1,9 @@
 //! Secrets never leak: an agent run with a PostgreSQL password in its metadata URL and an S3
-//! secret key in its environment, at the most verbose log level, through produce, consume,
+//! secret key in its environment, requiring a bearer token of its clients, at the most
+//! verbose log level, through token issue and listing, produce, consume, a wrong token,
 //! `cairn status`, `cairn cluster` and /metrics, and agents that fail to start on a wrong
 //! metadata store or object store: none of their logs, outputs, metrics or error messages
-//! holds either secret.
+//! holds any of the secrets.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -87,8 +88,15 @@ fn cairn(args: &[&str], env: &[(String, String)]) -> anyhow::Result<String> {
     ))
 }
 
+/// The token issued in the test (its secret part, and the whole token), once known.
+static TOKEN_SECRETS: std::sync::OnceLock<[String; 2]> = std::sync::OnceLock::new();
+
 fn assert_clean(what: &str, text: &str) {
-    for secret in [PG_SECRET, S3_SECRET] {
+    let tokens = TOKEN_SECRETS.get().cloned().unwrap_or_default();
+    let all = [PG_SECRET, S3_SECRET]
+        .into_iter()
+        .chain(tokens.iter().map(String::as_str).filter(|t| !t.is_empty()));
+    for secret in all {
         assert!(
             !text.contains(secret),
             "{what} shows a secret:\n{}",
@@ -118,6 +126,7 @@ async fn no_secret_reaches_logs_status_metrics_or_errors() -> anyhow::Result<()>
     let mut cmd = Command::new(cairn_bin()?);
     cmd.args(agent_args(&s3_url("secrets"), &metadata))
         .args(["--metrics-listen", &metrics])
+        .args(["--require-auth", "--super-user", "admin"])
         .env("CAIRN_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log_path)?);
@@ -133,13 +142,47 @@ async fn no_secret_reaches_logs_status_metrics_or_errors() -> anyhow::Result<()>
         .with_context(|| format!("the agent did not start: {first}"))?
         .to_string();
 
+    // The first token, issued straight into the metadata store (as a new secure cluster's
+    // administrator does), and used by every command below through CAIRN_TOKEN.
     let mut seen = String::new();
+    let issued = Command::new(cairn_bin()?)
+        .args([
+            "token",
+            "create",
+            "--principal",
+            "admin",
+            "--metadata",
+            &metadata,
+        ])
+        .env("CAIRN_LOG", "trace")
+        .output()?;
+    anyhow::ensure!(issued.status.success(), "token create failed");
+    let token = String::from_utf8(issued.stdout)?.trim().to_string();
+    let secret = token.rsplit('_').next().unwrap_or_default().to_string();
+    anyhow::ensure!(secret.len() > 20, "no token secret in `{token}`");
+    TOKEN_SECRETS.get_or_init(|| [secret, token.clone()]);
+    seen += &String::from_utf8_lossy(&issued.stderr);
+    let mut env = env;
+    env.push(("CAIRN_TOKEN".into(), token.clone()));
     let e = ["--endpoint", endpoint.as_str()];
     let run = |args: &[&str]| cairn(&[args, &e[..]].concat(), &env);
+    let listed = run(&["token", "list"])?;
+    assert!(listed.contains("admin"), "{listed}");
+    seen += &listed;
+    // A wrong secret for the same id is refused without echoing what was sent.
+    let wrong = format!("{}{}", &token[..token.len() - 4], "AAAA");
+    let mut wrong_env = env.clone();
+    wrong_env.retain(|(k, _)| k != "CAIRN_TOKEN");
+    wrong_env.push(("CAIRN_TOKEN".into(), wrong.clone()));
+    let refused = cairn(&["status", "--endpoint", &endpoint], &wrong_env)?;
+    assert!(refused.contains("unknown or revoked"), "{refused}");
+    assert!(!refused.contains(&wrong[wrong.len() - 20..]), "{refused}");
+    seen += &refused;
     seen += &run(&["topic", "create", "s", "--partitions", "2"])?;
     let mut produce = Command::new(cairn_bin()?)
         .args(["produce", "s", "--endpoint", &endpoint])
         .env("CAIRN_LOG", "trace")
+        .env("CAIRN_TOKEN", &token)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

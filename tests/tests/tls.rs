@@ -360,6 +360,67 @@ async fn mutual_tls_admits_only_certified_clients_and_agents_on_the_peer_port() 
     Ok(())
 }
 
+/// A free port on loopback (the OS may hand it out again, but not within this test).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[test]
+fn the_metrics_endpoint_serves_tls_when_asked() -> anyhow::Result<()> {
+    let dir = temp_dir()?;
+    let d = dir.path();
+    let ca = Ca::new(d, "ca")?;
+    let pair = ca.issue("agent")?;
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let mut args = file_agent_args(d);
+    args.extend([
+        "--tls-cert".into(),
+        pair.cert.display().to_string(),
+        "--tls-key".into(),
+        pair.key.display().to_string(),
+        "--tls-peer-ca".into(),
+        ca.cert.display().to_string(),
+        "--metrics-tls".into(),
+        "--metrics-listen".into(),
+        metrics.clone(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::start(&args, &[])?;
+    let curl = |url: &str, ca: Option<&Path>| -> anyhow::Result<(bool, String)> {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--max-time", "10", url]);
+        if let Some(ca) = ca {
+            c.arg("--cacert").arg(ca);
+        }
+        let out = c.output()?;
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    };
+    // Over TLS, trusted by the CA: metrics and both probes.
+    let (ok, body) = curl(&format!("https://{metrics}/metrics"), Some(&ca.cert))?;
+    assert!(ok && body.contains("cairn_"), "{body}");
+    let (ok, body) = curl(&format!("https://{metrics}/healthz"), Some(&ca.cert))?;
+    assert!(ok, "{body}");
+    // Not trusted, or plain text: refused.
+    let (ok, body) = curl(&format!("https://{metrics}/metrics"), None)?;
+    assert!(!ok, "an untrusted certificate was accepted: {body}");
+    let (ok, body) = curl(&format!("http://{metrics}/metrics"), None)?;
+    assert!(
+        !ok && !body.contains("cairn_"),
+        "plain text was served: {body}"
+    );
+    agent.stop()?;
+    Ok(())
+}
+
 #[test]
 fn a_non_loopback_address_without_tls_needs_insecure() -> anyhow::Result<()> {
     let dir = temp_dir()?;

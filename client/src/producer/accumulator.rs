@@ -248,7 +248,7 @@ impl Accumulator {
                     if started.elapsed() + backoff >= self.config.delivery_timeout {
                         return Err(err);
                     }
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(err.retry_after().unwrap_or(backoff)).await;
                     backoff = (backoff * 2).min(self.config.retry_backoff_max);
                 }
             }

@@ -126,6 +126,8 @@ async fn send_built(
     let mut backoff = config.retry_backoff;
     let mut remaining = batches;
     loop {
+        // Set when the agent throttled the request: how long it asked to wait.
+        let mut throttled = None;
         let request = produce_request(&remaining, atomic);
         let answer =
             match tokio::time::timeout(config.request_timeout, client.produce(request)).await {
@@ -172,6 +174,7 @@ async fn send_built(
             }
             Err(err) if err.is_retryable() && time_left => {
                 tracing::debug!(error = %err, ?backoff, "produce failed; retrying");
+                throttled = err.retry_after();
                 retry = remaining;
             }
             Err(ClientError::Rejected(rej))
@@ -201,8 +204,14 @@ async fn send_built(
         if retry.is_empty() {
             return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(config.retry_backoff_max);
+        match throttled {
+            // The agent said when: no more, no less (doubling would undershoot the quota).
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.retry_backoff_max);
+            }
+        }
         remaining = retry;
     }
 }

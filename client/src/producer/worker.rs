@@ -182,7 +182,7 @@ impl Worker {
                     {
                         return Err(err);
                     }
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(err.retry_after().unwrap_or(backoff)).await;
                     backoff = (backoff * 2).min(self.config.retry_backoff_max);
                 }
             }
