@@ -65,6 +65,10 @@ pub struct AuthSettings {
     /// Principals that may do anything, whatever the ACLs say: how a new secure cluster
     /// is administered before it has ACLs.
     pub super_users: Vec<String>,
+    /// The principal the agents' own certificates name: the only one the peer port admits
+    /// (when set), a super-user on the gRPC port, and the actor of the agent's own writes
+    /// in the audit log.
+    pub service_principal: Option<String>,
 }
 
 /// Decides, from the ACLs, whether a principal may do an operation on a resource. ACLs are
@@ -72,6 +76,7 @@ pub struct AuthSettings {
 #[derive(Debug)]
 pub(crate) struct Authorizer {
     enforce: bool,
+    service_principal: Option<String>,
     super_users: std::collections::HashSet<String>,
     acls: RwLock<Arc<Vec<Acl>>>,
 }
@@ -81,9 +86,20 @@ impl Authorizer {
     pub(crate) fn new(settings: &AuthSettings) -> Self {
         Authorizer {
             enforce: settings.required,
-            super_users: settings.super_users.iter().cloned().collect(),
+            service_principal: settings.service_principal.clone(),
+            super_users: settings
+                .super_users
+                .iter()
+                .chain(&settings.service_principal)
+                .cloned()
+                .collect(),
             acls: RwLock::default(),
         }
+    }
+
+    /// The principal of the agents themselves, if configured.
+    pub(crate) fn service_principal(&self) -> Option<&str> {
+        self.service_principal.as_deref()
     }
 
     fn set(&self, acls: Vec<Acl>) {
@@ -205,7 +221,7 @@ fn is_open(path: &str) -> bool {
 }
 
 /// The principal a client certificate names, by `how`.
-fn principal_of_certificate(der: &[u8], how: CertName) -> Option<String> {
+pub(crate) fn principal_of_certificate(der: &[u8], how: CertName) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let cn = || {
         cert.subject()

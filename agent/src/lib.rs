@@ -454,7 +454,15 @@ impl Agent {
                 zone.clone()
                     .follow_members(self.shared.metadata.clone(), identity.zone.clone()),
             ));
-            let service = PeerServiceServer::new(zone::PeerServer(zone.clone()))
+            let mut peer = zone::PeerServer::new(zone.clone());
+            match (&self.auth.service_principal, &self.tls) {
+                (Some(p), Some(_)) => peer = peer.admitting(p.clone(), self.auth.cert_name),
+                (None, Some(t)) if t.peer_ca.is_none() => tracing::warn!(
+                    "the peer port admits every certificate of the client CA, clients' too, and                      serves stored bytes without ACLs: give --service-principal (the name in the                      agents' certificates) or a CA of agents only with --tls-peer-ca"
+                ),
+                _ => {}
+            }
+            let service = PeerServiceServer::new(peer)
                 .max_encoding_message_size(zone::MAX_PEER_READ as usize + 4096);
             let router = tonic::transport::Server::builder().add_service(service);
             let stopped = async move {

@@ -191,6 +191,17 @@ impl ShareService {
             )
             .await?;
         tracing::info!(group, topic = %topic.name, partition, records = offsets.len(), reason, "dead-lettered");
+        // The agent's own write, on no client's behalf: audited as the service principal.
+        tracing::info!(
+            target: crate::auth::AUDIT,
+            principal = %s.authz.service_principal().unwrap_or("agent"),
+            operation = "DeadLetter",
+            resource = %format!("topic:{dlq}"),
+            group,
+            from = %format!("{}/{partition}", topic.name),
+            records = offsets.len(),
+            "records dead-lettered"
+        );
         Ok(())
     }
 }

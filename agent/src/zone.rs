@@ -568,7 +568,51 @@ impl ObjectStore for ZoneStore {
 
 /// The peer port's service: other agents of the zone read the chunks this agent owns.
 #[derive(Debug, Clone)]
-pub(crate) struct PeerServer(pub(crate) Arc<ZoneCache>);
+pub(crate) struct PeerServer {
+    zone: Arc<ZoneCache>,
+    /// When set, only callers whose certificate names this principal (read the way given)
+    /// are served: the service principal, the agents' own.
+    admit: Option<(String, crate::auth::CertName)>,
+}
+
+impl PeerServer {
+    /// Serves `zone`'s chunks to every caller the port's TLS admits.
+    pub(crate) fn new(zone: Arc<ZoneCache>) -> Self {
+        PeerServer { zone, admit: None }
+    }
+
+    /// Serves only callers whose certificate names `principal` (read by `how`).
+    pub(crate) fn admitting(mut self, principal: String, how: crate::auth::CertName) -> Self {
+        self.admit = Some((principal, how));
+        self
+    }
+
+    /// `Ok` when the caller is an agent, or when any caller is.
+    fn check_caller<T>(&self, request: &tonic::Request<T>) -> Result<(), tonic::Status> {
+        let Some((principal, how)) = &self.admit else {
+            return Ok(());
+        };
+        let named = request.peer_certs().and_then(|certs| {
+            certs
+                .first()
+                .and_then(|c| crate::auth::principal_of_certificate(c.as_ref(), *how))
+        });
+        if named.as_deref() == Some(principal.as_str()) {
+            return Ok(());
+        }
+        let named = named.unwrap_or_else(|| "no principal".into());
+        tracing::warn!(
+            target: crate::auth::AUDIT,
+            principal = %named,
+            operation = "PeerService/ReadRange",
+            peer = %crate::service::peer_of(request),
+            "refused: the peer port serves the service principal only"
+        );
+        Err(tonic::Status::permission_denied(format!(
+            "the peer port serves agents only: the certificate names `{named}`, not the service principal `{principal}`"
+        )))
+    }
+}
 
 /// Checks a peer's request; the object key as a path.
 fn check_request(r: &ReadRangeRequest) -> Result<Path, tonic::Status> {
@@ -609,16 +653,24 @@ impl PeerService for PeerServer {
         &self,
         request: tonic::Request<ReadRangeRequest>,
     ) -> Result<tonic::Response<ReadRangeResponse>, tonic::Status> {
+        self.check_caller(&request)?;
         let r = request.into_inner();
         let path = check_request(&r)?;
         let range = r.offset..r.offset + u64::from(r.length);
-        let data = self.0.read_here(&path, range).await.map_err(|e| match e {
-            object_store::Error::NotFound { .. } => {
-                tonic::Status::not_found(format!("object {path} does not exist"))
-            }
-            e => tonic::Status::unavailable(format!("reading {path}: {e}")),
-        })?;
-        self.0.metrics.peer_served_bytes.inc_by(data.len() as u64);
+        let data = self
+            .zone
+            .read_here(&path, range)
+            .await
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => {
+                    tonic::Status::not_found(format!("object {path} does not exist"))
+                }
+                e => tonic::Status::unavailable(format!("reading {path}: {e}")),
+            })?;
+        self.zone
+            .metrics
+            .peer_served_bytes
+            .inc_by(data.len() as u64);
         Ok(tonic::Response::new(ReadRangeResponse {
             crc32c: crc32c::crc32c(&data),
             data,
@@ -681,7 +733,7 @@ mod tests {
         let address = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(PeerServiceServer::new(PeerServer(zone)))
+                .add_service(PeerServiceServer::new(PeerServer::new(zone)))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         address

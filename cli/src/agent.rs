@@ -28,7 +28,7 @@ Examples:
 
 A TOML file (--config) may set: listen, metrics_listen, object_store, metadata, agent_id,
 advertise, zone, peer_listen, peer_advertise, insecure, a [tls] table (cert, key, client_ca,
-peer_ca, metrics), an [auth] table (required, tls_principal, super_users), an [s3] table
+peer_ca, metrics), an [auth] table (required, tls_principal, super_users, service_principal), an [s3] table
 of object_store S3 options (endpoint, region, ...) and a [tuning] table (segment_max_bytes,
 linger, max_inflight_segments, multipart_threshold, segment_max_batches, max_request_bytes,
 max_batch_uncompressed_bytes, cache_bytes, chunk_cache_bytes, chunk_bytes,
@@ -165,6 +165,13 @@ pub(crate) struct AgentArgs {
         value_delimiter = ','
     )]
     super_users: Vec<String>,
+    /// The principal the agents' own certificates name (by --tls-principal): the peer port
+    /// then admits only certificates naming it (without it, any certificate of the peer CA
+    /// may read stored bytes there), and it may do anything on the gRPC port, as Kafka's
+    /// broker principal does. Writes the agent makes on its own (dead letters) are
+    /// audit-logged as it.
+    #[arg(long, env = "CAIRN_SERVICE_PRINCIPAL", value_name = "PRINCIPAL")]
+    service_principal: Option<String>,
 }
 
 /// The `[auth]` table of the config file.
@@ -176,6 +183,7 @@ struct AuthConfig {
     tls_principal: Option<cairn_agent::auth::CertName>,
     #[serde(default)]
     super_users: Vec<String>,
+    service_principal: Option<String>,
 }
 
 /// The `[tls]` table of the config file.
@@ -303,9 +311,13 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         } else {
             args.super_users
         },
+        service_principal: args.service_principal.or(file.auth.service_principal),
     };
     for p in &auth.super_users {
         cairn_metadata::tokens::check_principal(p).context("invalid --super-user")?;
+    }
+    if let Some(p) = &auth.service_principal {
+        cairn_metadata::tokens::check_principal(p).context("invalid --service-principal")?;
     }
     if !listen.ip().is_loopback() && tls.is_none() {
         let insecure = args.insecure || file.insecure;

@@ -227,6 +227,7 @@ async fn mutual_tls_admits_only_certified_clients_and_agents_on_the_peer_port() 
         &config,
         format!(
             "[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\
+             [auth]\nservice_principal = \"agent\"\n\
              [tuning]\nchunk_bytes = 65536\nlinger = \"20ms\"\n",
             agent_pair.cert, agent_pair.key, ca.cert
         ),
@@ -354,6 +355,26 @@ async fn mutual_tls_admits_only_certified_clients_and_agents_on_the_peer_port() 
     assert!(outsider.is_err(), "a stranger reached the peer port");
     let plain = health(Security::default(), peer.replace("https://", "http://")).await;
     assert!(plain.is_err(), "plain text reached the peer port");
+    // A client's certificate of the same CA passes the handshake, but the peer port reads
+    // stored bytes for the service principal only (the agents' certificates name `agent`).
+    let read = |who: Pair| {
+        let (ca, peer) = (ca.cert.clone(), peer.clone());
+        async move {
+            let channel = Cluster::single(&peer, &tls(&ca, Some(&who))).await.unwrap();
+            cairn_proto::v2::peer_service_client::PeerServiceClient::new(channel)
+                .read_range(cairn_proto::v2::ReadRangeRequest {
+                    object_key: "segments/00/none.seg".into(),
+                    offset: 0,
+                    length: 16,
+                })
+                .await
+        }
+    };
+    let refused = read(client.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("`client`"), "{refused:?}");
+    let agent_read = read(agent_pair.clone()).await.unwrap_err();
+    assert_eq!(agent_read.code(), tonic::Code::NotFound, "{agent_read:?}");
     for (a, _) in agents {
         a.stop()?;
     }
