@@ -198,6 +198,12 @@ impl AgentSettings {
                 self.shutdown_timeout
             ));
         }
+        if self.max_request_bytes > 256 << 20 {
+            return bad(format!(
+                "max_request_bytes must be at most 256 MiB, got {}",
+                self.max_request_bytes
+            ));
+        }
         if !(1..=100_000).contains(&self.max_long_polls_per_connection) {
             return bad(format!(
                 "max_long_polls_per_connection must be between 1 and 100000, got {}",
@@ -215,12 +221,6 @@ impl AgentSettings {
             return bad(format!(
                 "max_streams_per_connection must be between 16 and 100000, got {}",
                 self.max_streams_per_connection
-            ));
-        }
-        if self.max_request_bytes > 256 << 20 {
-            return bad(format!(
-                "max_request_bytes must be at most 256 MiB, got {}",
-                self.max_request_bytes
             ));
         }
         Ok(())
