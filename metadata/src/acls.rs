@@ -262,45 +262,18 @@ impl Metadata {
     /// Adds `acl` (adding one that exists changes nothing).
     pub async fn add_acl(&self, acl: &Acl) -> Result<(), MetaError> {
         acl.validate()?;
-        let key = acl.key();
         let value = serde_json::to_vec(acl).map_err(|e| MetaError::corrupt("ACL", e))?;
-        self.run("add_acl", |tx, _| {
-            let (key, value) = (key.clone(), value.clone());
-            async move {
-                tx.set(&key, &value).await?;
-                Ok(())
-            }
-        })
-        .await
+        self.put_record("add_acl", acl.key(), value).await
     }
 
     /// Removes `acl`; false when there was no such ACL.
     pub async fn remove_acl(&self, acl: &Acl) -> Result<bool, MetaError> {
-        let key = acl.key();
-        self.run("remove_acl", |tx, _| {
-            let key = key.clone();
-            async move {
-                let existed = tx.get(&key).await?.is_some();
-                if existed {
-                    tx.clear(&key).await?;
-                }
-                Ok(existed)
-            }
-        })
-        .await
+        self.remove_record("remove_acl", acl.key()).await
     }
 
     /// Every ACL, by resource type, pattern and principal.
     pub async fn list_acls(&self) -> Result<Vec<Acl>, MetaError> {
-        self.run("list_acls", |tx, _| async move {
-            let (b, e) = keys::acls();
-            tx.get_range(&b, &e, usize::MAX, false)
-                .await?
-                .iter()
-                .map(|(k, v)| decode(k, v))
-                .collect()
-        })
-        .await
+        self.list_records("list_acls", keys::acls(), decode).await
     }
 }
 

@@ -491,6 +491,62 @@ impl Metadata {
         result
     }
 
+    /// Writes `value` at `key` in one transaction (the small tables: tokens, ACLs, quotas).
+    pub(crate) async fn put_record(
+        &self,
+        what: &'static str,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<(), MetaError> {
+        self.run(what, |tx, _| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                tx.set(&key, &value).await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// Deletes the record at `key`; false when there was none.
+    pub(crate) async fn remove_record(
+        &self,
+        what: &'static str,
+        key: Vec<u8>,
+    ) -> Result<bool, MetaError> {
+        self.run(what, |tx, _| {
+            let key = key.clone();
+            async move {
+                let existed = tx.get(&key).await?.is_some();
+                if existed {
+                    tx.clear(&key).await?;
+                }
+                Ok(existed)
+            }
+        })
+        .await
+    }
+
+    /// Every record in `range`, in key order, each decoded by `decode`.
+    pub(crate) async fn list_records<T>(
+        &self,
+        what: &'static str,
+        (begin, end): (Vec<u8>, Vec<u8>),
+        decode: fn(&[u8], &[u8]) -> Result<T, MetaError>,
+    ) -> Result<Vec<T>, MetaError> {
+        self.run(what, |tx, _| {
+            let (begin, end) = (begin.clone(), end.clone());
+            async move {
+                tx.get_range(&begin, &end, usize::MAX, false)
+                    .await?
+                    .iter()
+                    .map(|(k, v)| decode(k, v))
+                    .collect()
+            }
+        })
+        .await
+    }
+
     /// The damage the metadata store reported, if it did: from then on every operation is
     /// refused with it (no write may land on a damaged store), and readiness fails.
     pub fn damaged(&self) -> Option<KvError> {

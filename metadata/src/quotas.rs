@@ -83,45 +83,21 @@ impl Metadata {
     /// Sets `quota`, replacing the principal's earlier quotas.
     pub async fn set_quota(&self, quota: &Quota) -> Result<(), MetaError> {
         quota.validate()?;
-        let key = keys::quota(&quota.principal);
         let value = serde_json::to_vec(quota).map_err(|e| MetaError::corrupt("quota", e))?;
-        self.run("set_quota", |tx, _| {
-            let (key, value) = (key.clone(), value.clone());
-            async move {
-                tx.set(&key, &value).await?;
-                Ok(())
-            }
-        })
-        .await
+        self.put_record("set_quota", keys::quota(&quota.principal), value)
+            .await
     }
 
     /// Removes `principal`'s quotas; false when it had none.
     pub async fn remove_quota(&self, principal: &str) -> Result<bool, MetaError> {
-        let key = keys::quota(principal);
-        self.run("remove_quota", |tx, _| {
-            let key = key.clone();
-            async move {
-                let existed = tx.get(&key).await?.is_some();
-                if existed {
-                    tx.clear(&key).await?;
-                }
-                Ok(existed)
-            }
-        })
-        .await
+        self.remove_record("remove_quota", keys::quota(principal))
+            .await
     }
 
     /// Every principal's quotas, by principal (the default, `*`, sorts first).
     pub async fn list_quotas(&self) -> Result<Vec<Quota>, MetaError> {
-        self.run("list_quotas", |tx, _| async move {
-            let (b, e) = keys::quotas();
-            tx.get_range(&b, &e, usize::MAX, false)
-                .await?
-                .iter()
-                .map(|(k, v)| decode(k, v))
-                .collect()
-        })
-        .await
+        self.list_records("list_quotas", keys::quotas(), decode)
+            .await
     }
 }
 

@@ -185,44 +185,22 @@ impl Metadata {
             .map_err(|e| MetaError::corrupt(format!("token {id}"), e))?;
         // The id is drawn before the transaction: a rerun after a lost reply writes the
         // same record again.
-        self.run("create_token", |tx, _| {
-            let value = value.clone();
-            let key = keys::token(&id);
-            async move {
-                tx.set(&key, &value).await?;
-                Ok(())
-            }
-        })
-        .await?;
+        self.put_record("create_token", keys::token(&id), value)
+            .await?;
         Ok((record, format!("{TOKEN_PREFIX}{id}_{secret}")))
     }
 
     /// Every token's record, by id (expired ones too, until revoked).
     pub async fn list_tokens(&self) -> Result<Vec<TokenRecord>, MetaError> {
-        self.run("list_tokens", |tx, _| async move {
-            let (b, e) = keys::tokens();
-            tx.get_range(&b, &e, usize::MAX, false)
-                .await?
-                .iter()
-                .map(|(k, v)| decode(k, v))
-                .collect()
-        })
-        .await
+        self.list_records("list_tokens", keys::tokens(), decode)
+            .await
     }
 
     /// Revokes (deletes) the token `id`; false when there was none.
     pub async fn revoke_token(&self, id: &str) -> Result<bool, MetaError> {
         // A whole token is accepted too, as someone holding one would paste it.
         let id = parse_token(id).map_or(id, |t| t.id);
-        self.run("revoke_token", |tx, _| async move {
-            let key = keys::token(id);
-            let existed = tx.get(&key).await?.is_some();
-            if existed {
-                tx.clear(&key).await?;
-            }
-            Ok(existed)
-        })
-        .await
+        self.remove_record("revoke_token", keys::token(id)).await
     }
 }
 
