@@ -5,7 +5,10 @@
 //! Two kinds of run: *fresh* (the segment entries after the compacted prefix, once they
 //! hold `min_bytes` or their oldest record is `max_age` old) and *merge* (at least
 //! `merge_fan_in` consecutive Parquet files each under half the target size, merged into
-//! one up to the target: levels, like an LSM tree).
+//! one up to the target: levels, like an LSM tree). Every run drops the records below the
+//! partition's start offset (moved by `delete-records`), and a Parquet file that still holds
+//! some is rewritten without them (a *trim*), so the files, and the topic's table, hold only
+//! readable records.
 
 use cairn_metadata::{
     CompactedFile, CompactionClaim, EntryKind, IndexEntry, MAX_SWAP_ENTRIES, MetaError, Topic,
@@ -27,6 +30,8 @@ const READ_CONCURRENCY: usize = 16;
 pub(crate) struct Run {
     pub(crate) entries: Vec<IndexEntry>,
     pub(crate) merge: bool,
+    /// The partition's start offset when the run was planned: records below it are dropped.
+    pub(crate) start_offset: i64,
 }
 
 impl Run {
@@ -74,16 +79,29 @@ impl Compactor {
         partition: u32,
     ) -> Result<(Option<Run>, u64), CompactorError> {
         let c = &self.config;
-        let (_, entries) = self
+        let (state, entries) = self
             .metadata
             .read_index(topic.id, partition, 0, MAX_SWAP_ENTRIES * 2)
             .await?;
+        let start_offset = state.start_offset;
         // The segment entries after the last Parquet file: the backlog, and the fresh run.
         let first_segment = entries
             .iter()
             .rposition(|e| e.kind == EntryKind::Parquet)
             .map_or(0, |p| p + 1);
         let backlog: u64 = entries[first_segment..].iter().map(|e| e.length).sum();
+        // Trim: a Parquet file still holding records below the start offset.
+        if let Some(first) = entries.first()
+            && first.kind == EntryKind::Parquet
+            && first.base_offset < start_offset
+        {
+            let run = Run {
+                entries: vec![first.clone()],
+                merge: false,
+                start_offset,
+            };
+            return Ok((Some(run), backlog));
+        }
         // Merge: consecutive small Parquet files.
         let small = |e: &IndexEntry| e.kind == EntryKind::Parquet && e.length < c.target_bytes / 2;
         let mut i = 0;
@@ -108,6 +126,7 @@ impl Compactor {
                     Some(Run {
                         entries: run,
                         merge: true,
+                        start_offset,
                     }),
                     backlog,
                 ));
@@ -136,6 +155,7 @@ impl Compactor {
                 Some(Run {
                     entries: run,
                     merge: false,
+                    start_offset,
                 }),
                 backlog,
             ))
@@ -189,7 +209,14 @@ impl Compactor {
             bytes_in: run.bytes(),
             ..RunReport::default()
         };
-        let records = self.read_entries(&run.entries, progress).await?;
+        let mut records = self.read_entries(&run.entries, progress).await?;
+        records.retain(|r| r.offset >= run.start_offset);
+        let Some(first_offset) = records.first().map(|r| r.offset) else {
+            // Every covered entry ends after the start offset (entries wholly before it are
+            // removed with the move), so this is a stale plan: try again next cycle.
+            report.conflict = true;
+            return Ok(report);
+        };
         report.records = records.len() as u64;
         let file = parquet_file::write(
             self.store.clone(),
@@ -203,6 +230,7 @@ impl Compactor {
         report.bytes_out = file.size;
         let compacted = CompactedFile {
             object_key: file.path.clone(),
+            first_offset,
             size: file.size,
             row_groups: file.row_groups,
             min_timestamp_ms: file.min_timestamp_ms,

@@ -36,6 +36,10 @@ pub struct CompactionClaim {
 pub struct CompactedFile {
     /// Object key.
     pub object_key: String,
+    /// The file's first offset: the first covered entry's base offset, or later when the
+    /// file drops records below the partition's start offset (a trim after
+    /// `delete_records`, so every engine reading the file sees only live records).
+    pub first_offset: i64,
     /// Object size in bytes.
     pub size: u64,
     /// Row groups in the file.
@@ -181,10 +185,19 @@ impl Metadata {
                 "covered entries belong to another partition than the claim".into(),
             ));
         }
+        // Only records below the partition's start offset may be dropped, and the claimer
+        // read that offset under its claim: it only ever moves forward, so a file starting
+        // at or before the offset seen then drops nothing readable.
+        if file.first_offset < first.base_offset || file.first_offset >= last.end_offset {
+            return Err(MetaError::InvalidArgument(format!(
+                "a compacted file covering {}..{} must start within it, not at {}",
+                first.base_offset, last.end_offset, file.first_offset
+            )));
+        }
         let replacement = IndexEntry {
             topic_id: claim.topic_id,
             partition: claim.partition,
-            base_offset: first.base_offset,
+            base_offset: file.first_offset,
             end_offset: last.end_offset,
             object_key: file.object_key.clone(),
             position: 0,

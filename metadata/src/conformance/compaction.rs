@@ -40,6 +40,7 @@ pub async fn compaction(kv: Arc<dyn KvStore>) {
         .unwrap();
     let file = crate::CompactedFile {
         object_key: "p0".into(),
+        first_offset: run[0].base_offset,
         size: 150,
         row_groups: 1,
         min_timestamp_ms: 1,

@@ -358,6 +358,7 @@ async fn compaction(c: Ctx) -> Vec<String> {
     let (_, run) = c.m.read_index(t.id, 0, 0, 10).await.unwrap();
     let file = CompactedFile {
         object_key: format!("p-{}", claim.token),
+        first_offset: run[0].base_offset,
         size: 120,
         row_groups: 1,
         min_timestamp_ms: 1,
