@@ -16,9 +16,11 @@ Each cycle:
      record is --max-age old into one Parquet file per run
      (topics/<topic>/partition=<p>/<first>-<last>-<writer>.parquet), and merges
      --merge-fan-in small Parquet files into one of up to --target-bytes;
-  3. deletes objects no index entry references any more, and orphans no commit ever
+  3. commits each topic's Delta Lake table (topics/<topic>/_delta_log): a snapshot listing
+     exactly the live Parquet files (see `cairn table describe --help`);
+  4. deletes objects no index entry references any more, and orphans no commit ever
      referenced, once they are older than --grace.
-Consumers read compacted offsets from the Parquet files; SQL engines read them directly.
+Consumers read compacted offsets from the Parquet files; other engines read the tables.
 Any number of compactors may run against the same stores: partitions are claimed with a
 lease in metadata.
 
@@ -51,6 +53,9 @@ pub(crate) struct CompactorArgs {
     /// Merge this many consecutive small Parquet files into one (at least 2).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(2..=1000))]
     merge_fan_in: u64,
+    /// Do not keep the topics' Delta Lake tables (their logs are left as they are).
+    #[arg(long)]
+    no_tables: bool,
     /// Serve Prometheus metrics (bytes in/out, files written) on this address.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<std::net::SocketAddr>,
@@ -74,6 +79,7 @@ pub(crate) async fn run(args: CompactorArgs) -> anyhow::Result<()> {
             max_age: args.max_age,
             target_bytes: args.target_bytes as u64,
             merge_fan_in: usize::try_from(args.merge_fan_in).unwrap_or(8),
+            tables: !args.no_tables,
             ..CompactorConfig::default()
         },
     );
@@ -138,6 +144,10 @@ pub(crate) async fn run(args: CompactorArgs) -> anyhow::Result<()> {
             r.objects_deleted,
             r.orphans_deleted,
             r.orphans_waiting
+        );
+        println!(
+            "tables: {} versions committed ({} files added, {} removed), {} failed",
+            r.table_commits, r.table_files_added, r.table_files_removed, r.failed_table_commits
         );
         if r.failed_runs > 0 {
             anyhow::bail!(

@@ -20,6 +20,7 @@ mod size;
 mod sql;
 mod status;
 mod stores;
+mod table;
 mod token;
 mod topic;
 
@@ -70,6 +71,9 @@ enum Command {
     /// SQL over live topics (compacted Parquet plus the uncompacted tail).
     #[cfg(feature = "sql")]
     Sql(sql::SqlArgs),
+    /// The Delta Lake table of each topic (for Spark, DuckDB, polars, Trino...).
+    #[command(subcommand)]
+    Table(table::TableCommand),
     /// Benchmarks: produce, end-to-end, consume, raw PUT; with the object-store bill.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -99,6 +103,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any TLS client or server is built (see the function's docs).
+    cairn_storage::install_crypto_provider();
     let filter = match log_filter() {
         Ok(f) => f,
         Err(e) => {
@@ -138,6 +144,7 @@ fn main() -> ExitCode {
             Command::Quota(cmd) => quota::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Compactor(args) => compactor::run(args).await,
+            Command::Table(cmd) => table::run(cmd).await,
             #[cfg(feature = "sql")]
             Command::Sql(args) => sql::run(args).await,
         }
@@ -172,7 +179,10 @@ fn log_filter() -> Result<tracing_subscriber::EnvFilter, String> {
             });
         }
     }
-    Ok(tracing_subscriber::EnvFilter::new("info"))
+    // The Delta Lake library logs every snapshot it builds at info.
+    Ok(tracing_subscriber::EnvFilter::new(
+        "info,buoyant_kernel=warn,buoyant_kernel_engine=warn,deltalake_core=warn",
+    ))
 }
 
 /// A duration flag between `lo` and `hi` (inclusive), for clap.

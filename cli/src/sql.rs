@@ -20,7 +20,7 @@ enum Format {
 #[command(after_help = "\
 Every topic is a table with the columns
   partition INT, offset BIGINT, timestamp TIMESTAMP(ms, UTC), key BYTES, value BYTES,
-  headers LIST<STRUCT<key STRING, value BYTES>>, producer_id UBIGINT, sequence BIGINT
+  headers LIST<STRUCT<key STRING, value BYTES>>, producer_id BIGINT, sequence BIGINT
 over its compacted Parquet files and its not yet compacted records, so a query sees the live
 topic. `offset` and `timestamp` are SQL keywords in some positions: quote them (\"offset\") if
 a query does not parse. Topic names with dots or dashes need double quotes; unquoted names

@@ -16,6 +16,7 @@ mod compact;
 mod metrics;
 #[cfg(feature = "sql")]
 pub mod sql;
+pub mod table;
 
 pub use metrics::CompactorMetrics;
 
@@ -67,6 +68,8 @@ pub struct CompactorConfig {
     pub lease: Duration,
     /// This compactor's name in claims (unique per running compactor).
     pub owner: String,
+    /// Keep each topic's Delta Lake table (see [`table`]) in step with its Parquet files.
+    pub tables: bool,
 }
 
 impl Default for CompactorConfig {
@@ -81,6 +84,7 @@ impl Default for CompactorConfig {
             merge_fan_in: 8,
             lease: Duration::from_secs(300),
             owner: default_owner(),
+            tables: true,
         }
     }
 }
@@ -131,6 +135,14 @@ pub struct CycleReport {
     pub orphans_deleted: u64,
     /// Orphan candidates younger than the grace period, left for a later cycle.
     pub orphans_waiting: u64,
+    /// Versions committed to topics' tables.
+    pub table_commits: u64,
+    /// Files those versions added to tables.
+    pub table_files_added: u64,
+    /// Files those versions removed from tables.
+    pub table_files_removed: u64,
+    /// Tables whose commit failed (retried next cycle).
+    pub failed_table_commits: u64,
 }
 
 /// An error of a compaction cycle; every one is retried by the next cycle.
@@ -145,6 +157,9 @@ pub enum CompactorError {
     /// A SQL query failed (parse, plan or execution).
     #[error("sql: {0}")]
     Query(String),
+    /// A topic's table could not be read or committed.
+    #[error(transparent)]
+    Table(#[from] table::TableError),
 }
 
 /// The compactor over one object store and metadata store.
@@ -195,6 +210,13 @@ impl Compactor {
             report.retention_bytes_removed += r.bytes_removed;
         }
         self.compact_all(&topics, progress, &mut report).await?;
+        if self.config.tables {
+            progress(Progress::Step("committing tables"));
+            if let Err(e) = self.sync_tables(&topics, &mut report).await {
+                tracing::warn!(error = %e, "cannot list the topics' tables; retrying next cycle");
+                report.failed_table_commits += 1;
+            }
+        }
         self.collect(progress, &mut report).await?;
         self.metrics.record(&report);
         if let Err(e) = self.observe_lag(&topics).await {
@@ -338,6 +360,10 @@ impl Compactor {
                 break;
             }
             let key = meta.location.to_string();
+            // Tables' logs are the compactor's own, not objects of the index.
+            if table::is_table_log(&key) {
+                continue;
+            }
             if self.metadata.is_object_committed(&key).await? {
                 continue;
             }

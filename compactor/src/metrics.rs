@@ -21,6 +21,8 @@ pub struct CompactorMetrics {
     failed_runs: Counter,
     objects_deleted: Counter,
     retention_bytes: Counter,
+    table_commits: Counter,
+    failed_table_commits: Counter,
     backlog: Family<Vec<(String, String)>, Gauge>,
     lag: Family<Vec<(String, String)>, Gauge>,
 }
@@ -38,6 +40,8 @@ impl CompactorMetrics {
             failed_runs: Counter::default(),
             objects_deleted: Counter::default(),
             retention_bytes: Counter::default(),
+            table_commits: Counter::default(),
+            failed_table_commits: Counter::default(),
             backlog: Family::default(),
             lag: Family::default(),
         };
@@ -81,6 +85,16 @@ impl CompactorMetrics {
             "Stored bytes removed by retention",
             Unit::Bytes,
             m.retention_bytes.clone(),
+        );
+        r.register(
+            "table_commits",
+            "Versions committed to topics' Delta Lake tables",
+            m.table_commits.clone(),
+        );
+        r.register(
+            "failed_table_commits",
+            "Table commits that failed and wait for the next cycle",
+            m.failed_table_commits.clone(),
         );
         r.register_with_unit(
             "backlog",
@@ -132,6 +146,8 @@ impl CompactorMetrics {
         self.objects_deleted
             .inc_by(r.objects_deleted + r.orphans_deleted);
         self.retention_bytes.inc_by(r.retention_bytes_removed);
+        self.table_commits.inc_by(r.table_commits);
+        self.failed_table_commits.inc_by(r.failed_table_commits);
     }
 
     /// The Prometheus text exposition.

@@ -22,6 +22,7 @@ pub mod store;
 pub use error::{FormatError, StorageError, StorageErrorKind, range_not_satisfiable};
 pub use segment::{FooterEntry, SegmentBuilder, SegmentFooter, SegmentReader, StoredFrame};
 pub use store::{
-    FaultyStore, InstrumentedStore, Latency, LatencySnapshot, StoreCounters, StoreFaultCounts,
-    StoreFaultRates, StoreHealth, StoreStats, open_object_store,
+    FaultyStore, InstrumentedStore, Latency, LatencySnapshot, PrefixedStore, StoreCounters,
+    StoreFaultCounts, StoreFaultRates, StoreHealth, StoreStats, install_crypto_provider,
+    open_object_store,
 };

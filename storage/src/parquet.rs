@@ -14,9 +14,7 @@
 use std::sync::Arc;
 
 use arrow_array::Array;
-use arrow_array::builder::{
-    BinaryBuilder, Int64Builder, TimestampMillisecondBuilder, UInt64Builder,
-};
+use arrow_array::builder::{BinaryBuilder, Int64Builder, TimestampMillisecondBuilder};
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int64Type, TimestampMillisecondType, UInt64Type};
 use arrow_array::{ArrayRef, BinaryArray, ListArray, RecordBatch, StringArray, StructArray};
@@ -114,7 +112,9 @@ pub fn schema() -> SchemaRef {
             ))),
             false,
         ),
-        Field::new("producer_id", DataType::UInt64, true),
+        // Signed, as Delta Lake, Iceberg and most engines have no unsigned 64-bit type (ids
+        // are allocated from 1 up). Files written before were UInt64; readers take both.
+        Field::new("producer_id", DataType::Int64, true),
         Field::new("sequence", DataType::Int64, true),
     ]))
 }
@@ -155,7 +155,7 @@ pub fn to_batch(records: &[StoredRecord]) -> Result<RecordBatch, FormatError> {
     let mut ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
     let mut key = BinaryBuilder::new();
     let mut value = BinaryBuilder::new();
-    let mut producer = UInt64Builder::with_capacity(n);
+    let mut producer = Int64Builder::with_capacity(n);
     let mut sequence = Int64Builder::with_capacity(n);
     let mut header_keys = Vec::new();
     let mut header_values: Vec<&[u8]> = Vec::new();
@@ -167,6 +167,10 @@ pub fn to_batch(records: &[StoredRecord]) -> Result<RecordBatch, FormatError> {
         value.append_value(&r.value);
         match r.producer {
             Some((id, seq)) => {
+                let id = i64::try_from(id).map_err(|_| FormatError::Invalid {
+                    what: "producer id",
+                    reason: format!("{id} does not fit the signed producer_id column"),
+                })?;
                 producer.append_value(id);
                 sequence.append_value(seq);
             }
@@ -684,9 +688,15 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), Fo
     let headers = col(4)
         .as_list_opt::<i32>()
         .ok_or_else(|| wrong("headers"))?;
-    let producers = col(5)
-        .as_primitive_opt::<UInt64Type>()
-        .ok_or_else(|| wrong("producer_id"))?;
+    // Int64 since the tables; UInt64 in files written before.
+    let producers = col(5);
+    let (signed, unsigned) = (
+        producers.as_primitive_opt::<Int64Type>(),
+        producers.as_primitive_opt::<UInt64Type>(),
+    );
+    if signed.is_none() && unsigned.is_none() {
+        return Err(wrong("producer_id"));
+    }
     let sequences = col(6)
         .as_primitive_opt::<Int64Type>()
         .ok_or_else(|| wrong("sequence"))?;
@@ -702,6 +712,16 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), Fo
             .column(1)
             .as_binary_opt::<i32>()
             .ok_or_else(|| wrong("headers.value"))?;
+        let producer = if producers.is_null(i) {
+            None
+        } else {
+            let id = match (signed, unsigned) {
+                (Some(a), _) => u64::try_from(a.value(i)).map_err(|_| wrong("producer_id"))?,
+                (_, Some(a)) => a.value(i),
+                (None, None) => return Err(wrong("producer_id")),
+            };
+            Some((id, sequences.value(i)))
+        };
         out.push(StoredRecord {
             offset: offsets.value(i),
             timestamp_ms: ts.value(i),
@@ -710,7 +730,7 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), Fo
             headers: (0..h.len())
                 .map(|j| (hk.value(j).to_string(), Bytes::copy_from_slice(hv.value(j))))
                 .collect(),
-            producer: (!producers.is_null(i)).then(|| (producers.value(i), sequences.value(i))),
+            producer,
         });
     }
     Ok(())
@@ -817,7 +837,7 @@ mod tests {
             let keys = batch.column(2).as_binary::<i32>();
             let values = batch.column(3).as_binary::<i32>();
             let headers = batch.column(4).as_list::<i32>();
-            let producers = batch.column(5).as_primitive::<UInt64Type>();
+            let producers = batch.column(5).as_primitive::<Int64Type>();
             let sequences = batch.column(6).as_primitive::<Int64Type>();
             for i in 0..batch.num_rows() {
                 let want = &input[rows + i];
@@ -834,7 +854,7 @@ mod tests {
                 }
                 match want.producer {
                     Some((id, seq)) => {
-                        assert_eq!((producers.value(i), sequences.value(i)), (id, seq));
+                        assert_eq!((producers.value(i) as u64, sequences.value(i)), (id, seq));
                     }
                     None => assert!(producers.is_null(i) && sequences.is_null(i)),
                 }

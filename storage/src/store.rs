@@ -37,6 +37,7 @@ pub fn open_object_store(
         return Ok(Arc::new(object_store::memory::InMemory::new()));
     }
     if let Some(rest) = url.strip_prefix("s3://") {
+        install_crypto_provider();
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(bad(format!("object store URL `{url}` names no bucket")));
@@ -93,12 +94,112 @@ pub fn open_object_store(
     Ok(Arc::new(local))
 }
 
+/// Names ring as the process's TLS crypto provider, once. rustls picks one by itself only
+/// when a single provider is compiled in, and the Delta Lake library's HTTP client compiles
+/// in aws-lc-rs beside the ring that Cairn uses, so without this the S3 client's TLS setup
+/// would find none. Every process that opens an object store calls it; later calls (or a
+/// provider installed by the embedding program) leave the first in place.
+pub fn install_crypto_provider() {
+    // An error only says a provider is already installed, which is what is wanted.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Arc<dyn ObjectStore> {
     let prefix = prefix.trim_matches('/');
     if prefix.is_empty() {
         store
     } else {
-        Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        Arc::new(PrefixedStore::new(store, prefix))
+    }
+}
+
+/// `store` with every key under `prefix`: object_store's `PrefixStore`, except that a GET or
+/// HEAD reports the key it was asked for. (`PrefixStore` 0.13 reports the inner key, prefix
+/// included, so DataFusion, which checks that a file it HEADs is the one it listed, found no
+/// Parquet files under an `s3://bucket/prefix` store and `cairn sql` saw only the tail.)
+#[derive(Debug)]
+pub struct PrefixedStore(object_store::prefix::PrefixStore<Arc<dyn ObjectStore>>);
+
+impl PrefixedStore {
+    /// `store` seen under `prefix` (a key path, e.g. `cairn/prod` or `topics/orders`).
+    pub fn new(store: Arc<dyn ObjectStore>, prefix: &str) -> Self {
+        PrefixedStore(object_store::prefix::PrefixStore::new(store, prefix))
+    }
+}
+
+impl fmt::Display for PrefixedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for PrefixedStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.0.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.0.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let mut r = self.0.get_opts(location, options).await?;
+        r.meta.location = location.clone();
+        Ok(r)
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &Path,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        self.0.get_ranges(location, ranges).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.0.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.0.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.0.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.0.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &Path,
+        to: &Path,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.0.copy_opts(from, to, options).await
     }
 }
 
@@ -856,5 +957,36 @@ mod tests {
         assert_eq!(coalesced_requests(&[0..10, 20..30]), 1);
         assert_eq!(coalesced_requests(&[0..10, (5 << 20)..(6 << 20)]), 2);
         assert_eq!(coalesced_requests(&[]), 0);
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use object_store::ObjectStoreExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn head_and_get_report_the_key_asked_for() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let store = PrefixedStore::new(inner.clone(), "bucket-prefix/env");
+        let key = Path::from("topics/t/partition=0/a.parquet");
+        store
+            .put(&key, Bytes::from_static(b"abc").into())
+            .await
+            .unwrap();
+        assert!(
+            inner
+                .head(&Path::from(
+                    "bucket-prefix/env/topics/t/partition=0/a.parquet"
+                ))
+                .await
+                .is_ok()
+        );
+        let head = store.head(&key).await.unwrap();
+        assert_eq!((head.location, head.size), (key.clone(), 3));
+        assert_eq!(store.get(&key).await.unwrap().meta.location, key);
+        let listed: Vec<_> = store.list(Some(&Path::from("topics"))).collect().await;
+        assert_eq!(listed[0].as_ref().unwrap().location, key);
     }
 }

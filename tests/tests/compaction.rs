@@ -23,12 +23,16 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
+/// The data objects under `prefix` (not the tables' logs).
 async fn objects(store: &dyn ObjectStore, prefix: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let prefix = Path::from(prefix);
     let mut list = store.list(Some(&prefix));
     while let Some(m) = list.next().await {
-        out.insert(m.unwrap().location.to_string());
+        let key = m.unwrap().location.to_string();
+        if !cairn_compactor::table::is_table_log(&key) {
+            out.insert(key);
+        }
     }
     out
 }
