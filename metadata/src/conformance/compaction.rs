@@ -75,11 +75,24 @@ pub async fn compaction(kv: Arc<dyn KvStore>) {
         .await
         .unwrap()
         .unwrap();
-    let err = m.swap_compacted(a, &run[3..], &file).await.unwrap_err();
+    let rest = crate::CompactedFile {
+        first_offset: run[3].base_offset,
+        ..file.clone()
+    };
+    let err = m.swap_compacted(a, &run[3..], &rest).await.unwrap_err();
     assert_fenced(&err, FenceReason::ClaimLost);
+    // A file must start within the run it replaces.
+    for first_offset in [run[3].base_offset - 1, run[3].end_offset] {
+        let outside = crate::CompactedFile {
+            first_offset,
+            ..file.clone()
+        };
+        let err = m.swap_compacted(b, &run[3..], &outside).await.unwrap_err();
+        assert!(matches!(err, MetaError::InvalidArgument(_)), "{err}");
+    }
     // Retention removes an entry under a compaction: the swap refuses.
     m.delete_records("c", 0, 40).await.unwrap();
-    let err = m.swap_compacted(b, &run[3..], &file).await.unwrap_err();
+    let err = m.swap_compacted(b, &run[3..], &rest).await.unwrap_err();
     assert_fenced(&err, FenceReason::CompactionConflict);
     m.release_compaction(b).await.unwrap();
     m.release_compaction(a).await.unwrap();
@@ -99,6 +112,10 @@ pub async fn compaction(kv: Arc<dyn KvStore>) {
     );
     let (_, run1) = m.read_index(t.id, 1, 0, 10).await.unwrap();
     m.delete_topic("c").await.unwrap();
-    let err = m.swap_compacted(b1, &run1, &file).await.unwrap_err();
+    let file1 = crate::CompactedFile {
+        first_offset: run1[0].base_offset,
+        ..file.clone()
+    };
+    let err = m.swap_compacted(b1, &run1, &file1).await.unwrap_err();
     assert!(matches!(err, MetaError::Fenced { .. }), "{err}");
 }
