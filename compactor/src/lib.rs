@@ -169,6 +169,9 @@ pub struct Compactor {
     metadata: Metadata,
     config: CompactorConfig,
     metrics: Arc<CompactorMetrics>,
+    /// Per table, a fingerprint of the file set it was last seen to list (see
+    /// [`table`]): an unchanged index then costs no request to the object store.
+    tables_seen: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
 }
 
 impl Compactor {
@@ -179,6 +182,7 @@ impl Compactor {
             metadata,
             config,
             metrics: Arc::new(CompactorMetrics::new()),
+            tables_seen: Arc::default(),
         }
     }
 

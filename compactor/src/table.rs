@@ -416,6 +416,10 @@ impl Compactor {
         }
         // Tables whose topic is gone: their files are being collected, so their latest
         // snapshot must list none.
+        let seen: Vec<String> = match self.tables_seen.lock() {
+            Ok(seen) => seen.keys().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
         let listing = self
             .store
             .list_with_delimiter(Some(&Path::from(cairn_storage::keys::TOPICS)))
@@ -425,7 +429,11 @@ impl Compactor {
             })?;
         for dir in listing.common_prefixes {
             let Some(name) = dir.filename() else { continue };
-            if topics.iter().any(|t| t.name == name) {
+            // Known emptied (their fingerprint is the empty set's) or still a topic.
+            if topics.iter().any(|t| t.name == name)
+                || (seen.iter().any(|s| s == name)
+                    && self.seen(name) == Some(fingerprint(&BTreeMap::new())))
+            {
                 continue;
             }
             let log = dir.clone().join("_delta_log");
@@ -460,6 +468,14 @@ impl Compactor {
         topic: Option<&Topic>,
     ) -> Result<TableSync, CompactorError> {
         let mut sync = TableSync::default();
+        // An index listing the files the table was last seen to list needs no look at the
+        // table: only compactors write it, and each writes what the index lists.
+        if let Some(t) = topic
+            && let Some(files) = self.live_files(t).await?
+            && self.seen(name) == Some(fingerprint(&files))
+        {
+            return Ok(sync);
+        }
         for _ in 0..COMMIT_ATTEMPTS {
             // The snapshot first, then the index: the index read is at least as new as
             // the snapshot, so a commit never goes back to an older state of the index.
@@ -501,6 +517,7 @@ impl Compactor {
                 .map(|(p, s)| (p, *s))
                 .collect();
             if adds.is_empty() && removes.is_empty() {
+                self.saw(name, &wanted);
                 return Ok(sync);
             }
             // A file replaced by others covering the same offsets (a merge, a fresh run of
@@ -574,6 +591,7 @@ impl Compactor {
             .await;
             match commit {
                 Ok(done) => {
+                    self.saw(name, &wanted);
                     sync.version = Some(done.version());
                     sync.added = adds.len() as u64;
                     sync.removed = removes.len() as u64;
@@ -590,6 +608,18 @@ impl Compactor {
             )),
         )
         .into())
+    }
+
+    /// The fingerprint of the files `name`'s table was last seen to list.
+    fn seen(&self, name: &str) -> Option<u64> {
+        self.tables_seen.lock().ok()?.get(name).copied()
+    }
+
+    /// Records that `name`'s table lists exactly `files`.
+    fn saw(&self, name: &str, files: &BTreeMap<String, TableFile>) {
+        if let Ok(mut seen) = self.tables_seen.lock() {
+            seen.insert(name.to_string(), fingerprint(files));
+        }
     }
 
     async fn create_table(&self, topic: &str) -> Result<DeltaTable, TableError> {
@@ -679,6 +709,16 @@ impl Compactor {
             return Ok(Some(entries));
         }
     }
+}
+
+/// A fingerprint of a file set (paths and sizes), to tell an unchanged one.
+fn fingerprint(files: &BTreeMap<String, TableFile>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for (path, f) in files {
+        (path, f.size).hash(&mut h);
+    }
+    h.finish()
 }
 
 /// The offsets a Parquet file name gives: `<first>-<last>-<writer>.parquet` holds

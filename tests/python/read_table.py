@@ -9,6 +9,7 @@ version, its rows and distinct (partition, offset) pairs.
 """
 
 import json
+import os
 import sys
 
 import duckdb
@@ -31,7 +32,10 @@ if which == "every":
         pairs = set(zip(t.column("partition").to_pylist(), t.column("offset").to_pylist()))
         out[str(v)] = [t.num_rows, len(pairs)]
     print(json.dumps(out))
-    sys.exit(0)
+    sys.stdout.flush()
+    # Skips interpreter teardown: the native libraries' threads (delta-rs, DuckDB, polars)
+    # sometimes abort the process while it unwinds, after the answer was printed.
+    os._exit(0)
 
 version = None if which == "latest" else int(which)
 
@@ -65,3 +69,5 @@ print(
         }
     )
 )
+sys.stdout.flush()
+os._exit(0)

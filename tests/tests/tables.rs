@@ -216,6 +216,8 @@ async fn tables_follow_the_topic(stores: Stores, dir: &std::path::Path) -> anyho
     } else {
         cairn_agent::open_object_store(&stores.url, &[])?
     };
+    let store = Arc::new(cairn_storage::InstrumentedStore::new(store));
+    let counters = store.counters();
     let compactor = Compactor::new(store, m.clone(), eager("c1"));
 
     // 1. Compaction: one file per partition, one table version with all of them.
@@ -252,9 +254,12 @@ async fn tables_follow_the_topic(stores: Stores, dir: &std::path::Path) -> anyho
     assert_eq!(rows, 12_000, "{described}");
     check_exact(&stores, &m, "logs", "logs after compaction").await?;
 
-    // Nothing new: no new version.
+    // Nothing new: no new version, and not even a look at the tables (the collector's
+    // orphan scan LISTs; nothing GETs).
+    let gets = counters.gets.get();
     let r = compactor.run_once(&|_| {}).await?;
     assert_eq!(r.table_commits, 0, "{r:?}");
+    assert_eq!(counters.gets.get(), gets, "an idle cycle read objects");
 
     // 2. More records, compacted and merged with the first files in one cycle: the new
     // version replaces the first files with the merged ones, so no record shows twice.
