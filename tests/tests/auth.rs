@@ -64,8 +64,10 @@ async fn until_refused(endpoint: &str, token: &str, why: &str) -> Duration {
     }
 }
 
+/// The secret of `cairn_<id>_<secret>` (the id is hex; the secret is base64url and may hold
+/// `_` itself).
 fn secret(token: &str) -> &str {
-    token.rsplit('_').next().unwrap_or(token)
+    token.splitn(3, '_').nth(2).unwrap_or(token)
 }
 
 fn read(path: &Path) -> String {

@@ -158,7 +158,8 @@ async fn no_secret_reaches_logs_status_metrics_or_errors() -> anyhow::Result<()>
         .output()?;
     anyhow::ensure!(issued.status.success(), "token create failed");
     let token = String::from_utf8(issued.stdout)?.trim().to_string();
-    let secret = token.rsplit('_').next().unwrap_or_default().to_string();
+    // `cairn_<id>_<secret>`: the id is hex, the secret base64url (which may hold `_`).
+    let secret = token.splitn(3, '_').nth(2).unwrap_or_default().to_string();
     anyhow::ensure!(secret.len() > 20, "no token secret in `{token}`");
     TOKEN_SECRETS.get_or_init(|| [secret, token.clone()]);
     seen += &String::from_utf8_lossy(&issued.stderr);
