@@ -1,9 +1,9 @@
-//! The Admin service: topics (create, list, describe, delete, add partitions, delete
-//! records) and the agent's status.
+//! The Admin service: topics (create, list, describe, delete, add partitions, value
+//! schema, delete records) and the agent's status.
 
 use std::sync::Arc;
 
-use cairn_metadata::TopicSpec;
+use cairn_metadata::{TopicColumn, TopicSpec, ValueSchema};
 use cairn_proto::v2;
 use tonic::{Request, Response, Status};
 
@@ -54,6 +54,12 @@ impl v2::admin_service_server::AdminService for AdminService {
             codec: codec_from_proto(r.codec).map_err(status)?,
             retention_ms: retention("retention_ms", r.retention_ms)?,
             retention_bytes: retention("retention_bytes", r.retention_bytes)?,
+            value_schema: r
+                .value_schema
+                .as_deref()
+                .map(declared_schema)
+                .transpose()
+                .map_err(status)?,
         };
         let topic = self.0.metadata.create_topic(&spec).await.map_err(status)?;
         self.0.topics.invalidate(&topic.name).await;
@@ -511,6 +517,48 @@ impl v2::admin_service_server::AdminService for AdminService {
             topic: Some(topic_info(&topic)),
         }))
     }
+
+    async fn set_value_schema(
+        &self,
+        request: Request<v2::SetValueSchemaRequest>,
+    ) -> Result<Response<v2::SetValueSchemaResponse>, Status> {
+        let name = &request.get_ref().topic;
+        allow(
+            &self.0,
+            &request,
+            Operation::Alter,
+            ResourceType::Topic,
+            name,
+        )?;
+        let r = request.into_inner();
+        let schema = declared_schema(&r.value_schema).map_err(status)?;
+        let topic = self
+            .0
+            .metadata
+            .set_value_schema(&r.topic, &schema)
+            .await
+            .map_err(status)?;
+        self.0.topics.invalidate(&r.topic).await;
+        Ok(Response::new(v2::SetValueSchemaResponse {
+            topic: Some(topic_info(&topic)),
+        }))
+    }
+}
+
+/// A value schema document as the metadata keeps it, or why it cannot be one.
+fn declared_schema(text: &str) -> Result<ValueSchema, AgentError> {
+    let columns = cairn_storage::value_schema::parse_json_schema(text)
+        .map_err(|e| AgentError::Invalid(e.to_string()))?;
+    Ok(ValueSchema {
+        text: text.to_string(),
+        columns: columns
+            .into_iter()
+            .map(|c| TopicColumn {
+                name: c.name,
+                kind: c.kind.name().to_string(),
+            })
+            .collect(),
+    })
 }
 
 /// Who made a call, as recorded with what it changed: its principal, or `(anonymous)`.

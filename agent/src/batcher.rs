@@ -648,6 +648,7 @@ mod tests {
                 codec: cairn_metadata::Codec::None,
                 retention_ms: -1,
                 retention_bytes: -1,
+                value_schema: None,
             })
             .await
             .unwrap();

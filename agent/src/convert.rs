@@ -37,6 +37,15 @@ pub(crate) fn topic_info(t: &Topic) -> v2::TopicInfo {
         retention_ms: (t.retention_ms >= 0).then_some(t.retention_ms),
         retention_bytes: (t.retention_bytes >= 0).then_some(t.retention_bytes),
         created_at_ms: t.created_at_ms,
+        value_schema: t.value_schema.clone(),
+        value_columns: t
+            .value_columns
+            .iter()
+            .map(|c| v2::ValueColumn {
+                name: c.name.clone(),
+                r#type: c.kind.clone(),
+            })
+            .collect(),
     }
 }
 

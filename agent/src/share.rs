@@ -128,6 +128,7 @@ impl ShareService {
                 codec: topic.codec,
                 retention_ms: -1,
                 retention_bytes: -1,
+                value_schema: None,
             })
             .await
         {

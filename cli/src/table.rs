@@ -11,7 +11,8 @@ Each topic's compacted Parquet files form a Delta Lake table at
   <object store>/topics/<topic>/          (log in topics/<topic>/_delta_log/)
 partitioned by `partition`, with the columns
   partition INT, offset BIGINT, timestamp TIMESTAMP, key BINARY, value BINARY,
-  headers ARRAY<STRUCT<key STRING, value BINARY>>, producer_id BIGINT, sequence BIGINT.
+  headers ARRAY<STRUCT<key STRING, value BINARY>>, producer_id BIGINT, sequence BIGINT,
+then the typed columns of the topic's value schema (`cairn topic set-schema`), if any.
 The compactor commits a new snapshot after each cycle: exactly the live Parquet files, so any
 Delta reader (Spark, DuckDB, polars, Trino, deltalake for Python) sees each compacted record
 once. Records not compacted yet are not in the table; `cairn sql` reads those too.
@@ -74,6 +75,14 @@ fn text(d: &TableDescription) -> String {
         indicatif::HumanBytes(bytes),
         rows
     );
+    if !d.typed_columns.is_empty() {
+        let list: Vec<String> = d
+            .typed_columns
+            .iter()
+            .map(|(name, kind)| format!("{name} {kind}"))
+            .collect();
+        out.push_str(&format!("columns   {} (typed)\n", list.join(", ")));
+    }
     if !d.files.is_empty() {
         out.push_str("\nPARTITION        ROWS       BYTES  FILE\n");
         for (path, partition, size, rows) in &d.files {
@@ -100,6 +109,9 @@ fn json(d: &TableDescription) -> serde_json::Value {
         "format": "delta",
         "version": d.version,
         "committed_ms": d.timestamp_ms,
+        "typed_columns": d.typed_columns.iter().map(|(name, kind)| serde_json::json!({
+            "name": name, "type": kind,
+        })).collect::<Vec<_>>(),
         "files": d.files.iter().map(|(path, partition, size, rows)| serde_json::json!({
             "path": path, "partition": partition, "bytes": size, "rows": rows,
         })).collect::<Vec<_>>(),

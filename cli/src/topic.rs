@@ -27,6 +27,38 @@ pub(crate) enum TopicCommand {
         /// Bytes kept per partition (e.g. 10GiB); the oldest go first. Unlimited when not given.
         #[arg(long, value_parser = crate::size::parse_size, value_name = "SIZE")]
         retention_bytes: Option<usize>,
+        /// A JSON Schema file (`{"type": "object", "properties": {...}}`) whose top-level
+        /// properties become typed columns of the topic's table (see `cairn topic
+        /// set-schema`).
+        #[arg(long, value_name = "FILE")]
+        value_schema: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Declare a topic's value schema: a JSON Schema document whose top-level properties
+    /// become typed columns of the topic's table, so `SELECT amount FROM orders` works in
+    /// any engine. Properties of type string, integer, number and boolean become columns of
+    /// that type; object and array properties hold their JSON text. A record whose value
+    /// is not a JSON object, or lacks a property, has NULL there (its raw value is kept).
+    #[command(after_help = "\
+Examples:
+  cat > orders.json <<'JSON'
+  {\"type\": \"object\", \"properties\": {
+     \"order_id\": {\"type\": \"integer\"}, \"amount\": {\"type\": \"number\"},
+     \"currency\": {\"type\": \"string\"}}}
+  JSON
+  cairn topic set-schema orders --file orders.json
+
+Changes evolve the table as Delta Lake's add-column does: a new property adds a column
+(NULL in files written before it), a property keeps its type once declared, and a column
+stays when a later schema leaves its property out. Files are typed when the compactor
+writes them; `cairn sql` types the uncompacted tail the same way.")]
+    SetSchema {
+        /// Topic name.
+        name: String,
+        /// The JSON Schema file.
+        #[arg(long, value_name = "FILE")]
+        file: std::path::PathBuf,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -93,13 +125,37 @@ fn retention_bytes(bytes: Option<i64>) -> String {
 
 fn print_topic(t: &TopicInfo) {
     println!(
-        "{}\tpartitions={}\tcodec={}\tretention={}\tretention-bytes={}",
+        "{}\tpartitions={}\tcodec={}\tretention={}\tretention-bytes={}{}",
         t.name,
         t.partitions,
         codec_name(t.codec),
         retention(t.retention_ms),
-        retention_bytes(t.retention_bytes)
+        retention_bytes(t.retention_bytes),
+        columns(t)
     );
+}
+
+/// The typed columns of a topic, as `\tcolumns=amount:number,...` (nothing when none).
+fn columns(t: &TopicInfo) -> String {
+    if t.value_columns.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = t
+        .value_columns
+        .iter()
+        .map(|c| format!("{}:{}", c.name, c.r#type))
+        .collect();
+    format!("\tcolumns={}", list.join(","))
+}
+
+/// Reads a value schema file and checks it the way the agent will, so a mistake is told
+/// with the file's name.
+fn read_schema(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the value schema {}", path.display()))?;
+    cairn_storage::value_schema::parse_json_schema(&text)
+        .with_context(|| format!("{} is not a usable value schema", path.display()))?;
+    Ok(text)
 }
 
 pub(crate) async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
@@ -110,8 +166,10 @@ pub(crate) async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
             codec,
             retention,
             retention_bytes,
+            value_schema,
             connect,
         } => {
+            let value_schema = value_schema.as_deref().map(read_schema).transpose()?;
             let retention_ms = match retention {
                 Some(d) if d.as_millis() == 0 => {
                     bail!("--retention must be at least 1ms (leave it out to keep records forever)")
@@ -130,10 +188,22 @@ pub(crate) async fn run(cmd: TopicCommand) -> anyhow::Result<()> {
                 codec: Some(codec.into()),
                 retention_ms,
                 retention_bytes,
+                value_schema,
             };
             let admin = Admin::new(connect.cluster().await?);
             let t = admin.create_topic(&name, partitions, options).await?;
             eprintln!("created topic {} with {} partitions", t.name, t.partitions);
+        }
+        TopicCommand::SetSchema {
+            name,
+            file,
+            connect,
+        } => {
+            let text = read_schema(&file)?;
+            let t = Admin::new(connect.cluster().await?)
+                .set_value_schema(&name, text)
+                .await?;
+            print_topic(&t);
         }
         TopicCommand::List { connect } => {
             let admin = Admin::new(connect.cluster().await?);

@@ -25,6 +25,9 @@ pub struct TopicOptions {
     pub retention_ms: Option<i64>,
     /// Bytes kept per partition (positive); `None` for no limit.
     pub retention_bytes: Option<i64>,
+    /// A JSON Schema document whose top-level properties become typed columns of the
+    /// topic's table (see [`Admin::set_value_schema`]); `None` declares none.
+    pub value_schema: Option<String>,
 }
 
 /// Where [`Admin::reset_offsets`] moves a group's committed offsets.
@@ -313,6 +316,7 @@ impl Admin {
                 codec: options.codec.unwrap_or(Codec::Unspecified) as i32,
                 retention_ms: options.retention_ms,
                 retention_bytes: options.retention_bytes,
+                value_schema: options.value_schema,
             })
             .await?
             .into_inner();
@@ -368,6 +372,29 @@ impl Admin {
             })
             .await?;
         Ok(())
+    }
+
+    /// Declares a topic's value schema (a JSON Schema document of `"type": "object"` whose
+    /// top-level properties become typed columns of its table). A property already declared
+    /// keeps its type; new ones add columns, and the table keeps the columns of every
+    /// earlier schema.
+    pub async fn set_value_schema(
+        &self,
+        topic: &str,
+        value_schema: String,
+    ) -> Result<v2::TopicInfo, ClientError> {
+        let response = self
+            .client
+            .clone()
+            .set_value_schema(v2::SetValueSchemaRequest {
+                topic: topic.to_string(),
+                value_schema,
+            })
+            .await?
+            .into_inner();
+        response
+            .topic
+            .ok_or_else(|| ClientError::Invalid("agent answered without a topic".into()))
     }
 
     /// Raises a topic's partition count to `partitions`.

@@ -224,6 +224,7 @@ impl Compactor {
             partition,
             claim.token,
             &records,
+            &crate::table::value_columns(Some(topic)),
         )
         .await?;
         drop(records);

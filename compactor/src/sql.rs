@@ -2,7 +2,8 @@
 //! builds it).
 //!
 //! Every topic is a table with the columns `partition`, `offset`, `timestamp`, `key`,
-//! `value`, `headers`, `producer_id` and `sequence`. Its rows are the union of the
+//! `value`, `headers`, `producer_id` and `sequence`, then the typed columns of its value
+//! schema (see `cairn_storage::value_schema`). Its rows are the union of the
 //! partition's live Parquet files (the ones the index references — never files replaced
 //! and waiting for collection, never orphans), read by DataFusion's Parquet scan with
 //! projection and statistics pruning, and of its uncompacted tail, read from segment
@@ -30,6 +31,7 @@ use crate::{Compactor, CompactorError};
 use cairn_metadata::{EntryKind, IndexEntry, PartitionState};
 use cairn_storage::StorageError;
 use cairn_storage::parquet::{self as parquet_file, StoredRecord};
+use cairn_storage::value_schema::ValueColumn;
 
 /// Index entries read per metadata transaction.
 #[cfg(not(test))]
@@ -60,10 +62,10 @@ fn column(name: &str) -> Expr {
     Expr::Column(Column::new_unqualified(name))
 }
 
-/// The table schema: `partition` and then the Parquet columns.
-pub fn table_schema() -> SchemaRef {
+/// The table schema: `partition` and then the Parquet columns, typed ones included.
+pub fn table_schema(columns: &[ValueColumn]) -> SchemaRef {
     let mut fields = vec![Arc::new(Field::new("partition", DataType::Int32, false))];
-    fields.extend(parquet_file::schema().fields().iter().cloned());
+    fields.extend(parquet_file::schema_with(columns).fields().iter().cloned());
     Arc::new(Schema::new(fields))
 }
 
@@ -75,6 +77,9 @@ impl Compactor {
         let url = Url::parse(STORE_URL).map_err(query_error)?;
         ctx.register_object_store(&url, self.store.clone());
         for topic in self.metadata.list_topics().await? {
+            // Every typed column the topic's table has; files written before one was
+            // declared read it as NULL.
+            let columns = crate::table::value_columns(Some(&topic));
             let mut union: Option<DataFrame> = None;
             let mut tail: Vec<StoredRecord> = Vec::new();
             let mut tail_partitions: Vec<i32> = Vec::new();
@@ -86,7 +91,7 @@ impl Compactor {
                 let partition = i32::try_from(p).map_err(query_error)?;
                 if !files.is_empty() {
                     let df = self
-                        .parquet_frame(&ctx, &files, partition, state.start_offset)
+                        .parquet_frame(&ctx, &files, partition, state.start_offset, &columns)
                         .await?;
                     union = Some(match union {
                         Some(u) => u.union(df).map_err(query_error)?,
@@ -101,7 +106,7 @@ impl Compactor {
                     }
                 }
             }
-            let tail = tail_table(&tail, &tail_partitions)?;
+            let tail = tail_table(&tail, &tail_partitions, &columns)?;
             let tail = ctx.read_table(Arc::new(tail)).map_err(query_error)?;
             let all = match union {
                 Some(u) => u.union(tail).map_err(query_error)?,
@@ -160,6 +165,7 @@ impl Compactor {
         files: &[IndexEntry],
         partition: i32,
         start_offset: i64,
+        columns: &[ValueColumn],
     ) -> Result<DataFrame, CompactorError> {
         for f in files {
             parquet_file::verify(self.store.clone(), &f.object_key, f.length).await?;
@@ -173,11 +179,11 @@ impl Compactor {
             ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
         let config = ListingTableConfig::new_with_multi_paths(urls)
             .with_listing_options(options)
-            .with_schema(parquet_file::schema());
+            .with_schema(parquet_file::schema_with(columns));
         let table = ListingTable::try_new(config).map_err(query_error)?;
         let mut select = vec![lit(partition).alias("partition")];
         select.extend(
-            parquet_file::schema()
+            parquet_file::schema_with(columns)
                 .fields()
                 .iter()
                 .map(|f| column(f.name())),
@@ -189,18 +195,24 @@ impl Compactor {
     }
 }
 
-/// The uncompacted records of a topic as an in-memory table.
-fn tail_table(records: &[StoredRecord], partitions: &[i32]) -> Result<MemTable, CompactorError> {
-    let schema = table_schema();
+/// The uncompacted records of a topic as an in-memory table, typed as the compactor will
+/// type them.
+fn tail_table(
+    records: &[StoredRecord],
+    partitions: &[i32],
+    columns: &[ValueColumn],
+) -> Result<MemTable, CompactorError> {
+    let schema = table_schema(columns);
     let mut batches = Vec::new();
     if !records.is_empty() {
-        let batch = parquet_file::to_batch(records).map_err(|e| StorageError::Encode {
-            key: "the uncompacted tail".into(),
-            source: Arc::new(e),
-        })?;
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(Int32Array::from(partitions.to_vec()))];
-        columns.extend(batch.columns().iter().cloned());
-        batches.push(RecordBatch::try_new(schema.clone(), columns).map_err(query_error)?);
+        let batch =
+            parquet_file::to_batch_with(records, columns).map_err(|e| StorageError::Encode {
+                key: "the uncompacted tail".into(),
+                source: Arc::new(e),
+            })?;
+        let mut arrays: Vec<ArrayRef> = vec![Arc::new(Int32Array::from(partitions.to_vec()))];
+        arrays.extend(batch.columns().iter().cloned());
+        batches.push(RecordBatch::try_new(schema.clone(), arrays).map_err(query_error)?);
     }
     MemTable::try_new(schema, vec![batches]).map_err(query_error)
 }

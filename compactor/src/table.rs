@@ -25,6 +25,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use cairn_metadata::{EntryKind, IndexEntry, Topic};
 use cairn_storage::PrefixedStore;
+use cairn_storage::value_schema::{ValueColumn, ValueType};
+use deltalake_core::kernel::MetadataExt;
 use deltalake_core::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake_core::kernel::{Action, Add, ArrayType, DataType, Remove, StructField, StructType};
 use deltalake_core::logstore::{LogStoreRef, StorageConfig, default_logstore};
@@ -303,6 +305,8 @@ pub struct TableSync {
     /// Set when the table was left as it was because a partition still has a Parquet file
     /// holding records below its start offset (trimmed by a later compaction run).
     pub waiting_for_trim: bool,
+    /// Set when the commit added typed columns to the table's schema.
+    pub schema_changed: bool,
 }
 
 /// A table's current snapshot, for `cairn table describe`.
@@ -316,6 +320,8 @@ pub struct TableDescription {
     pub timestamp_ms: Option<i64>,
     /// Its files: `(path relative to the root, partition, bytes, rows)`.
     pub files: Vec<(String, Option<u32>, u64, Option<u64>)>,
+    /// Its typed columns (those after the base ones): `(name, Delta type)`.
+    pub typed_columns: Vec<(String, String)>,
 }
 
 /// Reads `topic`'s table's latest snapshot; `None` when the topic has no table yet.
@@ -344,11 +350,19 @@ pub async fn describe(
         })
         .collect();
     files.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
+    let base = columns().map_err(|e| TableError::new(topic, e))?;
+    let typed_columns = snapshot
+        .schema()
+        .fields()
+        .filter(|f| !base.iter().any(|b| b.name() == f.name()))
+        .map(|f| (f.name().to_string(), f.data_type().to_string()))
+        .collect();
     Ok(Some(TableDescription {
         root: table_root(topic),
         version,
         timestamp_ms: snapshot.version_timestamp(snapshot.version()),
         files,
+        typed_columns,
     }))
 }
 
@@ -432,7 +446,7 @@ impl Compactor {
             // Known emptied (their fingerprint is the empty set's) or still a topic.
             if topics.iter().any(|t| t.name == name)
                 || (seen.iter().any(|s| s == name)
-                    && self.seen(name) == Some(fingerprint(&BTreeMap::new())))
+                    && self.seen(name) == Some(fingerprint(&BTreeMap::new(), &[])))
             {
                 continue;
             }
@@ -468,11 +482,12 @@ impl Compactor {
         topic: Option<&Topic>,
     ) -> Result<TableSync, CompactorError> {
         let mut sync = TableSync::default();
+        let columns = value_columns(topic);
         // An index listing the files the table was last seen to list needs no look at the
         // table: only compactors write it, and each writes what the index lists.
         if let Some(t) = topic
             && let Some(files) = self.live_files(t).await?
-            && self.seen(name) == Some(fingerprint(&files))
+            && self.seen(name) == Some(fingerprint(&files, &columns))
         {
             return Ok(sync);
         }
@@ -482,7 +497,7 @@ impl Compactor {
             let table = match load(&self.store, name).await? {
                 Some(t) => t,
                 None if topic.is_none() => return Ok(sync),
-                None => match self.create_table(name).await {
+                None => match self.create_table(name, &columns).await {
                     Ok(t) => t,
                     Err(e) if lost_race(&e.source) => {
                         sync.retries += 1;
@@ -516,8 +531,11 @@ impl Compactor {
                 .filter(|(p, _)| !wanted.contains_key(*p))
                 .map(|(p, s)| (p, *s))
                 .collect();
-            if adds.is_empty() && removes.is_empty() {
-                self.saw(name, &wanted);
+            // Typed columns the table lacks join its schema in this commit, before (or with)
+            // the first files that hold them: old files read them as NULL.
+            let evolved = evolved_schema(name, &snapshot.schema(), &columns, current.is_empty())?;
+            if adds.is_empty() && removes.is_empty() && evolved.is_none() {
+                self.saw(name, &wanted, &columns);
                 return Ok(sync);
             }
             // A file replaced by others covering the same offsets (a merge, a fresh run of
@@ -541,7 +559,15 @@ impl Compactor {
                 .map(|f| (f.partition, f.base_offset, f.end_offset))
                 .collect();
             let now = self.metadata.clock().now_ms();
-            let mut actions = Vec::with_capacity(adds.len() + removes.len());
+            let mut actions = Vec::with_capacity(adds.len() + removes.len() + 1);
+            if let Some(schema) = &evolved {
+                let metadata = snapshot
+                    .metadata()
+                    .clone()
+                    .with_schema(schema)
+                    .map_err(|e| TableError::new(name, e.into()))?;
+                actions.push(Action::Metadata(metadata));
+            }
             for (path, size) in &removes {
                 let data_change = match (partition_of(path), offsets_of(path)) {
                     (Some(part), Some((b, e))) => !covered(&ranges(&added_ranges, part), b, e),
@@ -591,8 +617,9 @@ impl Compactor {
             .await;
             match commit {
                 Ok(done) => {
-                    self.saw(name, &wanted);
+                    self.saw(name, &wanted, &columns);
                     sync.version = Some(done.version());
+                    sync.schema_changed = evolved.is_some();
                     sync.added = adds.len() as u64;
                     sync.removed = removes.len() as u64;
                     return Ok(sync);
@@ -615,14 +642,24 @@ impl Compactor {
         self.tables_seen.lock().ok()?.get(name).copied()
     }
 
-    /// Records that `name`'s table lists exactly `files`.
-    fn saw(&self, name: &str, files: &BTreeMap<String, TableFile>) {
+    /// Records that `name`'s table lists exactly `files`, with `columns`.
+    fn saw(&self, name: &str, files: &BTreeMap<String, TableFile>, columns: &[ValueColumn]) {
         if let Ok(mut seen) = self.tables_seen.lock() {
-            seen.insert(name.to_string(), fingerprint(files));
+            seen.insert(name.to_string(), fingerprint(files, columns));
         }
     }
 
-    async fn create_table(&self, topic: &str) -> Result<DeltaTable, TableError> {
+    async fn create_table(
+        &self,
+        topic: &str,
+        value_columns: &[ValueColumn],
+    ) -> Result<DeltaTable, TableError> {
+        let mut fields = columns().map_err(|e| TableError::new(topic, e))?;
+        fields.extend(
+            value_columns
+                .iter()
+                .map(|c| StructField::new(c.name.clone(), delta_type(c.kind), true)),
+        );
         let grace = format!("interval {} seconds", self.config.grace.as_secs().max(1));
         CreateBuilder::new()
             .with_log_store(log_store(&self.store, topic)?)
@@ -630,7 +667,7 @@ impl Compactor {
             .with_comment(format!(
                 "Cairn topic {topic}: the compacted records, kept by Cairn's compactor (read only)"
             ))
-            .with_columns(columns().map_err(|e| TableError::new(topic, e))?)
+            .with_columns(fields)
             .with_partition_columns([PARTITION_COLUMN])
             .with_save_mode(SaveMode::Ignore)
             .with_configuration_property(TableProperty::LogRetentionDuration, Some(grace.clone()))
@@ -712,13 +749,92 @@ impl Compactor {
 }
 
 /// A fingerprint of a file set (paths and sizes), to tell an unchanged one.
-fn fingerprint(files: &BTreeMap<String, TableFile>) -> u64 {
+fn fingerprint(files: &BTreeMap<String, TableFile>, columns: &[ValueColumn]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for (path, f) in files {
         (path, f.size).hash(&mut h);
     }
+    columns.hash(&mut h);
     h.finish()
+}
+
+/// The typed columns of `topic`'s table and of every file written for it: each column any of
+/// its value schemas declared (none for a deleted topic). A column of a type this build does
+/// not know is left out, with a warning.
+pub fn value_columns(topic: Option<&Topic>) -> Vec<ValueColumn> {
+    let Some(topic) = topic else {
+        return Vec::new();
+    };
+    topic
+        .value_columns
+        .iter()
+        .filter_map(|c| match ValueType::from_name(&c.kind) {
+            Some(kind) => Some(ValueColumn {
+                name: c.name.clone(),
+                kind,
+            }),
+            None => {
+                tracing::warn!(topic = %topic.name, column = %c.name, kind = %c.kind, "a typed column of an unknown type is left out");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The Delta type of a typed column.
+fn delta_type(kind: ValueType) -> DataType {
+    match kind {
+        ValueType::String | ValueType::Json => DataType::STRING,
+        ValueType::Integer => DataType::LONG,
+        ValueType::Number => DataType::DOUBLE,
+        ValueType::Boolean => DataType::BOOLEAN,
+    }
+}
+
+/// The table's schema after adding the typed `columns` it lacks, or `None` when it has them
+/// all. A column the table holds with another type (a topic deleted and made again with a
+/// different schema) replaces it only while the table lists no file.
+fn evolved_schema(
+    topic: &str,
+    schema: &StructType,
+    columns: &[ValueColumn],
+    empty: bool,
+) -> Result<Option<StructType>, TableError> {
+    let mut fields: Vec<StructField> = schema.fields().cloned().collect();
+    let mut changed = false;
+    for c in columns {
+        let wanted = delta_type(c.kind);
+        match fields.iter_mut().find(|f| f.name() == &c.name) {
+            Some(f) if f.data_type() == &wanted => {}
+            Some(f) if empty => {
+                *f = StructField::new(c.name.clone(), wanted, true);
+                changed = true;
+            }
+            Some(f) => {
+                return Err(TableError::new(
+                    topic,
+                    DeltaTableError::Generic(format!(
+                        "column `{}` is {:?} in the table and {} in the topic's value schema; \
+                         the table keeps its files' type",
+                        c.name,
+                        f.data_type(),
+                        c.kind.name()
+                    )),
+                ));
+            }
+            None => {
+                fields.push(StructField::new(c.name.clone(), wanted, true));
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    StructType::try_new(fields)
+        .map(Some)
+        .map_err(|e| TableError::new(topic, DeltaTableError::Generic(format!("the schema: {e}"))))
 }
 
 /// The offsets a Parquet file name gives: `<first>-<last>-<writer>.parquet` holds

@@ -14,7 +14,9 @@ use crate::clock::{RandomSource, SyncedClock, SystemRandom};
 use crate::commit::{MAX_COMMIT_BYTES, commit_size_estimate, read_outcomes, write_segment};
 use crate::keys::{self, decode, value};
 use crate::kv::{KvStore, KvTransaction, RetryPolicy};
-use crate::types::{validate_partition_count, validate_topic_name};
+use crate::types::{
+    ValueSchema, validate_partition_count, validate_topic_name, validate_value_schema,
+};
 use crate::watermarks::Hub;
 use crate::{
     BatchOutcome, Clock, EntryKind, IndexEntry, KvError, MetaError, PartitionState, SegmentCommit,
@@ -584,6 +586,12 @@ impl Metadata {
                 retention_ms: spec.retention_ms,
                 retention_bytes: spec.retention_bytes,
                 created_at_ms: now,
+                value_schema: spec.value_schema.as_ref().map(|s| s.text.clone()),
+                value_columns: spec
+                    .value_schema
+                    .as_ref()
+                    .map(|s| s.columns.clone())
+                    .unwrap_or_default(),
             };
             tx.set(&keys::topic(id), &encode_topic(&topic)?).await?;
             tx.set(&keys::topic_name(&spec.name), &value(&(id, token)))
@@ -650,6 +658,30 @@ impl Metadata {
             tx.clear_range(&b, &e).await?;
             let (b, e) = keys::indexes_of_topic(topic.id);
             tx.clear_range(&b, &e).await?;
+            Ok(topic)
+        })
+        .await
+    }
+
+    /// Declares a topic's value schema. Its new columns are added to the topic's columns; a
+    /// column of the same name must keep its type; columns it no longer declares stay, as
+    /// the table's files hold them.
+    pub async fn set_value_schema(
+        &self,
+        name: &str,
+        schema: &ValueSchema,
+    ) -> Result<Topic, MetaError> {
+        validate_topic_name(name)?;
+        validate_value_schema(schema)?;
+        self.run("set_value_schema", |tx, _| async move {
+            let mut topic = read_topic(&tx, name)
+                .await?
+                .ok_or_else(|| MetaError::TopicNotFound(name.to_string()))?;
+            // Idempotent: a retry after a lost reply sets the same schema again.
+            topic.value_columns = topic.merged_columns(&schema.columns)?;
+            topic.value_schema = Some(schema.text.clone());
+            tx.set(&keys::topic(topic.id), &encode_topic(&topic)?)
+                .await?;
             Ok(topic)
         })
         .await

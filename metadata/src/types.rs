@@ -31,6 +31,28 @@ pub struct TopicSpec {
     pub retention_ms: i64,
     /// Size retention in bytes per partition, -1 for unlimited.
     pub retention_bytes: i64,
+    /// A value schema declared with the topic, if any.
+    pub value_schema: Option<ValueSchema>,
+}
+
+/// A typed column of a topic's table, as a value schema declared it (the compactor adds it
+/// next to the raw value in every Parquet file it writes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicColumn {
+    /// The column (and JSON property) name.
+    pub name: String,
+    /// Its type's name (`string`, `integer`, `number`, `boolean`, `json`).
+    pub kind: String,
+}
+
+/// A declared value schema: the document as given and the columns it declares (parsed and
+/// checked by the caller, which knows the schema language).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValueSchema {
+    /// The document.
+    pub text: String,
+    /// Its columns, in order.
+    pub columns: Vec<TopicColumn>,
 }
 
 impl TopicSpec {
@@ -51,8 +73,46 @@ impl TopicSpec {
                 )));
             }
         }
+        if let Some(schema) = &self.value_schema {
+            validate_value_schema(schema)?;
+        }
         Ok(())
     }
+}
+
+/// Largest value schema document stored with a topic.
+pub(crate) const MAX_VALUE_SCHEMA_BYTES: usize = 64 << 10;
+/// Most typed columns a topic may accumulate.
+pub(crate) const MAX_VALUE_COLUMNS: usize = 256;
+/// The column types a value schema may declare.
+const COLUMN_KINDS: &[&str] = &["string", "integer", "number", "boolean", "json"];
+
+/// Checks what the metadata relies on in a value schema (the caller parsed the document):
+/// its size, its column count, and known column types.
+pub(crate) fn validate_value_schema(schema: &ValueSchema) -> Result<(), MetaError> {
+    if schema.text.len() > MAX_VALUE_SCHEMA_BYTES {
+        return Err(MetaError::InvalidArgument(format!(
+            "a value schema is at most {MAX_VALUE_SCHEMA_BYTES} bytes, got {}",
+            schema.text.len()
+        )));
+    }
+    if schema.columns.is_empty() || schema.columns.len() > MAX_VALUE_COLUMNS {
+        return Err(MetaError::InvalidArgument(format!(
+            "a value schema declares 1 to {MAX_VALUE_COLUMNS} columns, got {}",
+            schema.columns.len()
+        )));
+    }
+    for c in &schema.columns {
+        if c.name.is_empty() || !COLUMN_KINDS.contains(&c.kind.as_str()) {
+            return Err(MetaError::InvalidArgument(format!(
+                "column `{}` of type `{}`: a column has a name and one of the types {}",
+                c.name,
+                c.kind,
+                COLUMN_KINDS.join(", ")
+            )));
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn validate_partition_count(topic: &str, n: u32) -> Result<(), MetaError> {
@@ -127,9 +187,51 @@ pub struct Topic {
     pub retention_bytes: i64,
     /// Creation time, ms since the Unix epoch.
     pub created_at_ms: i64,
+    /// The value schema in force (a JSON Schema document), if one is declared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_schema: Option<String>,
+    /// Every typed column any value schema of this topic declared, in declaration order:
+    /// the table and every file written for it keep a column once declared, so a schema
+    /// change never rewrites history (and a merge of old files types them as before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub value_columns: Vec<TopicColumn>,
 }
 
 impl Topic {
+    /// The columns after declaring `columns`: the known ones, then those that are new. A
+    /// column declared again with another type is refused, as the table's files already
+    /// hold it typed.
+    pub fn merged_columns(&self, columns: &[TopicColumn]) -> Result<Vec<TopicColumn>, MetaError> {
+        let mut merged = self.value_columns.clone();
+        let new = columns
+            .iter()
+            .filter(|c| !merged.iter().any(|m| m.name.eq_ignore_ascii_case(&c.name)))
+            .count();
+        if merged.len() + new > MAX_VALUE_COLUMNS {
+            return Err(MetaError::InvalidArgument(format!(
+                "topic `{}` has {} typed columns and the schema adds {new}: a topic keeps at \
+                 most {MAX_VALUE_COLUMNS}",
+                self.name,
+                merged.len()
+            )));
+        }
+        for c in columns {
+            match merged.iter().find(|m| m.name.eq_ignore_ascii_case(&c.name)) {
+                Some(m) if m.kind != c.kind || m.name != c.name => {
+                    return Err(MetaError::InvalidArgument(format!(
+                        "topic `{}` already has column `{}` of type {}; a column keeps its name and \
+                         type once declared (its files hold it), so declare `{}` as {} or use a \
+                         new property name",
+                        self.name, m.name, m.kind, c.name, m.kind
+                    )));
+                }
+                Some(_) => {}
+                None => merged.push(c.clone()),
+            }
+        }
+        Ok(merged)
+    }
+
     /// Fails unless `partition` exists in this topic.
     pub fn check_partition(&self, partition: u32) -> Result<(), MetaError> {
         if partition >= self.partitions {

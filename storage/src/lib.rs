@@ -5,6 +5,8 @@
 //!   its builder and readers;
 //! - [`parquet`]: the compacted table format (one file per run of a partition), its writer
 //!   and its verified reader;
+//! - [`value_schema`]: a topic's declared value schema and the typed columns it adds to the
+//!   Parquet files;
 //! - [`store`]: opening a store from a URL, and the wrappers that stack on any
 //!   `ObjectStore` (instrumented, fault-injecting).
 //!
@@ -18,6 +20,7 @@ pub mod keys;
 pub mod parquet;
 pub mod segment;
 pub mod store;
+pub mod value_schema;
 
 pub use error::{FormatError, StorageError, StorageErrorKind, range_not_satisfiable};
 pub use segment::{FooterEntry, SegmentBuilder, SegmentFooter, SegmentReader, StoredFrame};

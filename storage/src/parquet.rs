@@ -29,7 +29,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use parquet::arrow::async_reader::AsyncFileReader;
-use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder};
+use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::metadata::ParquetMetaDataReader;
@@ -38,6 +38,7 @@ use parquet::file::statistics::Statistics;
 
 use parquet::file::metadata::KeyValue;
 
+use crate::value_schema::{ValueColumn, typed_arrays};
 use crate::{FormatError, StorageError};
 
 /// The key-value metadata key holding the row groups' checksums.
@@ -92,9 +93,28 @@ fn header_fields() -> Fields {
     ])
 }
 
-/// The table schema of a topic.
+/// The columns every file has, in order, before any typed column.
+pub const BASE_COLUMNS: usize = 7;
+
+/// The table schema of a topic without a value schema.
 pub fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
+    schema_with(&[])
+}
+
+/// The table schema of a topic whose value schema declares `columns`: the base columns,
+/// then one nullable column per declared property.
+pub fn schema_with(columns: &[ValueColumn]) -> SchemaRef {
+    let mut fields = base_fields();
+    fields.extend(
+        columns
+            .iter()
+            .map(|c| Field::new(c.name.clone(), c.kind.data_type(), true)),
+    );
+    Arc::new(Schema::new(fields))
+}
+
+fn base_fields() -> Vec<Field> {
+    vec![
         Field::new("offset", DataType::Int64, false),
         Field::new(
             "timestamp",
@@ -116,7 +136,32 @@ pub fn schema() -> SchemaRef {
         // are allocated from 1 up). Files written before were UInt64; readers take both.
         Field::new("producer_id", DataType::Int64, true),
         Field::new("sequence", DataType::Int64, true),
-    ]))
+    ]
+}
+
+/// Whether a file's schema is Cairn's: the base columns (with `producer_id` UInt64 in files
+/// written before the tables), then any typed columns, nullable and of a typed column's
+/// type.
+fn is_table_schema(file: &Schema) -> bool {
+    let base = base_fields();
+    let fields = file.fields();
+    if fields.len() < base.len() {
+        return false;
+    }
+    let base_ok = fields.iter().zip(&base).all(|(f, b)| {
+        f.as_ref() == b
+            || (b.name() == "producer_id"
+                && f.name() == "producer_id"
+                && f.data_type() == &DataType::UInt64)
+    });
+    let typed_ok = fields.iter().skip(base.len()).all(|f| {
+        f.is_nullable()
+            && matches!(
+                f.data_type(),
+                DataType::Utf8 | DataType::Int64 | DataType::Float64 | DataType::Boolean
+            )
+    });
+    base_ok && typed_ok
 }
 
 /// Folds one record into a row group's CRC32C, in a canonical encoding of every column.
@@ -150,6 +195,15 @@ fn arrow(e: arrow_schema::ArrowError) -> FormatError {
 
 /// Lays records out as one Arrow batch of the table schema.
 pub fn to_batch(records: &[StoredRecord]) -> Result<RecordBatch, FormatError> {
+    to_batch_with(records, &[])
+}
+
+/// Lays records out as one Arrow batch of [`schema_with`]`(columns)`: the typed columns are
+/// read from each value (see [`crate::value_schema`]).
+pub fn to_batch_with(
+    records: &[StoredRecord],
+    columns: &[ValueColumn],
+) -> Result<RecordBatch, FormatError> {
     let n = records.len();
     let mut offset = Int64Builder::with_capacity(n);
     let mut ts = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
@@ -201,29 +255,140 @@ pub fn to_batch(records: &[StoredRecord]) -> Result<RecordBatch, FormatError> {
         None,
     )
     .map_err(arrow)?;
-    RecordBatch::try_new(
-        schema(),
-        vec![
-            Arc::new(offset.finish()),
-            Arc::new(ts.finish()),
-            Arc::new(key.finish()),
-            Arc::new(value.finish()),
-            Arc::new(headers),
-            Arc::new(producer.finish()),
-            Arc::new(sequence.finish()),
-        ],
-    )
-    .map_err(arrow)
+    let mut arrays: Vec<ArrayRef> = vec![
+        Arc::new(offset.finish()),
+        Arc::new(ts.finish()),
+        Arc::new(key.finish()),
+        Arc::new(value.finish()),
+        Arc::new(headers),
+        Arc::new(producer.finish()),
+        Arc::new(sequence.finish()),
+    ];
+    arrays.extend(typed_arrays(records.iter().map(|r| &r.value[..]), columns));
+    RecordBatch::try_new(schema_with(columns), arrays).map_err(arrow)
 }
 
-/// Writes `records` (one partition, ascending dense offsets) as one Parquet file; `writer`
-/// names the writer (see [`crate::keys::parquet_key`]).
+/// Bytes of values sampled to judge whether they compress.
+const COMPRESSIBILITY_SAMPLE: usize = 256 << 10;
+
+/// zstd level of the `value` and `key` columns when a sample shows they compress: level 3
+/// takes a tenth off 100-byte text against level 1 for a few percent more writer time.
+const ZSTD_LEVEL_COMPRESSIBLE: i32 = 3;
+
+/// Whether zstd shrinks `sample` by more than a few percent: incompressible values (already
+/// compressed or encrypted payloads) get zstd's fastest level, which still finds the odd
+/// repeat (a timestamp prefix) without spending CPU on a search that cannot pay.
+fn compresses(sample: &[u8]) -> bool {
+    if sample.is_empty() {
+        return false;
+    }
+    match zstd::bulk::compress(sample, 1) {
+        Ok(out) => out.len() * 100 < sample.len() * 97,
+        // Cannot tell: compress, as the writer would by default.
+        Err(_) => true,
+    }
+}
+
+/// The codec for a binary column whose first values are `values`.
+fn binary_codec<'a>(values: impl Iterator<Item = &'a [u8]>) -> Compression {
+    let mut sample = Vec::new();
+    for v in values {
+        if sample.len() >= COMPRESSIBILITY_SAMPLE {
+            break;
+        }
+        sample.extend_from_slice(&v[..v.len().min(COMPRESSIBILITY_SAMPLE - sample.len())]);
+    }
+    let level = if compresses(&sample) {
+        ZSTD_LEVEL_COMPRESSIBLE
+    } else {
+        1
+    };
+    Compression::ZSTD(ZstdLevel::try_new(level).unwrap_or_default())
+}
+
+/// Parquet's default limit on a dictionary page: past it a column chunk falls back to its
+/// plain encoding, having paid for the dictionary and its indices.
+const DICTIONARY_PAGE_BYTES: usize = 1 << 20;
+
+/// Whether a dictionary pays for a binary column whose first row group holds `values`:
+/// each value repeats four times on average and the distinct ones fit a dictionary page.
+/// Otherwise (ids, random or unique payloads) a dictionary is overhead: Parquet fills it,
+/// writes indices, then falls back anyway.
+fn dictionary_pays<'a>(values: impl Iterator<Item = &'a [u8]>) -> bool {
+    let mut distinct = std::collections::HashSet::new();
+    let (mut rows, mut dictionary_bytes) = (0usize, 0usize);
+    for v in values {
+        rows += 1;
+        if distinct.insert(v) {
+            dictionary_bytes += v.len() + 4;
+            if dictionary_bytes > DICTIONARY_PAGE_BYTES {
+                return false;
+            }
+        }
+    }
+    distinct.len() * 4 <= rows
+}
+
+/// Column by column settings that keep a file of small records no larger than the segments
+/// it replaces (measured in docs/BENCHMARKS.md, "Parquet size").
+fn writer_properties(records: &[StoredRecord], rows_per_group: usize) -> WriterProperties {
+    let first_group = &records[..records.len().min(rows_per_group)];
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(rows_per_group))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        // Offsets are dense and sequences and timestamps nearly so: delta encoding stores
+        // them in a few bits each, where a dictionary fails and plain costs 8 bytes.
+        .set_column_dictionary_enabled("offset".into(), false)
+        .set_column_encoding("offset".into(), Encoding::DELTA_BINARY_PACKED)
+        .set_column_dictionary_enabled("sequence".into(), false)
+        .set_column_encoding("sequence".into(), Encoding::DELTA_BINARY_PACKED)
+        .set_column_dictionary_enabled("timestamp".into(), false)
+        .set_column_encoding("timestamp".into(), Encoding::DELTA_BINARY_PACKED);
+    for (column, values) in [
+        (
+            "key",
+            first_group.iter().map(|r| &r.key[..]).collect::<Vec<_>>(),
+        ),
+        ("value", first_group.iter().map(|r| &r.value[..]).collect()),
+    ] {
+        // A dictionary where values repeat; otherwise all the lengths delta-packed ahead of
+        // the bytes, instead of a 4-byte length before each value that breaks the
+        // compressor's matches.
+        props = props
+            .set_column_dictionary_enabled(column.into(), dictionary_pays(values.iter().copied()))
+            .set_column_encoding(column.into(), Encoding::DELTA_LENGTH_BYTE_ARRAY)
+            .set_column_compression(column.into(), binary_codec(values.into_iter()));
+    }
+    if let Some(distinct) = distinct_keys(first_group) {
+        // Sized for the distinct keys of a row group, not a fixed maximum that would cost
+        // every file a large filter.
+        props = props
+            .set_column_bloom_filter_enabled("key".into(), true)
+            .set_column_bloom_filter_max_ndv("key".into(), distinct);
+    }
+    props.build()
+}
+
+/// The distinct keys among `records`, or `None` when none has a key (no bloom filter).
+fn distinct_keys(records: &[StoredRecord]) -> Option<u64> {
+    if records.iter().all(|r| r.key.is_empty()) {
+        return None;
+    }
+    let keys: std::collections::HashSet<&[u8]> = records.iter().map(|r| &r.key[..]).collect();
+    Some(keys.len() as u64)
+}
+
+/// Writes `records` (one partition, ascending dense offsets) as one Parquet file with the
+/// typed `columns` of the topic's value schema; `writer` names the writer (see
+/// [`crate::keys::parquet_key`]).
 pub async fn write(
     store: Arc<dyn ObjectStore>,
     topic: &str,
     partition: u32,
     writer: u64,
     records: &[StoredRecord],
+    columns: &[ValueColumn],
 ) -> Result<ParquetFile, StorageError> {
     let (Some(first), Some(last)) = (records.first(), records.last()) else {
         return Err(StorageError::Encode {
@@ -241,37 +406,25 @@ pub async fn write(
         .sum::<usize>()
         / records.len();
     let rows_per_group = (ROW_GROUP_BYTES / avg.max(1)).max(1);
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(rows_per_group))
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_column_bloom_filter_enabled("key".into(), true)
-        // Sized for a row group's keys at most (then folded to the distinct keys seen).
-        .set_column_bloom_filter_max_ndv("key".into(), rows_per_group as u64)
-        // Offsets are dense and sequences and timestamps nearly so: delta encoding stores
-        // them in a few bits each, where a dictionary fails and plain costs 8 bytes.
-        .set_column_dictionary_enabled("offset".into(), false)
-        .set_column_encoding("offset".into(), Encoding::DELTA_BINARY_PACKED)
-        .set_column_dictionary_enabled("sequence".into(), false)
-        .set_column_encoding("sequence".into(), Encoding::DELTA_BINARY_PACKED)
-        .set_column_dictionary_enabled("timestamp".into(), false)
-        .set_column_encoding("timestamp".into(), Encoding::DELTA_BINARY_PACKED)
-        .build();
+    let props = writer_properties(records, rows_per_group);
     let key = path.to_string();
     let write_err = |e: parquet::errors::ParquetError| parquet_error(&key, e, false);
     let encode = |e: FormatError| StorageError::Encode {
         key: key.clone(),
         source: Arc::new(e),
     };
-    let mut writer =
-        AsyncArrowWriter::try_new(BufWriter::new(store, path.clone()), schema(), Some(props))
-            .map_err(write_err)?;
+    let mut writer = AsyncArrowWriter::try_new(
+        BufWriter::new(store, path.clone()),
+        schema_with(columns),
+        Some(props),
+    )
+    .map_err(write_err)?;
     let written = async {
         let mut crcs = Vec::new();
         for chunk in records.chunks(rows_per_group) {
             crcs.push(chunk.iter().fold(0, record_digest));
             writer
-                .write(&to_batch(chunk).map_err(encode)?)
+                .write(&to_batch_with(chunk, columns).map_err(encode)?)
                 .await
                 .map_err(write_err)?;
             // One chunk, one row group: the checksums line up with the row groups.
@@ -521,7 +674,7 @@ async fn open_unguarded(
             },
         )
     };
-    if meta.schema().fields() != schema().fields() {
+    if !is_table_schema(meta.schema()) {
         return Err(corrupt("the schema is not Cairn's table schema".into()));
     }
     let row_groups =
@@ -612,8 +765,11 @@ async fn read_row_group_unguarded(
         size,
     };
     let read = |e: parquet::errors::ParquetError| parquet_error(path, e, true);
+    // The base columns only: typed columns are derived from `value`.
+    let base = ProjectionMask::roots(file.meta.parquet_schema(), 0..BASE_COLUMNS);
     let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, file.meta.clone())
         .with_row_groups(vec![group])
+        .with_projection(base)
         .with_batch_size(8_192)
         .build()
         .map_err(read)?;
@@ -674,6 +830,15 @@ fn from_batch(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), Fo
         what: "parquet column",
         reason: format!("column `{what}` has the wrong type"),
     };
+    if batch.num_columns() < BASE_COLUMNS {
+        return Err(FormatError::Invalid {
+            what: "parquet file",
+            reason: format!(
+                "{} columns where a Cairn file has at least {BASE_COLUMNS}",
+                batch.num_columns()
+            ),
+        });
+    }
     let col = |i: usize| batch.column(i).as_ref();
     let offsets = col(0)
         .as_primitive_opt::<Int64Type>()
@@ -763,10 +928,135 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn typed_columns_sit_after_the_base_ones_and_readers_skip_them() {
+        use crate::value_schema::parse_json_schema;
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let columns = parse_json_schema(
+            r#"{"type":"object","properties":{"amount":{"type":"number"},"who":{"type":"string"}}}"#,
+        )
+        .unwrap();
+        let input: Vec<StoredRecord> = (0..50)
+            .map(|i| StoredRecord {
+                offset: i,
+                timestamp_ms: 1_700_000_000_000,
+                key: Bytes::new(),
+                value: if i % 5 == 0 {
+                    Bytes::from_static(b"not json")
+                } else {
+                    Bytes::from(format!(r#"{{"amount": {i}.5, "who": "u{i}"}}"#))
+                },
+                headers: vec![],
+                producer: None,
+            })
+            .collect();
+        let file = write(store.clone(), "orders", 0, 1, &input, &columns)
+            .await
+            .unwrap();
+        // Cairn's own reader: the records as written, whatever columns follow.
+        let opened = open(store.clone(), &file.path, file.size).await.unwrap();
+        let back = read_row_group(store.clone(), &file.path, file.size, &opened, 0)
+            .await
+            .unwrap();
+        assert_eq!(back, input);
+        // Any other reader: the typed columns, NULL where the value does not follow.
+        let bytes = store
+            .get(&Path::from(file.path.as_str()))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        let batch = ParquetRecordBatchReaderBuilder::try_new(bytes)
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(batch.schema().field(BASE_COLUMNS).name(), "amount");
+        let amount = batch
+            .column_by_name("amount")
+            .unwrap()
+            .as_primitive::<arrow_array::types::Float64Type>();
+        assert!(amount.is_null(0));
+        assert_eq!(amount.value(3), 3.5);
+        let who = batch.column_by_name("who").unwrap().as_string::<i32>();
+        assert_eq!(who.value(7), "u7");
+    }
+
+    /// Value bytes as a producer would send them: incompressible, or words.
+    fn workload(n: usize, size: usize, text: bool) -> Vec<StoredRecord> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let words = [
+            "order", "paid", "shipped", "EUR", "customer", "berlin", "ok", "the",
+        ];
+        (0..n)
+            .map(|i| {
+                let value: Vec<u8> = if text {
+                    let mut v = String::new();
+                    while v.len() < size {
+                        v.push_str(words[rng.random_range(0..words.len())]);
+                        v.push(' ');
+                    }
+                    v.truncate(size);
+                    v.into_bytes()
+                } else {
+                    (0..size).map(|_| rng.random()).collect()
+                };
+                StoredRecord {
+                    offset: i as i64,
+                    timestamp_ms: 1_790_000_000_000 + (i / 50) as i64,
+                    key: Bytes::new(),
+                    value: Bytes::from(value),
+                    headers: vec![],
+                    producer: Some((3, i as i64)),
+                }
+            })
+            .collect()
+    }
+
+    /// Parquet of small records is no larger than their zstd-compressed frames (the
+    /// segments it replaces): lengths apart from the bytes, no dictionary where values do
+    /// not repeat, zstd's level by what a sample gains.
+    #[tokio::test]
+    async fn small_records_are_no_larger_than_their_frames() {
+        for (size, text) in [(16, false), (100, true), (1024, false)] {
+            let records = workload(200_000 / size.min(100) * 10, size, text);
+            let frames: usize = records
+                .chunks((1 << 20) / (size + 10))
+                .map(|c| {
+                    let batch: Vec<cairn_proto::v2::Record> = c
+                        .iter()
+                        .map(|r| cairn_proto::v2::Record {
+                            timestamp_ms: r.timestamp_ms,
+                            key: r.key.clone(),
+                            value: r.value.clone(),
+                            headers: vec![],
+                        })
+                        .collect();
+                    let frame = cairn_proto::build_frame(batch, cairn_proto::v2::Codec::Zstd, None)
+                        .unwrap();
+                    frame.payload.len() + crate::segment::FRAME_PREFIX_LEN + 60
+                })
+                .sum();
+            let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+            let file = write(store, "t", 0, 1, &records, &[]).await.unwrap();
+            let ratio = file.size as f64 / frames as f64;
+            assert!(
+                ratio < 1.0,
+                "{size}-byte {} values: Parquet {} bytes against {frames} bytes of frames ({ratio:.3})",
+                if text { "text" } else { "random" },
+                file.size
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn round_trips_with_stats_and_bloom_filter() {
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
         let input = records(100_000);
-        let file = write(store.clone(), "orders", 3, 0x2a, &input)
+        let file = write(store.clone(), "orders", 3, 0x2a, &input, &[])
             .await
             .unwrap();
         assert_eq!(
@@ -897,19 +1187,19 @@ mod tests {
                 }
             })
             .collect();
-        let failed = write(faulty.clone(), "big", 0, 1, &input).await;
+        let failed = write(faulty.clone(), "big", 0, 1, &input, &[]).await;
         assert!(failed.is_err(), "the upload failed half way: {failed:?}");
         assert_eq!(faulty.counts().failed_uploads, 1);
         let listed = inner.list(None).collect::<Vec<_>>().await;
         assert!(listed.is_empty(), "{listed:?}");
         // The same write through a healthy store is whole.
-        let file = write(inner.clone(), "big", 0, 1, &input).await;
+        let file = write(inner.clone(), "big", 0, 1, &input, &[]).await;
         assert!(file.is_ok(), "{file:?}");
     }
 
     #[tokio::test]
     async fn refuses_to_write_nothing() {
         let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
-        assert!(write(store, "t", 0, 1, &[]).await.is_err());
+        assert!(write(store, "t", 0, 1, &[], &[]).await.is_err());
     }
 }

@@ -3,9 +3,12 @@ package (delta-rs) for the snapshot and pyarrow, polars for a second reader, Duc
 over the same Arrow data. Prints one JSON object.
 
 usage: read_table.py TABLE_URI [VERSION|latest|every] [STORAGE_OPTIONS_JSON]
+       read_table.py TABLE_URI query SQL [STORAGE_OPTIONS_JSON]
 
 `every` reads each version from the first the log still holds to the latest and prints, per
-version, its rows and distinct (partition, offset) pairs.
+version, its rows and distinct (partition, offset) pairs. `query` runs SQL in DuckDB over the
+latest snapshot registered as `topic`, and polars' count of the table's non-null values per
+column, and prints the rows, the column types and those counts.
 """
 
 import json
@@ -18,6 +21,28 @@ from deltalake import DeltaTable
 
 uri = sys.argv[1]
 which = sys.argv[2] if len(sys.argv) > 2 else "latest"
+
+if which == "query":
+    sql = sys.argv[3]
+    options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else None
+    table = DeltaTable(uri, storage_options=options).to_pyarrow_table()
+    con = duckdb.connect()
+    con.register("topic", table)
+    rows = con.execute(sql).fetchall()
+    frame = pl.read_delta(uri, storage_options=options)
+    print(
+        json.dumps(
+            {
+                "rows": [list(r) for r in rows],
+                "types": {f.name: str(f.type) for f in table.schema},
+                "polars_non_null": {c: frame.height - frame[c].null_count() for c in frame.columns},
+            },
+            default=str,
+        )
+    )
+    sys.stdout.flush()
+    os._exit(0)
+
 options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
 
 if which == "every":

@@ -47,7 +47,7 @@ async fn pyarrow_reads_our_parquet() -> anyhow::Result<()> {
             producer: (i % 2 == 0).then_some((9, 500 + i)),
         })
         .collect();
-    let file = write(store, "orders", 2, 1, &records).await?;
+    let file = write(store, "orders", 2, 1, &records, &[]).await?;
     let path = dir.path().join(&file.path);
     let r = run_json(Command::new(python).args(["-c", SCRIPT]).arg(&path))?;
     assert_eq!(r["rows"], 50_000);

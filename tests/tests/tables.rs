@@ -420,3 +420,199 @@ async fn concurrent_compactors_lose_no_table_file() -> anyhow::Result<()> {
     agent.stop()?;
     Ok(())
 }
+
+/// A JSON value schema declared on a topic adds typed columns to its table: an outside
+/// engine runs `SELECT sum(amount)` on them, `cairn sql` does too (the uncompacted tail
+/// included), values that do not follow the schema are NULL, and a later schema that adds a
+/// property evolves the table (old files read NULL) while a type change is refused and a
+/// property left out keeps its column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_columns_from_a_value_schema() -> anyhow::Result<()> {
+    use cairn_client::{Producer, ProducerConfig, ProducerRecord};
+    let dir = temp_dir()?;
+    let stores = file_stores(dir.path());
+    let args: Vec<&str> = stores.args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::start(&args, &[])?;
+    let admin = Admin::new(cairn_client::connect(&agent.endpoint).await?);
+    let v1 = r#"{"type": "object", "properties": {
+        "order_id": {"type": "integer"}, "amount": {"type": ["number", "null"]},
+        "currency": {"type": "string"}}}"#;
+    let created = admin
+        .create_topic(
+            "orders",
+            2,
+            TopicOptions {
+                value_schema: Some(v1.to_string()),
+                ..TopicOptions::default()
+            },
+        )
+        .await?;
+    let declared: Vec<(String, String)> = created
+        .value_columns
+        .iter()
+        .map(|c| (c.name.clone(), c.r#type.clone()))
+        .collect();
+    assert_eq!(
+        declared,
+        [
+            ("order_id", "integer"),
+            ("amount", "number"),
+            ("currency", "string")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    // A schema the agent cannot turn into columns is refused with the reason.
+    let bad = admin
+        .set_value_schema(
+            "orders",
+            r#"{"type":"object","properties":{"offset":{"type":"integer"}}}"#.into(),
+        )
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("table's own columns"), "{bad}");
+
+    let channel = cairn_client::Cluster::from(cairn_client::connect(&agent.endpoint).await?);
+    let send = |values: Vec<String>| {
+        let channel = channel.clone();
+        async move {
+            let producer = Producer::new(channel, ProducerConfig::default());
+            let mut pending = Vec::new();
+            for v in values {
+                pending.push(producer.send(ProducerRecord::new("orders", v)).await?);
+            }
+            for d in pending {
+                d.await?;
+            }
+            producer.close().await?;
+            anyhow::Ok(())
+        }
+    };
+    // 200 orders that follow the schema, 10 values that are not JSON objects.
+    let mut values: Vec<String> = (0..200)
+        .map(|i| {
+            format!(
+                r#"{{"order_id": {i}, "amount": {}.25, "currency": "{}"}}"#,
+                i % 10,
+                if i % 2 == 0 { "EUR" } else { "USD" }
+            )
+        })
+        .collect();
+    values.extend((0..10).map(|i| format!("plain text {i}")));
+    send(values).await?;
+
+    let kv = cairn_metadata::open_kv(&format!(
+        "sqlite:{}",
+        dir.path().join("meta.sqlite").display()
+    ))
+    .await?;
+    let m = Metadata::new(kv, Arc::new(SystemClock));
+    let store = cairn_agent::open_object_store(&stores.url, &[])?;
+    let compactor = Compactor::new(store, m.clone(), eager("typed"));
+    let r = compactor.run_once(&|_| {}).await?;
+    assert_eq!((r.table_commits, r.failed_table_commits), (1, 0), "{r:?}");
+
+    let query = |sql: &str| -> anyhow::Result<Value> {
+        let mut cmd = Command::new(client_python()?);
+        cmd.arg(workspace_root().join("tests/python/read_table.py"))
+            .arg(stores.table_uri("orders"))
+            .arg("query")
+            .arg(sql);
+        run_json(&mut cmd)
+    };
+    // sum(amount) = 20 × (0.25 + 1.25 + … + 9.25) = 20 × 47.5.
+    let v = query(
+        "SELECT count(*), count(amount), sum(amount), sum(order_id), \
+         count(*) FILTER (WHERE currency = 'EUR') FROM topic",
+    )?;
+    assert_eq!(v["rows"], json!([[210, 200, 950.0, 19900, 100]]), "{v}");
+    assert_eq!(v["types"]["amount"], "double", "{v}");
+    assert_eq!(v["types"]["order_id"], "int64", "{v}");
+    assert_eq!(v["polars_non_null"]["currency"], 200, "{v}");
+    let sql = stores.cairn(&[
+        "sql",
+        "--format",
+        "json",
+        "SELECT count(amount) AS n, sum(amount) AS total FROM orders",
+    ])?;
+    assert_eq!(
+        serde_json::from_str::<Value>(sql.trim())?,
+        json!({"n": 200, "total": 950.0})
+    );
+
+    // 2. A later schema: `paid` is new, `currency` is left out (its column stays); `amount`
+    // keeps its type.
+    let changed = admin
+        .set_value_schema(
+            "orders",
+            r#"{"type":"object","properties":{"amount":{"type":"string"}}}"#.into(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        changed.to_string().contains("keeps its name and type"),
+        "{changed}"
+    );
+    let v2 = r#"{"type": "object", "properties": {"order_id": {"type": "integer"},
+        "amount": {"type": "number"}, "paid": {"type": "boolean"}}}"#;
+    let evolved = admin.set_value_schema("orders", v2.into()).await?;
+    assert_eq!(
+        evolved
+            .value_columns
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        ["order_id", "amount", "currency", "paid"],
+        "a dropped property keeps its column"
+    );
+    // The table takes the new column at once, with no file rewritten.
+    let r = compactor.run_once(&|_| {}).await?;
+    assert_eq!((r.runs, r.table_commits), (0, 1), "{r:?}");
+    let v = query("SELECT count(*), count(paid) FROM topic")?;
+    assert_eq!(v["rows"], json!([[210, 0]]), "{v}");
+    assert_eq!(v["types"]["paid"], "bool", "{v}");
+
+    // New records: `cairn sql` types them before they are compacted...
+    send(
+        (0..100)
+            .map(|i| {
+                format!(
+                    r#"{{"order_id": {}, "amount": 1, "paid": {}, "currency": "EUR"}}"#,
+                    1000 + i,
+                    i % 4 == 0
+                )
+            })
+            .collect(),
+    )
+    .await?;
+    let tail = stores.cairn(&[
+        "sql",
+        "--format",
+        "json",
+        "SELECT count(paid) AS paid, count(currency) AS currency, sum(amount) AS total FROM orders",
+    ])?;
+    assert_eq!(
+        serde_json::from_str::<Value>(tail.trim())?,
+        json!({"paid": 100, "currency": 300, "total": 1050.0}),
+        "the tail is typed with every column the table has"
+    );
+    // ...and every engine after.
+    compactor.run_once(&|_| {}).await?;
+    let v = query(
+        "SELECT count(*), count(paid), count(*) FILTER (WHERE paid), count(currency), sum(amount) FROM topic",
+    )?;
+    assert_eq!(v["rows"], json!([[310, 100, 25, 300, 1050.0]]), "{v}");
+    let described: Value =
+        serde_json::from_str(&stores.cairn(&["table", "describe", "orders", "--format", "json"])?)?;
+    assert_eq!(
+        described["typed_columns"],
+        json!([
+            {"name": "order_id", "type": "long"},
+            {"name": "amount", "type": "double"},
+            {"name": "currency", "type": "string"},
+            {"name": "paid", "type": "boolean"}
+        ]),
+        "{described}"
+    );
+    agent.stop()?;
+    Ok(())
+}

@@ -42,7 +42,8 @@ use std::time::Duration;
 use crate::{
     BatchOutcome, Codec, CommitBatch, ErrorKind, FaultyKv, FenceReason, KvError, KvStore,
     ManualClock, MetaError, Metadata, OffsetReset, PRODUCER_WINDOW, ProducerId, ProducerStamp,
-    Rejection, RetryPolicy, SegmentCommit, ShareAction, TopicSpec, transact,
+    Rejection, RetryPolicy, SegmentCommit, ShareAction, TopicColumn, TopicSpec, ValueSchema,
+    transact,
 };
 
 /// Fails unless `err` is a fence for `reason`.
@@ -66,6 +67,7 @@ pub fn spec(name: &str, partitions: u32) -> TopicSpec {
         codec: Codec::Zstd,
         retention_ms: -1,
         retention_bytes: -1,
+        value_schema: None,
     }
 }
 

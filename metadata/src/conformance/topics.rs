@@ -57,6 +57,62 @@ pub async fn topics(kv: Arc<dyn KvStore>) {
         .await
         .unwrap();
     assert_eq!(offsets(&out), [-1, 0]);
+
+    // Value schemas: columns accumulate in declaration order, keep their type, and stay
+    // when a later schema leaves them out.
+    let col = |name: &str, kind: &str| TopicColumn {
+        name: name.into(),
+        kind: kind.into(),
+    };
+    let schema = |text: &str, columns: Vec<TopicColumn>| ValueSchema {
+        text: text.into(),
+        columns,
+    };
+    let mut typed = spec("typed", 1);
+    typed.value_schema = Some(schema(
+        "v1",
+        vec![col("amount", "number"), col("who", "string")],
+    ));
+    let t = m.create_topic(&typed).await.unwrap();
+    assert_eq!(
+        t.value_columns,
+        [col("amount", "number"), col("who", "string")]
+    );
+    assert_eq!(
+        m.topic("typed").await.unwrap().value_schema.as_deref(),
+        Some("v1")
+    );
+    let v2 = schema("v2", vec![col("paid", "boolean"), col("amount", "number")]);
+    let t = m.set_value_schema("typed", &v2).await.unwrap();
+    assert_eq!(
+        t.value_columns,
+        [
+            col("amount", "number"),
+            col("who", "string"),
+            col("paid", "boolean")
+        ]
+    );
+    assert_eq!(t.value_schema.as_deref(), Some("v2"));
+    // Idempotent, as a retry after a lost reply is.
+    assert_eq!(m.set_value_schema("typed", &v2).await.unwrap(), t);
+    for bad in [
+        schema("v3", vec![col("amount", "string")]),
+        schema("v3", vec![col("AMOUNT", "number")]),
+        schema("v3", vec![col("x", "date")]),
+        schema("v3", vec![]),
+    ] {
+        let err = m.set_value_schema("typed", &bad).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{bad:?}: {err}");
+    }
+    assert_eq!(
+        m.topic("typed").await.unwrap(),
+        t,
+        "a refused schema changes nothing"
+    );
+    assert_eq!(
+        m.set_value_schema("nope", &v2).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
 }
 
 /// Errors carry the kind the agent maps to a gRPC status.
