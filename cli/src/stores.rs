@@ -29,6 +29,14 @@ pub(crate) struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// The stores at `object_store` and `metadata`, as the flags would name them.
+    pub(crate) fn new(object_store: String, metadata: String) -> Self {
+        StoreArgs {
+            object_store,
+            metadata,
+        }
+    }
+
     /// Opens both stores; time comes from the system clock.
     pub(crate) async fn open(&self) -> anyhow::Result<(Arc<dyn ObjectStore>, Metadata)> {
         let (store, kv) = self.open_raw().await?;

@@ -31,8 +31,12 @@ pub(crate) struct Common {
     /// Value size of each record.
     #[arg(long, value_parser = parse_size, default_value = "1KiB")]
     pub(super) record_size: usize,
-    /// How the producers compress each batch (values are random bytes, so zstd and lz4
-    /// cost CPU without shrinking them).
+    /// What the values hold: `random` bytes (incompressible, like encrypted or already
+    /// compressed payloads) or `text` (words, as in logs and JSON events).
+    #[arg(long, value_enum, default_value = "random", conflicts_with = "topic")]
+    pub(super) values: ValuesArg,
+    /// How the producers compress each batch (random values do not shrink, so zstd and
+    /// lz4 only cost CPU on them).
     #[arg(long, value_enum, default_value = "zstd", conflicts_with = "topic")]
     pub(super) codec: CodecArg,
     /// Concurrent producers (each with its own connection).
@@ -63,6 +67,39 @@ pub(crate) struct Common {
     pub(super) keep: bool,
     #[command(flatten)]
     pub(super) connect: ConnectArgs,
+}
+
+/// The content of benchmark values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ValuesArg {
+    /// Random bytes: nothing compresses them.
+    Random,
+    /// English-like words separated by spaces: compresses about four times.
+    Text,
+}
+
+/// Flags of `cairn bench compact`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct CompactArgs {
+    /// Compact with each topic's table kept (`on`), without (`off`), or both, each on its
+    /// own copy of the same produced data (`both`, the default: the ratio between them is
+    /// what table commits cost).
+    #[arg(long, value_enum, default_value = "both")]
+    pub(super) tables: TablesArg,
+    #[command(flatten)]
+    pub(super) common: Common,
+}
+
+/// Which compactions `cairn bench compact` times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum TablesArg {
+    /// With table commits.
+    On,
+    /// Without.
+    Off,
+    /// Both, on copies of the same data.
+    Both,
 }
 
 /// Flags of `cairn bench raw-put`.

@@ -14,7 +14,7 @@ pub(super) struct Embedded {
     pub(super) child: tokio::process::Child,
     pub(super) endpoint: String,
     pub(super) store_url: String,
-    pub(super) _dir: tempfile::TempDir,
+    pub(super) dir: tempfile::TempDir,
 }
 
 impl Embedded {
@@ -70,12 +70,13 @@ impl Embedded {
             child,
             endpoint: endpoint.to_string(),
             store_url,
-            _dir: dir,
+            dir,
         })
     }
 
-    /// Stops the agent (SIGTERM, then waits up to 10 s).
-    pub(super) async fn stop(mut self) {
+    /// Stops the agent (SIGTERM, then waits up to 10 s) and hands back its directory, which
+    /// is deleted when dropped.
+    pub(super) async fn stop(mut self) -> tempfile::TempDir {
         if let Some(pid) = self.child.id() {
             let _ = tokio::process::Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -83,5 +84,6 @@ impl Embedded {
                 .await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        self.dir
     }
 }

@@ -7,6 +7,7 @@
 
 mod agents;
 mod args;
+mod compact;
 mod embedded;
 mod report;
 mod workload;
@@ -14,7 +15,7 @@ mod workload;
 use anyhow::bail;
 use clap::Subcommand;
 
-pub(crate) use args::{Common, RawPutArgs};
+pub(crate) use args::{Common, CompactArgs, RawPutArgs};
 use embedded::Embedded;
 use report::{print_latency, print_report};
 use workload::{raw_put, run_against};
@@ -36,6 +37,15 @@ Examples:
     /// Catch-up reads: produce for --duration, then read it all back from offset 0; or, with
     /// --topic, read an existing topic from --from.
     Consume(Common),
+    /// Produce a topic, then compact all of it in this process: compactor throughput and
+    /// the Parquet bytes against the segment bytes they replace, with table commits, without,
+    /// or both on copies of the same data.
+    #[command(after_help = "\
+Examples:
+  cairn bench compact --embedded --duration 20s                       # 1 KiB random values
+  cairn bench compact --embedded --values text --record-size 100B
+  cairn bench compact --embedded --record-size 16B --tables on --json")]
+    Compact(CompactArgs),
     /// The object store's own PUT throughput and latency for segment-sized objects: the
     /// baseline an agent is compared against.
     RawPut(RawPutArgs),
@@ -70,6 +80,7 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Produce(c) => agent_bench(c, Kind::Produce).await,
         BenchCommand::E2e(c) => agent_bench(c, Kind::E2e).await,
         BenchCommand::Consume(c) => agent_bench(c, Kind::Consume).await,
+        BenchCommand::Compact(a) => compact::compact_bench(a).await,
     }
 }
 
@@ -81,9 +92,7 @@ enum Kind {
 }
 
 async fn agent_bench(c: Common, kind: Kind) -> anyhow::Result<()> {
-    if c.producers == 0 || c.partitions == 0 || c.record_size < 8 {
-        bail!("--producers and --partitions must be at least 1, --record-size at least 8 bytes");
-    }
+    check(&c)?;
     if c.baseline && !c.embedded {
         bail!("--baseline needs --embedded (it measures the embedded agent's store)");
     }
@@ -114,6 +123,14 @@ async fn agent_bench(c: Common, kind: Kind) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
+    }
+    Ok(())
+}
+
+/// The checks every agent benchmark makes of its flags.
+fn check(c: &Common) -> anyhow::Result<()> {
+    if c.producers == 0 || c.partitions == 0 || c.record_size < 8 {
+        bail!("--producers and --partitions must be at least 1, --record-size at least 8 bytes");
     }
     Ok(())
 }

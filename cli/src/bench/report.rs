@@ -71,6 +71,8 @@ pub(crate) struct Report {
     pub(super) producers: usize,
     pub(super) partitions: u32,
     pub(super) record_size: usize,
+    /// What the values held (`random` or `text`).
+    pub(super) values: Option<super::args::ValuesArg>,
     pub(super) codec: Option<String>,
     pub(super) linger_ms: Option<u64>,
     pub(super) segment_max_bytes: Option<usize>,
@@ -231,6 +233,7 @@ pub(super) fn report(
         producers: c.producers,
         partitions: c.partitions,
         record_size: c.record_size,
+        values: Some(c.values),
         codec: Some(codec_name(cairn_client::Codec::from(c.codec) as i32).to_string()),
         linger_ms: c.embedded.then_some(c.linger.as_millis() as u64),
         segment_max_bytes: c.embedded.then_some(c.segment_max_bytes),
@@ -294,10 +297,14 @@ pub(super) fn print_report(r: &Report) {
         r.object_store, r.metadata
     );
     println!(
-        "workload           {} producers, {} partitions, {} B records{}{}",
+        "workload           {} producers, {} partitions, {} B {} records{}{}",
         r.producers,
         r.partitions,
         r.record_size,
+        match r.values {
+            Some(super::args::ValuesArg::Text) => "text",
+            _ => "random",
+        },
         r.codec
             .as_deref()
             .map(|c| format!(", codec {c}"))

@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use object_store::{ObjectStoreExt, PutPayload};
 
 use super::agents::{Agents, merged};
+use super::args::ValuesArg;
 use super::report::{
     Bill, GIB, MIB, Percentiles, RawReport, Report, S3_GET_PER_1000, S3_PUT_PER_1000, peak_rss,
     percentiles, report,
@@ -38,12 +39,82 @@ fn progress(duration: Duration, json: bool, what: &str) -> ProgressBar {
     bar
 }
 
+/// Bytes of the pool values are sliced from.
+const POOL_BYTES: usize = 8 << 20;
+
 /// Incompressible bytes to slice record values from (zstd would shrink repeated values).
 fn random_pool() -> Bytes {
     use rand::{RngCore, SeedableRng};
-    let mut buf = vec![0u8; 8 << 20];
+    let mut buf = vec![0u8; POOL_BYTES];
     rand::rngs::StdRng::seed_from_u64(42).fill_bytes(&mut buf);
     Bytes::from(buf)
+}
+
+/// Words to build text values from: the vocabulary of order and click events.
+const WORDS: &[&str] = &[
+    "order",
+    "customer",
+    "shipped",
+    "paid",
+    "amount",
+    "currency",
+    "EUR",
+    "USD",
+    "warehouse",
+    "berlin",
+    "paris",
+    "lisbon",
+    "status",
+    "pending",
+    "item",
+    "quantity",
+    "price",
+    "discount",
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "user",
+    "login",
+    "session",
+    "click",
+    "page",
+    "view",
+    "error",
+    "timeout",
+    "retry",
+    "ok",
+    "cart",
+    "checkout",
+    "refund",
+    "delivered",
+    "address",
+];
+
+/// Text to slice record values from: random words, with a number now and then.
+fn text_pool() -> Bytes {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let mut buf = Vec::with_capacity(POOL_BYTES + 16);
+    while buf.len() < POOL_BYTES {
+        if rng.random_ratio(1, 8) {
+            buf.extend_from_slice(rng.random_range(0..100_000u32).to_string().as_bytes());
+        } else {
+            buf.extend_from_slice(WORDS[rng.random_range(0..WORDS.len())].as_bytes());
+        }
+        buf.push(b' ');
+    }
+    buf.truncate(POOL_BYTES);
+    Bytes::from(buf)
+}
+
+/// The pool of the values the run asked for.
+fn value_pool(values: ValuesArg) -> Bytes {
+    match values {
+        ValuesArg::Random => random_pool(),
+        ValuesArg::Text => text_pool(),
+    }
 }
 
 /// PUTs `object_size`-byte objects, `concurrency` at a time, for `duration`.
@@ -183,7 +254,7 @@ pub(super) async fn run_against(
         .await?;
     let before_each = agents.statuses().await?;
     let before = merged(&before_each);
-    let pool = random_pool();
+    let pool = value_pool(c.values);
     let epoch = Instant::now();
     let acked = Arc::new(AtomicU64::new(0));
 
@@ -246,6 +317,8 @@ pub(super) async fn run_against(
         // clients would.
         let channel = cluster(c, endpoints).await?;
         let size = c.record_size;
+        // Only the end-to-end bench reads a send time back from the value.
+        let stamp_values = kind == Kind::E2e;
         let per_producer_rate = c.rate as f64 / c.producers as f64;
         let config = ProducerConfig {
             codec: c.codec.into(),
@@ -281,8 +354,10 @@ pub(super) async fn run_against(
                 }
                 let mut value = pool.slice(offset..offset + size).to_vec();
                 offset = (offset + 4099) % (pool.len() - size);
-                let t = epoch.elapsed().as_micros() as u64;
-                value[..8].copy_from_slice(&t.to_le_bytes());
+                if stamp_values {
+                    let t = epoch.elapsed().as_micros() as u64;
+                    value[..8].copy_from_slice(&t.to_le_bytes());
+                }
                 let delivery = producer
                     .send(ProducerRecord::new(topic.clone(), value))
                     .await?;
