@@ -164,7 +164,8 @@ fn parquet_files() -> Result<Vec<(&'static str, Bytes)>, Error> {
             ("ten-records", stored_records(10, 100)),
         ] {
             let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
-            let file = cairn_storage::parquet::write(store.clone(), "fuzz", 0, 1, &records, &[]).await?;
+            let file =
+                cairn_storage::parquet::write(store.clone(), "fuzz", 0, 1, &records, &[]).await?;
             let bytes = store
                 .get(&object_store::path::Path::from(file.path.as_str()))
                 .await?
