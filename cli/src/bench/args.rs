@@ -82,9 +82,9 @@ pub(crate) enum ValuesArg {
 /// Flags of `cairn bench compact`.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct CompactArgs {
-    /// Compact with each topic's table kept (`on`), without (`off`), or both, each on its
-    /// own copy of the same produced data (`both`, the default: the ratio between them is
-    /// what table commits cost).
+    /// Compact with each topic's table kept (`on`), without (`off`), or both (the default):
+    /// four compactions, off, on, on, off, each of its own copy of the same produced data,
+    /// and the ratio of their throughputs is what table commits cost.
     #[arg(long, value_enum, default_value = "both")]
     pub(super) tables: TablesArg,
     #[command(flatten)]
@@ -98,7 +98,7 @@ pub(crate) enum TablesArg {
     On,
     /// Without.
     Off,
-    /// Both, on copies of the same data.
+    /// Both, twice each, on copies of the same data.
     Both,
 }
 

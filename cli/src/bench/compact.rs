@@ -20,6 +20,9 @@ use super::{Common, Kind};
 
 use crate::stores::StoreArgs;
 
+/// The compactor's progress step during which it reconciles tables.
+const TABLE_STEP: &str = "committing tables";
+
 /// Most compactor cycles one compaction may take (each compacts up to 16 runs per
 /// partition); a topic of the bench's size needs a handful.
 const MAX_CYCLES: usize = 200;
@@ -40,6 +43,8 @@ struct CompactionReport {
     mib_per_sec: f64,
     records_per_sec: f64,
     table_commits: u64,
+    /// Of `seconds`, the time spent reconciling tables (loading, committing).
+    table_seconds: f64,
 }
 
 /// The whole result: the produce run, then each compaction.
@@ -47,7 +52,8 @@ struct CompactionReport {
 struct CompactBenchReport {
     produce: super::report::Report,
     compactions: Vec<CompactionReport>,
-    /// With tables over without, in records per second (both runs only).
+    /// With tables over without, in records per second, over all the runs of each
+    /// (`--tables both` only).
     tables_throughput_ratio: Option<f64>,
 }
 
@@ -94,15 +100,15 @@ pub(super) async fn compact_bench(a: CompactArgs) -> anyhow::Result<()> {
     let modes = match a.tables {
         TablesArg::On => vec![true],
         TablesArg::Off => vec![false],
-        TablesArg::Both => vec![false, true],
+        // Off, on, on, off: a drift over the run (the disk settling after the copies, the
+        // other tenants of a shared machine) weighs on both sides alike.
+        TablesArg::Both => vec![false, true, true, false],
     };
     let mut compactions = Vec::new();
-    for tables in modes {
+    for (i, tables) in modes.into_iter().enumerate() {
         let stores = if a.tables == TablesArg::Both {
             // Each compaction gets its own copy of the produced stores.
-            let copy = dir
-                .path()
-                .join(if tables { "tables-on" } else { "tables-off" });
+            let copy = dir.path().join(format!("copy-{i}"));
             copy_stores(dir.path(), &copy)?;
             StoreArgs::new(
                 format!("file://{}", copy.join("objects").display()),
@@ -113,10 +119,15 @@ pub(super) async fn compact_bench(a: CompactArgs) -> anyhow::Result<()> {
         };
         compactions.push(compact_all(&stores, tables, c.json).await?);
     }
-    let ratio = match compactions.as_slice() {
-        [off, on] => Some(on.records_per_sec / off.records_per_sec.max(1e-9)),
-        _ => None,
+    let seconds = |tables: bool| -> f64 {
+        compactions
+            .iter()
+            .filter(|c| c.tables == tables)
+            .map(|c| c.seconds)
+            .sum()
     };
+    // Same records each run: the ratio of throughputs is the inverse ratio of times.
+    let ratio = (a.tables == TablesArg::Both).then(|| seconds(false) / seconds(true).max(1e-9));
     let report = CompactBenchReport {
         produce: produced,
         compactions,
@@ -218,8 +229,21 @@ async fn compact_all(
         .progress_chars("=> "),
     );
     bar.set_prefix(if tables { "on" } else { "off" });
+    // The time from the cycle's table step to its next step is what table commits cost.
+    let table_step: std::sync::Mutex<(Option<Instant>, Duration)> =
+        std::sync::Mutex::new((None, Duration::ZERO));
     let progress = |p: Progress<'_>| match p {
-        Progress::Step(s) => bar.set_message(s.to_string()),
+        Progress::Step(s) => {
+            if let Ok(mut t) = table_step.lock() {
+                if let Some(started) = t.0.take() {
+                    t.1 += started.elapsed();
+                }
+                if s == TABLE_STEP {
+                    t.0 = Some(Instant::now());
+                }
+            }
+            bar.set_message(s.to_string());
+        }
         Progress::BytesRead(n) => bar.inc(n),
         Progress::Planned { .. } => {}
     };
@@ -241,6 +265,10 @@ async fn compact_all(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let table_seconds = table_step
+        .lock()
+        .map(|t| t.1.as_secs_f64())
+        .unwrap_or_default();
     bar.finish_and_clear();
     let (left, parquet_bytes, parquet_files) = stored_bytes(&metadata).await?;
     if left > 0 {
@@ -258,12 +286,13 @@ async fn compact_all(
         mib_per_sec: segment_bytes as f64 / MIB / seconds.max(1e-9),
         records_per_sec: records as f64 / seconds.max(1e-9),
         table_commits,
+        table_seconds,
     })
 }
 
 fn print_compactions(r: &CompactBenchReport) {
     println!(
-        "{:<8} {:>8} {:>7} {:>12} {:>12} {:>12} {:>7} {:>10} {:>12} {:>8}",
+        "{:<8} {:>8} {:>7} {:>12} {:>12} {:>12} {:>7} {:>10} {:>12} {:>8} {:>9}",
         "tables",
         "seconds",
         "cycles",
@@ -273,11 +302,12 @@ fn print_compactions(r: &CompactBenchReport) {
         "ratio",
         "MiB/s",
         "records/s",
-        "commits"
+        "commits",
+        "tables s"
     );
     for c in &r.compactions {
         println!(
-            "{:<8} {:>8.2} {:>7} {:>12} {:>12} {:>12} {:>7.3} {:>10.1} {:>12.0} {:>8}",
+            "{:<8} {:>8.2} {:>7} {:>12} {:>12} {:>12} {:>7.3} {:>10.1} {:>12.0} {:>8} {:>9.3}",
             if c.tables { "on" } else { "off" },
             c.seconds,
             c.cycles,
@@ -287,7 +317,8 @@ fn print_compactions(r: &CompactBenchReport) {
             c.size_ratio,
             c.mib_per_sec,
             c.records_per_sec,
-            c.table_commits
+            c.table_commits,
+            c.table_seconds
         );
     }
     if let Some(ratio) = r.tables_throughput_ratio {
