@@ -100,6 +100,19 @@ fn calls() -> Vec<(&'static str, Vec<Grant>, Call)> {
             ),
         ),
         (
+            "SetValueSchema",
+            vec![("alter", "topic", "t1")],
+            call!(
+                A,
+                set_value_schema,
+                v2::SetValueSchemaRequest {
+                    topic: "t1".into(),
+                    value_schema: r#"{"type":"object","properties":{"n":{"type":"integer"}}}"#
+                        .into()
+                }
+            ),
+        ),
+        (
             "DeleteRecords",
             vec![("delete", "topic", "t1")],
             call!(
