@@ -315,14 +315,39 @@ async fn mutual_tls_admits_only_certified_clients_and_agents_on_the_peer_port() 
         let one = Cluster::single(e, &security).await?;
         verify_exact(&sent, &cairn_tests::read_all_through(one, "mutual").await?)?;
     }
-    let mut from_peers = 0;
-    let mut failures = 0;
-    for e in &endpoints {
-        let s = Admin::new(Cluster::single(e, &security).await?)
-            .agent_status()
-            .await?;
-        from_peers += s.zone_cache_peer_reads;
-        failures += s.zone_cache_peer_failures;
+    let peer_reads = || async {
+        let (mut reads, mut failures) = (0, 0);
+        for e in &endpoints {
+            let s = Admin::new(Cluster::single(e, &security).await?)
+                .agent_status()
+                .await?;
+            reads += s.zone_cache_peer_reads;
+            failures += s.zone_cache_peer_failures;
+        }
+        anyhow::Ok((reads, failures))
+    };
+    let (mut from_peers, mut failures) = peer_reads().await?;
+    // Chunks are owned by hashing their object's (random) name: a few segments can all
+    // fall to the agent that reads them. More segments, until one falls to the other.
+    let mut total = sent.len();
+    for _ in 0..10 {
+        if from_peers > 0 {
+            break;
+        }
+        total += cairn_tests::produce_workload_through(
+            vec![cluster.clone()],
+            "mutual",
+            500,
+            ProducerConfig::default(),
+        )
+        .await?
+        .len();
+        for e in &endpoints {
+            let one = Cluster::single(e, &security).await?;
+            let read = cairn_tests::read_all_through(one, "mutual").await?;
+            assert_eq!(read.len(), total, "every record through {e}");
+        }
+        (from_peers, failures) = peer_reads().await?;
     }
     eprintln!("peer port over mTLS: {from_peers} reads from the owner, {failures} failures");
     assert!(from_peers > 0, "no agent read a chunk from the other");
