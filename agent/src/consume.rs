@@ -79,7 +79,7 @@ impl v2::consumer_service_server::ConsumerService for ConsumerService {
             .fetch_seconds
             .observe(started.elapsed().as_secs_f64());
         Ok(Response::new(v2::FetchResponse {
-            frames: fetched.frames,
+            frames: crate::fetch::cairn_frames(&topic, fetched.frames).map_err(status)?,
             high_watermark: fetched.high_watermark,
             start_offset: fetched.start_offset,
         }))

@@ -242,6 +242,18 @@ impl Reader {
         partition: u32,
         ts_ms: i64,
     ) -> Result<i64, AgentError> {
+        let (found, hwm) = self.record_for_time(topic, partition, ts_ms).await?;
+        Ok(found.map_or(hwm, |(offset, _)| offset))
+    }
+
+    /// The offset and timestamp of the first record of `topic`/`partition` whose timestamp
+    /// is at or after `ts_ms` (`None` when there is none), and the high watermark.
+    pub(crate) async fn record_for_time(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        ts_ms: i64,
+    ) -> Result<(Option<(i64, i64)>, i64), AgentError> {
         let mut from = 0;
         loop {
             let (state, entry) = self
@@ -249,7 +261,7 @@ impl Reader {
                 .entry_for_time(topic.id, partition, from, ts_ms)
                 .await?;
             let Some(entry) = entry else {
-                return Ok(state.next_offset);
+                return Ok((None, state.next_offset));
             };
             let mut offset = entry.base_offset.max(state.start_offset);
             while offset < entry.end_offset {
@@ -269,7 +281,7 @@ impl Reader {
                     for (i, r) in records.iter().enumerate() {
                         let at = f.base_offset + i as i64;
                         if at >= offset && r.timestamp_ms >= ts_ms {
-                            return Ok(at);
+                            return Ok((Some((at, r.timestamp_ms)), fetched.high_watermark));
                         }
                     }
                     offset = offset.max(f.base_offset + records.len() as i64);
@@ -434,6 +446,40 @@ pub(crate) async fn retry_direct<T>(
         }
         (r, _) => r,
     }
+}
+
+/// Frames as a gRPC consumer gets them: a Kafka batch (stored as a Kafka producer sent it)
+/// is decoded and framed again as Cairn records in the topic's codec, at the same offsets;
+/// Cairn frames pass untouched.
+pub(crate) fn cairn_frames(
+    topic: &Topic,
+    frames: Vec<FetchedFrame>,
+) -> Result<Vec<FetchedFrame>, AgentError> {
+    use cairn_proto::v2::PayloadFormat;
+    frames
+        .into_iter()
+        .map(|f| {
+            let Some(header) = f
+                .header
+                .filter(|h| h.format == PayloadFormat::KafkaRecords as i32)
+            else {
+                return Ok(f);
+            };
+            let at = format!("{}/{} at offset {}", topic.name, topic.id, f.base_offset);
+            let records = cairn_proto::open_frame(&header, f.payload)
+                .map_err(|e| StorageError::corrupt(at.clone(), e))?;
+            let frame = cairn_proto::build_frame(records, codec_to_proto(topic.codec), None)
+                .map_err(|e| StorageError::Encode {
+                    key: at,
+                    source: Arc::new(FormatError::Frame(e)),
+                })?;
+            Ok(FetchedFrame {
+                base_offset: f.base_offset,
+                header: frame.header,
+                payload: frame.payload,
+            })
+        })
+        .collect()
 }
 
 /// Records read (and verified) from Parquet as one frame in the topic's codec.

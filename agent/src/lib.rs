@@ -18,6 +18,7 @@ mod error;
 mod faults;
 mod fetch;
 mod groups;
+mod kafka;
 mod metrics;
 mod produce;
 mod quota;
@@ -244,6 +245,7 @@ impl AgentBuilder {
             cluster: self.cluster,
             tls: self.tls,
             auth: self.auth,
+            kafka: None,
         })
     }
 }
@@ -284,6 +286,8 @@ pub struct Agent {
     cluster: ClusterSettings,
     tls: Option<tls::AgentTls>,
     auth: auth::AuthSettings,
+    /// The Kafka listener, served beside gRPC when given.
+    kafka: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -335,6 +339,13 @@ impl Agent {
         &self.shared.metadata
     }
 
+    /// Also serves Kafka's wire protocol on `listener` (advertised to Kafka clients at the
+    /// host of the agent's advertised address and the listener's port).
+    pub fn with_kafka(mut self, listener: TcpListener) -> Self {
+        self.kafka = Some(listener);
+        self
+    }
+
     /// Registers the agent in the cluster registry as listening on `listen` (its
     /// advertised address defaults to that): checks the advertised address accepts
     /// connections, refuses an id a live agent holds, and returns the agent's id. Serving
@@ -349,7 +360,18 @@ impl Agent {
             Some(_) => Some(self.bind_peer_port(listen).await?),
         };
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let identity = self.cluster.resolve(listen, peer_port, scheme)?;
+        let mut identity = self.cluster.resolve(listen, peer_port, scheme)?;
+        if let Some(k) = &self.kafka {
+            let port = k
+                .local_addr()
+                .map_err(|e| AgentError::Config(format!("the Kafka listener has no address: {e}")))?
+                .port();
+            let host = url::Url::parse(&identity.address)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_string))
+                .ok_or_else(|| AgentError::Config(format!("no host in {}", identity.address)))?;
+            identity.kafka_address = format!("{host}:{port}");
+        }
         registry::probe(&identity).await?;
         registry::register(
             &self.shared.metadata,
@@ -415,7 +437,7 @@ impl Agent {
     /// [`Agent::serve`], also serving `/metrics`, `/healthz` and `/readyz` over HTTP on
     /// `metrics` when given.
     pub async fn serve_with_metrics(
-        self,
+        mut self,
         listener: TcpListener,
         metrics: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send,
@@ -487,6 +509,11 @@ impl Agent {
                 }
             }));
         }
+        let (kafka_stop, kafka_stopped) = tokio::sync::watch::channel(false);
+        let kafka = self
+            .kafka
+            .take()
+            .map(|l| tokio::spawn(kafka::serve(self.shared.clone(), l, kafka_stopped)));
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
         // Loaded before the endpoint starts: files that fail now stop the start.
         let http_tls = match &self.tls {
@@ -631,6 +658,10 @@ impl Agent {
             () = cut_off => {
                 tracing::warn!(?timeout, "open calls outlived the shutdown timeout; closing them");
             }
+        }
+        let _ = kafka_stop.send(true);
+        if let Some(k) = kafka {
+            let _ = k.await;
         }
         expiry.abort();
         token_follower.abort();

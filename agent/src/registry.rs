@@ -79,6 +79,8 @@ pub(crate) struct Identity {
     /// `http://host:port` (`https://` with TLS) of the peer port; empty without a zone
     /// cache.
     pub(crate) peer_address: String,
+    /// `host:port` of the Kafka listener; empty without one.
+    pub(crate) kafka_address: String,
 }
 
 impl ClusterSettings {
@@ -156,6 +158,7 @@ impl ClusterSettings {
             zone: self.zone.clone(),
             incarnation,
             peer_address,
+            kafka_address: String::new(),
         })
     }
 }
@@ -255,6 +258,7 @@ fn record(identity: &Identity, started_ms: i64, load: AgentLoad) -> AgentRecord 
         id: identity.id.clone(),
         address: identity.address.clone(),
         peer_address: identity.peer_address.clone(),
+        kafka_address: identity.kafka_address.clone(),
         zone: identity.zone.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_ms,

@@ -75,7 +75,7 @@ impl ShareService {
                 }
             }
         }
-        Ok(out)
+        crate::fetch::cairn_frames(topic, out)
     }
 
     /// The records at `offsets` of one partition, decoded, by offset.

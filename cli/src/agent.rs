@@ -26,7 +26,7 @@ Examples:
   AWS_ENDPOINT_URL=http://127.0.0.1:4566 cairn agent --object-store s3://cairn
   cairn agent --listen 0.0.0.0:7170 --tls-cert agent.crt --tls-key agent.key --tls-peer-ca ca.crt
 
-A TOML file (--config) may set: listen, metrics_listen, object_store, metadata, agent_id,
+A TOML file (--config) may set: listen, metrics_listen, kafka_listen, object_store, metadata, agent_id,
 advertise, zone, peer_listen, peer_advertise, insecure, a [tls] table (cert, key, client_ca,
 peer_ca, metrics), an [auth] table (required, tls_principal, super_users, service_principal), an [s3] table
 of object_store S3 options (endpoint, region, ...) and a [tuning] table (segment_max_bytes,
@@ -51,6 +51,11 @@ pub(crate) struct AgentArgs {
     /// Default: the gRPC address with the port plus one (port 0 when gRPC's is 0).
     #[arg(long, env = "CAIRN_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Address to serve Kafka's wire protocol on (kcat, librdkafka, Java clients), or `off`.
+    /// Default: the gRPC address's IP, port 9092 beside the default gRPC port 7170, the
+    /// gRPC port plus two for another port, a free port when gRPC's is 0.
+    #[arg(long, env = "CAIRN_KAFKA_LISTEN", value_name = "ADDR|off")]
+    kafka_listen: Option<String>,
     /// Where segments are stored: a directory, file:///dir, s3://bucket/prefix or memory://.
     /// S3 endpoint and credentials come from the AWS_* environment variables.
     #[arg(long, env = "CAIRN_OBJECT_STORE", value_name = "URL")]
@@ -208,6 +213,7 @@ struct FileConfig {
     peer_listen: Option<SocketAddr>,
     peer_advertise: Option<String>,
     metrics_listen: Option<SocketAddr>,
+    kafka_listen: Option<String>,
     object_store: Option<String>,
     metadata: Option<String>,
     #[serde(default)]
@@ -335,6 +341,19 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             );
         }
     }
+    let kafka_listen = kafka_address(listen, args.kafka_listen.or(file.kafka_listen))?;
+    if let Some(k) = kafka_listen
+        && !k.ip().is_loopback()
+        && !auth.required
+        && !(args.insecure || file.insecure)
+    {
+        bail!(
+            "refusing to serve Kafka clients on {k} without authentication: anyone who \
+             reaches it could read and write every topic; listen on 127.0.0.1 \
+             (--kafka-listen), turn it off (--kafka-listen off), require authentication, or \
+             pass --insecure if every host of this network is trusted"
+        );
+    }
     let probe_name = args.agent_id.clone().or(file.agent_id.clone());
     let cluster = cairn_agent::ClusterSettings {
         agent_id: args.agent_id.or(file.agent_id),
@@ -378,13 +397,22 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
             builder = builder.faults(faults);
         }
     }
-    let agent = builder.build()?;
+    let mut agent = builder.build()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener
         .local_addr()
         .context("listening socket has no address")?;
+    let mut kafka_line = String::new();
+    if let Some(k) = kafka_listen {
+        let l = tokio::net::TcpListener::bind(k)
+            .await
+            .with_context(|| format!("cannot listen on {k} for Kafka clients (--kafka-listen)"))?;
+        let bound = l.local_addr().context("Kafka socket has no address")?;
+        kafka_line = format!(" (kafka {bound})");
+        agent = agent.with_kafka(l);
+    }
     // A missing bucket, refused credentials or a full disk stop the start here, not as
     // failed produces later; a passing hiccup is retried.
     let probe_name = probe_name.unwrap_or_else(|| addr.to_string());
@@ -447,12 +475,33 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     };
     tracing::info!(id = %id, "joined the cluster");
     // The one line on stdout: scripts and tests wait for it.
-    println!("cairn agent listening on {scheme}://{addr}");
+    println!("cairn agent listening on {scheme}://{addr}{kafka_line}");
     agent
         .serve_with_metrics(listener, Some(metrics_listener), shutdown_signal())
         .await?;
     tracing::info!("agent stopped");
     Ok(())
+}
+
+/// The Kafka listener's address: `flag` (`off` for none), or the default beside `listen`.
+fn kafka_address(listen: SocketAddr, flag: Option<String>) -> anyhow::Result<Option<SocketAddr>> {
+    match flag.as_deref().map(str::trim) {
+        Some("off") => Ok(None),
+        Some(a) => a
+            .parse()
+            .map(Some)
+            .with_context(|| format!("--kafka-listen `{a}` is neither IP:PORT nor `off`")),
+        None => {
+            let port = match listen.port() {
+                0 => 0,
+                7170 => 9092,
+                p => p.checked_add(2).with_context(|| {
+                    format!("no default Kafka port beside gRPC port {p}: give --kafka-listen")
+                })?,
+            };
+            Ok(Some(SocketAddr::new(listen.ip(), port)))
+        }
+    }
 }
 
 async fn shutdown_signal() {

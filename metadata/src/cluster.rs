@@ -35,6 +35,9 @@ pub struct AgentRecord {
     /// (`http://host:port`); empty when it serves none.
     #[serde(default)]
     pub peer_address: String,
+    /// Where Kafka clients reach its Kafka listener (`host:port`); empty when it has none.
+    #[serde(default)]
+    pub kafka_address: String,
     /// Its zone (availability zone, rack); empty when it has none.
     pub zone: String,
     /// Its software version.

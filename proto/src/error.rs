@@ -40,6 +40,10 @@ pub enum FrameError {
         #[source]
         source: std::io::Error,
     },
+    /// A Kafka record batch (a `PAYLOAD_FORMAT_KAFKA_RECORDS` payload) breaks a rule of
+    /// Kafka's format.
+    #[error("the Kafka record batch is malformed: {0}")]
+    Kafka(String),
     /// The decompressed payload is not an encoded `RecordBatch`.
     #[error("the payload is not an encoded cairn.v2.RecordBatch: {0}")]
     Decode(#[source] prost::DecodeError),

@@ -341,14 +341,26 @@ pub fn open_frame(header: &FrameHeader, payload: Bytes) -> Result<Vec<Record>, F
         field: "codec",
         reason: format!("unknown codec {}", header.codec),
     })?;
-    if PayloadFormat::try_from(header.format) != Ok(PayloadFormat::CairnRecords) {
-        return Err(FrameError::Header {
-            field: "format",
-            reason: format!("payload format {} is not CAIRN_RECORDS", header.format),
-        });
-    }
-    let raw = decompress(codec, payload, header.uncompressed_size)?;
-    let mut batch = RecordBatch::decode(raw).map_err(FrameError::Decode)?;
+    let mut batch = match PayloadFormat::try_from(header.format) {
+        Ok(PayloadFormat::CairnRecords) => {
+            let raw = decompress(codec, payload, header.uncompressed_size)?;
+            RecordBatch::decode(raw).map_err(FrameError::Decode)?
+        }
+        // A Kafka batch stored as it came: it compresses its own records.
+        Ok(PayloadFormat::KafkaRecords) if codec == Codec::None => RecordBatch {
+            records: crate::kafka::open_kafka_batch(&payload, MAX_UNCOMPRESSED_BYTES)?,
+        },
+        _ => {
+            return Err(FrameError::Header {
+                field: "format",
+                reason: format!(
+                    "payload format {} with codec {} is neither CAIRN_RECORDS nor KAFKA_RECORDS \
+                     with codec NONE",
+                    header.format, header.codec
+                ),
+            });
+        }
+    };
     if batch.records.len() != header.record_count as usize {
         return Err(FrameError::Header {
             field: "record_count",

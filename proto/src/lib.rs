@@ -10,6 +10,7 @@
 
 mod error;
 mod frame;
+pub mod kafka;
 mod rendezvous;
 
 /// The gRPC metadata key a bearer token travels in (`Bearer cairn_<id>_<secret>`).

@@ -236,6 +236,8 @@ pub struct AgentProcess {
     child: Child,
     /// The agent's gRPC endpoint (`http://127.0.0.1:PORT`).
     pub endpoint: String,
+    /// Its Kafka listener (`127.0.0.1:PORT`), unless started with `--kafka-listen off`.
+    pub kafka: Option<String>,
 }
 
 impl AgentProcess {
@@ -309,15 +311,22 @@ impl AgentProcess {
                 bail!("cairn agent did not report it was listening within 60s");
             }
         };
-        let Some(endpoint) = line.trim().strip_prefix("cairn agent listening on ") else {
+        let Some(rest) = line.trim().strip_prefix("cairn agent listening on ") else {
             let status = child.wait()?;
             bail!(
                 "cairn agent did not start ({status}); it printed `{}`",
                 line.trim()
             );
         };
+        // `http://HOST:PORT` then, with a Kafka listener, `(kafka HOST:PORT)`.
+        let endpoint = rest.split_whitespace().next().unwrap_or_default();
+        let kafka = rest
+            .split_once("(kafka ")
+            .and_then(|(_, k)| k.strip_suffix(')'))
+            .map(str::to_string);
         Ok(AgentProcess {
             endpoint: endpoint.to_string(),
+            kafka,
             child,
         })
     }

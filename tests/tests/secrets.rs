@@ -140,6 +140,9 @@ async fn no_secret_reaches_logs_status_metrics_or_errors() -> anyhow::Result<()>
         .trim()
         .strip_prefix("cairn agent listening on ")
         .with_context(|| format!("the agent did not start: {first}"))?
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
         .to_string();
 
     // The first token, issued straight into the metadata store (as a new secure cluster's

@@ -10,6 +10,7 @@ fn record(id: &str, incarnation: u64) -> AgentRecord {
         id: id.into(),
         address: format!("http://{id}:7170"),
         peer_address: String::new(),
+        kafka_address: format!("{id}:9092"),
         zone: "a".into(),
         version: "test".into(),
         started_ms: 1,

@@ -1,0 +1,485 @@
+//! The Kafka listener: Kafka's wire protocol over the same metadata, storage, producer
+//! state and ACLs as the gRPC API, so a topic is one topic whichever protocol wrote it.
+//!
+//! One task per connection. Requests are size-prefixed frames; each is decoded with the
+//! `kafka-protocol` crate and handled in two steps: the part whose order matters (a
+//! produce's entry into the segment writer) runs as the request is read, in arrival order;
+//! the rest (waiting for the commit, a long-poll) runs concurrently with later requests, and
+//! responses are written strictly in request order, as Kafka requires. A malformed frame,
+//! an unknown API or an unsupported version closes the connection after the responses
+//! already owed are written; other connections are not affected.
+//!
+//! The APIs and versions served are in [`SUPPORTED`] (and docs/ARCHITECTURE.md, "The Kafka
+//! protocol").
+
+mod data;
+mod groups;
+mod meta;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesOrdered;
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::AgentError;
+use crate::service::Shared;
+
+/// Requests read ahead of their responses on one connection.
+const MAX_INFLIGHT: usize = 32;
+
+/// The APIs this listener serves and their version ranges, as ApiVersions advertises them.
+pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 12),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 1, 12),
+    (ApiKey::ApiVersions, 0, 4),
+    (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 3),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
+];
+
+/// The version range served for `api`, if it is served.
+fn supported(api: ApiKey) -> Option<(i16, i16)> {
+    SUPPORTED
+        .iter()
+        .find(|(k, _, _)| *k == api)
+        .map(|&(_, min, max)| (min, max))
+}
+
+/// Why a connection is closed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KafkaError {
+    /// The peer broke the protocol.
+    #[error("{0}")]
+    Protocol(String),
+    /// The socket failed.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+fn protocol(what: impl Into<String>) -> KafkaError {
+    KafkaError::Protocol(what.into())
+}
+
+/// A response owed to the peer: its bytes, or nothing (a produce with acks=0).
+type Reply = BoxFuture<'static, Result<Option<Bytes>, KafkaError>>;
+
+fn ready(bytes: Result<Bytes, KafkaError>) -> Reply {
+    Box::pin(async move { bytes.map(Some) })
+}
+
+/// Serves Kafka clients on `listener` until `stop` turns true.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let conn = Connection {
+                        shared: shared.clone(),
+                        peer,
+                        client_id: String::new(),
+                        principal: None,
+                    };
+                    tokio::spawn(conn.run(stream, stop.clone()));
+                }
+                Err(e) => {
+                    // Out of file handles, most likely: wait rather than spin.
+                    tracing::warn!(error = %e, "the Kafka listener cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One client connection.
+pub(crate) struct Connection {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) peer: SocketAddr,
+    /// The client id of the last request (librdkafka and Java clients send one per request).
+    pub(crate) client_id: String,
+    /// Who the connection authenticated as; `None` until SASL lands, so ACLs (when the
+    /// agent enforces them) refuse its calls.
+    pub(crate) principal: Option<String>,
+}
+
+impl Connection {
+    async fn run(mut self, stream: tokio::net::TcpStream, mut stop: watch::Receiver<bool>) {
+        let (rd, mut wr) = stream.into_split();
+        let max = self.shared.settings.max_request_bytes + (1 << 20);
+        let (tx, mut rx) = mpsc::channel(MAX_INFLIGHT);
+        let reader = tokio::spawn(read_frames(rd, max, tx));
+        let mut pending: FuturesOrdered<Reply> = FuturesOrdered::new();
+        let mut closing: Option<String> = None;
+        loop {
+            if closing.is_some() && pending.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                done = pending.next(), if !pending.is_empty() => match done {
+                    Some(Ok(Some(bytes))) => {
+                        if let Err(e) = wr.write_all(&bytes).await {
+                            closing.get_or_insert(format!("write failed: {e}"));
+                            break;
+                        }
+                    }
+                    Some(Ok(None)) | None => {}
+                    Some(Err(e)) => {
+                        closing.get_or_insert(e.to_string());
+                        break;
+                    }
+                },
+                frame = rx.recv(), if closing.is_none() && pending.len() < MAX_INFLIGHT => match frame {
+                    Some(Ok(frame)) => match self.dispatch(frame).await {
+                        Ok(reply) => pending.push_back(reply),
+                        Err(e) => closing = Some(e.to_string()),
+                    },
+                    Some(Err(e)) => closing = Some(e.to_string()),
+                    None => closing = Some(String::new()),
+                },
+                _ = stop.changed() => {
+                    closing = Some("the agent is stopping".into());
+                    break;
+                }
+            }
+        }
+        reader.abort();
+        match closing.as_deref() {
+            None | Some("") => {}
+            Some(why) => {
+                tracing::info!(peer = %self.peer, client_id = %self.client_id, "closing the Kafka connection: {why}")
+            }
+        }
+    }
+
+    /// Decodes one request, runs the part of it whose order matters, and returns the rest.
+    async fn dispatch(&mut self, mut frame: Bytes) -> Result<Reply, KafkaError> {
+        if frame.len() < 8 {
+            return Err(protocol(format!(
+                "a {}-byte request is shorter than a request header",
+                frame.len()
+            )));
+        }
+        let key = i16::from_be_bytes([frame[0], frame[1]]);
+        let version = i16::from_be_bytes([frame[2], frame[3]]);
+        let correlation = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+        let api = ApiKey::try_from(key).map_err(|()| protocol(format!("unknown API key {key}")))?;
+        let Some((min, max)) = supported(api) else {
+            return Err(protocol(format!(
+                "{api:?} (key {key}) is not served by this agent"
+            )));
+        };
+        if version < min || version > max {
+            if api == ApiKey::ApiVersions {
+                // Answered in v0 so any client can read it, and learn what is served.
+                let body = meta::api_versions(ResponseError::UnsupportedVersion.code());
+                return Ok(ready(encode(api, 0, correlation, &body)));
+            }
+            return Err(protocol(format!(
+                "{api:?} v{version} is not served (this agent serves v{min} to v{max})"
+            )));
+        }
+        let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
+            .map_err(|e| protocol(format!("malformed {api:?} v{version} request header: {e}")))?;
+        if let Some(id) = &header.client_id
+            && id.as_str() != self.client_id
+        {
+            self.client_id = id.as_str().to_string();
+        }
+        match api {
+            ApiKey::ApiVersions => {
+                let _req: kafka_protocol::messages::ApiVersionsRequest =
+                    body(api, version, &mut frame)?;
+                Ok(ready(encode(
+                    api,
+                    version,
+                    correlation,
+                    &meta::api_versions(0),
+                )))
+            }
+            ApiKey::Metadata => {
+                let req = body(api, version, &mut frame)?;
+                let s = self.shared.clone();
+                let zone = client_zone(&self.client_id);
+                let principal = self.principal.clone();
+                Ok(Box::pin(async move {
+                    let resp =
+                        meta::metadata(&s, principal.as_deref(), req, version, zone.as_deref())
+                            .await;
+                    encode(api, version, correlation, &resp).map(Some)
+                }))
+            }
+            ApiKey::InitProducerId => {
+                let req = body(api, version, &mut frame)?;
+                let s = self.shared.clone();
+                Ok(Box::pin(async move {
+                    let resp = meta::init_producer_id(&s, req).await;
+                    encode(api, version, correlation, &resp).map(Some)
+                }))
+            }
+            ApiKey::ListOffsets => {
+                let req = body(api, version, &mut frame)?;
+                let s = self.shared.clone();
+                let principal = self.principal.clone();
+                Ok(Box::pin(async move {
+                    let resp = data::list_offsets(&s, principal.as_deref(), req).await;
+                    encode(api, version, correlation, &resp).map(Some)
+                }))
+            }
+            ApiKey::Produce => {
+                let req = body(api, version, &mut frame)?;
+                data::produce(self, req, version, correlation).await
+            }
+            ApiKey::Fetch => {
+                let req = body(api, version, &mut frame)?;
+                let s = self.shared.clone();
+                let principal = self.principal.clone();
+                Ok(Box::pin(async move {
+                    let resp = data::fetch(&s, principal.as_deref(), req, version).await;
+                    encode(api, version, correlation, &resp).map(Some)
+                }))
+            }
+            ApiKey::FindCoordinator => {
+                let req = body(api, version, &mut frame)?;
+                let resp = groups::find_coordinator(&self.shared, req, version);
+                Ok(ready(encode(api, version, correlation, &resp)))
+            }
+            ApiKey::JoinGroup => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    groups::join_group(&s, p.as_deref(), req, version).await
+                }))
+            }
+            ApiKey::SyncGroup => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    groups::sync_group(&s, p.as_deref(), req, version).await
+                }))
+            }
+            ApiKey::Heartbeat => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    groups::heartbeat(&s, p.as_deref(), req).await
+                }))
+            }
+            ApiKey::LeaveGroup => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    groups::leave_group(&s, p.as_deref(), req, version).await
+                }))
+            }
+            ApiKey::OffsetCommit => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    groups::offset_commit(&s, p.as_deref(), req).await
+                }))
+            }
+            ApiKey::OffsetFetch => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    groups::offset_fetch(&s, p.as_deref(), req, version).await
+                }))
+            }
+            ApiKey::DescribeGroups => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    groups::describe_groups(&s, p.as_deref(), req).await
+                }))
+            }
+            ApiKey::ListGroups => {
+                let _req: kafka_protocol::messages::ListGroupsRequest =
+                    body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    groups::list_groups(&s, p.as_deref()).await
+                }))
+            }
+            ApiKey::OffsetForLeaderEpoch => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    groups::offset_for_leader_epoch(&s, p.as_deref(), req).await
+                }))
+            }
+            other => Err(protocol(format!("{other:?} is not served by this agent"))),
+        }
+    }
+}
+
+/// The reply of a handler that runs after the request is read: its response, encoded.
+fn later<T: Encodable + Send + 'static>(
+    api: ApiKey,
+    version: i16,
+    correlation: i32,
+    handler: impl std::future::Future<Output = T> + Send + 'static,
+) -> Reply {
+    Box::pin(async move { encode(api, version, correlation, &handler.await).map(Some) })
+}
+
+/// Decodes a request body of `version`, refusing bytes left after it.
+fn body<T: Decodable>(api: ApiKey, version: i16, frame: &mut Bytes) -> Result<T, KafkaError> {
+    let req = T::decode(frame, version)
+        .map_err(|e| protocol(format!("malformed {api:?} v{version} request: {e}")))?;
+    if frame.has_remaining() {
+        return Err(protocol(format!(
+            "{} bytes follow the {api:?} v{version} request",
+            frame.remaining()
+        )));
+    }
+    Ok(req)
+}
+
+/// A response: its size, header and body.
+pub(crate) fn encode<T: Encodable>(
+    api: ApiKey,
+    version: i16,
+    correlation: i32,
+    body: &T,
+) -> Result<Bytes, KafkaError> {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_i32(0);
+    let header = ResponseHeader::default().with_correlation_id(correlation);
+    header
+        .encode(&mut buf, api.response_header_version(version))
+        .and_then(|()| body.encode(&mut buf, version))
+        .map_err(|e| {
+            // A field this version lacks was set: a bug here, not the peer's.
+            tracing::error!(error = %e, "cannot encode a {api:?} v{version} response");
+            protocol(format!(
+                "cannot encode the {api:?} v{version} response: {e}"
+            ))
+        })?;
+    let len = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&len.to_be_bytes());
+    Ok(buf.freeze())
+}
+
+/// Reads size-prefixed frames until the peer closes, a frame is malformed, or `tx` closes.
+async fn read_frames(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    max: usize,
+    tx: mpsc::Sender<Result<Bytes, KafkaError>>,
+) {
+    loop {
+        let mut size = [0u8; 4];
+        match rd.read_exact(&mut size).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        }
+        let size = i32::from_be_bytes(size);
+        let Some(len) = usize::try_from(size).ok().filter(|n| *n <= max) else {
+            let _ = tx
+                .send(Err(protocol(format!(
+                    "a request of {size} bytes is over this agent's {max}-byte limit \
+                     (max_request_bytes), or negative"
+                ))))
+                .await;
+            return;
+        };
+        let mut frame = BytesMut::zeroed(len);
+        if let Err(e) = rd.read_exact(&mut frame).await {
+            let why = if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                protocol(format!("the connection closed inside a {len}-byte request"))
+            } else {
+                e.into()
+            };
+            let _ = tx.send(Err(why)).await;
+            return;
+        }
+        if tx.send(Ok(frame.freeze())).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The zone a client names in its client id (`cairn_az=<zone>`, as WarpStream's
+/// `warpstream_az`), if any.
+pub(crate) fn client_zone(client_id: &str) -> Option<String> {
+    client_id
+        .split([',', ';', ' '])
+        .find_map(|part| part.trim().strip_prefix("cairn_az="))
+        .filter(|z| !z.is_empty())
+        .map(str::to_string)
+}
+
+/// The Kafka error code of an agent error.
+pub(crate) fn error_code(e: &AgentError) -> i16 {
+    kind_code(e.kind())
+}
+
+/// The Kafka error code of an error of this kind.
+pub(crate) fn kind_code(kind: cairn_metadata::ErrorKind) -> i16 {
+    use cairn_metadata::ErrorKind as K;
+    let code = match kind {
+        K::NotFound => ResponseError::UnknownTopicOrPartition,
+        K::OutOfRange => ResponseError::OffsetOutOfRange,
+        K::TooLarge => ResponseError::MessageTooLarge,
+        K::Invalid | K::Conflict | K::AlreadyExists => ResponseError::InvalidRequest,
+        // Retriable: the client refreshes its metadata and tries again.
+        K::Unavailable => ResponseError::KafkaStorageError,
+        K::Data | K::Internal => ResponseError::UnknownServerError,
+    };
+    code.code()
+}
+
+/// The Kafka node id of an agent: a stable hash of its id.
+pub(crate) fn node_id(agent_id: &str) -> i32 {
+    (cairn_proto::murmur2(agent_id.as_bytes()) & 0x7fff_ffff) as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zones_come_from_the_client_id() {
+        assert_eq!(client_zone("app,cairn_az=eu-1a"), Some("eu-1a".into()));
+        assert_eq!(client_zone("cairn_az=b"), Some("b".into()));
+        assert_eq!(client_zone("rdkafka"), None);
+        assert_eq!(client_zone("cairn_az="), None);
+    }
+
+    #[test]
+    fn every_served_version_is_one_the_codec_knows() {
+        for &(api, min, max) in SUPPORTED {
+            let known = api.valid_versions();
+            assert!(min >= known.min && max <= known.max, "{api:?}");
+        }
+    }
+}

@@ -1,0 +1,162 @@
+"""Unmodified Kafka clients against a Cairn agent's Kafka listener (tests/tests/kafka.rs).
+
+Each mode prints one JSON document on stdout; the Rust test checks it against what it
+produced or read through gRPC.
+
+  produce BOOTSTRAP TOPIC COUNT CODEC PREFIX   confluent-kafka (librdkafka), idempotent
+  consume BOOTSTRAP TOPIC PARTITIONS COUNT     confluent-kafka, assign() from the beginning
+  offsets BOOTSTRAP TOPIC PARTITION TS_MS      watermarks and offsets_for_times
+  kafka-python BOOTSTRAP TOPIC COUNT           kafka-python: produce COUNT, read them back
+  member BOOTSTRAP TOPIC GROUP NAME STOP_FILE   confluent-kafka group member until STOP_FILE
+                                               exists: one JSON line per record and commit
+"""
+
+import json
+import sys
+import time
+
+
+def produce(bootstrap, topic, count, codec, prefix):
+    from confluent_kafka import Producer
+
+    p = Producer({
+        "bootstrap.servers": bootstrap,
+        "enable.idempotence": True,
+        "compression.type": codec,
+        "linger.ms": 20,
+        "client.id": "cairn-test",
+    })
+    delivered = []
+    errors = []
+
+    def on_delivery(err, msg):
+        if err is not None:
+            errors.append(str(err))
+        else:
+            delivered.append([msg.partition(), msg.offset(), msg.key().decode()])
+
+    for i in range(count):
+        key = f"{prefix}-{i}"
+        while True:
+            try:
+                p.produce(topic, key=key, value=f"value of {key}".encode(),
+                          headers=[("seq", str(i).encode()), ("codec", codec.encode())],
+                          on_delivery=on_delivery)
+                break
+            except BufferError:
+                p.poll(0.05)
+        p.poll(0)
+    left = p.flush(60)
+    print(json.dumps({"delivered": delivered, "errors": errors, "unflushed": left}))
+
+
+def consume(bootstrap, topic, partitions, count):
+    from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+
+    c = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": "unused-assign-only",
+        "enable.auto.commit": False,
+        "client.id": "cairn-test",
+    })
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    records = []
+    deadline = time.time() + 120
+    while len(records) < count and time.time() < deadline:
+        msg = c.poll(1.0)
+        if msg is None:
+            continue
+        if msg.error():
+            print(json.dumps({"error": str(msg.error())}))
+            sys.exit(1)
+        records.append([
+            msg.partition(), msg.offset(),
+            msg.key().decode() if msg.key() is not None else None,
+            msg.value().decode(),
+            [[k, v.decode()] for k, v in (msg.headers() or [])],
+            msg.timestamp()[1],
+        ])
+    c.close()
+    print(json.dumps({"records": records}))
+
+
+def offsets(bootstrap, topic, partition, ts_ms):
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused"})
+    low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+    found = c.offsets_for_times([TopicPartition(topic, partition, ts_ms)], timeout=30)
+    c.close()
+    print(json.dumps({"low": low, "high": high, "for_time": found[0].offset}))
+
+
+def kafka_python(bootstrap, topic, count):
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
+    futures = [p.send(topic, key=f"kp-{i}".encode(), value=f"kafka-python {i}".encode())
+               for i in range(count)]
+    sent = [[f.get(timeout=60).partition, f.get(timeout=60).offset] for f in futures]
+    p.close()
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                      consumer_timeout_ms=15000)
+    parts = sorted({s[0] for s in sent})
+    c.assign([TopicPartition(topic, q) for q in parts])
+    for q in parts:
+        c.seek_to_beginning(TopicPartition(topic, q))
+    got = []
+    for msg in c:
+        got.append([msg.partition, msg.offset, msg.key.decode(), msg.value.decode()])
+        if len(got) >= count:
+            break
+    c.close()
+    print(json.dumps({"sent": sent, "got": got}))
+
+
+def member(bootstrap, topic, group, name, stop_file):
+    import os
+    from confluent_kafka import Consumer, KafkaException
+
+    c = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "client.id": name,
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": 6000,
+        "heartbeat.interval.ms": 500,
+        "partition.assignment.strategy": "range",
+    })
+    c.subscribe([topic])
+    while not os.path.exists(stop_file):
+        msgs = c.consume(500, 0.5)
+        for m in msgs:
+            if m.error():
+                print(json.dumps({"error": str(m.error())}), flush=True)
+                continue
+            print(json.dumps({"p": m.partition(), "o": m.offset(), "k": m.key().decode()}),
+                  flush=True)
+        if msgs:
+            try:
+                done = c.commit(asynchronous=False)
+                print(json.dumps({"commit": [[t.partition, t.offset] for t in done]}), flush=True)
+            except KafkaException as e:
+                print(json.dumps({"commit_error": str(e)}), flush=True)
+    c.close()
+    print(json.dumps({"closed": name}), flush=True)
+
+
+if __name__ == "__main__":
+    mode, args = sys.argv[1], sys.argv[2:]
+    if mode == "produce":
+        produce(args[0], args[1], int(args[2]), args[3], args[4])
+    elif mode == "consume":
+        consume(args[0], args[1], int(args[2]), int(args[3]))
+    elif mode == "offsets":
+        offsets(args[0], args[1], int(args[2]), int(args[3]))
+    elif mode == "member":
+        member(args[0], args[1], args[2], args[3], args[4])
+    elif mode == "kafka-python":
+        kafka_python(args[0], args[1], int(args[2]))
+    else:
+        sys.exit(f"unknown mode {mode}")
