@@ -7,6 +7,8 @@ produced or read through gRPC.
   consume BOOTSTRAP TOPIC PARTITIONS COUNT     confluent-kafka, assign() from the beginning
   offsets BOOTSTRAP TOPIC PARTITION TS_MS      watermarks and offsets_for_times
   kafka-python BOOTSTRAP TOPIC COUNT           kafka-python: produce COUNT, read them back
+  admin BOOTSTRAP STEP                          confluent-kafka AdminClient: STEP is create,
+                                               grow, trim or delete (topic `adm`)
   member BOOTSTRAP TOPIC GROUP NAME STOP_FILE   confluent-kafka group member until STOP_FILE
                                                exists: one JSON line per record and commit
 """
@@ -113,6 +115,47 @@ def kafka_python(bootstrap, topic, count):
     print(json.dumps({"sent": sent, "got": got}))
 
 
+def admin(bootstrap, step):
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
+
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    out = {}
+
+    def outcome(futures):
+        res = {}
+        for k, f in futures.items():
+            try:
+                f.result(timeout=30)
+                res[str(k)] = "ok"
+            except Exception as e:  # the error is the result
+                res[str(k)] = str(e)
+        return res
+
+    if step == "create":
+        out["create"] = outcome(a.create_topics([
+            NewTopic("adm", 3, config={"retention.ms": "3600000", "compression.type": "lz4"}),
+            NewTopic("adm-bad", 1, config={"cleanup.policy": "compact"}),
+        ]))
+        out["again"] = outcome(a.create_topics([NewTopic("adm", 3)]))
+        res = ConfigResource(ConfigResource.Type.TOPIC, "adm")
+        configs = a.describe_configs([res])[res].result(timeout=30)
+        out["configs"] = {k: v.value for k, v in configs.items()}
+        cluster = a.describe_cluster().result(timeout=30) if hasattr(a, "describe_cluster") else None
+        out["brokers"] = len(cluster.nodes) if cluster else None
+    elif step == "grow":
+        out["grow"] = outcome(a.create_partitions([NewPartitions("adm", 5)]))
+        out["shrink"] = outcome(a.create_partitions([NewPartitions("adm", 2)]))
+        md = a.list_topics("adm", timeout=30)
+        out["partitions"] = len(md.topics["adm"].partitions)
+    elif step == "trim":
+        done = a.delete_records([TopicPartition("adm", 0, 2)])
+        out["trim"] = {str(k): f.result(timeout=30).low_watermark for k, f in done.items()}
+    elif step == "delete":
+        out["delete"] = outcome(a.delete_topics(["adm", "never-made"]))
+    print(json.dumps(out))
+
+
 def member(bootstrap, topic, group, name, stop_file):
     import os
     from confluent_kafka import Consumer, KafkaException
@@ -154,6 +197,8 @@ if __name__ == "__main__":
         consume(args[0], args[1], int(args[2]), int(args[3]))
     elif mode == "offsets":
         offsets(args[0], args[1], int(args[2]), int(args[3]))
+    elif mode == "admin":
+        admin(args[0], args[1])
     elif mode == "member":
         member(args[0], args[1], args[2], args[3], args[4])
     elif mode == "kafka-python":

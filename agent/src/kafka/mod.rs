@@ -12,6 +12,7 @@
 //! The APIs and versions served are in [`SUPPORTED`] (and docs/ARCHITECTURE.md, "The Kafka
 //! protocol").
 
+mod admin;
 mod data;
 mod groups;
 mod meta;
@@ -54,6 +55,12 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ListGroups, 0, 3),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeCluster, 0, 1),
 ];
 
 /// The version range served for `api`, if it is served.
@@ -331,6 +338,48 @@ impl Connection {
                 let (s, p) = (self.shared.clone(), self.principal.clone());
                 Ok(later(api, version, correlation, async move {
                     groups::offset_for_leader_epoch(&s, p.as_deref(), req).await
+                }))
+            }
+            ApiKey::CreateTopics => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    admin::create_topics(&s, p.as_deref(), req, version).await
+                }))
+            }
+            ApiKey::DeleteTopics => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    admin::delete_topics(&s, p.as_deref(), req, version).await
+                }))
+            }
+            ApiKey::CreatePartitions => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    admin::create_partitions(&s, p.as_deref(), req).await
+                }))
+            }
+            ApiKey::DeleteRecords => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    admin::delete_records(&s, p.as_deref(), req).await
+                }))
+            }
+            ApiKey::DescribeConfigs => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    admin::describe_configs(&s, p.as_deref(), req, version).await
+                }))
+            }
+            ApiKey::DescribeCluster => {
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    admin::describe_cluster(&s, p.as_deref(), req, version).await
                 }))
             }
             other => Err(protocol(format!("{other:?} is not served by this agent"))),
