@@ -342,8 +342,26 @@ impl Authenticator {
         }
     }
 
+    /// Whether calls without a credential are refused.
+    pub(crate) fn required(&self) -> bool {
+        self.settings.required
+    }
+
+    /// The principal of a token presented outside gRPC (the Kafka listener's SASL PLAIN),
+    /// reading the token table again once when the token is unknown here (issued on
+    /// another agent a moment ago); or why it is refused.
+    pub(crate) async fn principal_of_token(&self, token: &str) -> Result<String, &'static str> {
+        match self.check_token(token) {
+            Err(UNKNOWN_TOKEN) => {
+                self.refresh_for_unknown(std::time::Instant::now()).await;
+                self.check_token(token)
+            }
+            r => r,
+        }
+    }
+
     /// The principal of `token`, or why it is refused.
-    fn check_token(&self, token: &str) -> Result<String, &'static str> {
+    pub(crate) fn check_token(&self, token: &str) -> Result<String, &'static str> {
         let presented = parse_token(token).ok_or("the token is malformed")?;
         let tokens = self
             .tokens

@@ -509,11 +509,6 @@ impl Agent {
                 }
             }));
         }
-        let (kafka_stop, kafka_stopped) = tokio::sync::watch::channel(false);
-        let kafka = self
-            .kafka
-            .take()
-            .map(|l| tokio::spawn(kafka::serve(self.shared.clone(), l, kafka_stopped)));
         let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
         // Loaded before the endpoint starts: files that fail now stop the start.
         let http_tls = match &self.tls {
@@ -576,6 +571,15 @@ impl Agent {
         if let Err(e) = authenticator.refresh_quotas().await {
             tracing::warn!(error = %e, "cannot read the quotas yet; retrying every 2s");
         }
+        let (kafka_stop, kafka_stopped) = tokio::sync::watch::channel(false);
+        let kafka = self.kafka.take().map(|l| {
+            tokio::spawn(kafka::serve(
+                self.shared.clone(),
+                authenticator.clone(),
+                l,
+                kafka_stopped,
+            ))
+        });
         let token_follower = tokio::spawn(authenticator.clone().follow_tokens());
         let expiry = tokio::spawn(expire_producers(
             self.shared.metadata.clone(),

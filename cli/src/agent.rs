@@ -354,6 +354,15 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
              pass --insecure if every host of this network is trusted"
         );
     }
+    if let Some(k) = kafka_listen
+        && !k.ip().is_loopback()
+        && auth.required
+    {
+        tracing::warn!(
+            "serving Kafka clients on {k} without TLS: their SASL tokens and records cross \
+             the network in plain text"
+        );
+    }
     let probe_name = args.agent_id.clone().or(file.agent_id.clone());
     let cluster = cairn_agent::ClusterSettings {
         agent_id: args.agent_id.or(file.agent_id),

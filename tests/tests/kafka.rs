@@ -778,3 +778,166 @@ async fn librdkafka_admin_manages_topics() -> anyhow::Result<()> {
     assert!(admin.describe_topic("adm").await.is_err());
     Ok(())
 }
+
+/// SASL PLAIN with Cairn tokens as passwords: kcat authenticates as the token's principal,
+/// whose ACLs decide each topic; a bad token and a missing credential are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_plain_maps_tokens_to_principals_and_acls() -> anyhow::Result<()> {
+    let dir = temp_dir()?;
+    let args = file_agent_args(dir.path());
+    let metadata = args[3].clone();
+    let token = |principal: &str| -> anyhow::Result<String> {
+        Ok(run_ok(Command::new(cairn_tests::cairn_bin()?).args([
+            "token",
+            "create",
+            "--principal",
+            principal,
+            "--metadata",
+            &metadata,
+        ]))?
+        .trim()
+        .to_string())
+    };
+    let admin = token("admin")?;
+    let alice = token("alice")?;
+    let mut agent_args: Vec<&str> = args.iter().map(String::as_str).collect();
+    agent_args.extend(["--require-auth", "--super-user", "admin"]);
+    let agent = AgentProcess::start(&agent_args, &[])?;
+    let kafka = agent.kafka.clone().unwrap();
+    let cairn = |args: &[&str]| {
+        run_ok(
+            Command::new(cairn_tests::cairn_bin()?)
+                .args(args)
+                .args(["--endpoint", &agent.endpoint])
+                .env("CAIRN_TOKEN", &admin),
+        )
+    };
+    cairn(&["topic", "create", "ok-1", "--partitions", "1"])?;
+    cairn(&["topic", "create", "secret", "--partitions", "1"])?;
+    for op in ["write", "read", "describe"] {
+        cairn(&[
+            "acl",
+            "add",
+            "--principal",
+            "alice",
+            "--operation",
+            op,
+            "--topic",
+            "ok-",
+            "--prefix",
+        ])?;
+    }
+    let kcat = |password: &str, topic: &str, produce: Option<&str>| {
+        // Bounded: a client refused authentication would otherwise retry for minutes.
+        let mut cmd = Command::new("timeout");
+        cmd.args(["30", "kcat", "-b", &kafka, "-t", topic])
+            .args(["-X", "message.timeout.ms=10000"])
+            .args([
+                "-X",
+                "security.protocol=SASL_PLAINTEXT",
+                "-X",
+                "sasl.mechanisms=PLAIN",
+            ])
+            .args(["-X", "sasl.username=alice", "-X"])
+            .arg(format!("sasl.password={password}"));
+        match produce {
+            Some(_) => cmd.args(["-P"]),
+            None => cmd.args(["-C", "-o", "beginning", "-e", "-f", "%s\n"]),
+        };
+        cmd.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(lines) = produce {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(lines.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The agent applies new ACLs within seconds; `describe` was added last.
+    let list = |topic: &str| {
+        run_ok(
+            Command::new("timeout")
+                .args(["30", "kcat", "-b", &kafka, "-L", "-t", topic])
+                .args([
+                    "-X",
+                    "security.protocol=SASL_PLAINTEXT",
+                    "-X",
+                    "sasl.mechanisms=PLAIN",
+                    "-X",
+                    "sasl.username=alice",
+                    "-X",
+                    &format!("sasl.password={alice}"),
+                ]),
+        )
+        .unwrap_or_default()
+    };
+    cairn_tests::eventually("alice's ACLs apply", || {
+        let listing = list("ok-1");
+        async move { listing.contains("topic \"ok-1\" with 1 partitions") }
+    })
+    .await;
+    assert!(
+        list("secret").contains("authorization failed"),
+        "{}",
+        list("secret")
+    );
+    let (ok, _, err) = kcat(&alice, "ok-1", Some("one\ntwo\n"));
+    assert!(ok, "alice's produce to ok-1 failed: {err}");
+    let (ok, out, err) = kcat(&alice, "ok-1", None);
+    assert!(ok, "{err}");
+    assert_eq!(out, "one\ntwo\n");
+    // No ACL lets alice write `secret`.
+    let (ok, _, err) = kcat(&alice, "secret", Some("x\n"));
+    assert!(!ok || err.to_lowercase().contains("authoriz"), "{err}");
+    assert!(err.to_lowercase().contains("authoriz"), "{err}");
+    // A wrong token fails authentication.
+    let wrong = format!("{}AAAA", &alice[..alice.len() - 4]);
+    let (ok, _, err) = kcat(&wrong, "ok-1", Some("y\n"));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("unknown or revoked") || err.to_lowercase().contains("authentication"),
+        "{err}"
+    );
+    // Without SASL the agent closes the connection.
+    let anon = Command::new("timeout")
+        .args([
+            "10",
+            "kcat",
+            "-b",
+            &kafka,
+            "-t",
+            "ok-1",
+            "-C",
+            "-o",
+            "beginning",
+            "-e",
+        ])
+        .output()?;
+    assert!(!anon.status.success() || anon.stdout.is_empty());
+    // Only alice's two records are stored.
+    let mut consumer = Command::new(cairn_tests::cairn_bin()?);
+    let got = run_ok(
+        consumer
+            .args([
+                "consume",
+                "ok-1",
+                "--from-beginning",
+                "--endpoint",
+                &agent.endpoint,
+            ])
+            .env("CAIRN_TOKEN", &admin),
+    )?;
+    assert_eq!(got, "one\ntwo\n");
+    Ok(())
+}

@@ -32,7 +32,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::AgentError;
+use crate::auth::Authenticator;
 use crate::service::Shared;
+use kafka_protocol::protocol::StrBytes;
 
 /// Requests read ahead of their responses on one connection.
 const MAX_INFLIGHT: usize = 32;
@@ -61,6 +63,8 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::SaslHandshake, 0, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The version range served for `api`, if it is served.
@@ -96,6 +100,7 @@ fn ready(bytes: Result<Bytes, KafkaError>) -> Reply {
 /// Serves Kafka clients on `listener` until `stop` turns true.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
+    auth: Authenticator,
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -106,9 +111,14 @@ pub(crate) async fn serve(
                     let _ = stream.set_nodelay(true);
                     let conn = Connection {
                         shared: shared.clone(),
+                        auth: auth.clone(),
                         peer,
                         client_id: String::new(),
                         principal: None,
+                        token: None,
+                        mechanism: None,
+                        close_after: None,
+                        raw_sasl: false,
                     };
                     tokio::spawn(conn.run(stream, stop.clone()));
                 }
@@ -129,9 +139,19 @@ pub(crate) struct Connection {
     pub(crate) peer: SocketAddr,
     /// The client id of the last request (librdkafka and Java clients send one per request).
     pub(crate) client_id: String,
-    /// Who the connection authenticated as; `None` until SASL lands, so ACLs (when the
-    /// agent enforces them) refuse its calls.
+    /// Checks SASL credentials (Cairn tokens).
+    pub(crate) auth: Authenticator,
+    /// Who the connection authenticated as (SASL PLAIN); `None` for an anonymous one.
     pub(crate) principal: Option<String>,
+    /// The token it authenticated with, checked again at each request: a revoked or
+    /// expired token ends the connection.
+    token: Option<String>,
+    /// The SASL mechanism a SaslHandshake chose.
+    mechanism: Option<String>,
+    /// Set when the connection must close once the responses owed so far are written.
+    close_after: Option<String>,
+    /// A v0 SaslHandshake was answered: the next frame is a bare SASL message.
+    raw_sasl: bool,
 }
 
 impl Connection {
@@ -163,7 +183,10 @@ impl Connection {
                 },
                 frame = rx.recv(), if closing.is_none() && pending.len() < MAX_INFLIGHT => match frame {
                     Some(Ok(frame)) => match self.dispatch(frame).await {
-                        Ok(reply) => pending.push_back(reply),
+                        Ok(reply) => {
+                            pending.push_back(reply);
+                            closing = self.close_after.take();
+                        }
                         Err(e) => closing = Some(e.to_string()),
                     },
                     Some(Err(e)) => closing = Some(e.to_string()),
@@ -186,6 +209,18 @@ impl Connection {
 
     /// Decodes one request, runs the part of it whose order matters, and returns the rest.
     async fn dispatch(&mut self, mut frame: Bytes) -> Result<Reply, KafkaError> {
+        if std::mem::take(&mut self.raw_sasl) {
+            // After a v0 SaslHandshake the next frame is the bare PLAIN message, answered
+            // with an empty frame on success (Kafka before SaslAuthenticate).
+            let resp = self.sasl_authenticate(&frame).await;
+            if resp.error_code != 0 {
+                return Err(protocol(
+                    resp.error_message
+                        .map_or_else(String::new, |m| m.as_str().to_string()),
+                ));
+            }
+            return Ok(ready(Ok(Bytes::from_static(&[0, 0, 0, 0]))));
+        }
         if frame.len() < 8 {
             return Err(protocol(format!(
                 "a {}-byte request is shorter than a request header",
@@ -210,6 +245,12 @@ impl Connection {
             return Err(protocol(format!(
                 "{api:?} v{version} is not served (this agent serves v{min} to v{max})"
             )));
+        }
+        if !matches!(
+            api,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        ) {
+            self.authenticated(api)?;
         }
         let header = RequestHeader::decode(&mut frame, api.request_header_version(version))
             .map_err(|e| protocol(format!("malformed {api:?} v{version} request header: {e}")))?;
@@ -270,6 +311,19 @@ impl Connection {
                     let resp = data::fetch(&s, principal.as_deref(), req, version).await;
                     encode(api, version, correlation, &resp).map(Some)
                 }))
+            }
+            ApiKey::SaslHandshake => {
+                let req: kafka_protocol::messages::SaslHandshakeRequest =
+                    body(api, version, &mut frame)?;
+                let resp = self.sasl_handshake(req.mechanism.as_str());
+                self.raw_sasl = version == 0 && resp.error_code == 0;
+                Ok(ready(encode(api, version, correlation, &resp)))
+            }
+            ApiKey::SaslAuthenticate => {
+                let req: kafka_protocol::messages::SaslAuthenticateRequest =
+                    body(api, version, &mut frame)?;
+                let resp = self.sasl_authenticate(&req.auth_bytes).await;
+                Ok(ready(encode(api, version, correlation, &resp)))
             }
             ApiKey::FindCoordinator => {
                 let req = body(api, version, &mut frame)?;
@@ -383,6 +437,107 @@ impl Connection {
                 }))
             }
             other => Err(protocol(format!("{other:?} is not served by this agent"))),
+        }
+    }
+}
+
+impl Connection {
+    /// Refuses a request (closing the connection) when the agent requires authentication
+    /// and the connection has none, or its token was revoked or expired since.
+    fn authenticated(&self, api: ApiKey) -> Result<(), KafkaError> {
+        match &self.token {
+            Some(t) => self.auth.check_token(t).map(|_| ()).map_err(|why| {
+                protocol(format!(
+                    "{why}: the connection's credential no longer holds"
+                ))
+            }),
+            None if self.auth.required() => Err(protocol(format!(
+                "{api:?} before authenticating: this agent requires SASL PLAIN with a Cairn \
+                 token as the password (cairn token create)"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// SaslHandshake: PLAIN is the mechanism served.
+    fn sasl_handshake(
+        &mut self,
+        mechanism: &str,
+    ) -> kafka_protocol::messages::SaslHandshakeResponse {
+        let resp = kafka_protocol::messages::SaslHandshakeResponse::default()
+            .with_mechanisms(vec![StrBytes::from_static_str("PLAIN")]);
+        if mechanism != "PLAIN" {
+            return resp.with_error_code(ResponseError::UnsupportedSaslMechanism.code());
+        }
+        self.mechanism = Some(mechanism.to_string());
+        resp
+    }
+
+    /// SaslAuthenticate with PLAIN: the password is a Cairn token, whose principal the
+    /// connection takes (the user name, when given, must be that principal). A failure is
+    /// answered, audited and closes the connection.
+    async fn sasl_authenticate(
+        &mut self,
+        bytes: &Bytes,
+    ) -> kafka_protocol::messages::SaslAuthenticateResponse {
+        use kafka_protocol::messages::SaslAuthenticateResponse;
+        let fail = |this: &mut Self, code: ResponseError, why: String| {
+            tracing::warn!(
+                target: crate::auth::AUDIT,
+                principal = "",
+                operation = "kafka:SaslAuthenticate",
+                peer = %this.peer,
+                reason = %why,
+                "refused: not authenticated"
+            );
+            this.close_after = Some(format!("SASL authentication failed: {why}"));
+            SaslAuthenticateResponse::default()
+                .with_error_code(code.code())
+                .with_error_message(Some(StrBytes::from_string(why)))
+        };
+        if self.mechanism.as_deref() != Some("PLAIN") || self.principal.is_some() {
+            return fail(
+                self,
+                ResponseError::IllegalSaslState,
+                "SaslAuthenticate comes once, after a SaslHandshake choosing PLAIN".into(),
+            );
+        }
+        // authzid NUL user NUL password (RFC 4616).
+        let mut parts = bytes.split(|b| *b == 0);
+        let (Some(_authzid), Some(user), Some(password), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return fail(
+                self,
+                ResponseError::SaslAuthenticationFailed,
+                "a PLAIN message is authzid, user name and password separated by NUL bytes".into(),
+            );
+        };
+        let (Ok(user), Ok(token)) = (std::str::from_utf8(user), std::str::from_utf8(password))
+        else {
+            return fail(
+                self,
+                ResponseError::SaslAuthenticationFailed,
+                "the user name and password must be UTF-8".into(),
+            );
+        };
+        match self.auth.principal_of_token(token.trim()).await {
+            Ok(p) if user.is_empty() || user == p => {
+                tracing::info!(target: crate::auth::AUDIT, principal = %p, peer = %self.peer, "kafka connection authenticated");
+                self.principal = Some(p);
+                self.token = Some(token.trim().to_string());
+                SaslAuthenticateResponse::default()
+            }
+            Ok(p) => fail(
+                self,
+                ResponseError::SaslAuthenticationFailed,
+                format!("the token is principal `{p}`'s, not user `{user}`'s"),
+            ),
+            Err(why) => fail(
+                self,
+                ResponseError::SaslAuthenticationFailed,
+                why.to_string(),
+            ),
         }
     }
 }

@@ -66,6 +66,8 @@ impl Embedded {
                 line.trim()
             );
         };
+        // `http://HOST:PORT`, then `(kafka HOST:PORT)` when it serves Kafka.
+        let endpoint = endpoint.split_whitespace().next().unwrap_or_default();
         Ok(Embedded {
             child,
             endpoint: endpoint.to_string(),

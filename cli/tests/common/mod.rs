@@ -130,6 +130,9 @@ pub(crate) fn start_agent_with_env(dir: &Path, args: &[&str], env: &[(&str, &str
         .trim()
         .strip_prefix("cairn agent listening on ")
         .unwrap_or_else(|| panic!("the agent did not start: `{line}`"))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
         .to_string();
     Agent { child, endpoint }
 }
