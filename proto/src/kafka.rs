@@ -254,9 +254,11 @@ pub fn open_kafka_batch(batch: &[u8], max_uncompressed: u32) -> Result<Vec<Recor
         let key = r.bytes()?.unwrap_or_default();
         let value = r.bytes()?.unwrap_or_default();
         let count = r.varint()?;
+        // Fields may have run past the record's own length (caught below); a header takes
+        // at least two bytes of what is left of it.
         let count = usize::try_from(count)
             .ok()
-            .filter(|c| *c <= end - r.at)
+            .filter(|c| *c <= end.saturating_sub(r.at))
             .ok_or_else(|| bad(format!("record {i} claims {count} headers")))?;
         let mut headers = Vec::with_capacity(count);
         for _ in 0..count {
@@ -268,8 +270,8 @@ pub fn open_kafka_batch(batch: &[u8], max_uncompressed: u32) -> Result<Vec<Recor
         }
         if r.at != end {
             return Err(bad(format!(
-                "record {i} is {len} bytes long, but its fields take {}",
-                len as i64 + (r.at as i64 - end as i64)
+                "record {i} is {len} bytes long, but its fields end {} bytes from there",
+                r.at as i64 - end as i64
             )));
         }
         records.push(Record {
@@ -564,6 +566,21 @@ mod tests {
             ));
         }
         Ok(())
+    }
+
+    /// A record whose fields run past its own declared length (but not past the batch) is
+    /// refused, not a panic: the header count is checked against what is left of it.
+    #[test]
+    fn fields_past_a_records_length_are_refused() {
+        let mut b = encode_kafka_batch(0, &records()).to_vec();
+        // The first record's length varint (one byte here): claim 2 bytes.
+        b[KAFKA_BATCH_HEADER_LEN] = 4;
+        let crc = crc32c::crc32c(&b[CRC_START..]);
+        b[17..21].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            open_kafka_batch(&b, 1 << 20),
+            Err(FrameError::Kafka(_))
+        ));
     }
 
     #[test]
