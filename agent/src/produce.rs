@@ -12,7 +12,7 @@ use cairn_proto::{FrameError, FrameLimits, check_frame};
 use tonic::{Request, Response, Status};
 
 use crate::AgentError;
-use crate::batcher::PendingBatch;
+use crate::batcher::{PendingBatch, Ticket};
 use crate::error::status_with_reason;
 use crate::quota::Kind;
 use crate::sequencer::Stamped;
@@ -82,6 +82,35 @@ impl Shared {
             producer,
             expected_offset: batch.expected_offset,
         })
+    }
+}
+
+impl Shared {
+    /// Hands `pending` to the segment writer (gRPC and Kafka produces alike), pipelined
+    /// batches of one producer in sequence order: a batch whose predecessor has not entered
+    /// yet waits its turn (a while) first.
+    pub(crate) async fn submit_in_order(
+        &self,
+        pending: Vec<PendingBatch>,
+        atomic: bool,
+    ) -> Result<Ticket, AgentError> {
+        let stamped: Vec<Stamped> = pending
+            .iter()
+            .filter_map(|p| {
+                p.producer.map(|stamp| Stamped {
+                    topic_id: p.topic_id,
+                    partition: p.partition,
+                    stamp,
+                    records: p.header.record_count,
+                })
+            })
+            .collect();
+        if self.sequencer.wait_turn(&stamped).await {
+            self.metrics.produce_reordered.inc();
+        }
+        let ticket = self.batcher.submit(pending, atomic).await?;
+        self.sequencer.entered(&stamped);
+        Ok(ticket)
     }
 }
 
@@ -240,23 +269,7 @@ impl v2::producer_service_server::ProducerService for ProducerService {
         let counts: Vec<u32> = pending.iter().map(|p| p.header.record_count).collect();
         let record_bytes = total as u64;
         let waiting = Waiting::new(&s.gauges.produce_waiting);
-        // Pipelined batches of one producer enter the segment writer in sequence order.
-        let stamped: Vec<Stamped> = pending
-            .iter()
-            .filter_map(|p| {
-                p.producer.map(|stamp| Stamped {
-                    topic_id: p.topic_id,
-                    partition: p.partition,
-                    stamp,
-                    records: p.header.record_count,
-                })
-            })
-            .collect();
-        if s.sequencer.wait_turn(&stamped).await {
-            s.metrics.produce_reordered.inc();
-        }
-        let ticket = s.batcher.submit(pending, atomic).await.map_err(status)?;
-        s.sequencer.entered(&stamped);
+        let ticket = s.submit_in_order(pending, atomic).await.map_err(status)?;
         let outcomes = ticket.outcomes().await.map_err(status)?;
         drop(waiting);
         if s.faults.drop_reply() {

@@ -32,7 +32,6 @@ use super::{Connection, KafkaError, Reply, encode, error_code};
 use crate::AgentError;
 use crate::batcher::PendingBatch;
 use crate::quota::Kind;
-use crate::sequencer::Stamped;
 use crate::service::Shared;
 
 /// Largest response a fetch builds, whatever the client asks.
@@ -134,26 +133,10 @@ pub(super) async fn produce(
             }
         }
     }
-    let stamped: Vec<Stamped> = pending
-        .iter()
-        .filter_map(|p| {
-            p.producer.map(|stamp| Stamped {
-                topic_id: p.topic_id,
-                partition: p.partition,
-                stamp,
-                records: p.header.record_count,
-            })
-        })
-        .collect();
     let ticket = if pending.is_empty() {
         None
     } else {
-        if s.sequencer.wait_turn(&stamped).await {
-            s.metrics.produce_reordered.inc();
-        }
-        let submitted = s.batcher.submit(pending, false).await;
-        s.sequencer.entered(&stamped);
-        Some(submitted)
+        Some(s.submit_in_order(pending, false).await)
     };
     Ok(Box::pin(async move {
         let outcomes: Result<Vec<BatchOutcome>, AgentError> = match ticket {
