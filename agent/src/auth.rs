@@ -347,6 +347,17 @@ impl Authenticator {
         self.settings.required
     }
 
+    /// The principal a TLS client's certificate chain names (its first certificate, by
+    /// the configured name), if any: the Kafka listener's mTLS clients.
+    pub(crate) fn principal_of_certificates(
+        &self,
+        certs: &[tokio_rustls::rustls::pki_types::CertificateDer<'_>],
+    ) -> Option<String> {
+        certs
+            .first()
+            .and_then(|c| principal_of_certificate(c.as_ref(), self.settings.cert_name))
+    }
+
     /// The principal of a token presented outside gRPC (the Kafka listener's SASL PLAIN),
     /// reading the token table again once when the token is unknown here (issued on
     /// another agent a moment ago); or why it is refused.

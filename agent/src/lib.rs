@@ -572,11 +572,20 @@ impl Agent {
             tracing::warn!(error = %e, "cannot read the quotas yet; retrying every 2s");
         }
         let (kafka_stop, kafka_stopped) = tokio::sync::watch::channel(false);
+        // Kafka clients get the gRPC port's certificate and client CA, without ALPN.
+        let kafka_tls = match (&self.tls, &self.kafka) {
+            (Some(t), Some(_)) => Some(
+                tls::Reloading::start_for(t.files.clone(), tls::RELOAD_EVERY, tls::Alpn::None)
+                    .map_err(|e| AgentError::Config(e.to_string()))?,
+            ),
+            _ => None,
+        };
         let kafka = self.kafka.take().map(|l| {
             tokio::spawn(kafka::serve(
                 self.shared.clone(),
                 authenticator.clone(),
                 l,
+                kafka_tls,
                 kafka_stopped,
             ))
         });

@@ -76,6 +76,11 @@ pub struct AgentSettings {
     /// Calls (HTTP/2 streams) one connection may have open at once; the client waits for
     /// one to end before it starts another.
     pub max_streams_per_connection: u32,
+    /// Kafka clients' Metadata requests create a topic they name that does not exist,
+    /// with this many partitions, when the client allows it and its principal may create
+    /// it (Kafka's `auto.create.topics.enable`). 0, the default, creates none: the client
+    /// is answered UNKNOWN_TOPIC_OR_PARTITION.
+    pub kafka_auto_create_partitions: u32,
 }
 
 impl Default for AgentSettings {
@@ -102,6 +107,7 @@ impl Default for AgentSettings {
             max_long_polls_per_connection: 256,
             max_connection_bytes: 64 << 20,
             max_streams_per_connection: 1024,
+            kafka_auto_create_partitions: 0,
         }
     }
 }
@@ -129,6 +135,13 @@ impl AgentSettings {
             return bad(format!(
                 "multipart_threshold must be at least 5 MiB (S3's smallest part), got {}",
                 self.multipart_threshold
+            ));
+        }
+        if self.kafka_auto_create_partitions > cairn_metadata::TopicSpec::MAX_PARTITIONS {
+            return bad(format!(
+                "kafka_auto_create_partitions must be at most {}, got {}",
+                cairn_metadata::TopicSpec::MAX_PARTITIONS,
+                self.kafka_auto_create_partitions
             ));
         }
         if self.segment_max_batches == 0 || self.segment_max_batches > 100_000 {

@@ -163,6 +163,8 @@ pub enum Alpn {
     H2,
     /// HTTP/1.1: the metrics endpoint (Prometheus, curl, health probes).
     Http1,
+    /// None: the Kafka listener (Kafka clients offer no application protocol).
+    None,
 }
 
 /// [`load`] for a listener speaking `alpn`.
@@ -195,6 +197,7 @@ pub fn load_for(files: &TlsFiles, alpn: Alpn) -> Result<Arc<ServerConfig>, TlsEr
     config.alpn_protocols = match alpn {
         Alpn::H2 => vec![b"h2".to_vec()],
         Alpn::Http1 => vec![b"http/1.1".to_vec()],
+        Alpn::None => Vec::new(),
     };
     Ok(Arc::new(config))
 }
@@ -288,7 +291,9 @@ impl Reloading {
         })
     }
 
-    fn accept_loop(
+    /// The TLS connections `listener` accepts, each with its peer's address; a plain-text
+    /// client's connection is closed.
+    pub(crate) fn accept_loop(
         &self,
         listener: TcpListener,
         plain: Option<tokio::sync::mpsc::Sender<TcpStream>>,

@@ -34,7 +34,7 @@ linger, max_inflight_segments, multipart_threshold, segment_max_batches, max_req
 max_batch_uncompressed_bytes, cache_bytes, chunk_cache_bytes, chunk_bytes,
 peer_read_timeout, max_fetch_wait, topic_cache_ttl, producer_idle_expiry,
 share_max_deliveries, agent_lease, shutdown_timeout, max_long_polls_per_connection,
-max_connection_bytes, max_streams_per_connection).
+max_connection_bytes, max_streams_per_connection, kafka_auto_create_partitions).
 
 Several agents form one cluster when they share the object store and a PostgreSQL (or
 FoundationDB) metadata store; each registers itself there. `cairn cluster` lists them.
@@ -53,9 +53,16 @@ pub(crate) struct AgentArgs {
     metrics_listen: Option<SocketAddr>,
     /// Address to serve Kafka's wire protocol on (kcat, librdkafka, Java clients), or `off`.
     /// Default: the gRPC address's IP, port 9092 beside the default gRPC port 7170, the
-    /// gRPC port plus two for another port, a free port when gRPC's is 0.
+    /// gRPC port plus two for another port, a free port when gRPC's is 0. With --tls-cert
+    /// it serves TLS (Kafka's SSL and SASL_SSL) with the same certificate; clients
+    /// authenticate with SASL PLAIN or OAUTHBEARER, a Cairn token as the secret, or a
+    /// client certificate (--tls-client-ca).
     #[arg(long, env = "CAIRN_KAFKA_LISTEN", value_name = "ADDR|off")]
     kafka_listen: Option<String>,
+    /// Create a topic a Kafka client's Metadata request names that does not exist, with
+    /// this many partitions (Kafka's auto.create.topics.enable). Default 0: none is created.
+    #[arg(long, env = "CAIRN_KAFKA_AUTO_CREATE_PARTITIONS", value_name = "N")]
+    kafka_auto_create_partitions: Option<u32>,
     /// Where segments are stored: a directory, file:///dir, s3://bucket/prefix or memory://.
     /// S3 endpoint and credentials come from the AWS_* environment variables.
     #[arg(long, env = "CAIRN_OBJECT_STORE", value_name = "URL")]
@@ -256,6 +263,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(timeout) = args.shutdown_timeout {
         settings.shutdown_timeout = timeout;
     }
+    if let Some(n) = args.kafka_auto_create_partitions {
+        settings.kafka_auto_create_partitions = n;
+    }
     let listen = match args.listen.or(file.listen) {
         Some(a) => a,
         None => DEFAULT_LISTEN.parse().context("default listen address")?,
@@ -342,20 +352,24 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
         }
     }
     let kafka_listen = kafka_address(listen, args.kafka_listen.or(file.kafka_listen))?;
+    // With TLS the Kafka listener serves TLS too, as the gRPC port does.
     if let Some(k) = kafka_listen
         && !k.ip().is_loopback()
+        && tls.is_none()
         && !auth.required
         && !(args.insecure || file.insecure)
     {
         bail!(
-            "refusing to serve Kafka clients on {k} without authentication: anyone who \
-             reaches it could read and write every topic; listen on 127.0.0.1 \
-             (--kafka-listen), turn it off (--kafka-listen off), require authentication, or \
-             pass --insecure if every host of this network is trusted"
+            "refusing to serve Kafka clients on {k} without TLS or authentication: anyone \
+             who reaches it could read and write every topic; listen on 127.0.0.1 \
+             (--kafka-listen), turn it off (--kafka-listen off), give --tls-cert and \
+             --tls-key, require authentication, or pass --insecure if every host of this \
+             network is trusted"
         );
     }
     if let Some(k) = kafka_listen
         && !k.ip().is_loopback()
+        && tls.is_none()
         && auth.required
     {
         tracing::warn!(

@@ -56,8 +56,8 @@ pub use share::{Acquired, MAX_IN_FLIGHT as SHARE_MAX_IN_FLIGHT, ShareAction, Sha
 pub use sqlite::SqliteKv;
 pub use types::{
     BatchOutcome, Codec, CommitBatch, EntryKind, IndexEntry, PartitionState, ProducerId,
-    ProducerStamp, Rejection, SegmentCommit, Topic, TopicColumn, TopicSpec, ValueSchema,
-    validate_topic_name,
+    ProducerStamp, Rejection, SegmentCommit, Topic, TopicColumn, TopicConfigChange, TopicSpec,
+    ValueSchema, validate_topic_name,
 };
 
 use std::sync::Arc;

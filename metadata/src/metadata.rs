@@ -20,7 +20,7 @@ use crate::types::{
 use crate::watermarks::Hub;
 use crate::{
     BatchOutcome, Clock, EntryKind, IndexEntry, KvError, MetaError, PartitionState, SegmentCommit,
-    Topic, TopicSpec,
+    Topic, TopicConfigChange, TopicSpec,
 };
 
 /// Index entries read per transaction while looking for a time.
@@ -680,6 +680,36 @@ impl Metadata {
             // Idempotent: a retry after a lost reply sets the same schema again.
             topic.value_columns = topic.merged_columns(&schema.columns)?;
             topic.value_schema = Some(schema.text.clone());
+            tx.set(&keys::topic(topic.id), &encode_topic(&topic)?)
+                .await?;
+            Ok(topic)
+        })
+        .await
+    }
+
+    /// Changes a topic's compression or retention (idempotent: a retry after a lost reply
+    /// sets the same values again). Agents and the compactor apply it when they next read
+    /// the topic: within their topic cache's lifetime.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        change: &TopicConfigChange,
+    ) -> Result<Topic, MetaError> {
+        validate_topic_name(name)?;
+        change.validate()?;
+        self.run("alter_topic_config", |tx, _| async move {
+            let mut topic = read_topic(&tx, name)
+                .await?
+                .ok_or_else(|| MetaError::TopicNotFound(name.to_string()))?;
+            if let Some(c) = change.codec {
+                topic.codec = c;
+            }
+            if let Some(r) = change.retention_ms {
+                topic.retention_ms = r;
+            }
+            if let Some(r) = change.retention_bytes {
+                topic.retention_bytes = r;
+            }
             tx.set(&keys::topic(topic.id), &encode_topic(&topic)?)
                 .await?;
             Ok(topic)

@@ -63,21 +63,49 @@ impl TopicSpec {
     pub fn validate(&self) -> Result<(), MetaError> {
         validate_topic_name(&self.name)?;
         validate_partition_count(&self.name, self.partitions)?;
-        for (what, v) in [
-            ("retention_ms", self.retention_ms),
-            ("retention_bytes", self.retention_bytes),
-        ] {
-            if v != -1 && v <= 0 {
-                return Err(MetaError::InvalidArgument(format!(
-                    "{what} must be a positive number or -1 (unlimited), got {v}"
-                )));
-            }
-        }
+        validate_retention("retention_ms", self.retention_ms)?;
+        validate_retention("retention_bytes", self.retention_bytes)?;
         if let Some(schema) = &self.value_schema {
             validate_value_schema(schema)?;
         }
         Ok(())
     }
+}
+
+/// A change to a topic's settings: each field given replaces the current value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TopicConfigChange {
+    /// A new compression for batches stored from now on.
+    pub codec: Option<Codec>,
+    /// A new time retention in ms, -1 for forever.
+    pub retention_ms: Option<i64>,
+    /// A new size retention in bytes per partition, -1 for unlimited.
+    pub retention_bytes: Option<i64>,
+}
+
+impl TopicConfigChange {
+    /// Checks every field, naming the first that is wrong.
+    pub fn validate(&self) -> Result<(), MetaError> {
+        for (what, v) in [
+            ("retention_ms", self.retention_ms),
+            ("retention_bytes", self.retention_bytes),
+        ] {
+            if let Some(v) = v {
+                validate_retention(what, v)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A retention setting is positive, or -1 for unlimited.
+fn validate_retention(what: &str, v: i64) -> Result<(), MetaError> {
+    if v != -1 && v <= 0 {
+        return Err(MetaError::InvalidArgument(format!(
+            "{what} must be a positive number or -1 (unlimited), got {v}"
+        )));
+    }
+    Ok(())
 }
 
 /// Largest value schema document stored with a topic.

@@ -411,9 +411,61 @@ fn put_bytes(out: &mut BytesMut, b: &[u8]) {
     out.put_slice(b);
 }
 
+/// The compression a Kafka batch is encoded with (its attributes' low three bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KafkaCompression {
+    /// None.
+    #[default]
+    None,
+    /// gzip.
+    Gzip,
+    /// LZ4 frame format.
+    Lz4,
+    /// zstd (level 3).
+    Zstd,
+}
+
+/// How [`encode_kafka_batch_with`] stamps and compresses a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct KafkaBatchOptions {
+    /// The idempotent producer's id, epoch and the batch's first sequence number.
+    pub producer: Option<(i64, i16, i32)>,
+    /// The compression of the records.
+    pub compression: KafkaCompression,
+}
+
 /// Cairn records as one uncompressed Kafka record batch at `base_offset` (CreateTime). An
 /// empty key is sent as a null key.
 pub fn encode_kafka_batch(base_offset: i64, records: &[Record]) -> Bytes {
+    let mut out = BytesMut::new();
+    // Without compression nothing can fail.
+    let _ = put_kafka_batch(
+        &mut out,
+        base_offset,
+        records,
+        &KafkaBatchOptions::default(),
+    );
+    out.freeze()
+}
+
+/// [`encode_kafka_batch`] with a producer stamp and compression, as a Kafka producer
+/// sends it (a producer's batches have base offset 0).
+pub fn encode_kafka_batch_with(
+    base_offset: i64,
+    records: &[Record],
+    options: &KafkaBatchOptions,
+) -> Result<Bytes, FrameError> {
+    let mut out = BytesMut::new();
+    put_kafka_batch(&mut out, base_offset, records, options)?;
+    Ok(out.freeze())
+}
+
+fn put_kafka_batch(
+    out: &mut BytesMut,
+    base_offset: i64,
+    records: &[Record],
+    options: &KafkaBatchOptions,
+) -> Result<(), FrameError> {
     let base_ts = records.first().map_or(0, |r| r.timestamp_ms);
     let max_ts = records.iter().map(|r| r.timestamp_ms).max().unwrap_or(0);
     let size: usize = records
@@ -428,20 +480,35 @@ pub fn encode_kafka_batch(base_offset: i64, records: &[Record]) -> Bytes {
                 + 40
         })
         .sum();
-    let mut out = BytesMut::with_capacity(KAFKA_BATCH_HEADER_LEN + size);
+    out.reserve(KAFKA_BATCH_HEADER_LEN + size);
+    let (producer_id, epoch, sequence) = options.producer.unwrap_or((-1, -1, -1));
+    let attributes: i16 = match options.compression {
+        KafkaCompression::None => 0,
+        KafkaCompression::Gzip => 1,
+        KafkaCompression::Lz4 => 3,
+        KafkaCompression::Zstd => 4,
+    };
     out.put_i64(base_offset);
     out.put_i32(0); // length, below
     out.put_i32(0); // partition leader epoch
     out.put_i8(2);
     out.put_u32(0); // CRC, below
-    out.put_i16(0); // attributes: no compression, CreateTime
+    out.put_i16(attributes); // the codec; CreateTime
     out.put_i32(records.len().saturating_sub(1) as i32);
     out.put_i64(base_ts);
     out.put_i64(max_ts);
-    out.put_i64(-1);
-    out.put_i16(-1);
-    out.put_i32(-1);
+    out.put_i64(producer_id);
+    out.put_i16(epoch);
+    out.put_i32(sequence);
     out.put_i32(records.len() as i32);
+    let mut plain = BytesMut::with_capacity(match options.compression {
+        KafkaCompression::None => 0,
+        _ => size,
+    });
+    let target = match options.compression {
+        KafkaCompression::None => &mut *out,
+        _ => &mut plain,
+    };
     let mut body = BytesMut::with_capacity(256);
     for (i, r) in records.iter().enumerate() {
         body.clear();
@@ -459,14 +526,36 @@ pub fn encode_kafka_batch(base_offset: i64, records: &[Record]) -> Bytes {
             put_bytes(&mut body, h.key.as_bytes());
             put_bytes(&mut body, &h.value);
         }
-        put_varlong(&mut out, body.len() as i64);
-        out.put_slice(&body);
+        put_varlong(target, body.len() as i64);
+        target.put_slice(&body);
+    }
+    let failed = |codec: &str, e: std::io::Error| FrameError::Kafka(format!("{codec}: {e}"));
+    match options.compression {
+        KafkaCompression::None => {}
+        KafkaCompression::Gzip => {
+            use std::io::Write;
+            let mut enc =
+                flate2::write::GzEncoder::new((&mut *out).writer(), flate2::Compression::fast());
+            enc.write_all(&plain).map_err(|e| failed("gzip", e))?;
+            enc.finish().map_err(|e| failed("gzip", e))?;
+        }
+        KafkaCompression::Lz4 => {
+            use std::io::Write;
+            let mut enc = lz4_flex::frame::FrameEncoder::new((&mut *out).writer());
+            enc.write_all(&plain).map_err(|e| failed("lz4", e))?;
+            enc.finish()
+                .map_err(|e| FrameError::Kafka(format!("lz4: {e}")))?;
+        }
+        KafkaCompression::Zstd => {
+            let packed = zstd::bulk::compress(&plain, 3).map_err(|e| failed("zstd", e))?;
+            out.put_slice(&packed);
+        }
     }
     let length = (out.len() - 12) as i32;
     out[8..12].copy_from_slice(&length.to_be_bytes());
     let crc = crc32c::crc32c(&out[CRC_START..]);
     out[17..21].copy_from_slice(&crc.to_be_bytes());
-    out.freeze()
+    Ok(())
 }
 
 #[cfg(test)]
@@ -564,6 +653,30 @@ mod tests {
                 open_kafka_batch(&b, 100),
                 Err(FrameError::TooLarge(_))
             ));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_producers_batch_is_stamped_and_compressed() -> Result<(), FrameError> {
+        for compression in [
+            KafkaCompression::None,
+            KafkaCompression::Gzip,
+            KafkaCompression::Lz4,
+            KafkaCompression::Zstd,
+        ] {
+            let options = KafkaBatchOptions {
+                producer: Some((7, 2, 40)),
+                compression,
+            };
+            let b = encode_kafka_batch_with(0, &records(), &options)?;
+            let info = check_kafka_batch(&b)?;
+            assert_eq!(info.record_count, 5);
+            assert_eq!(
+                (info.producer_id, info.producer_epoch, info.base_sequence),
+                (7, 2, 40)
+            );
+            assert_eq!(open_kafka_batch(&b, 1 << 20)?, records(), "{compression:?}");
         }
         Ok(())
     }

@@ -8,26 +8,40 @@ produced or read through gRPC.
   offsets BOOTSTRAP TOPIC PARTITION TS_MS      watermarks and offsets_for_times
   kafka-python BOOTSTRAP TOPIC COUNT           kafka-python: produce COUNT, read them back
   admin BOOTSTRAP STEP                          confluent-kafka AdminClient: STEP is create,
-                                               grow, trim or delete (topic `adm`)
+                                               grow, trim, configs, acls or delete (topic `adm`)
   member BOOTSTRAP TOPIC GROUP NAME STOP_FILE   confluent-kafka group member until STOP_FILE
                                                exists: one JSON line per record and commit
+
+CAIRN_KAFKA_CONFIG, when set, is a JSON object of librdkafka settings added to every
+confluent-kafka client's (security.protocol, ssl.ca.location, ...); its key
+`cairn.oauth.token` becomes an OAUTHBEARER token callback returning that token.
 """
 
 import json
+import os
 import sys
 import time
+
+
+def conf(base):
+    """`base` with the settings of CAIRN_KAFKA_CONFIG."""
+    extra = json.loads(os.environ.get("CAIRN_KAFKA_CONFIG", "{}"))
+    token = extra.pop("cairn.oauth.token", None)
+    if token is not None:
+        extra["oauth_cb"] = lambda _config: (token, time.time() + 3600)
+    return {**base, **extra}
 
 
 def produce(bootstrap, topic, count, codec, prefix):
     from confluent_kafka import Producer
 
-    p = Producer({
+    p = Producer(conf({
         "bootstrap.servers": bootstrap,
         "enable.idempotence": True,
         "compression.type": codec,
         "linger.ms": 20,
         "client.id": "cairn-test",
-    })
+    }))
     delivered = []
     errors = []
 
@@ -55,12 +69,12 @@ def produce(bootstrap, topic, count, codec, prefix):
 def consume(bootstrap, topic, partitions, count):
     from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
 
-    c = Consumer({
+    c = Consumer(conf({
         "bootstrap.servers": bootstrap,
         "group.id": "unused-assign-only",
         "enable.auto.commit": False,
         "client.id": "cairn-test",
-    })
+    }))
     c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     records = []
     deadline = time.time() + 120
@@ -85,7 +99,7 @@ def consume(bootstrap, topic, partitions, count):
 def offsets(bootstrap, topic, partition, ts_ms):
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "unused"})
+    c = Consumer(conf({"bootstrap.servers": bootstrap, "group.id": "unused"}))
     low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
     found = c.offsets_for_times([TopicPartition(topic, partition, ts_ms)], timeout=30)
     c.close()
@@ -119,7 +133,7 @@ def admin(bootstrap, step):
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import AdminClient, ConfigResource, NewPartitions, NewTopic
 
-    a = AdminClient({"bootstrap.servers": bootstrap})
+    a = AdminClient(conf({"bootstrap.servers": bootstrap}))
     out = {}
 
     def outcome(futures):
@@ -151,16 +165,59 @@ def admin(bootstrap, step):
     elif step == "trim":
         done = a.delete_records([TopicPartition("adm", 0, 2)])
         out["trim"] = {str(k): f.result(timeout=30).low_watermark for k, f in done.items()}
+    elif step == "configs":
+        from confluent_kafka.admin import AlterConfigOpType, ConfigEntry
+
+        def change(topic, entries):
+            res = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+                ConfigEntry(k, v, incremental_operation=getattr(AlterConfigOpType, op))
+                for k, v, op in entries
+            ])
+            return list(outcome(a.incremental_alter_configs([res])).values())[0]
+
+        out["set"] = change("adm", [("retention.ms", "120000", "SET"),
+                                    ("compression.type", None, "DELETE")])
+        out["bad"] = change("adm", [("cleanup.policy", "compact", "SET")])
+        out["missing"] = change("never-made", [("retention.ms", "1", "SET")])
+        res = ConfigResource(ConfigResource.Type.TOPIC, "adm")
+        configs = a.describe_configs([res])[res].result(timeout=30)
+        out["configs"] = {k: v.value for k, v in configs.items()}
+    elif step == "acls":
+        from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation,
+                                           AclPermissionType, ResourcePatternType,
+                                           ResourceType)
+        T, G = ResourceType.TOPIC, ResourceType.GROUP
+        out["create"] = outcome(a.create_acls([
+            AclBinding(T, "adm-", ResourcePatternType.PREFIXED, "User:alice", "*",
+                       AclOperation.READ, AclPermissionType.ALLOW),
+            AclBinding(G, "g1", ResourcePatternType.LITERAL, "User:bob", "*",
+                       AclOperation.READ, AclPermissionType.DENY),
+            AclBinding(T, "t", ResourcePatternType.LITERAL, "User:bob", "10.0.0.1",
+                       AclOperation.READ, AclPermissionType.ALLOW),
+        ]))
+        every = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+                                 AclOperation.ANY, AclPermissionType.ANY)
+
+        def listed():
+            return sorted([b.restype.name, b.name, b.resource_pattern_type.name, b.principal,
+                           b.operation.name, b.permission_type.name]
+                          for b in a.describe_acls(every).result(timeout=30))
+
+        out["described"] = listed()
+        groups = AclBindingFilter(G, None, ResourcePatternType.ANY, None, None,
+                                  AclOperation.ANY, AclPermissionType.ANY)
+        deleted = a.delete_acls([groups])[groups].result(timeout=30)
+        out["deleted"] = len(deleted)
+        out["left"] = listed()
     elif step == "delete":
         out["delete"] = outcome(a.delete_topics(["adm", "never-made"]))
     print(json.dumps(out))
 
 
 def member(bootstrap, topic, group, name, stop_file):
-    import os
     from confluent_kafka import Consumer, KafkaException
 
-    c = Consumer({
+    c = Consumer(conf({
         "bootstrap.servers": bootstrap,
         "group.id": group,
         "client.id": name,
@@ -169,7 +226,7 @@ def member(bootstrap, topic, group, name, stop_file):
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 500,
         "partition.assignment.strategy": "range",
-    })
+    }))
     c.subscribe([topic])
     while not os.path.exists(stop_file):
         msgs = c.consume(500, 0.5)

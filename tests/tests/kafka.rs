@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use cairn_client::{Admin, Producer, ProducerConfig, ProducerRecord, TopicOptions};
+use cairn_tests::pki::Ca;
 use cairn_tests::{
     AgentProcess, client_python, file_agent_args, read_all, run_json, run_ok, temp_dir,
     workspace_root,
@@ -719,7 +720,11 @@ async fn idempotent_retries_are_stored_once() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn librdkafka_admin_manages_topics() -> anyhow::Result<()> {
     let dir = temp_dir()?;
-    let (agent, kafka) = agent(dir.path())?;
+    let mut args = file_agent_args(dir.path());
+    args.extend(["--kafka-auto-create-partitions".into(), "2".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::start(&args, &[])?;
+    let kafka = agent.kafka.clone().unwrap();
     let admin = Admin::new(cairn_client::connect(&agent.endpoint).await?);
 
     let out = python("admin", &[&kafka, "create"])?;
@@ -767,6 +772,57 @@ async fn librdkafka_admin_manages_topics() -> anyhow::Result<()> {
         .collect();
     assert_eq!(left, [2, 3]);
 
+    // IncrementalAlterConfigs: SET and DELETE (back to the default), seen through gRPC.
+    let out = python("admin", &[&kafka, "configs"])?;
+    assert_eq!(out["set"], "ok", "{out}");
+    assert!(str_of(&out["bad"]).contains("cleanup.policy"), "{out}");
+    assert!(
+        str_of(&out["missing"]).to_lowercase().contains("unknown"),
+        "{out}"
+    );
+    assert_eq!(out["configs"]["retention.ms"], "120000", "{out}");
+    assert_eq!(out["configs"]["compression.type"], "zstd", "{out}");
+    let topic = admin.describe_topic("adm").await?.topic.unwrap();
+    assert_eq!(topic.retention_ms, Some(120_000));
+
+    // Kafka's ACL APIs write Cairn's ACL list: `cairn acl list` shows what they made.
+    let out = python("admin", &[&kafka, "acls"])?;
+    let created = out["create"].as_object().unwrap();
+    assert_eq!(created.values().filter(|v| *v == "ok").count(), 2, "{out}");
+    assert!(
+        created.values().any(|v| str_of(v).contains("host")),
+        "{out}"
+    );
+    assert_eq!(
+        out["described"],
+        serde_json::json!([
+            ["GROUP", "g1", "LITERAL", "User:bob", "READ", "DENY"],
+            ["TOPIC", "adm-", "PREFIXED", "User:alice", "READ", "ALLOW"],
+        ]),
+        "{out}"
+    );
+    assert_eq!(out["deleted"], 1, "{out}");
+    assert_eq!(out["left"].as_array().map(Vec::len), Some(1), "{out}");
+    let acls = run_ok(Command::new(cairn_tests::cairn_bin()?).args([
+        "acl",
+        "list",
+        "--endpoint",
+        &agent.endpoint,
+    ]))?;
+    assert!(acls.contains("alice") && acls.contains("adm-"), "{acls}");
+    assert!(!acls.contains("bob"), "{acls}");
+
+    // Auto-creation (on for this agent): a producer's Metadata makes the topic.
+    let mut kcat = Command::new("kcat")
+        .args(["-b", &kafka, "-t", "auto-made", "-P"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+    kcat.stdin.take().unwrap().write_all(b"first\n")?;
+    assert!(kcat.wait()?.success(), "kcat -P failed");
+    let made = admin.describe_topic("auto-made").await?.topic.unwrap();
+    assert_eq!(made.partitions, 2);
+    assert_eq!(read_all(&agent.endpoint, "auto-made").await?.len(), 1);
+
     let out = python("admin", &[&kafka, "delete"])?;
     assert_eq!(out["delete"]["adm"], "ok", "{out}");
     assert!(
@@ -779,12 +835,19 @@ async fn librdkafka_admin_manages_topics() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SASL PLAIN with Cairn tokens as passwords: kcat authenticates as the token's principal,
-/// whose ACLs decide each topic; a bad token and a missing credential are refused.
+/// Kafka's SASL_SSL and SSL. Over TLS, kcat authenticates with SASL PLAIN and librdkafka
+/// with OAUTHBEARER, Cairn tokens as the secrets; with a client CA, a client certificate
+/// names the principal as on the gRPC port. Each principal's ACLs decide each topic; a bad
+/// token and a missing credential are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sasl_plain_maps_tokens_to_principals_and_acls() -> anyhow::Result<()> {
+async fn sasl_and_certificates_over_tls_map_to_principals_and_acls() -> anyhow::Result<()> {
     let dir = temp_dir()?;
-    let args = file_agent_args(dir.path());
+    let d = dir.path();
+    let ca = Ca::new(d, "ca")?;
+    let served = ca.issue("agent")?;
+    let alice_cert = ca.issue("alice")?;
+    let ca_path = ca.cert.display().to_string();
+    let args = file_agent_args(d);
     let metadata = args[3].clone();
     let token = |principal: &str| -> anyhow::Result<String> {
         Ok(run_ok(Command::new(cairn_tests::cairn_bin()?).args([
@@ -800,19 +863,35 @@ async fn sasl_plain_maps_tokens_to_principals_and_acls() -> anyhow::Result<()> {
     };
     let admin = token("admin")?;
     let alice = token("alice")?;
-    let mut agent_args: Vec<&str> = args.iter().map(String::as_str).collect();
-    agent_args.extend(["--require-auth", "--super-user", "admin"]);
-    let agent = AgentProcess::start(&agent_args, &[])?;
+    let mut agent_args: Vec<String> = args.clone();
+    agent_args.extend(
+        [
+            "--require-auth",
+            "--super-user",
+            "admin",
+            "--tls-cert",
+            served.cert.to_str().unwrap(),
+            "--tls-key",
+            served.key.to_str().unwrap(),
+            "--tls-peer-ca",
+            &ca_path,
+        ]
+        .map(String::from),
+    );
+    let started: Vec<&str> = agent_args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::start(&started, &[])?;
+    assert!(agent.endpoint.starts_with("https://"), "{}", agent.endpoint);
     let kafka = agent.kafka.clone().unwrap();
     let cairn = |args: &[&str]| {
         run_ok(
             Command::new(cairn_tests::cairn_bin()?)
                 .args(args)
-                .args(["--endpoint", &agent.endpoint])
+                .args(["--endpoint", &agent.endpoint, "--ca", &ca_path])
                 .env("CAIRN_TOKEN", &admin),
         )
     };
     cairn(&["topic", "create", "ok-1", "--partitions", "1"])?;
+    cairn(&["topic", "create", "ok-2", "--partitions", "2"])?;
     cairn(&["topic", "create", "secret", "--partitions", "1"])?;
     for op in ["write", "read", "describe"] {
         cairn(&[
@@ -827,19 +906,18 @@ async fn sasl_plain_maps_tokens_to_principals_and_acls() -> anyhow::Result<()> {
             "--prefix",
         ])?;
     }
-    let kcat = |password: &str, topic: &str, produce: Option<&str>| {
-        // Bounded: a client refused authentication would otherwise retry for minutes.
-        let mut cmd = Command::new("timeout");
-        cmd.args(["30", "kcat", "-b", &kafka, "-t", topic])
-            .args(["-X", "message.timeout.ms=10000"])
-            .args([
-                "-X",
-                "security.protocol=SASL_PLAINTEXT",
-                "-X",
-                "sasl.mechanisms=PLAIN",
-            ])
-            .args(["-X", "sasl.username=alice", "-X"])
-            .arg(format!("sasl.password={password}"));
+    let sasl_ssl = |password: &str| {
+        [
+            "security.protocol=SASL_SSL".to_string(),
+            format!("ssl.ca.location={ca_path}"),
+            "sasl.mechanisms=PLAIN".into(),
+            "sasl.username=alice".into(),
+            format!("sasl.password={password}"),
+        ]
+    };
+    let kcat = |config: &[String], topic: &str, produce: Option<&str>| {
+        let mut cmd = kcat_cmd(&kafka, config);
+        cmd.args(["-t", topic, "-X", "message.timeout.ms=10000"]);
         match produce {
             Some(_) => cmd.args(["-P"]),
             None => cmd.args(["-C", "-o", "beginning", "-e", "-f", "%s\n"]),
@@ -864,80 +942,114 @@ async fn sasl_plain_maps_tokens_to_principals_and_acls() -> anyhow::Result<()> {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    // The agent applies new ACLs within seconds; `describe` was added last.
-    let list = |topic: &str| {
-        run_ok(
-            Command::new("timeout")
-                .args(["30", "kcat", "-b", &kafka, "-L", "-t", topic])
-                .args([
-                    "-X",
-                    "security.protocol=SASL_PLAINTEXT",
-                    "-X",
-                    "sasl.mechanisms=PLAIN",
-                    "-X",
-                    "sasl.username=alice",
-                    "-X",
-                    &format!("sasl.password={alice}"),
-                ]),
-        )
-        .unwrap_or_default()
+    let list = |kafka: &str, config: &[String], topic: &str| {
+        run_ok(kcat_cmd(kafka, config).args(["-L", "-t", topic])).unwrap_or_default()
     };
+    // The agent applies new ACLs within seconds; `describe` was added last.
     cairn_tests::eventually("alice's ACLs apply", || {
-        let listing = list("ok-1");
+        let listing = list(&kafka, &sasl_ssl(&alice), "ok-1");
         async move { listing.contains("topic \"ok-1\" with 1 partitions") }
     })
     .await;
-    assert!(
-        list("secret").contains("authorization failed"),
-        "{}",
-        list("secret")
-    );
-    let (ok, _, err) = kcat(&alice, "ok-1", Some("one\ntwo\n"));
+    let listing = list(&kafka, &sasl_ssl(&alice), "secret");
+    assert!(listing.contains("authorization failed"), "{listing}");
+    let (ok, _, err) = kcat(&sasl_ssl(&alice), "ok-1", Some("one\ntwo\n"));
     assert!(ok, "alice's produce to ok-1 failed: {err}");
-    let (ok, out, err) = kcat(&alice, "ok-1", None);
+    let (ok, out, err) = kcat(&sasl_ssl(&alice), "ok-1", None);
     assert!(ok, "{err}");
     assert_eq!(out, "one\ntwo\n");
     // No ACL lets alice write `secret`.
-    let (ok, _, err) = kcat(&alice, "secret", Some("x\n"));
-    assert!(!ok || err.to_lowercase().contains("authoriz"), "{err}");
+    let (_, _, err) = kcat(&sasl_ssl(&alice), "secret", Some("x\n"));
     assert!(err.to_lowercase().contains("authoriz"), "{err}");
     // A wrong token fails authentication.
     let wrong = format!("{}AAAA", &alice[..alice.len() - 4]);
-    let (ok, _, err) = kcat(&wrong, "ok-1", Some("y\n"));
+    let (ok, _, err) = kcat(&sasl_ssl(&wrong), "ok-1", Some("y\n"));
     assert!(!ok, "{err}");
     assert!(
         err.contains("unknown or revoked") || err.to_lowercase().contains("authentication"),
         "{err}"
     );
-    // Without SASL the agent closes the connection.
-    let anon = Command::new("timeout")
-        .args([
-            "10",
-            "kcat",
-            "-b",
-            &kafka,
-            "-t",
-            "ok-1",
-            "-C",
-            "-o",
-            "beginning",
-            "-e",
-        ])
-        .output()?;
-    assert!(!anon.status.success() || anon.stdout.is_empty());
-    // Only alice's two records are stored.
-    let mut consumer = Command::new(cairn_tests::cairn_bin()?);
-    let got = run_ok(
-        consumer
-            .args([
-                "consume",
-                "ok-1",
-                "--from-beginning",
-                "--endpoint",
-                &agent.endpoint,
-            ])
-            .env("CAIRN_TOKEN", &admin),
-    )?;
+    // TLS without SASL: the agent closes the connection, nothing is read.
+    let anon = [
+        "security.protocol=SSL".to_string(),
+        format!("ssl.ca.location={ca_path}"),
+    ];
+    let (_, out, _) = kcat(&anon, "ok-1", None);
+    assert!(out.is_empty(), "{out}");
+    // Plain text to the TLS port reads nothing either.
+    let (_, out, _) = kcat(&[], "ok-1", None);
+    assert!(out.is_empty(), "{out}");
+
+    // librdkafka with OAUTHBEARER, the token as bearer: produced idempotently, read back.
+    let oauth = serde_json::json!({
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": ca_path,
+        "sasl.mechanisms": "OAUTHBEARER",
+        "cairn.oauth.token": alice,
+    })
+    .to_string();
+    let secured = |mode: &str, args: &[&str]| {
+        let mut cmd = Command::new(client_python()?);
+        cmd.arg(workspace_root().join("tests/python/kafka_clients.py"))
+            .arg(mode)
+            .args(args)
+            .env("CAIRN_KAFKA_CONFIG", &oauth);
+        run_json(&mut cmd)
+    };
+    let produced = secured("produce", &[&kafka, "ok-2", "300", "zstd", "oauth"])?;
+    assert_eq!(produced["errors"], serde_json::json!([]), "{produced}");
+    assert_eq!(produced["delivered"].as_array().map(Vec::len), Some(300));
+    let read = secured("consume", &[&kafka, "ok-2", "2", "300"])?;
+    let keys: BTreeSet<String> = read["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| str_of(&r[2]))
+        .collect();
+    assert_eq!(keys.len(), 300, "{read}");
+
+    // Only alice's records are stored.
+    let got = cairn(&["consume", "ok-1", "--from-beginning"])?;
     assert_eq!(got, "one\ntwo\n");
+    drop(agent);
+
+    // mTLS: with a client CA, alice's certificate is her principal over plain SSL.
+    agent_args.extend(["--tls-client-ca".to_string(), ca_path.clone()]);
+    let started: Vec<&str> = agent_args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::start(&started, &[])?;
+    let kafka = agent.kafka.clone().unwrap();
+    let mtls = [
+        "security.protocol=SSL".to_string(),
+        format!("ssl.ca.location={ca_path}"),
+        format!("ssl.certificate.location={}", alice_cert.cert.display()),
+        format!("ssl.key.location={}", alice_cert.key.display()),
+    ];
+    let listing = list(&kafka, &mtls, "ok-1");
+    assert!(
+        listing.contains("topic \"ok-1\" with 1 partitions"),
+        "{listing}"
+    );
+    let listing = list(&kafka, &mtls, "secret");
+    assert!(listing.contains("authorization failed"), "{listing}");
+    let mut cmd = kcat_cmd(&kafka, &mtls);
+    let out = run_ok(cmd.args(["-t", "ok-1", "-C", "-o", "beginning", "-e", "-f", "%s\n"]))?;
+    assert_eq!(out, "one\ntwo\n");
+    // Without a certificate the handshake fails: nothing is read.
+    let out = kcat_cmd(&kafka, &anon)
+        .args(["-t", "ok-1", "-C", "-o", "beginning", "-e"])
+        .output()?;
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.is_empty(), "{out}");
     Ok(())
+}
+
+/// kcat against `kafka` with librdkafka settings `config`, bounded to 30 s: a client
+/// refused authentication would otherwise retry for minutes.
+fn kcat_cmd(kafka: &str, config: &[String]) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["30", "kcat", "-b", kafka]);
+    for c in config {
+        cmd.args(["-X", c]);
+    }
+    cmd
 }

@@ -1,9 +1,9 @@
 //! Kafka's admin APIs over Cairn's topics: CreateTopics, DeleteTopics, CreatePartitions,
-//! DeleteRecords, DescribeConfigs (retention.ms, retention.bytes, compression.type) and
-//! DescribeCluster. Each checks the same ACL as its gRPC counterpart.
+//! DeleteRecords, DescribeConfigs, IncrementalAlterConfigs and AlterConfigs (retention.ms,
+//! retention.bytes, compression.type) and DescribeCluster. Each checks the same ACL as its gRPC counterpart.
 
 use cairn_metadata::acls::{Operation, ResourceType};
-use cairn_metadata::{Codec, MetaError, TopicSpec};
+use cairn_metadata::{Codec, MetaError, TopicConfigChange, TopicSpec};
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
@@ -16,10 +16,11 @@ use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
 use kafka_protocol::messages::{
-    BrokerId, CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest,
-    CreateTopicsResponse, DeleteRecordsRequest, DeleteRecordsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeClusterRequest, DescribeClusterResponse, DescribeConfigsRequest,
-    DescribeConfigsResponse,
+    AlterConfigsRequest, AlterConfigsResponse, BrokerId, CreatePartitionsRequest,
+    CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteRecordsRequest,
+    DeleteRecordsResponse, DeleteTopicsRequest, DeleteTopicsResponse, DescribeClusterRequest,
+    DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -71,7 +72,6 @@ fn message(m: String) -> Option<StrBytes> {
 fn topic_spec(
     t: &kafka_protocol::messages::create_topics_request::CreatableTopic,
 ) -> Result<TopicSpec, Failure> {
-    let invalid_config = |m: String| (ResponseError::InvalidConfig.code(), m);
     let name = t.name.0.as_str().to_string();
     if !t.assignments.is_empty() {
         return Err((
@@ -90,55 +90,225 @@ fn topic_spec(
             )
         })?,
     };
-    let mut spec = TopicSpec {
-        name: name.clone(),
-        partitions,
-        codec: Codec::default(),
-        retention_ms: -1,
-        retention_bytes: -1,
-        value_schema: None,
-    };
+    let mut change = TopicConfigChange::default();
     for c in &t.configs {
-        let key = c.name.as_str();
         let value = c.value.as_ref().map_or("", |v| v.as_str());
-        let long = |what: &str| -> Result<i64, Failure> {
-            match value.parse::<i64>() {
-                Ok(-1) => Ok(-1),
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err(invalid_config(format!(
-                    "{name}: {what} must be -1 (no limit) or positive, got `{value}`"
-                ))),
-            }
-        };
-        match key {
-            "retention.ms" => spec.retention_ms = long(key)?,
-            "retention.bytes" => spec.retention_bytes = long(key)?,
-            "compression.type" => {
-                spec.codec = match value {
-                    "zstd" | "producer" => Codec::Zstd,
-                    "lz4" => Codec::Lz4,
-                    "uncompressed" | "none" => Codec::None,
-                    other => {
-                        return Err(invalid_config(format!(
-                            "{name}: compression.type `{other}` is not served: Cairn frames \
-                             records it serves itself with zstd, lz4 or uncompressed (producers \
-                             keep their own codec)"
-                        )));
-                    }
+        set_config(&mut change, &name, c.name.as_str(), Some(value))?;
+    }
+    Ok(TopicSpec {
+        name,
+        partitions,
+        codec: change.codec.unwrap_or_default(),
+        retention_ms: change.retention_ms.unwrap_or(-1),
+        retention_bytes: change.retention_bytes.unwrap_or(-1),
+        value_schema: None,
+    })
+}
+
+/// Records in `change` the topic config `key` set to `value`, or reset to its default
+/// when `value` is `None`; or says why it cannot be.
+fn set_config(
+    change: &mut TopicConfigChange,
+    topic: &str,
+    key: &str,
+    value: Option<&str>,
+) -> Result<(), Failure> {
+    let invalid_config = |m: String| Err((ResponseError::InvalidConfig.code(), m));
+    let long = |what: &str| -> Result<i64, Failure> {
+        match value.map(str::parse::<i64>) {
+            None | Some(Ok(-1)) => Ok(-1),
+            Some(Ok(n)) if n > 0 => Ok(n),
+            _ => Err((
+                ResponseError::InvalidConfig.code(),
+                format!(
+                    "{topic}: {what} must be -1 (no limit) or positive, got `{}`",
+                    value.unwrap_or_default()
+                ),
+            )),
+        }
+    };
+    match key {
+        "retention.ms" => change.retention_ms = Some(long(key)?),
+        "retention.bytes" => change.retention_bytes = Some(long(key)?),
+        "compression.type" => {
+            change.codec = Some(match value {
+                None | Some("zstd" | "producer") => Codec::Zstd,
+                Some("lz4") => Codec::Lz4,
+                Some("uncompressed" | "none") => Codec::None,
+                Some(other) => {
+                    return invalid_config(format!(
+                        "{topic}: compression.type `{other}` is not served: Cairn frames \
+                         records it serves itself with zstd, lz4 or uncompressed (producers \
+                         keep their own codec)"
+                    ));
                 }
-            }
-            "cleanup.policy" if value == "delete" => {}
-            // Durability is the object store's: there are no replicas to count.
-            "min.insync.replicas" => {}
-            other => {
-                return Err(invalid_config(format!(
-                    "{name}: config `{other}` is not served (Cairn topics take retention.ms, \
-                     retention.bytes, compression.type and cleanup.policy=delete)"
-                )));
-            }
+            })
+        }
+        "cleanup.policy" if value.is_none_or(|v| v == "delete") => {}
+        // Durability is the object store's: there are no replicas to count.
+        "min.insync.replicas" => {}
+        other => {
+            return invalid_config(format!(
+                "{topic}: config `{other}` is not served (Cairn topics take retention.ms, \
+                 retention.bytes, compression.type and cleanup.policy=delete)"
+            ));
         }
     }
-    Ok(spec)
+    Ok(())
+}
+
+/// Applies a change to a topic's configs: checks the ACL (alter-configs is Kafka's; Cairn's
+/// is `alter` on the topic), then writes it unless `validate_only`.
+async fn alter_topic(
+    s: &Shared,
+    principal: Option<&str>,
+    name: &str,
+    change: Result<TopicConfigChange, Failure>,
+    validate_only: bool,
+) -> Result<(), Failure> {
+    if let Some(f) = denied(s, principal, Operation::Alter, ResourceType::Topic, name) {
+        return Err(f);
+    }
+    let change = change?;
+    change
+        .validate()
+        .map_err(|e| topic_error(&e, ResponseError::InvalidConfig))?;
+    if validate_only {
+        return s
+            .metadata
+            .topic(name)
+            .await
+            .map(|_| ())
+            .map_err(|e| topic_error(&e, ResponseError::InvalidRequest));
+    }
+    s.metadata
+        .alter_topic_config(name, &change)
+        .await
+        .map_err(|e| topic_error(&e, ResponseError::InvalidConfig))?;
+    s.topics.invalidate(name).await;
+    tracing::info!(
+        topic = name,
+        ?change,
+        principal = principal.unwrap_or(""),
+        "topic configs altered through Kafka"
+    );
+    Ok(())
+}
+
+/// The error fields of a config-change outcome.
+fn outcome_fields(outcome: Result<(), Failure>) -> (i16, Option<StrBytes>) {
+    match outcome {
+        Ok(()) => (0, None),
+        Err((code, why)) => (code, message(why)),
+    }
+}
+
+/// IncrementalAlterConfigs: SET or DELETE (back to the default) of each topic config
+/// Cairn has; APPEND and SUBTRACT apply to list configs, of which Cairn has none.
+pub(super) async fn incremental_alter_configs(
+    s: &Shared,
+    principal: Option<&str>,
+    req: IncrementalAlterConfigsRequest,
+) -> IncrementalAlterConfigsResponse {
+    use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+    let mut responses = Vec::with_capacity(req.resources.len());
+    for r in req.resources {
+        let name = r.resource_name.as_str().to_string();
+        let outcome = if r.resource_type == TOPIC_RESOURCE {
+            let mut change = TopicConfigChange::default();
+            let parsed = r
+                .configs
+                .iter()
+                .try_for_each(|c| {
+                    let key = c.name.as_str();
+                    match c.config_operation {
+                        0 => set_config(
+                            &mut change,
+                            &name,
+                            key,
+                            Some(c.value.as_ref().map_or("", |v| v.as_str())),
+                        ),
+                        1 => set_config(&mut change, &name, key, None),
+                        op => Err((
+                            ResponseError::InvalidConfig.code(),
+                            format!(
+                                "{name}: operation {op} on `{key}`: Cairn's topic configs are \
+                                 single values, set (0) or deleted (1)"
+                            ),
+                        )),
+                    }
+                })
+                .map(|()| change);
+            alter_topic(s, principal, &name, parsed, req.validate_only).await
+        } else {
+            Err(not_a_topic(r.resource_type))
+        };
+        let (code, why) = outcome_fields(outcome);
+        responses.push(
+            AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(why)
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name),
+        );
+    }
+    IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// AlterConfigs (the older, whole-set form): the configs given, every other one back to
+/// its default.
+pub(super) async fn alter_configs(
+    s: &Shared,
+    principal: Option<&str>,
+    req: AlterConfigsRequest,
+) -> AlterConfigsResponse {
+    use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+    let mut responses = Vec::with_capacity(req.resources.len());
+    for r in req.resources {
+        let name = r.resource_name.as_str().to_string();
+        let outcome = if r.resource_type == TOPIC_RESOURCE {
+            let mut change = TopicConfigChange {
+                codec: Some(Codec::default()),
+                retention_ms: Some(-1),
+                retention_bytes: Some(-1),
+            };
+            let parsed = r
+                .configs
+                .iter()
+                .try_for_each(|c| {
+                    set_config(
+                        &mut change,
+                        &name,
+                        c.name.as_str(),
+                        Some(c.value.as_ref().map_or("", |v| v.as_str())),
+                    )
+                })
+                .map(|()| change);
+            alter_topic(s, principal, &name, parsed, req.validate_only).await
+        } else {
+            Err(not_a_topic(r.resource_type))
+        };
+        let (code, why) = outcome_fields(outcome);
+        responses.push(
+            AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(why)
+                .with_resource_type(r.resource_type)
+                .with_resource_name(r.resource_name),
+        );
+    }
+    AlterConfigsResponse::default().with_responses(responses)
+}
+
+/// The failure of a config change on a resource other than a topic.
+fn not_a_topic(resource_type: i8) -> Failure {
+    (
+        ResponseError::InvalidRequest.code(),
+        format!(
+            "resource type {resource_type}: only topics (2) have configs to alter; the agents' \
+             settings are their flags and config file"
+        ),
+    )
 }
 
 /// CreateTopics: each topic created (or, with `validate_only`, checked) with the configs

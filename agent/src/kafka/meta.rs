@@ -181,7 +181,17 @@ pub(super) async fn metadata(
             resp.topics.push(topic);
             continue;
         }
-        match s.topic(&name).await {
+        let found = match s.topic(&name).await {
+            Err(e)
+                if e.kind() == cairn_metadata::ErrorKind::NotFound
+                    && req.allow_auto_topic_creation
+                    && s.settings.kafka_auto_create_partitions > 0 =>
+            {
+                auto_create(s, principal, &name).await
+            }
+            other => other.map_err(|e| error_code(&e)),
+        };
+        match found {
             Ok(t) => {
                 let leaders = leaders(&candidates, &t.name, t.partitions);
                 topic.partitions = leaders
@@ -197,11 +207,49 @@ pub(super) async fn metadata(
                     })
                     .collect();
             }
-            Err(e) => topic.error_code = error_code(&e),
+            Err(code) => topic.error_code = code,
         }
         resp.topics.push(topic);
     }
     resp
+}
+
+/// Creates topic `name`, which a Metadata request named, with the agent's
+/// `kafka_auto_create_partitions`, if the principal may create it (on the cluster or the
+/// topic); a topic created meanwhile by another request is answered as it is. A failure
+/// is its Kafka error code.
+async fn auto_create(
+    s: &Shared,
+    principal: Option<&str>,
+    name: &str,
+) -> Result<std::sync::Arc<cairn_metadata::Topic>, i16> {
+    let may = |rt, n| s.authz.check(principal, Operation::Create, rt, n);
+    if let Err(why) = may(ResourceType::Cluster, "*").or_else(|_| may(ResourceType::Topic, name)) {
+        tracing::debug!(topic = name, "not auto-created: {why}");
+        return Err(ResponseError::TopicAuthorizationFailed.code());
+    }
+    let spec = cairn_metadata::TopicSpec {
+        name: name.to_string(),
+        partitions: s.settings.kafka_auto_create_partitions,
+        codec: cairn_metadata::Codec::default(),
+        retention_ms: -1,
+        retention_bytes: -1,
+        value_schema: None,
+    };
+    match s.metadata.create_topic(&spec).await {
+        Ok(t) => {
+            tracing::info!(
+                topic = name,
+                partitions = t.partitions,
+                principal = principal.unwrap_or(""),
+                "topic auto-created for a Kafka client"
+            );
+            s.topics.invalidate(name).await;
+        }
+        Err(e) if e.kind() == cairn_metadata::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(error_code(&AgentError::from(e))),
+    }
+    s.topic(name).await.map_err(|e| error_code(&e))
 }
 
 /// InitProducerId for an idempotent producer: a new producer id and epoch from the same

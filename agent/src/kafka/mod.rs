@@ -12,6 +12,7 @@
 //! The APIs and versions served are in [`SUPPORTED`] (and docs/ARCHITECTURE.md, "The Kafka
 //! protocol").
 
+mod acls;
 mod admin;
 mod data;
 mod groups;
@@ -61,8 +62,13 @@ pub(crate) const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::DescribeAcls, 1, 3),
+    (ApiKey::CreateAcls, 1, 3),
+    (ApiKey::DeleteAcls, 1, 3),
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
 ];
@@ -97,30 +103,52 @@ fn ready(bytes: Result<Bytes, KafkaError>) -> Reply {
     Box::pin(async move { bytes.map(Some) })
 }
 
-/// Serves Kafka clients on `listener` until `stop` turns true.
+/// Serves Kafka clients on `listener` until `stop` turns true: over TLS when `tls` is
+/// given (Kafka's SSL and SASL_SSL), where a client certificate names the connection's
+/// principal as it does on the gRPC port.
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     auth: Authenticator,
     listener: TcpListener,
+    tls: Option<crate::tls::Reloading>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let conn = |peer, principal| Connection {
+        shared: shared.clone(),
+        auth: auth.clone(),
+        peer,
+        client_id: String::new(),
+        principal,
+        token: None,
+        mechanism: None,
+        close_after: None,
+        raw_sasl: false,
+    };
+    if let Some(tls) = tls {
+        let mut accepted = tls.accept_loop(listener, None);
+        loop {
+            tokio::select! {
+                next = accepted.recv() => match next {
+                    Some((stream, peer)) => {
+                        let principal = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| auth.principal_of_certificates(c));
+                        tokio::spawn(conn(peer, principal).run(stream, stop.clone()));
+                    }
+                    None => return,
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    }
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let conn = Connection {
-                        shared: shared.clone(),
-                        auth: auth.clone(),
-                        peer,
-                        client_id: String::new(),
-                        principal: None,
-                        token: None,
-                        mechanism: None,
-                        close_after: None,
-                        raw_sasl: false,
-                    };
-                    tokio::spawn(conn.run(stream, stop.clone()));
+                    tokio::spawn(conn(peer, None).run(stream, stop.clone()));
                 }
                 Err(e) => {
                     // Out of file handles, most likely: wait rather than spin.
@@ -141,7 +169,8 @@ pub(crate) struct Connection {
     pub(crate) client_id: String,
     /// Checks SASL credentials (Cairn tokens).
     pub(crate) auth: Authenticator,
-    /// Who the connection authenticated as (SASL PLAIN); `None` for an anonymous one.
+    /// Who the connection authenticated as (SASL, or a TLS client certificate); `None`
+    /// for an anonymous one.
     pub(crate) principal: Option<String>,
     /// The token it authenticated with, checked again at each request: a revoked or
     /// expired token ends the connection.
@@ -155,8 +184,11 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    async fn run(mut self, stream: tokio::net::TcpStream, mut stop: watch::Receiver<bool>) {
-        let (rd, mut wr) = stream.into_split();
+    async fn run<S>(mut self, stream: S, mut stop: watch::Receiver<bool>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let (rd, mut wr) = tokio::io::split(stream);
         let max = self.shared.settings.max_request_bytes + (1 << 20);
         let (tx, mut rx) = mpsc::channel(MAX_INFLIGHT);
         let reader = tokio::spawn(read_frames(rd, max, tx));
@@ -170,7 +202,13 @@ impl Connection {
                 biased;
                 done = pending.next(), if !pending.is_empty() => match done {
                     Some(Ok(Some(bytes))) => {
-                        if let Err(e) = wr.write_all(&bytes).await {
+                        // A TLS stream may hold written bytes until flushed.
+                        if let Err(e) = async {
+                            wr.write_all(&bytes).await?;
+                            wr.flush().await
+                        }
+                        .await
+                        {
                             closing.get_or_insert(format!("write failed: {e}"));
                             break;
                         }
@@ -259,6 +297,17 @@ impl Connection {
         {
             self.client_id = id.as_str().to_string();
         }
+        // A request whose handler takes (shared, principal, request[, version]) and runs
+        // after the request is read.
+        macro_rules! handle {
+            ($f:path $(, $v:ident)?) => {{
+                let req = body(api, version, &mut frame)?;
+                let (s, p) = (self.shared.clone(), self.principal.clone());
+                Ok(later(api, version, correlation, async move {
+                    $f(&s, p.as_deref(), req $(, $v)?).await
+                }))
+            }};
+        }
         match api {
             ApiKey::ApiVersions => {
                 let _req: kafka_protocol::messages::ApiVersionsRequest =
@@ -330,55 +379,13 @@ impl Connection {
                 let resp = groups::find_coordinator(&self.shared, req, version);
                 Ok(ready(encode(api, version, correlation, &resp)))
             }
-            ApiKey::JoinGroup => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    groups::join_group(&s, p.as_deref(), req, version).await
-                }))
-            }
-            ApiKey::SyncGroup => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    groups::sync_group(&s, p.as_deref(), req, version).await
-                }))
-            }
-            ApiKey::Heartbeat => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    groups::heartbeat(&s, p.as_deref(), req).await
-                }))
-            }
-            ApiKey::LeaveGroup => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    groups::leave_group(&s, p.as_deref(), req, version).await
-                }))
-            }
-            ApiKey::OffsetCommit => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    groups::offset_commit(&s, p.as_deref(), req).await
-                }))
-            }
-            ApiKey::OffsetFetch => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    groups::offset_fetch(&s, p.as_deref(), req, version).await
-                }))
-            }
-            ApiKey::DescribeGroups => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    groups::describe_groups(&s, p.as_deref(), req).await
-                }))
-            }
+            ApiKey::JoinGroup => handle!(groups::join_group, version),
+            ApiKey::SyncGroup => handle!(groups::sync_group, version),
+            ApiKey::Heartbeat => handle!(groups::heartbeat),
+            ApiKey::LeaveGroup => handle!(groups::leave_group, version),
+            ApiKey::OffsetCommit => handle!(groups::offset_commit),
+            ApiKey::OffsetFetch => handle!(groups::offset_fetch, version),
+            ApiKey::DescribeGroups => handle!(groups::describe_groups),
             ApiKey::ListGroups => {
                 let _req: kafka_protocol::messages::ListGroupsRequest =
                     body(api, version, &mut frame)?;
@@ -387,55 +394,18 @@ impl Connection {
                     groups::list_groups(&s, p.as_deref()).await
                 }))
             }
-            ApiKey::OffsetForLeaderEpoch => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    groups::offset_for_leader_epoch(&s, p.as_deref(), req).await
-                }))
-            }
-            ApiKey::CreateTopics => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    admin::create_topics(&s, p.as_deref(), req, version).await
-                }))
-            }
-            ApiKey::DeleteTopics => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    admin::delete_topics(&s, p.as_deref(), req, version).await
-                }))
-            }
-            ApiKey::CreatePartitions => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    admin::create_partitions(&s, p.as_deref(), req).await
-                }))
-            }
-            ApiKey::DeleteRecords => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    admin::delete_records(&s, p.as_deref(), req).await
-                }))
-            }
-            ApiKey::DescribeConfigs => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    admin::describe_configs(&s, p.as_deref(), req, version).await
-                }))
-            }
-            ApiKey::DescribeCluster => {
-                let req = body(api, version, &mut frame)?;
-                let (s, p) = (self.shared.clone(), self.principal.clone());
-                Ok(later(api, version, correlation, async move {
-                    admin::describe_cluster(&s, p.as_deref(), req, version).await
-                }))
-            }
+            ApiKey::OffsetForLeaderEpoch => handle!(groups::offset_for_leader_epoch),
+            ApiKey::CreateTopics => handle!(admin::create_topics, version),
+            ApiKey::DeleteTopics => handle!(admin::delete_topics, version),
+            ApiKey::CreatePartitions => handle!(admin::create_partitions),
+            ApiKey::DeleteRecords => handle!(admin::delete_records),
+            ApiKey::DescribeConfigs => handle!(admin::describe_configs, version),
+            ApiKey::IncrementalAlterConfigs => handle!(admin::incremental_alter_configs),
+            ApiKey::AlterConfigs => handle!(admin::alter_configs),
+            ApiKey::DescribeAcls => handle!(acls::describe_acls),
+            ApiKey::CreateAcls => handle!(acls::create_acls),
+            ApiKey::DeleteAcls => handle!(acls::delete_acls),
+            ApiKey::DescribeCluster => handle!(admin::describe_cluster, version),
             other => Err(protocol(format!("{other:?} is not served by this agent"))),
         }
     }
@@ -451,30 +421,39 @@ impl Connection {
                     "{why}: the connection's credential no longer holds"
                 ))
             }),
+            // A client certificate's principal, checked by the TLS handshake.
+            None if self.principal.is_some() => Ok(()),
             None if self.auth.required() => Err(protocol(format!(
-                "{api:?} before authenticating: this agent requires SASL PLAIN with a Cairn \
-                 token as the password (cairn token create)"
+                "{api:?} before authenticating: this agent requires SASL (PLAIN with a Cairn \
+                 token as the password, or OAUTHBEARER with it as the bearer token) or a \
+                 client certificate"
             ))),
             None => Ok(()),
         }
     }
 
-    /// SaslHandshake: PLAIN is the mechanism served.
+    /// SaslHandshake: PLAIN and OAUTHBEARER are the mechanisms served, both with a Cairn
+    /// token as the secret.
     fn sasl_handshake(
         &mut self,
         mechanism: &str,
     ) -> kafka_protocol::messages::SaslHandshakeResponse {
-        let resp = kafka_protocol::messages::SaslHandshakeResponse::default()
-            .with_mechanisms(vec![StrBytes::from_static_str("PLAIN")]);
-        if mechanism != "PLAIN" {
+        let resp = kafka_protocol::messages::SaslHandshakeResponse::default().with_mechanisms(
+            MECHANISMS
+                .iter()
+                .map(|m| StrBytes::from_static_str(m))
+                .collect(),
+        );
+        if !MECHANISMS.contains(&mechanism) {
             return resp.with_error_code(ResponseError::UnsupportedSaslMechanism.code());
         }
         self.mechanism = Some(mechanism.to_string());
         resp
     }
 
-    /// SaslAuthenticate with PLAIN: the password is a Cairn token, whose principal the
-    /// connection takes (the user name, when given, must be that principal). A failure is
+    /// SaslAuthenticate: the PLAIN password or the OAUTHBEARER bearer token is a Cairn
+    /// token, whose principal the connection takes (a user name or authorization id, when
+    /// given, must be that principal; it replaces a client certificate's). A failure is
     /// answered, audited and closes the connection.
     async fn sasl_authenticate(
         &mut self,
@@ -495,43 +474,37 @@ impl Connection {
                 .with_error_code(code.code())
                 .with_error_message(Some(StrBytes::from_string(why)))
         };
-        if self.mechanism.as_deref() != Some("PLAIN") || self.principal.is_some() {
-            return fail(
-                self,
+        let parsed = match self.mechanism.as_deref() {
+            _ if self.token.is_some() => Err((
                 ResponseError::IllegalSaslState,
-                "SaslAuthenticate comes once, after a SaslHandshake choosing PLAIN".into(),
-            );
-        }
-        // authzid NUL user NUL password (RFC 4616).
-        let mut parts = bytes.split(|b| *b == 0);
-        let (Some(_authzid), Some(user), Some(password), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return fail(
-                self,
-                ResponseError::SaslAuthenticationFailed,
-                "a PLAIN message is authzid, user name and password separated by NUL bytes".into(),
-            );
+                "the connection is already authenticated".to_string(),
+            )),
+            Some("PLAIN") => sasl_plain(bytes),
+            Some("OAUTHBEARER") => sasl_oauthbearer(bytes),
+            _ => Err((
+                ResponseError::IllegalSaslState,
+                "SaslAuthenticate comes after a SaslHandshake choosing PLAIN or OAUTHBEARER"
+                    .to_string(),
+            )),
         };
-        let (Ok(user), Ok(token)) = (std::str::from_utf8(user), std::str::from_utf8(password))
-        else {
-            return fail(
-                self,
-                ResponseError::SaslAuthenticationFailed,
-                "the user name and password must be UTF-8".into(),
-            );
+        let (user, token) = match parsed {
+            Ok(p) => p,
+            Err((code, why)) => return fail(self, code, why),
         };
-        match self.auth.principal_of_token(token.trim()).await {
-            Ok(p) if user.is_empty() || user == p => {
+        match self.auth.principal_of_token(&token).await {
+            Ok(p) if user.as_deref().is_none_or(|u| u.is_empty() || u == p) => {
                 tracing::info!(target: crate::auth::AUDIT, principal = %p, peer = %self.peer, "kafka connection authenticated");
                 self.principal = Some(p);
-                self.token = Some(token.trim().to_string());
+                self.token = Some(token);
                 SaslAuthenticateResponse::default()
             }
             Ok(p) => fail(
                 self,
                 ResponseError::SaslAuthenticationFailed,
-                format!("the token is principal `{p}`'s, not user `{user}`'s"),
+                format!(
+                    "the token is principal `{p}`'s, not user `{}`'s",
+                    user.unwrap_or_default()
+                ),
             ),
             Err(why) => fail(
                 self,
@@ -539,6 +512,68 @@ impl Connection {
                 why.to_string(),
             ),
         }
+    }
+}
+
+/// The SASL mechanisms served.
+const MECHANISMS: &[&str] = &["PLAIN", "OAUTHBEARER"];
+
+/// A SASL message's user name (if any) and token, or why it is refused.
+type SaslCredentials = Result<(Option<String>, String), (ResponseError, String)>;
+
+/// A PLAIN message (RFC 4616): authzid NUL user NUL password.
+fn sasl_plain(bytes: &[u8]) -> SaslCredentials {
+    let failed = |why: &str| Err((ResponseError::SaslAuthenticationFailed, why.to_string()));
+    let mut parts = bytes.split(|b| *b == 0);
+    let (Some(_authzid), Some(user), Some(password), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return failed("a PLAIN message is authzid, user name and password separated by NUL bytes");
+    };
+    let (Ok(user), Ok(token)) = (std::str::from_utf8(user), std::str::from_utf8(password)) else {
+        return failed("the user name and password must be UTF-8");
+    };
+    Ok((Some(user.to_string()), token.trim().to_string()))
+}
+
+/// An OAUTHBEARER client's first message (RFC 7628): a GS2 header (`n,a=<authzid>,` or
+/// `n,,`), then `^A`-separated `key=value` pairs, one of them `auth=Bearer <token>`, ended by
+/// `^A^A`.
+fn sasl_oauthbearer(bytes: &[u8]) -> SaslCredentials {
+    let failed = |why: &str| Err((ResponseError::SaslAuthenticationFailed, why.to_string()));
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return failed("an OAUTHBEARER message must be UTF-8");
+    };
+    let Some((gs2, rest)) = text.split_once('\x01') else {
+        return failed("an OAUTHBEARER message starts with a GS2 header ending in `,` and ^A");
+    };
+    let mut header = gs2.split(',');
+    let (Some("n" | "y"), Some(authzid), Some(""), None) =
+        (header.next(), header.next(), header.next(), header.next())
+    else {
+        return failed("the OAUTHBEARER GS2 header must read `n,,` or `n,a=<principal>,`");
+    };
+    let user = match authzid {
+        "" => None,
+        a => match a.strip_prefix("a=") {
+            Some(p) => Some(p.to_string()),
+            None => return failed("the OAUTHBEARER authorization id must read `a=<principal>`"),
+        },
+    };
+    let Some(pairs) = rest.strip_suffix("\x01\x01") else {
+        return failed("an OAUTHBEARER message ends with ^A^A");
+    };
+    let token = pairs
+        .split('\x01')
+        .find_map(|kv| kv.strip_prefix("auth="))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match token {
+        Some(t) if !t.is_empty() => Ok((user, t.to_string())),
+        _ => failed("the OAUTHBEARER message has no `auth=Bearer <token>`"),
     }
 }
 
@@ -592,7 +627,7 @@ pub(crate) fn encode<T: Encodable>(
 
 /// Reads size-prefixed frames until the peer closes, a frame is malformed, or `tx` closes.
 async fn read_frames(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut rd: impl tokio::io::AsyncRead + Unpin,
     max: usize,
     tx: mpsc::Sender<Result<Bytes, KafkaError>>,
 ) {
@@ -677,6 +712,35 @@ mod tests {
         assert_eq!(client_zone("cairn_az=b"), Some("b".into()));
         assert_eq!(client_zone("rdkafka"), None);
         assert_eq!(client_zone("cairn_az="), None);
+    }
+
+    #[test]
+    fn sasl_messages_parse() {
+        assert_eq!(
+            sasl_plain(b"\0alice\0tok").ok(),
+            Some((Some("alice".into()), "tok".into()))
+        );
+        assert!(sasl_plain(b"alice\0tok").is_err());
+        assert!(sasl_plain(b"\0a\0b\0c").is_err());
+        assert_eq!(
+            sasl_oauthbearer(b"n,,\x01auth=Bearer tok\x01\x01").ok(),
+            Some((None, "tok".into()))
+        );
+        assert_eq!(
+            sasl_oauthbearer(b"n,a=bob,\x01host=h\x01auth=Bearer tok\x01\x01").ok(),
+            Some((Some("bob".into()), "tok".into()))
+        );
+        for bad in [
+            &b"n,,\x01auth=Bearer tok\x01"[..],
+            b"n,,\x01auth=Basic tok\x01\x01",
+            b"n,,\x01auth=Bearer \x01\x01",
+            b"p=x,,\x01auth=Bearer tok\x01\x01",
+            b"n,bob,\x01auth=Bearer tok\x01\x01",
+            b"n,,",
+            b"\xff",
+        ] {
+            assert!(sasl_oauthbearer(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

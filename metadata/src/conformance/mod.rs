@@ -42,8 +42,8 @@ use std::time::Duration;
 use crate::{
     BatchOutcome, Codec, CommitBatch, ErrorKind, FaultyKv, FenceReason, KvError, KvStore,
     ManualClock, MetaError, Metadata, OffsetReset, PRODUCER_WINDOW, ProducerId, ProducerStamp,
-    Rejection, RetryPolicy, SegmentCommit, ShareAction, TopicColumn, TopicSpec, ValueSchema,
-    transact,
+    Rejection, RetryPolicy, SegmentCommit, ShareAction, TopicColumn, TopicConfigChange, TopicSpec,
+    ValueSchema, transact,
 };
 
 /// Fails unless `err` is a fence for `reason`.

@@ -58,6 +58,40 @@ pub async fn topics(kv: Arc<dyn KvStore>) {
         .unwrap();
     assert_eq!(offsets(&out), [-1, 0]);
 
+    // Settings change in place; what is not named stays; bad values are refused.
+    let changed = m
+        .alter_topic_config(
+            "orders",
+            &TopicConfigChange {
+                retention_ms: Some(60_000),
+                codec: Some(Codec::Lz4),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!((changed.retention_ms, changed.codec), (60_000, Codec::Lz4));
+    assert_eq!(changed.retention_bytes, b.retention_bytes);
+    assert_eq!(m.topic("orders").await.unwrap(), changed);
+    let bad = TopicConfigChange {
+        retention_bytes: Some(0),
+        ..Default::default()
+    };
+    assert_eq!(
+        m.alter_topic_config("orders", &bad)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Invalid
+    );
+    assert_eq!(
+        m.alter_topic_config("nope", &TopicConfigChange::default())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+
     // Value schemas: columns accumulate in declaration order, keep their type, and stay
     // when a later schema leaves them out.
     let col = |name: &str, kind: &str| TopicColumn {
