@@ -65,8 +65,25 @@ pub(crate) struct Common {
     /// and read it again with `cairn bench consume --topic`.
     #[arg(long, conflicts_with = "topic")]
     pub(super) keep: bool,
+    /// The protocol the producers speak: Cairn's gRPC API, or Kafka's (a minimal
+    /// idempotent Kafka producer, one connection each) to compare the two in one setup.
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub(super) protocol: ProtocolArg,
+    /// With --protocol kafka and without --embedded: an agent's Kafka listener (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(super) kafka_bootstrap: Option<String>,
     #[command(flatten)]
     pub(super) connect: ConnectArgs,
+}
+
+/// The protocol of the bench's producers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ProtocolArg {
+    /// Cairn's gRPC API (the Rust client).
+    Grpc,
+    /// Kafka's wire protocol (the agent's Kafka listener).
+    Kafka,
 }
 
 /// The content of benchmark values.

@@ -12,7 +12,7 @@ use cairn_metadata::{EntryKind, Metadata};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::args::{CompactArgs, TablesArg};
+use super::args::{CompactArgs, ProtocolArg, TablesArg};
 use super::embedded::Embedded;
 use super::report::{MIB, print_report};
 use super::workload::run_against;
@@ -84,6 +84,10 @@ pub(super) async fn compact_bench(a: CompactArgs) -> anyhow::Result<()> {
         Kind::Produce,
         std::slice::from_ref(&embedded.endpoint),
         Some(store_url.clone()),
+        embedded
+            .kafka
+            .clone()
+            .filter(|_| c.protocol == ProtocolArg::Kafka),
     )
     .await;
     // The agent is stopped before compacting, so the compactor has the machine to itself.

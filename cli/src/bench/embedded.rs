@@ -13,6 +13,8 @@ use super::Common;
 pub(super) struct Embedded {
     pub(super) child: tokio::process::Child,
     pub(super) endpoint: String,
+    /// Its Kafka listener.
+    pub(super) kafka: Option<String>,
     pub(super) store_url: String,
     pub(super) dir: tempfile::TempDir,
 }
@@ -67,9 +69,15 @@ impl Embedded {
             );
         };
         // `http://HOST:PORT`, then `(kafka HOST:PORT)` when it serves Kafka.
-        let endpoint = endpoint.split_whitespace().next().unwrap_or_default();
+        let mut words = endpoint.split_whitespace();
+        let endpoint = words.next().unwrap_or_default();
+        let kafka = match (words.next(), words.next()) {
+            (Some("(kafka"), Some(a)) => Some(a.trim_end_matches(')').to_string()),
+            _ => None,
+        };
         Ok(Embedded {
             child,
+            kafka,
             endpoint: endpoint.to_string(),
             store_url,
             dir,

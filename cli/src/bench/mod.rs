@@ -9,6 +9,7 @@ mod agents;
 mod args;
 mod compact;
 mod embedded;
+mod kafka;
 mod report;
 mod workload;
 
@@ -29,6 +30,7 @@ Examples:
   cairn bench produce --embedded --duration 30s --record-size 1KiB --baseline
   AWS_ENDPOINT_URL=http://127.0.0.1:4566 cairn bench produce --embedded --object-store s3://cairn/bench
   cairn bench produce --embedded --codec lz4 --record-size 4KiB
+  cairn bench produce --embedded --protocol kafka --codec none   # through the Kafka listener
   cairn bench produce --endpoint http://agent:7170 --producers 8 --rate 50000 --json
   cairn bench produce --endpoint a:7170,b:7170,c:7170 --producers 6   # a cluster, per-agent shares")]
     Produce(Common),
@@ -108,11 +110,25 @@ async fn agent_bench(c: Common, kind: Kind) -> anyhow::Result<()> {
     if endpoints.is_empty() {
         bail!("--endpoint is empty: give one agent address or several, comma-separated");
     }
+    let kafka =
+        match c.protocol {
+            args::ProtocolArg::Grpc => None,
+            args::ProtocolArg::Kafka => match (&embedded, &c.kafka_bootstrap) {
+                (_, Some(k)) => Some(k.clone()),
+                (Some(e), None) => Some(e.kafka.clone().ok_or_else(|| {
+                    anyhow::anyhow!("the embedded agent serves no Kafka listener")
+                })?),
+                (None, None) => {
+                    bail!("--protocol kafka needs --kafka-bootstrap HOST:PORT (or --embedded)")
+                }
+            },
+        };
     let result = run_against(
         &c,
         kind,
         &endpoints,
         embedded.as_ref().map(|e| e.store_url.clone()),
+        kafka,
     )
     .await;
     if let Some(e) = embedded {

@@ -66,6 +66,8 @@ pub(super) struct Bill {
 #[derive(Debug, Clone, Default, Serialize)]
 pub(crate) struct Report {
     pub(super) bench: String,
+    /// The producers' protocol (`grpc` or `kafka`).
+    pub(super) protocol: Option<super::args::ProtocolArg>,
     pub(super) object_store: String,
     pub(super) metadata: String,
     pub(super) producers: usize,
@@ -228,6 +230,7 @@ pub(super) fn report(
             Kind::Consume => "consume",
         }
         .into(),
+        protocol: Some(c.protocol),
         object_store: after.object_store.clone(),
         metadata: after.metadata_backend.clone(),
         producers: c.producers,
@@ -291,7 +294,12 @@ pub(super) fn print_latency(what: &str, p: &Percentiles) {
 
 /// The report as a table.
 pub(super) fn print_report(r: &Report) {
-    println!("bench              {}", r.bench);
+    match r.protocol {
+        Some(super::args::ProtocolArg::Kafka) => {
+            println!("bench              {} (Kafka protocol)", r.bench)
+        }
+        _ => println!("bench              {}", r.bench),
+    }
     println!(
         "object store       {} (metadata {})",
         r.object_store, r.metadata

@@ -117,6 +117,39 @@ fn value_pool(values: ValuesArg) -> Bytes {
     }
 }
 
+/// The values one producer sends: slices of `pool` from `offset` on, with the send time in
+/// their first 8 bytes when `stamp`, until `deadline`, at `rate` a second (0: flat out).
+fn values(
+    pool: Bytes,
+    mut offset: usize,
+    size: usize,
+    stamp: bool,
+    epoch: Instant,
+    deadline: Instant,
+    rate: f64,
+) -> super::kafka::NextValue {
+    let mut sent = 0u64;
+    Box::new(move || {
+        let due = (rate > 0.0).then(|| epoch + Duration::from_secs_f64(sent as f64 / rate));
+        let mut value = pool.slice(offset..offset + size).to_vec();
+        offset = (offset + 4099) % (pool.len() - size);
+        sent += 1;
+        Box::pin(async move {
+            if let Some(due) = due {
+                tokio::time::sleep_until(due.into()).await;
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            if stamp {
+                let t = epoch.elapsed().as_micros() as u64;
+                value[..8].copy_from_slice(&t.to_le_bytes());
+            }
+            Some(value)
+        })
+    })
+}
+
 /// PUTs `object_size`-byte objects, `concurrency` at a time, for `duration`.
 pub(super) async fn raw_put(
     url: &str,
@@ -214,6 +247,7 @@ pub(super) async fn run_against(
     kind: Kind,
     endpoints: &[String],
     store_url: Option<String>,
+    kafka: Option<String>,
 ) -> anyhow::Result<Report> {
     let raw = match (&store_url, c.baseline) {
         (Some(url), true) => Some(
@@ -313,6 +347,28 @@ pub(super) async fn run_against(
     let mut tasks = Vec::new();
     for p in 0..c.producers {
         let (topic, pool, acked) = (topic.clone(), pool.clone(), acked.clone());
+        if let Some(address) = &kafka {
+            let load = super::kafka::KafkaLoad {
+                address: address.clone(),
+                topic,
+                partitions: c.partitions,
+                codec: c.codec,
+                linger: ProducerConfig::default().linger,
+                batch_max_bytes: ProducerConfig::default().batch_max_bytes,
+                first_partition: p as u32,
+            };
+            let next = values(
+                pool,
+                (p * 7919) % (POOL_BYTES - c.record_size),
+                c.record_size,
+                kind == Kind::E2e,
+                epoch,
+                deadline,
+                c.rate as f64 / c.producers as f64,
+            );
+            tasks.push(tokio::spawn(super::kafka::produce(load, next, acked)));
+            continue;
+        }
         // Each producer learns the cluster itself and picks its own agent, as separate
         // clients would.
         let channel = cluster(c, endpoints).await?;
