@@ -61,7 +61,8 @@ async fn librdkafka_produces_with_every_codec_and_reads_back() -> anyhow::Result
     Admin::new(channel.clone())
         .create_topic("orders", 4, TopicOptions::default())
         .await?;
-    const PER_CODEC: usize = 4_000;
+    // 100,000 records in all, as Kafka clients send them: idempotent, in every codec.
+    const PER_CODEC: usize = 20_000;
     let mut produced: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     for codec in CODECS {
         let out = python(
@@ -460,7 +461,7 @@ async fn librdkafka_group_survives_a_killed_member() -> anyhow::Result<()> {
     admin
         .create_topic("events", 6, TopicOptions::default())
         .await?;
-    const COUNT: usize = 30_000;
+    const COUNT: usize = 100_000;
     let out = python(
         "produce",
         &[&kafka, "events", &COUNT.to_string(), "lz4", "e"],
