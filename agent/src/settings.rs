@@ -81,6 +81,10 @@ pub struct AgentSettings {
     /// it (Kafka's `auto.create.topics.enable`). 0, the default, creates none: the client
     /// is answered UNKNOWN_TOPIC_OR_PARTITION.
     pub kafka_auto_create_partitions: u32,
+    /// The zones of Kafka clients by address, as `ZONE=CIDR` (e.g. `eu-1a=10.1.0.0/16`):
+    /// a client whose `client.id` names no `cairn_az` is of the zone of the most specific
+    /// range holding its address, and Metadata names leaders among that zone's agents.
+    pub kafka_zone_cidrs: Vec<String>,
 }
 
 impl Default for AgentSettings {
@@ -108,6 +112,7 @@ impl Default for AgentSettings {
             max_connection_bytes: 64 << 20,
             max_streams_per_connection: 1024,
             kafka_auto_create_partitions: 0,
+            kafka_zone_cidrs: Vec::new(),
         }
     }
 }
@@ -136,6 +141,9 @@ impl AgentSettings {
                 "multipart_threshold must be at least 5 MiB (S3's smallest part), got {}",
                 self.multipart_threshold
             ));
+        }
+        if let Err(e) = crate::kafka::ZoneCidrs::parse(&self.kafka_zone_cidrs) {
+            return bad(format!("kafka_zone_cidrs: {e}"));
         }
         if self.kafka_auto_create_partitions > cairn_metadata::TopicSpec::MAX_PARTITIONS {
             return bad(format!(

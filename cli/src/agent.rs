@@ -34,7 +34,8 @@ linger, max_inflight_segments, multipart_threshold, segment_max_batches, max_req
 max_batch_uncompressed_bytes, cache_bytes, chunk_cache_bytes, chunk_bytes,
 peer_read_timeout, max_fetch_wait, topic_cache_ttl, producer_idle_expiry,
 share_max_deliveries, agent_lease, shutdown_timeout, max_long_polls_per_connection,
-max_connection_bytes, max_streams_per_connection, kafka_auto_create_partitions).
+max_connection_bytes, max_streams_per_connection, kafka_auto_create_partitions,
+kafka_zone_cidrs).
 
 Several agents form one cluster when they share the object store and a PostgreSQL (or
 FoundationDB) metadata store; each registers itself there. `cairn cluster` lists them.
@@ -63,6 +64,16 @@ pub(crate) struct AgentArgs {
     /// this many partitions (Kafka's auto.create.topics.enable). Default 0: none is created.
     #[arg(long, env = "CAIRN_KAFKA_AUTO_CREATE_PARTITIONS", value_name = "N")]
     kafka_auto_create_partitions: Option<u32>,
+    /// Kafka clients' zones by address, comma-separated ZONE=CIDR (e.g.
+    /// eu-1a=10.1.0.0/16,eu-1b=10.2.0.0/16): a client whose client.id names no cairn_az=ZONE
+    /// gets leaders among the agents of its address's zone.
+    #[arg(
+        long,
+        env = "CAIRN_KAFKA_ZONE_CIDRS",
+        value_name = "ZONE=CIDR,...",
+        value_delimiter = ','
+    )]
+    kafka_zone_cidrs: Vec<String>,
     /// Where segments are stored: a directory, file:///dir, s3://bucket/prefix or memory://.
     /// S3 endpoint and credentials come from the AWS_* environment variables.
     #[arg(long, env = "CAIRN_OBJECT_STORE", value_name = "URL")]
@@ -265,6 +276,9 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     if let Some(n) = args.kafka_auto_create_partitions {
         settings.kafka_auto_create_partitions = n;
+    }
+    if !args.kafka_zone_cidrs.is_empty() {
+        settings.kafka_zone_cidrs = args.kafka_zone_cidrs.clone();
     }
     let listen = match args.listen.or(file.listen) {
         Some(a) => a,

@@ -276,12 +276,17 @@ async fn kafka_python_produces_and_consumes() -> anyhow::Result<()> {
 
 /// A request frame: size, header of `api`/`version`, then `body` bytes.
 fn frame(api: i16, version: i16, correlation: i32, body: &[u8]) -> Vec<u8> {
+    frame_as("malformed-test", api, version, correlation, body)
+}
+
+/// [`frame`] from a client of id `client_id`.
+fn frame_as(client_id: &str, api: i16, version: i16, correlation: i32, body: &[u8]) -> Vec<u8> {
     let mut b = BytesMut::new();
     let header = RequestHeader::default()
         .with_request_api_key(api)
         .with_request_api_version(version)
         .with_correlation_id(correlation)
-        .with_client_id(Some(StrBytes::from_static_str("malformed-test")));
+        .with_client_id(Some(StrBytes::from_string(client_id.to_string())));
     let header_version = ApiKey::try_from(api)
         .map(|k| k.request_header_version(version))
         .unwrap_or(1);
@@ -1053,4 +1058,91 @@ fn kcat_cmd(kafka: &str, config: &[String]) -> Command {
         cmd.args(["-X", c]);
     }
     cmd
+}
+
+/// The hosts of the leaders Metadata names for `topic`'s partitions, asked of `kafka` by a
+/// client of id `client_id`, and the brokers listed.
+fn leader_hosts(kafka: &str, client_id: &str, topic: &str) -> (Vec<String>, usize) {
+    use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+    use kafka_protocol::messages::{MetadataResponse, TopicName};
+    let mut s = connect(kafka);
+    let mut body = BytesMut::new();
+    MetadataRequest::default()
+        .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+            TopicName(StrBytes::from_string(topic.to_string())),
+        ))]))
+        .encode(&mut body, 12)
+        .unwrap();
+    s.write_all(&frame_as(client_id, ApiKey::Metadata as i16, 12, 1, &body))
+        .unwrap();
+    let mut resp = read_response(&mut s).unwrap();
+    ResponseHeader::decode(&mut resp, ApiKey::Metadata.response_header_version(12)).unwrap();
+    let m = MetadataResponse::decode(&mut resp, 12).unwrap();
+    let host = |node: i32| {
+        m.brokers
+            .iter()
+            .find(|b| b.node_id.0 == node)
+            .map(|b| b.host.as_str().to_string())
+            .unwrap_or_else(|| format!("unknown node {node}"))
+    };
+    let leaders = m.topics[0]
+        .partitions
+        .iter()
+        .map(|p| host(p.leader_id.0))
+        .collect();
+    (leaders, m.brokers.len())
+}
+
+/// Zones: Metadata names each partition's leader among the agents of the client's zone,
+/// from `cairn_az=` in its client id or else from the agent's zone CIDRs for its address;
+/// a client of no zone gets leaders spread over every agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_names_leaders_in_the_clients_zone() -> anyhow::Result<()> {
+    let pg = cairn_metadata::conformance::TempPostgres::start().map_err(anyhow::Error::msg)?;
+    let metadata = pg
+        .create_database("kafka_zones")
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let dir = temp_dir()?;
+    let objects = format!("file://{}", dir.path().join("objects").display());
+    let common = ["--object-store", &objects, "--metadata", &metadata];
+    // Agent a (zone a) takes its loopback clients for zone b's.
+    let mut args_a = common.to_vec();
+    args_a.extend(["--agent-id", "a", "--zone", "a"]);
+    args_a.extend(["--kafka-zone-cidrs", "b=127.0.0.0/8"]);
+    let a = AgentProcess::start_at("127.0.0.2:0", &args_a, &[])?;
+    let mut args_b = common.to_vec();
+    args_b.extend(["--agent-id", "b", "--zone", "b"]);
+    let b = AgentProcess::start_at("127.0.0.3:0", &args_b, &[])?;
+    Admin::new(cairn_client::connect(&a.endpoint).await?)
+        .create_topic("zoned", 6, TopicOptions::default())
+        .await?;
+    let (ka, kb) = (a.kafka.clone().unwrap(), b.kafka.clone().unwrap());
+    cairn_tests::eventually("both agents are brokers", || {
+        let (ka, kb) = (ka.clone(), kb.clone());
+        async move {
+            leader_hosts(&ka, "plain", "zoned").1 == 2 && leader_hosts(&kb, "plain", "zoned").1 == 2
+        }
+    })
+    .await;
+    // By address: agent a maps this client to zone b.
+    let (leaders, _) = leader_hosts(&ka, "plain", "zoned");
+    assert_eq!(leaders, vec!["127.0.0.3"; 6]);
+    // The client id's zone wins over the address's.
+    let (leaders, _) = leader_hosts(&ka, "app,cairn_az=a", "zoned");
+    assert_eq!(leaders, vec!["127.0.0.2"; 6]);
+    let (leaders, _) = leader_hosts(&kb, "cairn_az=b", "zoned");
+    assert_eq!(leaders, vec!["127.0.0.3"; 6]);
+    // No zone (agent b has no CIDRs): the partitions are shared by both agents.
+    let (leaders, _) = leader_hosts(&kb, "plain", "zoned");
+    let spread: BTreeSet<&String> = leaders.iter().collect();
+    assert_eq!(spread.len(), 2, "{leaders:?}");
+    // A zone with no agent falls back to every agent.
+    let (leaders, _) = leader_hosts(&kb, "cairn_az=nowhere", "zoned");
+    assert_eq!(
+        leaders.iter().collect::<BTreeSet<_>>().len(),
+        2,
+        "{leaders:?}"
+    );
+    Ok(())
 }

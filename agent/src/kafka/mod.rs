@@ -113,9 +113,12 @@ pub(crate) async fn serve(
     tls: Option<crate::tls::Reloading>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let conn = |peer, principal| Connection {
+    // Checked with the settings: a bad entry stops the agent's start, not this listener.
+    let zones = ZoneCidrs::parse(&shared.settings.kafka_zone_cidrs).unwrap_or_default();
+    let conn = |peer: SocketAddr, principal| Connection {
         shared: shared.clone(),
         auth: auth.clone(),
+        address_zone: zones.zone_of(peer.ip()).map(str::to_string),
         peer,
         client_id: String::new(),
         principal,
@@ -167,6 +170,9 @@ pub(crate) struct Connection {
     pub(crate) peer: SocketAddr,
     /// The client id of the last request (librdkafka and Java clients send one per request).
     pub(crate) client_id: String,
+    /// The zone of the client's address (`kafka_zone_cidrs`), used when its client id
+    /// names none.
+    address_zone: Option<String>,
     /// Checks SASL credentials (Cairn tokens).
     pub(crate) auth: Authenticator,
     /// Who the connection authenticated as (SASL, or a TLS client certificate); `None`
@@ -322,7 +328,7 @@ impl Connection {
             ApiKey::Metadata => {
                 let req = body(api, version, &mut frame)?;
                 let s = self.shared.clone();
-                let zone = client_zone(&self.client_id);
+                let zone = client_zone(&self.client_id).or_else(|| self.address_zone.clone());
                 let principal = self.principal.clone();
                 Ok(Box::pin(async move {
                     let resp =
@@ -667,6 +673,42 @@ async fn read_frames(
     }
 }
 
+/// Kafka clients' zones by address (the agent's `kafka_zone_cidrs`), most specific range
+/// first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ZoneCidrs(Vec<(ipnet::IpNet, String)>);
+
+impl ZoneCidrs {
+    /// Parses `ZONE=CIDR` entries; the first that is not one is the error.
+    pub(crate) fn parse(entries: &[String]) -> Result<ZoneCidrs, String> {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            let Some((zone, cidr)) = e.split_once('=') else {
+                return Err(format!("`{e}` is not ZONE=CIDR (e.g. eu-1a=10.1.0.0/16)"));
+            };
+            let (zone, cidr) = (zone.trim(), cidr.trim());
+            if zone.is_empty() || zone.len() > 64 || zone.chars().any(|c| c.is_control()) {
+                return Err(format!("`{e}`: a zone is 1 to 64 printable characters"));
+            }
+            let net: ipnet::IpNet = cidr
+                .parse()
+                .map_err(|err| format!("`{e}`: `{cidr}` is not a CIDR range ({err})"))?;
+            out.push((net.trunc(), zone.to_string()));
+        }
+        out.sort_by_key(|(net, _)| std::cmp::Reverse(net.prefix_len()));
+        Ok(ZoneCidrs(out))
+    }
+
+    /// The zone of a client at `ip`: that of the most specific range holding it.
+    pub(crate) fn zone_of(&self, ip: std::net::IpAddr) -> Option<&str> {
+        let ip = ip.to_canonical();
+        self.0
+            .iter()
+            .find(|(net, _)| net.contains(&ip))
+            .map(|(_, z)| z.as_str())
+    }
+}
+
 /// The zone a client names in its client id (`cairn_az=<zone>`, as WarpStream's
 /// `warpstream_az`), if any.
 pub(crate) fn client_zone(client_id: &str) -> Option<String> {
@@ -712,6 +754,25 @@ mod tests {
         assert_eq!(client_zone("cairn_az=b"), Some("b".into()));
         assert_eq!(client_zone("rdkafka"), None);
         assert_eq!(client_zone("cairn_az="), None);
+    }
+
+    #[test]
+    fn zones_come_from_the_most_specific_range() {
+        let z = ZoneCidrs::parse(&[
+            "wide=10.0.0.0/8".into(),
+            "a = 10.1.0.0/16".into(),
+            "v6=fd00::/8".into(),
+        ])
+        .unwrap();
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(z.zone_of(ip("10.1.2.3")), Some("a"));
+        assert_eq!(z.zone_of(ip("10.2.2.3")), Some("wide"));
+        assert_eq!(z.zone_of(ip("::ffff:10.1.0.9")), Some("a"));
+        assert_eq!(z.zone_of(ip("fd00::1")), Some("v6"));
+        assert_eq!(z.zone_of(ip("192.168.1.1")), None);
+        for bad in ["10.0.0.0/8", "a=10.0.0.0/33", "=10.0.0.0/8", "a=host"] {
+            assert!(ZoneCidrs::parse(&[bad.into()]).is_err(), "{bad}");
+        }
     }
 
     #[test]
