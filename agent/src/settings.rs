@@ -85,6 +85,11 @@ pub struct AgentSettings {
     /// a client whose `client.id` names no `cairn_az` is of the zone of the most specific
     /// range holding its address, and Metadata names leaders among that zone's agents.
     pub kafka_zone_cidrs: Vec<String>,
+    /// The session timeout of Kafka consumers of the KIP-848 protocol
+    /// (`group.protocol=consumer`), which the broker sets rather than the client: a member
+    /// silent this long loses its partitions. Kafka's default, 45 s.
+    #[serde(with = "humantime_serde")]
+    pub kafka_group_session_timeout: Duration,
 }
 
 impl Default for AgentSettings {
@@ -113,6 +118,7 @@ impl Default for AgentSettings {
             max_streams_per_connection: 1024,
             kafka_auto_create_partitions: 0,
             kafka_zone_cidrs: Vec::new(),
+            kafka_group_session_timeout: Duration::from_secs(45),
         }
     }
 }
@@ -140,6 +146,13 @@ impl AgentSettings {
             return bad(format!(
                 "multipart_threshold must be at least 5 MiB (S3's smallest part), got {}",
                 self.multipart_threshold
+            ));
+        }
+        let (lo, hi) = cairn_metadata::SESSION_TIMEOUT_RANGE_MS;
+        let session = self.kafka_group_session_timeout.as_millis();
+        if session < lo as u128 || session > hi as u128 {
+            return bad(format!(
+                "kafka_group_session_timeout must be between {lo} ms and {hi} ms, got {session} ms"
             ));
         }
         if let Err(e) = crate::kafka::ZoneCidrs::parse(&self.kafka_zone_cidrs) {

@@ -35,7 +35,7 @@ max_batch_uncompressed_bytes, cache_bytes, chunk_cache_bytes, chunk_bytes,
 peer_read_timeout, max_fetch_wait, topic_cache_ttl, producer_idle_expiry,
 share_max_deliveries, agent_lease, shutdown_timeout, max_long_polls_per_connection,
 max_connection_bytes, max_streams_per_connection, kafka_auto_create_partitions,
-kafka_zone_cidrs).
+kafka_zone_cidrs, kafka_group_session_timeout).
 
 Several agents form one cluster when they share the object store and a PostgreSQL (or
 FoundationDB) metadata store; each registers itself there. `cairn cluster` lists them.

@@ -314,6 +314,39 @@ impl Metadata {
         topics: &[String],
         session_timeout_ms: i64,
     ) -> Result<MemberAssignment, MetaError> {
+        self.join(group, member_id, topics, session_timeout_ms, false)
+            .await
+    }
+
+    /// [`Metadata::join_group`] for a client that names its members itself (Kafka's
+    /// KIP-848 consumers send a fresh UUID): an id the group does not have joins as a new
+    /// member of that id.
+    pub async fn join_group_as(
+        &self,
+        group: &str,
+        member_id: &str,
+        topics: &[String],
+        session_timeout_ms: i64,
+    ) -> Result<MemberAssignment, MetaError> {
+        check_member_id(group, member_id)?;
+        if member_id.is_empty() || member_id.chars().any(|c| c.is_control()) {
+            return Err(MetaError::InvalidArgument(format!(
+                "member id {}: a member id is 1 or more printable characters",
+                crate::types::shown_name(member_id)
+            )));
+        }
+        self.join(group, Some(member_id), topics, session_timeout_ms, true)
+            .await
+    }
+
+    async fn join(
+        &self,
+        group: &str,
+        member_id: Option<&str>,
+        topics: &[String],
+        session_timeout_ms: i64,
+        named_by_client: bool,
+    ) -> Result<MemberAssignment, MetaError> {
         validate_group(group)?;
         if topics.is_empty() {
             return Err(MetaError::InvalidArgument(
@@ -351,7 +384,7 @@ impl Metadata {
                 .flatten()
                 .map(|(id, _)| id.clone());
             let id = match (member_id, mine) {
-                (Some(id), _) if g.members.contains_key(id) => id.to_string(),
+                (Some(id), _) if g.members.contains_key(id) || named_by_client => id.to_string(),
                 (_, Some(id)) => id,
                 // As Kafka answers UNKNOWN_MEMBER_ID: an id this group never issued (or one
                 // already removed) is a client bug or a stale member, not a new member.

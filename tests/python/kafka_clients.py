@@ -29,6 +29,11 @@ def conf(base):
     token = extra.pop("cairn.oauth.token", None)
     if token is not None:
         extra["oauth_cb"] = lambda _config: (token, time.time() + 3600)
+    if extra.get("group.protocol") == "consumer":
+        # KIP-848: the broker owns these; librdkafka refuses them.
+        for k in ("session.timeout.ms", "heartbeat.interval.ms",
+                  "partition.assignment.strategy"):
+            base.pop(k, None)
     return {**base, **extra}
 
 

@@ -422,17 +422,23 @@ struct MemberLog {
     errors: Vec<String>,
 }
 
-/// Starts a confluent-kafka group member whose JSON lines land in `log`.
+/// Starts a confluent-kafka group member whose JSON lines land in `log`, of the classic
+/// group protocol or KIP-848's (`group_protocol` "consumer").
 fn start_member(
     kafka: &str,
     name: &str,
     stop: &std::path::Path,
     log: std::sync::Arc<std::sync::Mutex<MemberLog>>,
+    group_protocol: &str,
 ) -> anyhow::Result<std::process::Child> {
     let mut child = Command::new(client_python()?)
         .arg(workspace_root().join("tests/python/kafka_clients.py"))
         .args(["member", kafka, "events", "workers", name])
         .arg(stop)
+        .env(
+            "CAIRN_KAFKA_CONFIG",
+            serde_json::json!({ "group.protocol": group_protocol }).to_string(),
+        )
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let out = child.stdout.take().unwrap();
@@ -459,9 +465,27 @@ fn start_member(
 /// offset ever goes back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn librdkafka_group_survives_a_killed_member() -> anyhow::Result<()> {
+    group_survives_a_killed_member("classic", &[]).await
+}
+
+/// The same with KIP-848's protocol (`group.protocol=consumer`): ConsumerGroupHeartbeat,
+/// assignments by topic id, OffsetCommit v9 with member epochs. The session timeout is the
+/// agent's (6 s here, Kafka's 45 s by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_kip848_group_survives_a_killed_member() -> anyhow::Result<()> {
+    group_survives_a_killed_member("consumer", &["kafka_group_session_timeout = \"6s\""]).await
+}
+
+async fn group_survives_a_killed_member(protocol: &str, tuning: &[&str]) -> anyhow::Result<()> {
     use std::sync::{Arc, Mutex};
     let dir = temp_dir()?;
-    let (agent, kafka) = agent(dir.path())?;
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, format!("[tuning]\n{}\n", tuning.join("\n")))?;
+    let mut args = file_agent_args(dir.path());
+    args.extend(["--config".into(), config.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = AgentProcess::start(&args, &[])?;
+    let kafka = agent.kafka.clone().unwrap();
     let admin = Admin::new(cairn_client::connect(&agent.endpoint).await?);
     admin
         .create_topic("events", 6, TopicOptions::default())
@@ -477,7 +501,13 @@ async fn librdkafka_group_survives_a_killed_member() -> anyhow::Result<()> {
     let logs: Vec<Arc<Mutex<MemberLog>>> = (0..3).map(|_| Arc::default()).collect();
     let mut members = Vec::new();
     for (i, log) in logs.iter().enumerate() {
-        members.push(start_member(&kafka, &format!("m{i}"), &stop, log.clone())?);
+        members.push(start_member(
+            &kafka,
+            &format!("m{i}"),
+            &stop,
+            log.clone(),
+            protocol,
+        )?);
     }
     let processed = |logs: &[Arc<Mutex<MemberLog>>]| -> BTreeSet<String> {
         logs.iter()

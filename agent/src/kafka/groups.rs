@@ -10,6 +10,9 @@
 //!   member's, and the member joins again to learn its new assignment.
 //! - OffsetCommit commits through the same fencing as the gRPC API (live member, current
 //!   generation, partitions assigned to it); OffsetFetch reads the same offsets.
+//! - ConsumerGroupHeartbeat (KIP-848) joins with epoch 0, heartbeats, and leaves with -1
+//!   over the same groups: the member epoch is the Cairn generation, and every answer
+//!   carries the member's whole assignment, by topic id.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use cairn_metadata::acls::{Operation, ResourceType};
@@ -31,7 +34,8 @@ use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
 use kafka_protocol::messages::{
-    BrokerId, ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest,
+    BrokerId, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,
+    ConsumerProtocolAssignment, ConsumerProtocolSubscription, DescribeGroupsRequest,
     DescribeGroupsResponse, FindCoordinatorRequest, FindCoordinatorResponse, GroupId,
     HeartbeatRequest, HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
     LeaveGroupResponse, ListGroupsResponse, OffsetCommitRequest, OffsetCommitResponse,
@@ -275,6 +279,153 @@ pub(super) async fn heartbeat(
     HeartbeatResponse::default().with_error_code(code)
 }
 
+/// ConsumerGroupHeartbeat (KIP-848): epoch 0 joins (as the member id the client chose, or
+/// a new one), a positive epoch heartbeats (and updates the subscription when one is
+/// sent), -1 and -2 leave. The answer's epoch is the group's Cairn generation and its
+/// assignment the member's whole current one: partitions move between members at a new
+/// generation, and commits from the old one are refused (STALE_MEMBER_EPOCH), so an
+/// offset never goes back.
+pub(super) async fn consumer_group_heartbeat(
+    s: &Shared,
+    principal: Option<&str>,
+    req: ConsumerGroupHeartbeatRequest,
+) -> ConsumerGroupHeartbeatResponse {
+    use kafka_protocol::messages::consumer_group_heartbeat_response::{
+        Assignment, TopicPartitions,
+    };
+    let group = req.group_id.0.as_str();
+    let session = s.settings.kafka_group_session_timeout;
+    let interval = (session / 10).clamp(
+        std::time::Duration::from_millis(500),
+        std::time::Duration::from_secs(5),
+    );
+    let resp = ConsumerGroupHeartbeatResponse::default()
+        .with_member_id(Some(req.member_id.clone()))
+        .with_member_epoch(req.member_epoch)
+        .with_heartbeat_interval_ms(interval.as_millis() as i32);
+    let fail = |code: ResponseError, why: String| {
+        resp.clone()
+            .with_error_code(code.code())
+            .with_error_message(Some(StrBytes::from_string(why)))
+    };
+    if denied(s, principal, Operation::Read, ResourceType::Group, group) {
+        return fail(
+            ResponseError::GroupAuthorizationFailed,
+            format!("no ACL lets this principal read group `{group}`"),
+        );
+    }
+    // librdkafka sends an empty regex when it subscribes by name.
+    if req
+        .subscribed_topic_regex
+        .as_ref()
+        .is_some_and(|r| !r.is_empty())
+    {
+        return fail(
+            ResponseError::InvalidRequest,
+            "regular-expression subscriptions are not served: subscribe to topic names".into(),
+        );
+    }
+    let topics: Option<Vec<String>> = req
+        .subscribed_topic_names
+        .as_ref()
+        .map(|ts| ts.iter().map(|t| t.0.as_str().to_string()).collect());
+    if let Some(t) = topics
+        .iter()
+        .flatten()
+        .find(|t| denied(s, principal, Operation::Read, ResourceType::Topic, t))
+    {
+        return fail(
+            ResponseError::TopicAuthorizationFailed,
+            format!("no ACL lets this principal read topic `{t}`"),
+        );
+    }
+    let member = req.member_id.as_str();
+    let session_ms = session.as_millis() as i64;
+    let outcome = match req.member_epoch {
+        -1 | -2 => {
+            return match s.metadata.leave_group(group, member).await {
+                Ok(()) | Err(MetaError::GroupNotFound(_)) => resp.with_member_epoch(-1),
+                Err(e) => fail(code_of(group_error(&e)), e.to_string()),
+            };
+        }
+        0 => match &topics {
+            Some(t) if !t.is_empty() => {
+                if member.is_empty() {
+                    s.metadata.join_group(group, None, t, session_ms).await
+                } else {
+                    s.metadata.join_group_as(group, member, t, session_ms).await
+                }
+            }
+            _ => {
+                return fail(
+                    ResponseError::InvalidRequest,
+                    "joining (epoch 0) needs the subscribed topic names".into(),
+                );
+            }
+        },
+        epoch if epoch > 0 => match &topics {
+            // A changed subscription: join again as the same member.
+            Some(t) if !t.is_empty() => {
+                s.metadata
+                    .join_group(group, Some(member), t, session_ms)
+                    .await
+            }
+            _ => s.metadata.heartbeat(group, member).await,
+        }
+        .and_then(|a| {
+            if generation(a.generation) < epoch {
+                Err(MetaError::Fenced {
+                    reason: FenceReason::StaleGeneration,
+                    message: format!(
+                        "epoch {epoch} is ahead of group `{group}`'s {}",
+                        a.generation
+                    ),
+                })
+            } else {
+                Ok(a)
+            }
+        }),
+        other => {
+            return fail(
+                ResponseError::InvalidRequest,
+                format!("member epoch {other}: 0 joins, -1 or -2 leaves, a positive one beats"),
+            );
+        }
+    };
+    let a = match outcome {
+        Ok(a) => a,
+        Err(MetaError::Fenced {
+            reason: FenceReason::StaleGeneration,
+            message,
+        }) => return fail(ResponseError::FencedMemberEpoch, message),
+        Err(e) => return fail(code_of(group_error(&e)), e.to_string()),
+    };
+    let mut by_topic: std::collections::BTreeMap<&str, Vec<i32>> = Default::default();
+    for (t, p) in &a.partitions {
+        by_topic.entry(t).or_default().push(*p as i32);
+    }
+    let mut assigned = Vec::with_capacity(by_topic.len());
+    for (t, partitions) in by_topic {
+        match s.topic(t).await {
+            Ok(topic) => assigned.push(
+                TopicPartitions::default()
+                    .with_topic_id(super::meta::topic_uuid(topic.id))
+                    .with_partitions(partitions),
+            ),
+            // Deleted meanwhile: the next generation drops it.
+            Err(e) => tracing::debug!(topic = t, error = %e, "an assigned topic is gone"),
+        }
+    }
+    resp.with_member_id(Some(StrBytes::from_string(a.member_id)))
+        .with_member_epoch(generation(a.generation))
+        .with_assignment(Some(Assignment::default().with_topic_partitions(assigned)))
+}
+
+/// The error of a Kafka error code (for messages carried with it).
+fn code_of(code: i16) -> ResponseError {
+    ResponseError::try_from_code(code).unwrap_or(ResponseError::UnknownServerError)
+}
+
 /// LeaveGroup: one member (v0–v2) or several (v3+) leave; their partitions move.
 pub(super) async fn leave_group(
     s: &Shared,
@@ -316,6 +467,7 @@ pub(super) async fn offset_commit(
     s: &Shared,
     principal: Option<&str>,
     req: OffsetCommitRequest,
+    version: i16,
 ) -> OffsetCommitResponse {
     let group = req.group_id.0.as_str();
     let mut offsets = Vec::new();
@@ -349,6 +501,16 @@ pub(super) async fn offset_commit(
         {
             Ok(()) => 0,
             Err(MetaError::OffsetOutOfRange { .. }) => ResponseError::OffsetOutOfRange.code(),
+            // v9 is KIP-848's: the member's epoch is behind the group's.
+            Err(
+                e @ MetaError::Fenced {
+                    reason: FenceReason::StaleGeneration | FenceReason::NotAssigned,
+                    ..
+                },
+            ) if version >= 9 => {
+                tracing::debug!(error = %e, "a KIP-848 member's commit is stale");
+                ResponseError::StaleMemberEpoch.code()
+            }
             Err(e) => group_error(&e),
         }
     };

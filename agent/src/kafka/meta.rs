@@ -114,8 +114,24 @@ pub(super) fn leaders(candidates: &[&Node], topic: &str, partitions: u32) -> Vec
         .collect()
 }
 
+/// The high half of every Cairn topic's Kafka topic id ("cairn" in ASCII); the low half is
+/// the Cairn topic id, fresh for each topic created, as Kafka's are.
+const TOPIC_ID_HIGH: u64 = 0x6361_6972_6e00_0000;
+
+/// The Kafka topic id of the Cairn topic with id `id`.
+pub(super) fn topic_uuid(id: u64) -> uuid::Uuid {
+    uuid::Uuid::from_u64_pair(TOPIC_ID_HIGH, id)
+}
+
+/// The Cairn topic id in a Kafka topic id, if it is one of Cairn's.
+pub(super) fn topic_of_uuid(uuid: uuid::Uuid) -> Option<u64> {
+    let (high, low) = uuid.as_u64_pair();
+    (high == TOPIC_ID_HIGH).then_some(low)
+}
+
 /// The Metadata answer: the agents as brokers and the topics asked for (all, for a null
-/// list), each partition led by an agent of the client's zone.
+/// list; by name, or by topic id from v10), each partition led by an agent of the client's
+/// zone.
 pub(super) async fn metadata(
     s: &Shared,
     principal: Option<&str>,
@@ -145,14 +161,31 @@ pub(super) async fn metadata(
     if version >= 2 {
         resp.cluster_id = Some(StrBytes::from_static_str("cairn"));
     }
-    let names: Vec<String> = match req.topics {
-        Some(topics) => topics
-            .into_iter()
-            .map(|t| {
-                t.name
-                    .map_or_else(String::new, |n| n.0.as_str().to_string())
-            })
-            .collect(),
+    let mut names: Vec<String> = Vec::new();
+    let listed = match req.topics {
+        Some(topics) => {
+            for t in topics {
+                match t.name {
+                    Some(n) => names.push(n.0.as_str().to_string()),
+                    None => {
+                        // By id (KIP-848 consumers resolve their assignment's ids so).
+                        let found = match topic_of_uuid(t.topic_id) {
+                            Some(id) => s.metadata.topic_by_id(id).await.ok().flatten(),
+                            None => None,
+                        };
+                        match found {
+                            Some(topic) => names.push(topic.name),
+                            None => resp.topics.push(
+                                MetadataResponseTopic::default()
+                                    .with_topic_id(t.topic_id)
+                                    .with_error_code(ResponseError::UnknownTopicId.code()),
+                            ),
+                        }
+                    }
+                }
+            }
+            Vec::new()
+        }
         None => match s.metadata.list_topics().await {
             // All topics: those the principal may describe.
             Ok(all) => all
@@ -170,6 +203,7 @@ pub(super) async fn metadata(
             }
         },
     };
+    names.extend(listed);
     for name in names {
         let mut topic = MetadataResponseTopic::default()
             .with_name(Some(TopicName(StrBytes::from_string(name.clone()))));
@@ -193,6 +227,9 @@ pub(super) async fn metadata(
         };
         match found {
             Ok(t) => {
+                if version >= 10 {
+                    topic.topic_id = topic_uuid(t.id);
+                }
                 let leaders = leaders(&candidates, &t.name, t.partitions);
                 topic.partitions = leaders
                     .into_iter()

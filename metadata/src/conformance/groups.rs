@@ -216,4 +216,34 @@ pub async fn consumer_groups(kv: Arc<dyn KvStore>) {
         m.describe_group("billing").await.unwrap().members.len(),
         before
     );
+
+    // A member named by its client (KIP-848's UUIDs) joins under that name, once.
+    let named = m
+        .join_group_as("named", "client-uuid-1", &topics, 3_000)
+        .await
+        .unwrap();
+    assert_eq!(named.member_id, "client-uuid-1");
+    assert_eq!(named.partitions.len(), 12);
+    let again = m
+        .join_group_as("named", "client-uuid-1", &topics, 3_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.member_id.as_str(), again.generation),
+        ("client-uuid-1", named.generation)
+    );
+    assert_eq!(
+        m.join_group_as("named", "", &topics, 3_000)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Invalid
+    );
+    m.leave_group("named", "client-uuid-1").await.unwrap();
+    // join_group still refuses ids the group never issued.
+    assert!(
+        m.join_group("named", Some("client-uuid-2"), &topics, 3_000)
+            .await
+            .is_err()
+    );
 }
