@@ -256,6 +256,21 @@ fn out_of_range_durations_and_sizes_are_refused() {
             "11m",
             "error: invalid configuration: shutdown_timeout must be at most 10m, got 660s",
         ),
+        (
+            "--kafka-zone-cidrs",
+            "eu-1a=10.0.0.0/33",
+            "error: invalid configuration: kafka_zone_cidrs: `eu-1a=10.0.0.0/33`: `10.0.0.0/33` is not a CIDR range (invalid IP address syntax)",
+        ),
+        (
+            "--kafka-zone-cidrs",
+            "10.0.0.0/8",
+            "error: invalid configuration: kafka_zone_cidrs: `10.0.0.0/8` is not ZONE=CIDR (e.g. eu-1a=10.1.0.0/16)",
+        ),
+        (
+            "--kafka-auto-create-partitions",
+            "10001",
+            "error: invalid configuration: kafka_auto_create_partitions must be at most 10000, got 10001",
+        ),
     ] {
         refused_exactly(&agent_in(d, &[flag, value]), line);
     }
