@@ -6,7 +6,8 @@ produced or read through gRPC.
   produce BOOTSTRAP TOPIC COUNT CODEC PREFIX   confluent-kafka (librdkafka), idempotent
   consume BOOTSTRAP TOPIC PARTITIONS COUNT     confluent-kafka, assign() from the beginning
   offsets BOOTSTRAP TOPIC PARTITION TS_MS      watermarks and offsets_for_times
-  kafka-python BOOTSTRAP TOPIC COUNT           kafka-python: produce COUNT, read them back
+  kafka-python BOOTSTRAP TOPIC COUNT           kafka-python: produce COUNT, read them back as
+                                               a member of group py-group, and commit
   admin BOOTSTRAP STEP                          confluent-kafka AdminClient: STEP is create,
                                                grow, trim, configs, acls or delete (topic `adm`)
   member BOOTSTRAP TOPIC GROUP NAME STOP_FILE   confluent-kafka group member until STOP_FILE
@@ -112,26 +113,26 @@ def offsets(bootstrap, topic, partition, ts_ms):
 
 
 def kafka_python(bootstrap, topic, count):
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import KafkaConsumer, KafkaProducer
 
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=10)
     futures = [p.send(topic, key=f"kp-{i}".encode(), value=f"kafka-python {i}".encode())
                for i in range(count)]
     sent = [[f.get(timeout=60).partition, f.get(timeout=60).offset] for f in futures]
     p.close()
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    # A group member: joins `py-group`, reads everything, commits what it read.
+    c = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id="py-group",
+                      enable_auto_commit=False, auto_offset_reset="earliest",
                       consumer_timeout_ms=15000)
-    parts = sorted({s[0] for s in sent})
-    c.assign([TopicPartition(topic, q) for q in parts])
-    for q in parts:
-        c.seek_to_beginning(TopicPartition(topic, q))
     got = []
     for msg in c:
         got.append([msg.partition, msg.offset, msg.key.decode(), msg.value.decode()])
         if len(got) >= count:
             break
+    c.commit()
+    committed = {str(tp.partition): c.committed(tp) for tp in sorted(c.assignment())}
     c.close()
-    print(json.dumps({"sent": sent, "got": got}))
+    print(json.dumps({"sent": sent, "got": got, "committed": committed}))
 
 
 def admin(bootstrap, step):

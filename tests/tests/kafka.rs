@@ -246,7 +246,8 @@ async fn kcat_and_grpc_share_a_topic() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// kafka-python, a client that shares no code with librdkafka.
+/// kafka-python, a client that shares no code with librdkafka: it produces, then reads
+/// everything back as a member of a group and commits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_python_produces_and_consumes() -> anyhow::Result<()> {
     let dir = temp_dir()?;
@@ -271,6 +272,20 @@ async fn kafka_python_produces_and_consumes() -> anyhow::Result<()> {
     }
     let grpc = read_all(&agent.endpoint, "py").await?;
     assert_eq!(grpc.len(), 500);
+    // kafka-python read as a group member and committed: the group, seen through gRPC,
+    // ends at the high watermarks, as kafka-python itself reports.
+    let group = Admin::new(cairn_client::connect(&agent.endpoint).await?)
+        .describe_group("py-group")
+        .await?;
+    assert_eq!(group.partitions.len(), 2, "{group:?}");
+    for p in &group.partitions {
+        assert_eq!(p.committed, Some(p.high_watermark), "{group:?}");
+        assert_eq!(
+            out["committed"][p.partition.to_string()].as_i64(),
+            Some(p.high_watermark),
+            "{out}"
+        );
+    }
     Ok(())
 }
 
