@@ -220,6 +220,21 @@ fn bench_smoke_reports_every_field() {
     let consume = bench_json(&["consume", "--embedded", "--producers", "1"]);
     assert_eq!(consume["read_records"], consume["records"], "{consume}");
     assert!(consume["bill"]["gets"].as_u64().unwrap() > 0);
+    // Through the Kafka listener: every record the bench's Kafka producer had acked is
+    // read back.
+    let kafka = bench_json(&[
+        "consume",
+        "--embedded",
+        "--protocol",
+        "kafka",
+        "--codec",
+        "lz4",
+        "--producers",
+        "2",
+    ]);
+    assert_eq!(kafka["protocol"], "kafka", "{kafka}");
+    assert!(kafka["records"].as_u64().unwrap() > 0, "{kafka}");
+    assert_eq!(kafka["read_records"], kafka["records"], "{kafka}");
 
     let raw = run_json(Command::new(cairn_bin().unwrap()).args([
         "bench",

@@ -29,6 +29,9 @@ use crate::codec::CodecArg;
 
 /// Produce requests in flight on one connection.
 const MAX_IN_FLIGHT: usize = 5;
+/// Bytes of sealed batches waiting for a request slot before the producer waits (the Rust
+/// client's `buffer_max_bytes`).
+const BUFFER_MAX_BYTES: usize = 64 << 20;
 /// The Produce version sent (flexible, topic names).
 const PRODUCE_VERSION: i16 = 9;
 /// The InitProducerId version sent.
@@ -199,7 +202,9 @@ pub(super) async fn produce(
         CodecArg::None => KafkaCompression::None,
     };
     let mut sequences = vec![0i32; load.partitions as usize];
-    let mut in_flight: VecDeque<(i32, Batch)> = VecDeque::new();
+    // Requests in flight, each with its batches; sealed batches waiting for a slot.
+    let mut in_flight: VecDeque<(i32, Vec<Batch>)> = VecDeque::new();
+    let mut ready: VecDeque<Batch> = VecDeque::new();
     let mut latencies = Vec::new();
     let mut partition = load.first_partition % load.partitions;
     let mut batch = Batch::new(partition);
@@ -208,11 +213,11 @@ pub(super) async fn produce(
     // Settles the oldest request in flight.
     async fn settle(
         conn: &mut Conn,
-        in_flight: &mut VecDeque<(i32, Batch)>,
+        in_flight: &mut VecDeque<(i32, Vec<Batch>)>,
         latencies: &mut Vec<u64>,
         acked: &AtomicU64,
     ) -> anyhow::Result<()> {
-        let Some((c, batch)) = in_flight.pop_front() else {
+        let Some((c, batches)) = in_flight.pop_front() else {
             return Ok(());
         };
         let resp: ProduceResponse = conn.receive(ApiKey::Produce, PRODUCE_VERSION, c).await?;
@@ -229,70 +234,94 @@ pub(super) async fn produce(
             }
         }
         let now = Instant::now();
-        latencies.extend(batch.added.iter().map(|t| (now - *t).as_micros() as u64));
-        acked.fetch_add(batch.added.len() as u64, Ordering::Relaxed);
+        for b in &batches {
+            latencies.extend(b.added.iter().map(|t| (now - *t).as_micros() as u64));
+            acked.fetch_add(b.added.len() as u64, Ordering::Relaxed);
+        }
         Ok(())
     }
 
     let mut done = false;
-    while !done {
-        match next().await {
-            Some(value) => {
-                batch.bytes += value.len() + 16;
-                batch.records.push(Record {
-                    timestamp_ms: now_ms(),
-                    key: Bytes::new(),
-                    value: Bytes::from(value),
-                    headers: Vec::new(),
-                });
-                batch.added.push(Instant::now());
+    loop {
+        if !done {
+            match next().await {
+                Some(value) => {
+                    batch.bytes += value.len() + 16;
+                    batch.records.push(Record {
+                        timestamp_ms: now_ms(),
+                        key: Bytes::new(),
+                        value: Bytes::from(value),
+                        headers: Vec::new(),
+                    });
+                    batch.added.push(Instant::now());
+                }
+                None => done = true,
             }
-            None => done = true,
         }
         let full = batch.bytes >= load.batch_max_bytes
             || batch
                 .added
                 .first()
                 .is_some_and(|t| t.elapsed() >= load.linger);
-        if batch.records.is_empty() || !(full || done) {
-            // Answers that came meanwhile are counted now, not when the window fills.
-            while !in_flight.is_empty() && !conn.responses.is_empty() {
-                settle(&mut conn, &mut in_flight, &mut latencies, &acked).await?;
-            }
-            continue;
+        if !batch.records.is_empty() && (full || done) {
+            // Sticky partitioning: the next batch fills the next partition.
+            partition = (partition + 1) % load.partitions;
+            ready.push_back(std::mem::replace(&mut batch, Batch::new(partition)));
         }
-        if in_flight.len() >= MAX_IN_FLIGHT {
+        // Answers that came meanwhile are counted now, not when the window fills.
+        while !in_flight.is_empty() && !conn.responses.is_empty() {
             settle(&mut conn, &mut in_flight, &mut latencies, &acked).await?;
         }
-        let seq = &mut sequences[batch.partition as usize];
-        let options = KafkaBatchOptions {
-            producer: Some((pid, epoch, *seq)),
-            compression,
-        };
-        *seq = seq.wrapping_add(batch.records.len() as i32);
-        let records = encode_kafka_batch_with(0, &batch.records, &options)?;
-        let request = ProduceRequest::default()
-            .with_acks(-1)
-            .with_timeout_ms(30_000)
-            .with_topic_data(vec![
-                TopicProduceData::default()
-                    .with_name(topic.clone())
-                    .with_partition_data(vec![
-                        PartitionProduceData::default()
-                            .with_index(batch.partition as i32)
-                            .with_records(Some(records)),
-                    ]),
-            ]);
-        let c = conn
-            .send(ApiKey::Produce, PRODUCE_VERSION, &request)
-            .await?;
-        partition = (partition + 1) % load.partitions;
-        let mut sent = std::mem::replace(&mut batch, Batch::new(partition));
-        sent.records.clear();
-        in_flight.push_back((c, sent));
-    }
-    while !in_flight.is_empty() {
-        settle(&mut conn, &mut in_flight, &mut latencies, &acked).await?;
+        // As librdkafka does: one request carries the oldest ready batch of each
+        // partition, up to five requests in flight on the connection.
+        while !ready.is_empty() && in_flight.len() < MAX_IN_FLIGHT {
+            let mut taken: Vec<Batch> = Vec::new();
+            let mut left = VecDeque::with_capacity(ready.len());
+            for b in ready.drain(..) {
+                if taken.iter().any(|t| t.partition == b.partition) {
+                    left.push_back(b);
+                } else {
+                    taken.push(b);
+                }
+            }
+            ready = left;
+            let mut data = Vec::with_capacity(taken.len());
+            for b in &mut taken {
+                let seq = &mut sequences[b.partition as usize];
+                let options = KafkaBatchOptions {
+                    producer: Some((pid, epoch, *seq)),
+                    compression,
+                };
+                *seq = seq.wrapping_add(b.records.len() as i32);
+                data.push(
+                    PartitionProduceData::default()
+                        .with_index(b.partition as i32)
+                        .with_records(Some(encode_kafka_batch_with(0, &b.records, &options)?)),
+                );
+                b.records.clear();
+            }
+            let request = ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(30_000)
+                .with_topic_data(vec![
+                    TopicProduceData::default()
+                        .with_name(topic.clone())
+                        .with_partition_data(data),
+                ]);
+            let c = conn
+                .send(ApiKey::Produce, PRODUCE_VERSION, &request)
+                .await?;
+            in_flight.push_back((c, taken));
+        }
+        let waiting: usize = ready.iter().map(|b| b.bytes).sum();
+        if done && batch.records.is_empty() && ready.is_empty() && in_flight.is_empty() {
+            break;
+        }
+        // At the end, or with the buffer full, wait for an answer (as `send` waits in
+        // the Rust client when its buffer is full).
+        if (done || waiting >= BUFFER_MAX_BYTES) && !in_flight.is_empty() {
+            settle(&mut conn, &mut in_flight, &mut latencies, &acked).await?;
+        }
     }
     Ok(latencies)
 }
