@@ -21,6 +21,7 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use super::admin::Failure;
 use super::kind_code;
 use crate::service::Shared;
 
@@ -28,9 +29,6 @@ use crate::service::Shared;
 const ANY: i8 = 1;
 /// Kafka's pattern-type filter MATCH: the ACLs that apply to a resource name.
 const MATCH: i8 = 2;
-
-/// A failure as (error code, message).
-type Failure = (i16, String);
 
 fn invalid(why: String) -> Failure {
     (ResponseError::InvalidRequest.code(), why)
@@ -228,10 +226,7 @@ fn kafka_principal(p: &str) -> StrBytes {
 
 /// Whether the principal may do `op` on the cluster, as a Kafka error if not.
 fn cluster_denied(s: &Shared, principal: Option<&str>, op: Operation) -> Option<Failure> {
-    s.authz
-        .check(principal, op, ResourceType::Cluster, "*")
-        .err()
-        .map(|why| (ResponseError::ClusterAuthorizationFailed.code(), why))
+    super::admin::denied(s, principal, op, ResourceType::Cluster, "*")
 }
 
 /// DescribeAcls: the ACLs the filter matches, by resource.

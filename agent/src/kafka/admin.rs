@@ -33,9 +33,11 @@ const TOPIC_RESOURCE: i8 = 2;
 const BROKER_RESOURCE: i8 = 4;
 
 /// A failure as (error code, message).
-type Failure = (i16, String);
+pub(super) type Failure = (i16, String);
 
-fn denied(
+/// Why `principal` may not do `op` on the resource, as a Kafka error (cluster or topic
+/// authorization failed), if it may not.
+pub(super) fn denied(
     s: &Shared,
     principal: Option<&str>,
     op: Operation,
@@ -92,8 +94,12 @@ fn topic_spec(
     };
     let mut change = TopicConfigChange::default();
     for c in &t.configs {
-        let value = c.value.as_ref().map_or("", |v| v.as_str());
-        set_config(&mut change, &name, c.name.as_str(), Some(value))?;
+        set_config(
+            &mut change,
+            &name,
+            c.name.as_str(),
+            Some(value_of(&c.value)),
+        )?;
     }
     Ok(TopicSpec {
         name,
@@ -195,12 +201,30 @@ async fn alter_topic(
     Ok(())
 }
 
-/// The error fields of a config-change outcome.
-fn outcome_fields(outcome: Result<(), Failure>) -> (i16, Option<StrBytes>) {
+/// One resource of an AlterConfigs or IncrementalAlterConfigs request: a topic's change
+/// as `parse` makes it from the topic's name, applied; as the response's error fields.
+async fn alter_resource(
+    s: &Shared,
+    principal: Option<&str>,
+    resource_type: i8,
+    name: &str,
+    validate_only: bool,
+    parse: impl FnOnce(&str) -> Result<TopicConfigChange, Failure>,
+) -> (i16, Option<StrBytes>) {
+    let outcome = if resource_type == TOPIC_RESOURCE {
+        alter_topic(s, principal, name, parse(name), validate_only).await
+    } else {
+        Err(not_a_topic(resource_type))
+    };
     match outcome {
         Ok(()) => (0, None),
         Err((code, why)) => (code, message(why)),
     }
+}
+
+/// A config entry's value (`""` for a null one).
+fn value_of(value: &Option<StrBytes>) -> &str {
+    value.as_ref().map_or("", |v| v.as_str())
 }
 
 /// IncrementalAlterConfigs: SET or DELETE (back to the default) of each topic config
@@ -213,37 +237,34 @@ pub(super) async fn incremental_alter_configs(
     use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
     let mut responses = Vec::with_capacity(req.resources.len());
     for r in req.resources {
-        let name = r.resource_name.as_str().to_string();
-        let outcome = if r.resource_type == TOPIC_RESOURCE {
-            let mut change = TopicConfigChange::default();
-            let parsed = r
-                .configs
-                .iter()
-                .try_for_each(|c| {
+        let (code, why) = alter_resource(
+            s,
+            principal,
+            r.resource_type,
+            r.resource_name.as_str(),
+            req.validate_only,
+            |name| {
+                let mut change = TopicConfigChange::default();
+                for c in &r.configs {
                     let key = c.name.as_str();
                     match c.config_operation {
-                        0 => set_config(
-                            &mut change,
-                            &name,
-                            key,
-                            Some(c.value.as_ref().map_or("", |v| v.as_str())),
-                        ),
-                        1 => set_config(&mut change, &name, key, None),
-                        op => Err((
-                            ResponseError::InvalidConfig.code(),
-                            format!(
-                                "{name}: operation {op} on `{key}`: Cairn's topic configs are \
-                                 single values, set (0) or deleted (1)"
-                            ),
-                        )),
+                        0 => set_config(&mut change, name, key, Some(value_of(&c.value)))?,
+                        1 => set_config(&mut change, name, key, None)?,
+                        op => {
+                            return Err((
+                                ResponseError::InvalidConfig.code(),
+                                format!(
+                                    "{name}: operation {op} on `{key}`: Cairn's topic configs \
+                                     are single values, set (0) or deleted (1)"
+                                ),
+                            ));
+                        }
                     }
-                })
-                .map(|()| change);
-            alter_topic(s, principal, &name, parsed, req.validate_only).await
-        } else {
-            Err(not_a_topic(r.resource_type))
-        };
-        let (code, why) = outcome_fields(outcome);
+                }
+                Ok(change)
+            },
+        )
+        .await;
         responses.push(
             AlterConfigsResourceResponse::default()
                 .with_error_code(code)
@@ -265,30 +286,25 @@ pub(super) async fn alter_configs(
     use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
     let mut responses = Vec::with_capacity(req.resources.len());
     for r in req.resources {
-        let name = r.resource_name.as_str().to_string();
-        let outcome = if r.resource_type == TOPIC_RESOURCE {
-            let mut change = TopicConfigChange {
-                codec: Some(Codec::default()),
-                retention_ms: Some(-1),
-                retention_bytes: Some(-1),
-            };
-            let parsed = r
-                .configs
-                .iter()
-                .try_for_each(|c| {
-                    set_config(
-                        &mut change,
-                        &name,
-                        c.name.as_str(),
-                        Some(c.value.as_ref().map_or("", |v| v.as_str())),
-                    )
-                })
-                .map(|()| change);
-            alter_topic(s, principal, &name, parsed, req.validate_only).await
-        } else {
-            Err(not_a_topic(r.resource_type))
-        };
-        let (code, why) = outcome_fields(outcome);
+        let (code, why) = alter_resource(
+            s,
+            principal,
+            r.resource_type,
+            r.resource_name.as_str(),
+            req.validate_only,
+            |name| {
+                let mut change = TopicConfigChange {
+                    codec: Some(Codec::default()),
+                    retention_ms: Some(-1),
+                    retention_bytes: Some(-1),
+                };
+                for c in &r.configs {
+                    set_config(&mut change, name, c.name.as_str(), Some(value_of(&c.value)))?;
+                }
+                Ok(change)
+            },
+        )
+        .await;
         responses.push(
             AlterConfigsResourceResponse::default()
                 .with_error_code(code)

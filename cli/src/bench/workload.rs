@@ -118,7 +118,8 @@ fn value_pool(values: ValuesArg) -> Bytes {
 }
 
 /// The values one producer sends: slices of `pool` from `offset` on, with the send time in
-/// their first 8 bytes when `stamp`, until `deadline`, at `rate` a second (0: flat out).
+/// their first 8 bytes when `stamp`, at `rate` a second (0: flat out), none once `deadline`
+/// has passed when the next is asked for.
 fn values(
     pool: Bytes,
     mut offset: usize,
@@ -130,6 +131,9 @@ fn values(
 ) -> super::kafka::NextValue {
     let mut sent = 0u64;
     Box::new(move || {
+        if Instant::now() >= deadline {
+            return Box::pin(std::future::ready(None));
+        }
         let due = (rate > 0.0).then(|| epoch + Duration::from_secs_f64(sent as f64 / rate));
         let mut value = pool.slice(offset..offset + size).to_vec();
         offset = (offset + 4099) % (pool.len() - size);
@@ -137,9 +141,6 @@ fn values(
         Box::pin(async move {
             if let Some(due) = due {
                 tokio::time::sleep_until(due.into()).await;
-            }
-            if Instant::now() >= deadline {
-                return None;
             }
             if stamp {
                 let t = epoch.elapsed().as_micros() as u64;
@@ -346,7 +347,17 @@ pub(super) async fn run_against(
     };
     let mut tasks = Vec::new();
     for p in 0..c.producers {
-        let (topic, pool, acked) = (topic.clone(), pool.clone(), acked.clone());
+        let (topic, acked) = (topic.clone(), acked.clone());
+        // Only the end-to-end bench reads a send time back from the value.
+        let mut next = values(
+            pool.clone(),
+            (p * 7919) % (POOL_BYTES - c.record_size),
+            c.record_size,
+            kind == Kind::E2e,
+            epoch,
+            deadline,
+            c.rate as f64 / c.producers as f64,
+        );
         if let Some(address) = &kafka {
             let load = super::kafka::KafkaLoad {
                 address: address.clone(),
@@ -357,25 +368,12 @@ pub(super) async fn run_against(
                 batch_max_bytes: ProducerConfig::default().batch_max_bytes,
                 first_partition: p as u32,
             };
-            let next = values(
-                pool,
-                (p * 7919) % (POOL_BYTES - c.record_size),
-                c.record_size,
-                kind == Kind::E2e,
-                epoch,
-                deadline,
-                c.rate as f64 / c.producers as f64,
-            );
             tasks.push(tokio::spawn(super::kafka::produce(load, next, acked)));
             continue;
         }
         // Each producer learns the cluster itself and picks its own agent, as separate
         // clients would.
         let channel = cluster(c, endpoints).await?;
-        let size = c.record_size;
-        // Only the end-to-end bench reads a send time back from the value.
-        let stamp_values = kind == Kind::E2e;
-        let per_producer_rate = c.rate as f64 / c.producers as f64;
         let config = ProducerConfig {
             codec: c.codec.into(),
             ..ProducerConfig::default()
@@ -401,19 +399,7 @@ pub(super) async fn run_against(
                     Ok::<_, anyhow::Error>(lat)
                 })
             };
-            let mut sent = 0u64;
-            let mut offset = (p * 7919) % (pool.len() - size);
-            while Instant::now() < deadline {
-                if per_producer_rate > 0.0 {
-                    let due = epoch + Duration::from_secs_f64(sent as f64 / per_producer_rate);
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                let mut value = pool.slice(offset..offset + size).to_vec();
-                offset = (offset + 4099) % (pool.len() - size);
-                if stamp_values {
-                    let t = epoch.elapsed().as_micros() as u64;
-                    value[..8].copy_from_slice(&t.to_le_bytes());
-                }
+            while let Some(value) = next().await {
                 let delivery = producer
                     .send(ProducerRecord::new(topic.clone(), value))
                     .await?;
@@ -422,7 +408,6 @@ pub(super) async fn run_against(
                 if settle_tx.send((Instant::now(), delivery)).is_err() {
                     break; // the collector stopped on a failed delivery
                 }
-                sent += 1;
             }
             drop(settle_tx);
             let lat = collector.await??;
