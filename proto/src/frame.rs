@@ -122,31 +122,152 @@ pub fn build_frame(
     codec: Codec,
     producer: Option<ProducerStamp>,
 ) -> Result<Frame, FrameError> {
-    let record_count = u32::try_from(records.len())
+    let (first, last) = records.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
+        (lo.min(r.timestamp_ms), hi.max(r.timestamp_ms))
+    });
+    let count = records.len();
+    let raw = RecordBatch { records }.encode_to_vec();
+    frame_of(
+        count,
+        raw.len(),
+        (first, last),
+        codec,
+        producer,
+        || match codec {
+            Codec::None => Ok(Bytes::from(raw)),
+            _ => compress(codec, &raw),
+        },
+    )
+}
+
+/// How [`BatchEncoder::finish`] packs a payload in its codec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    /// Run the codec's compressor.
+    Compress,
+    /// For bytes known not to shrink (e.g. values that compressed by under 10% where they
+    /// were last stored): a zstd payload is a valid zstd frame of raw blocks, which every
+    /// zstd decoder reads, written at the cost of one copy instead of a search for matches
+    /// that cannot pay. Other codecs compress as with [`Packing::Compress`].
+    Store,
+}
+
+/// A zstd frame (RFC 8878) holding `data` in raw blocks: a single-segment frame with its
+/// content size, no checksum (the frame header's CRC32C covers the payload).
+pub fn zstd_stored(data: &[u8]) -> Result<Bytes, FrameError> {
+    let mut sink = Sink::new(data.len(), true);
+    sink.put(data);
+    sink.finish_stored()
+}
+
+/// Largest block of a zstd frame whose window is at least this size (RFC 8878 3.1.1.2.3).
+const ZSTD_BLOCK: usize = 128 << 10;
+
+/// Where [`BatchEncoder`] writes: a plain buffer, or the raw blocks of a zstd frame being
+/// built in place (so a stored payload costs no copy after encoding).
+#[derive(Debug)]
+struct Sink {
+    out: Vec<u8>,
+    /// The zstd frame's current block: where its 3-byte header sits, and its bytes so far.
+    block: Option<(usize, usize)>,
+    /// Content bytes written.
+    written: usize,
+}
+
+impl Sink {
+    fn new(capacity: usize, stored: bool) -> Self {
+        if !stored {
+            return Sink {
+                out: Vec::with_capacity(capacity),
+                block: None,
+                written: 0,
+            };
+        }
+        let blocks = capacity.div_ceil(ZSTD_BLOCK).max(1);
+        let mut out = Vec::with_capacity(9 + 3 * blocks + capacity);
+        // Magic; Frame_Header_Descriptor: a 4-byte Frame_Content_Size (set at the end),
+        // Single_Segment, no checksum, no dictionary; then the first block's header.
+        out.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd, 0b1010_0000, 0, 0, 0, 0, 0, 0, 0]);
+        Sink {
+            out,
+            block: Some((9, 0)),
+            written: 0,
+        }
+    }
+
+    fn put(&mut self, mut bytes: &[u8]) {
+        self.written += bytes.len();
+        let Some((mut at, mut filled)) = self.block else {
+            self.out.extend_from_slice(bytes);
+            return;
+        };
+        while !bytes.is_empty() {
+            if filled == ZSTD_BLOCK {
+                // A full block, not the last: Block_Type 0 (raw), Block_Size.
+                let header = (ZSTD_BLOCK as u32) << 3;
+                self.out[at..at + 3].copy_from_slice(&header.to_le_bytes()[..3]);
+                at = self.out.len();
+                self.out.extend_from_slice(&[0, 0, 0]);
+                filled = 0;
+            }
+            let n = bytes.len().min(ZSTD_BLOCK - filled);
+            self.out.extend_from_slice(&bytes[..n]);
+            filled += n;
+            bytes = &bytes[n..];
+        }
+        self.block = Some((at, filled));
+    }
+
+    fn put_varint(&mut self, v: u64) {
+        let mut buf = [0u8; 10];
+        let mut rest = &mut buf[..];
+        prost::encoding::encode_varint(v, &mut rest);
+        let n = 10 - rest.len();
+        self.put(&buf[..n]);
+    }
+
+    /// The zstd frame, its last block closed and its content size set.
+    fn finish_stored(mut self) -> Result<Bytes, FrameError> {
+        let size = u32::try_from(self.written).map_err(|_| FrameError::Compress {
+            codec: "zstd",
+            source: std::io::Error::other(format!("{} bytes do not fit one frame", self.written)),
+        })?;
+        if let Some((at, filled)) = self.block {
+            let header = 1 | ((filled as u32) << 3);
+            self.out[at..at + 3].copy_from_slice(&header.to_le_bytes()[..3]);
+            self.out[5..9].copy_from_slice(&size.to_le_bytes());
+        }
+        Ok(Bytes::from(self.out))
+    }
+}
+
+/// A CREATE_TIME frame of `count` records whose encoded [`RecordBatch`] takes `raw_len`
+/// bytes and whose payload `pack` makes, once the count and size are checked.
+fn frame_of(
+    count: usize,
+    raw_len: usize,
+    (first, last): (i64, i64),
+    codec: Codec,
+    producer: Option<ProducerStamp>,
+    pack: impl FnOnce() -> Result<Bytes, FrameError>,
+) -> Result<Frame, FrameError> {
+    let record_count = u32::try_from(count)
         .ok()
         .filter(|n| (1..=MAX_FRAME_RECORDS).contains(n))
         .ok_or_else(|| FrameError::Header {
             field: "record_count",
-            reason: format!(
-                "a frame holds 1 to {MAX_FRAME_RECORDS} records, not {}",
-                records.len()
-            ),
+            reason: format!("a frame holds 1 to {MAX_FRAME_RECORDS} records, not {count}"),
         })?;
-    let (first, last) = records.iter().fold((i64::MAX, i64::MIN), |(lo, hi), r| {
-        (lo.min(r.timestamp_ms), hi.max(r.timestamp_ms))
-    });
-    let raw = RecordBatch { records }.encode_to_vec();
-    let uncompressed_size = u32::try_from(raw.len())
+    let uncompressed_size = u32::try_from(raw_len)
         .ok()
         .filter(|n| *n <= MAX_UNCOMPRESSED_BYTES)
         .ok_or_else(|| FrameError::Header {
             field: "uncompressed_size",
             reason: format!(
-                "{} bytes of records are over the {MAX_UNCOMPRESSED_BYTES}-byte frame limit",
-                raw.len()
+                "{raw_len} bytes of records are over the {MAX_UNCOMPRESSED_BYTES}-byte frame limit"
             ),
         })?;
-    let payload = compress(codec, &raw)?;
+    let payload = pack()?;
     Ok(Frame {
         header: Some(FrameHeader {
             record_count,
@@ -162,6 +283,122 @@ pub fn build_frame(
         }),
         payload,
     })
+}
+
+/// Encodes records straight into a CAIRN_RECORDS payload (the protobuf encoding of a
+/// [`RecordBatch`], byte for byte what prost writes), for readers that hold records in
+/// columns rather than as [`Record`] values: no record is built, and each key, value and
+/// header is copied once, into the payload (a stored zstd payload's blocks included).
+#[derive(Debug)]
+pub struct BatchEncoder {
+    sink: Sink,
+    codec: Codec,
+    count: usize,
+    first: i64,
+    last: i64,
+}
+
+/// The encoded length of a `bytes`/`string` field holding `n` bytes (proto3 leaves an empty
+/// one out).
+fn bytes_field_len(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        1 + prost::encoding::encoded_len_varint(n as u64) + n
+    }
+}
+
+impl BatchEncoder {
+    /// An encoder of a frame in `codec`, packed as `packing` says, whose buffer starts with
+    /// room for `bytes` (the records' keys, values and headers, plus a few bytes each, make
+    /// a buffer that never grows).
+    pub fn new(bytes: usize, codec: Codec, packing: Packing) -> Self {
+        BatchEncoder {
+            sink: Sink::new(bytes, codec == Codec::Zstd && packing == Packing::Store),
+            codec,
+            count: 0,
+            first: i64::MAX,
+            last: i64::MIN,
+        }
+    }
+
+    /// Records pushed so far.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether no record was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Appends one record.
+    pub fn push<'a>(
+        &mut self,
+        timestamp_ms: i64,
+        key: &[u8],
+        value: &[u8],
+        headers: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
+    ) {
+        use prost::encoding::encoded_len_varint;
+        fn field(sink: &mut Sink, tag: u8, bytes: &[u8]) {
+            if !bytes.is_empty() {
+                sink.put(&[tag]);
+                sink.put_varint(bytes.len() as u64);
+                sink.put(bytes);
+            }
+        }
+        let header_len = |k: &str, v: &[u8]| bytes_field_len(k.len()) + bytes_field_len(v.len());
+        let mut len = bytes_field_len(key.len()) + bytes_field_len(value.len());
+        if timestamp_ms != 0 {
+            len += 1 + encoded_len_varint(timestamp_ms as u64);
+        }
+        for (k, v) in headers.clone() {
+            let h = header_len(k, v);
+            len += 1 + encoded_len_varint(h as u64) + h;
+        }
+        let sink = &mut self.sink;
+        // RecordBatch.records = 1, Record.timestamp_ms = 1, key = 2, value = 3, headers = 4;
+        // RecordHeader.key = 1, value = 2.
+        sink.put(&[0x0a]);
+        sink.put_varint(len as u64);
+        if timestamp_ms != 0 {
+            sink.put(&[0x08]);
+            sink.put_varint(timestamp_ms as u64);
+        }
+        field(sink, 0x12, key);
+        field(sink, 0x1a, value);
+        for (k, v) in headers {
+            sink.put(&[0x22]);
+            sink.put_varint(header_len(k, v) as u64);
+            field(sink, 0x0a, k.as_bytes());
+            field(sink, 0x12, v);
+        }
+        self.count += 1;
+        self.first = self.first.min(timestamp_ms);
+        self.last = self.last.max(timestamp_ms);
+    }
+
+    /// The frame of the records pushed.
+    pub fn finish(self) -> Result<Frame, FrameError> {
+        let BatchEncoder {
+            sink,
+            codec,
+            count,
+            first,
+            last,
+        } = self;
+        let stored = sink.block.is_some();
+        frame_of(count, sink.written, (first, last), codec, None, || {
+            if stored {
+                return sink.finish_stored();
+            }
+            match codec {
+                Codec::None => Ok(Bytes::from(sink.out)),
+                _ => compress(codec, &sink.out),
+            }
+        })
+    }
 }
 
 /// The limits [`check_frame`] applies.
@@ -456,6 +693,118 @@ mod tests {
             assert_eq!(h.first_timestamp_ms, 1_700_000_000_000);
             assert_eq!(h.last_timestamp_ms, 1_700_000_000_001);
             assert_eq!(open_frame(h, frame.payload.clone())?, records());
+        }
+        Ok(())
+    }
+
+    /// Records with what the encoder must get right: zero and negative timestamps, empty
+    /// keys, values and header parts, and lengths whose varints take 1, 2 and 3 bytes.
+    fn awkward_records() -> Vec<Record> {
+        let bytes =
+            |n: usize, seed: u8| Bytes::from((0..n).map(|i| seed ^ i as u8).collect::<Vec<_>>());
+        [0usize, 1, 127, 128, 300, 16_384, 70_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Record {
+                timestamp_ms: [0, -1, 1, i64::MIN, i64::MAX, 1_700_000_000_000, 127][i],
+                key: bytes(n % 200, 1),
+                value: bytes(n, 2),
+                headers: (0..i)
+                    .map(|j| RecordHeader {
+                        key: if j == 0 {
+                            String::new()
+                        } else {
+                            format!("h{j}")
+                        },
+                        value: bytes(j * 100, 3),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_batch_encoder_writes_what_prost_writes() -> Result<(), FrameError> {
+        // Over 128 KiB, so stored zstd payloads span blocks, with fields split between them.
+        let mut records = awkward_records();
+        records.extend((0..300).map(|i| Record {
+            timestamp_ms: i,
+            key: Bytes::from(format!("k{i}")),
+            value: Bytes::from(vec![i as u8; 999]),
+            headers: vec![],
+        }));
+        for packing in [Packing::Compress, Packing::Store] {
+            for codec in [Codec::None, Codec::Zstd, Codec::Lz4Frame] {
+                let mut enc = BatchEncoder::new(0, codec, packing);
+                for r in &records {
+                    enc.push(
+                        r.timestamp_ms,
+                        &r.key,
+                        &r.value,
+                        r.headers.iter().map(|h| (h.key.as_str(), &h.value[..])),
+                    );
+                }
+                assert_eq!(enc.len(), records.len());
+                let frame = enc.finish()?;
+                let header = frame.header.unwrap_or_default();
+                let raw = decompress(codec, frame.payload.clone(), header.uncompressed_size)?;
+                assert_eq!(
+                    raw,
+                    RecordBatch {
+                        records: records.clone()
+                    }
+                    .encode_to_vec()
+                );
+                assert_eq!(
+                    (header.first_timestamp_ms, header.last_timestamp_ms),
+                    (i64::MIN, i64::MAX)
+                );
+                // Frames of negative times are refused by the agent; opening needs no check.
+                assert_eq!(open_frame(&header, frame.payload)?, records);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn the_agent_accepts_a_stored_zstd_frame() -> Result<(), FrameError> {
+        let mut enc = BatchEncoder::new(64, Codec::Zstd, Packing::Store);
+        for r in records() {
+            enc.push(
+                r.timestamp_ms,
+                &r.key,
+                &r.value,
+                r.headers.iter().map(|h| (h.key.as_str(), &h.value[..])),
+            );
+        }
+        let frame = enc.finish()?;
+        let h = check_frame(
+            frame.header.as_ref(),
+            &frame.payload,
+            &FrameLimits::default(),
+        )?;
+        assert_eq!(open_frame(h, frame.payload)?, records());
+        Ok(())
+    }
+
+    #[test]
+    fn stored_zstd_frames_open_with_zstd_itself() -> Result<(), FrameError> {
+        for n in [0usize, 1, 1000, 128 << 10, (128 << 10) + 1, 3 << 20] {
+            let data: Vec<u8> = (0..n).map(|i| (i * 7 % 251) as u8).collect();
+            let stored = zstd_stored(&data)?;
+            assert_eq!(
+                zstd::zstd_safe::get_frame_content_size(&stored)
+                    .ok()
+                    .flatten(),
+                Some(n as u64)
+            );
+            let out =
+                zstd::stream::decode_all(&stored[..]).map_err(|source| FrameError::Decompress {
+                    codec: "zstd",
+                    source,
+                })?;
+            assert!(out == data, "{n} bytes did not round-trip");
+            assert_eq!(stored.len(), 9 + 3 * n.div_ceil(128 << 10).max(1) + n);
         }
         Ok(())
     }

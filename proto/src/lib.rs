@@ -18,8 +18,9 @@ pub const AUTHORIZATION: &str = "authorization";
 
 pub use error::FrameError;
 pub use frame::{
-    FrameLimits, MAX_FRAME_RECORDS, MAX_UNCOMPRESSED_BYTES, build_frame, check_frame, compress,
-    decompress, murmur2, open_frame, partition_for_key, payload_crc,
+    BatchEncoder, FrameLimits, MAX_FRAME_RECORDS, MAX_UNCOMPRESSED_BYTES, Packing, build_frame,
+    check_frame, compress, decompress, murmur2, open_frame, partition_for_key, payload_crc,
+    zstd_stored,
 };
 pub use rendezvous::{balanced_owners, rendezvous_score};
 
