@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cairn_metadata::{EntryKind, IndexEntry, MetaError, Metadata, Topic};
-use cairn_proto::v2::{Codec, FetchedFrame, Record, RecordHeader};
-use cairn_storage::parquet::{self as parquet_file, OpenedFile, StoredRecord};
+use cairn_proto::v2::FetchedFrame;
+use cairn_storage::parquet::{self as parquet_file, OpenedFile};
 use cairn_storage::segment::parse_frames;
 use cairn_storage::{FormatError, StorageError, StoredFrame};
 use object_store::path::Path;
@@ -358,18 +358,20 @@ impl Reader {
         let codec = codec_to_proto(topic.codec);
         self.groups
             .try_get_with(key, async move {
-                let read = |store| parquet_file::read_row_group(store, &object, size, &file, group);
-                let records = retry_direct(&object, read(store).await, direct.map(read)).await?;
-                let mut records = records.into_iter();
-                let mut frames = Vec::new();
-                loop {
-                    let chunk: Vec<StoredRecord> =
-                        records.by_ref().take(PARQUET_BATCH_RECORDS).collect();
-                    if chunk.is_empty() {
-                        return Ok(Arc::new(frames));
-                    }
-                    frames.push(reframe(&object, codec, chunk)?);
-                }
+                let read = |store| {
+                    parquet_file::read_row_group_frames(
+                        store,
+                        &object,
+                        size,
+                        &file,
+                        group,
+                        codec,
+                        PARQUET_BATCH_RECORDS,
+                    )
+                };
+                retry_direct(&object, read(store).await, direct.map(read))
+                    .await
+                    .map(Arc::new)
             })
             .await
             .map_err(|err: Arc<StorageError>| AgentError::from((*err).clone()))
@@ -480,36 +482,4 @@ pub(crate) fn cairn_frames(
             })
         })
         .collect()
-}
-
-/// Records read (and verified) from Parquet as one frame in the topic's codec.
-fn reframe(
-    object: &str,
-    codec: Codec,
-    records: Vec<StoredRecord>,
-) -> Result<FetchedFrame, StorageError> {
-    let first = records.first().map_or(0, |r| r.offset);
-    let records = records
-        .into_iter()
-        .map(|r| Record {
-            timestamp_ms: r.timestamp_ms,
-            key: r.key,
-            value: r.value,
-            headers: r
-                .headers
-                .into_iter()
-                .map(|(key, value)| RecordHeader { key, value })
-                .collect(),
-        })
-        .collect();
-    let frame =
-        cairn_proto::build_frame(records, codec, None).map_err(|e| StorageError::Encode {
-            key: object.to_string(),
-            source: Arc::new(FormatError::Frame(e)),
-        })?;
-    Ok(FetchedFrame {
-        base_offset: first,
-        header: frame.header,
-        payload: frame.payload,
-    })
 }

@@ -38,6 +38,9 @@ use parquet::file::statistics::Statistics;
 
 use parquet::file::metadata::KeyValue;
 
+use cairn_proto::v2::{Codec, FetchedFrame};
+use cairn_proto::{BatchEncoder, Packing};
+
 use crate::value_schema::{ValueColumn, typed_arrays};
 use crate::{FormatError, StorageError};
 
@@ -166,20 +169,41 @@ fn is_table_schema(file: &Schema) -> bool {
 
 /// Folds one record into a row group's CRC32C, in a canonical encoding of every column.
 pub fn record_digest(crc: u32, r: &StoredRecord) -> u32 {
-    let mut crc = crc32c::crc32c_append(crc, &r.offset.to_le_bytes());
-    crc = crc32c::crc32c_append(crc, &r.timestamp_ms.to_le_bytes());
-    for part in [&r.key[..], &r.value[..]] {
+    digest_parts(
+        crc,
+        r.offset,
+        r.timestamp_ms,
+        &r.key,
+        &r.value,
+        r.headers.iter().map(|(k, v)| (k.as_str(), &v[..])),
+        r.producer,
+    )
+}
+
+/// [`record_digest`] of a record given by its parts.
+fn digest_parts<'a>(
+    crc: u32,
+    offset: i64,
+    timestamp_ms: i64,
+    key: &[u8],
+    value: &[u8],
+    headers: impl ExactSizeIterator<Item = (&'a str, &'a [u8])>,
+    producer: Option<(u64, i64)>,
+) -> u32 {
+    let mut crc = crc32c::crc32c_append(crc, &offset.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, &timestamp_ms.to_le_bytes());
+    for part in [key, value] {
         crc = crc32c::crc32c_append(crc, &(part.len() as u64).to_le_bytes());
         crc = crc32c::crc32c_append(crc, part);
     }
-    crc = crc32c::crc32c_append(crc, &(r.headers.len() as u64).to_le_bytes());
-    for (k, v) in &r.headers {
+    crc = crc32c::crc32c_append(crc, &(headers.len() as u64).to_le_bytes());
+    for (k, v) in headers {
         crc = crc32c::crc32c_append(crc, &(k.len() as u64).to_le_bytes());
         crc = crc32c::crc32c_append(crc, k.as_bytes());
         crc = crc32c::crc32c_append(crc, &(v.len() as u64).to_le_bytes());
         crc = crc32c::crc32c_append(crc, v);
     }
-    match r.producer {
+    match producer {
         Some((id, seq)) => {
             crc = crc32c::crc32c_append(crc, &[1]);
             crc = crc32c::crc32c_append(crc, &id.to_le_bytes());
@@ -749,16 +773,124 @@ async fn read_row_group_unguarded(
     file: &OpenedFile,
     group: usize,
 ) -> Result<Vec<StoredRecord>, StorageError> {
-    let (Some(&(first, last)), Some(&crc)) = (file.row_groups.get(group), file.crcs.get(group))
-    else {
-        return Err(StorageError::corrupt(
-            path,
-            FormatError::Invalid {
-                what: "parquet row group",
-                reason: format!("row group {group} does not exist"),
-            },
-        ));
+    let mut out = Vec::new();
+    let mut check = RowCheck::new(path, file, group)?;
+    scan_row_group(store, path, size, file, group, |cols| {
+        out.reserve(cols.rows());
+        for i in 0..cols.rows() {
+            let r = cols.record(i).map_err(|e| StorageError::corrupt(path, e))?;
+            check.row(|crc| Ok(record_digest(crc, &r)), r.offset)?;
+            out.push(r);
+        }
+        Ok(())
+    })
+    .await?;
+    check.finish()?;
+    Ok(out)
+}
+
+/// Reads one row group of a file opened with [`open`] as frames of at most
+/// `records_per_frame` records in `codec`, verified as [`read_row_group`] verifies, and
+/// encoded straight from the columns (no record is built). Values that compressed by under
+/// 10% in this row group are packed as stored zstd blocks ([`cairn_proto::Packing::Store`]):
+/// a compressor would search them for nothing.
+pub async fn read_row_group_frames(
+    store: Arc<dyn ObjectStore>,
+    path: &str,
+    size: u64,
+    file: &OpenedFile,
+    group: usize,
+    codec: Codec,
+    records_per_frame: usize,
+) -> Result<Vec<FetchedFrame>, StorageError> {
+    guarded(path, async {
+        let packing = packing(file, group);
+        let encode = |e: cairn_proto::FrameError| StorageError::Encode {
+            key: path.to_string(),
+            source: Arc::new(FormatError::Frame(e)),
+        };
+        let per_frame = records_per_frame.max(1);
+        let mut check = RowCheck::new(path, file, group)?;
+        let mut frames = Vec::new();
+        let mut pending: Option<(i64, BatchEncoder)> = None;
+        scan_row_group(store, path, size, file, group, |cols| {
+            for i in 0..cols.rows() {
+                let offset = cols.offset(i);
+                check.row(|crc| cols.digest(crc, i), offset)?;
+                let (_, enc) = pending.get_or_insert_with(|| {
+                    let n = per_frame.min(cols.rows() - i);
+                    (
+                        offset,
+                        BatchEncoder::new(cols.bytes(i..i + n), codec, packing),
+                    )
+                });
+                enc.push(
+                    cols.timestamp(i),
+                    cols.key(i),
+                    cols.value(i),
+                    cols.headers(i),
+                );
+                if enc.len() >= per_frame
+                    && let Some((base, enc)) = pending.take()
+                {
+                    frames.push(fetched(base, enc.finish().map_err(encode)?));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        if let Some((base, enc)) = pending.take() {
+            frames.push(fetched(base, enc.finish().map_err(encode)?));
+        }
+        check.finish()?;
+        Ok(frames)
+    })
+    .await
+}
+
+fn fetched(base_offset: i64, frame: cairn_proto::v2::Frame) -> FetchedFrame {
+    FetchedFrame {
+        base_offset,
+        header: frame.header,
+        payload: frame.payload,
+    }
+}
+
+/// How to pack a row group's frames: stored when its keys and values compressed by under
+/// 10% in this file (Parquet's own zstd measured them against their unencoded bytes),
+/// compressed otherwise. Re-compressing costs a reader ~1.5 CPU-seconds per GiB of
+/// incompressible values, which a few percent of bytes on the wire do not repay. A hint
+/// only: a wrong one costs CPU or bytes on the wire, never a record.
+fn packing(file: &OpenedFile, group: usize) -> Packing {
+    let Some(rg) = file.meta.metadata().row_groups().get(group) else {
+        return Packing::Compress;
     };
+    let (mut packed, mut plain) = (0i64, 0i64);
+    for c in rg.columns().iter().skip(2).take(2) {
+        packed += c.compressed_size();
+        plain += match c.unencoded_byte_array_data_bytes() {
+            Some(n) => n,
+            // A dictionary's encoded size says nothing of its values' (they repeat).
+            None if c.dictionary_page_offset().is_some() => return Packing::Compress,
+            None => c.uncompressed_size(),
+        };
+    }
+    if plain > 0 && packed * 10 >= plain * 9 {
+        Packing::Store
+    } else {
+        Packing::Compress
+    }
+}
+
+/// Decodes the base columns of one row group, handing each Arrow batch to `each`.
+async fn scan_row_group(
+    store: Arc<dyn ObjectStore>,
+    path: &str,
+    size: u64,
+    file: &OpenedFile,
+    group: usize,
+    mut each: impl FnMut(&Columns<'_>) -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
     let reader = StoreReader {
         store,
         path: Path::from(path),
@@ -773,39 +905,94 @@ async fn read_row_group_unguarded(
         .with_batch_size(8_192)
         .build()
         .map_err(read)?;
-    let mut out = Vec::new();
     while let Some(batch) = stream.next().await {
-        from_batch(&batch.map_err(read)?, &mut out).map_err(|e| StorageError::corrupt(path, e))?;
+        let batch = batch.map_err(read)?;
+        let cols = Columns::of(&batch).map_err(|e| StorageError::corrupt(path, e))?;
+        each(&cols)?;
     }
-    let dense = out
-        .iter()
-        .enumerate()
-        .all(|(i, r)| r.offset == first + i as i64);
-    let computed = out.iter().fold(0, record_digest);
-    if !dense || out.len() as i64 != last - first + 1 {
-        return Err(StorageError::corrupt(
+    Ok(())
+}
+
+/// The checks of one row group's rows as they are read: offsets dense from the footer's
+/// first, then (at the end) the count against the footer and the checksum.
+struct RowCheck<'a> {
+    path: &'a str,
+    group: usize,
+    first: i64,
+    last: i64,
+    rows: i64,
+    stored: u32,
+    crc: u32,
+}
+
+impl<'a> RowCheck<'a> {
+    fn new(path: &'a str, file: &OpenedFile, group: usize) -> Result<Self, StorageError> {
+        let (Some(&(first, last)), Some(&stored)) =
+            (file.row_groups.get(group), file.crcs.get(group))
+        else {
+            return Err(StorageError::corrupt(
+                path,
+                FormatError::Invalid {
+                    what: "parquet row group",
+                    reason: format!("row group {group} does not exist"),
+                },
+            ));
+        };
+        Ok(RowCheck {
             path,
+            group,
+            first,
+            last,
+            rows: 0,
+            stored,
+            crc: 0,
+        })
+    }
+
+    fn wrong_rows(&self, what: String) -> StorageError {
+        StorageError::corrupt(
+            self.path,
             FormatError::Invalid {
                 what: "parquet row group",
                 reason: format!(
-                    "row group {group} should hold offsets {first}..={last}, holds {} rows{}",
-                    out.len(),
-                    if dense { "" } else { " with gaps" }
+                    "row group {} should hold offsets {}..={}, {what}",
+                    self.group, self.first, self.last
                 ),
             },
-        ));
+        )
     }
-    if computed != crc {
-        return Err(StorageError::corrupt(
-            path,
-            FormatError::Checksum {
-                what: "parquet row group",
-                stored: crc,
-                computed,
-            },
-        ));
+
+    /// One more row, at `offset`, folded into the checksum by `digest`.
+    fn row(
+        &mut self,
+        digest: impl FnOnce(u32) -> Result<u32, FormatError>,
+        offset: i64,
+    ) -> Result<(), StorageError> {
+        let expected = self.first + self.rows;
+        if offset != expected || expected > self.last {
+            return Err(self.wrong_rows(format!("row {} holds offset {offset}", self.rows)));
+        }
+        self.crc = digest(self.crc).map_err(|e| StorageError::corrupt(self.path, e))?;
+        self.rows += 1;
+        Ok(())
     }
-    Ok(out)
+
+    fn finish(self) -> Result<(), StorageError> {
+        if self.rows != self.last - self.first + 1 {
+            return Err(self.wrong_rows(format!("holds {} rows", self.rows)));
+        }
+        if self.crc != self.stored {
+            return Err(StorageError::corrupt(
+                self.path,
+                FormatError::Checksum {
+                    what: "parquet row group",
+                    stored: self.stored,
+                    computed: self.crc,
+                },
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Reads every row group of a file through the verified reader, so a query engine that
@@ -825,80 +1012,181 @@ pub async fn verify(
     Ok(rows)
 }
 
-fn from_batch(batch: &RecordBatch, out: &mut Vec<StoredRecord>) -> Result<(), FormatError> {
-    let wrong = |what: &str| FormatError::Invalid {
-        what: "parquet column",
-        reason: format!("column `{what}` has the wrong type"),
-    };
-    if batch.num_columns() < BASE_COLUMNS {
-        return Err(FormatError::Invalid {
-            what: "parquet file",
-            reason: format!(
-                "{} columns where a Cairn file has at least {BASE_COLUMNS}",
-                batch.num_columns()
-            ),
-        });
-    }
-    let col = |i: usize| batch.column(i).as_ref();
-    let offsets = col(0)
-        .as_primitive_opt::<Int64Type>()
-        .ok_or_else(|| wrong("offset"))?;
-    let ts = col(1)
-        .as_primitive_opt::<TimestampMillisecondType>()
-        .ok_or_else(|| wrong("timestamp"))?;
-    let keys = col(2).as_binary_opt::<i32>().ok_or_else(|| wrong("key"))?;
-    let values = col(3)
-        .as_binary_opt::<i32>()
-        .ok_or_else(|| wrong("value"))?;
-    let headers = col(4)
-        .as_list_opt::<i32>()
-        .ok_or_else(|| wrong("headers"))?;
-    // Int64 since the tables; UInt64 in files written before.
-    let producers = col(5);
-    let (signed, unsigned) = (
-        producers.as_primitive_opt::<Int64Type>(),
-        producers.as_primitive_opt::<UInt64Type>(),
-    );
-    if signed.is_none() && unsigned.is_none() {
-        return Err(wrong("producer_id"));
-    }
-    let sequences = col(6)
-        .as_primitive_opt::<Int64Type>()
-        .ok_or_else(|| wrong("sequence"))?;
-    out.reserve(batch.num_rows());
-    for i in 0..batch.num_rows() {
-        let h = headers.value(i);
-        let h = h.as_struct_opt().ok_or_else(|| wrong("headers"))?;
-        let hk = h
-            .column(0)
-            .as_string_opt::<i32>()
-            .ok_or_else(|| wrong("headers.key"))?;
-        let hv = h
-            .column(1)
-            .as_binary_opt::<i32>()
-            .ok_or_else(|| wrong("headers.value"))?;
-        let producer = if producers.is_null(i) {
-            None
-        } else {
-            let id = match (signed, unsigned) {
-                (Some(a), _) => u64::try_from(a.value(i)).map_err(|_| wrong("producer_id"))?,
-                (_, Some(a)) => a.value(i),
-                (None, None) => return Err(wrong("producer_id")),
-            };
-            Some((id, sequences.value(i)))
+/// The base columns of one Arrow batch of a Cairn file, typed, with each row's parts read
+/// in place.
+struct Columns<'a> {
+    offsets: &'a arrow_array::PrimitiveArray<Int64Type>,
+    timestamps: &'a arrow_array::PrimitiveArray<TimestampMillisecondType>,
+    keys: &'a BinaryArray,
+    values: &'a BinaryArray,
+    /// Each row's range of `header_keys`/`header_values`.
+    header_offsets: &'a [i32],
+    header_keys: &'a StringArray,
+    header_values: &'a BinaryArray,
+    /// Int64 since the tables; UInt64 in files written before.
+    producers: Producers<'a>,
+    sequences: &'a arrow_array::PrimitiveArray<Int64Type>,
+}
+
+enum Producers<'a> {
+    Signed(&'a arrow_array::PrimitiveArray<Int64Type>),
+    Unsigned(&'a arrow_array::PrimitiveArray<UInt64Type>),
+}
+
+impl<'a> Columns<'a> {
+    fn of(batch: &'a RecordBatch) -> Result<Self, FormatError> {
+        let wrong = |what: &str| FormatError::Invalid {
+            what: "parquet column",
+            reason: format!("column `{what}` has the wrong type"),
         };
-        out.push(StoredRecord {
-            offset: offsets.value(i),
-            timestamp_ms: ts.value(i),
-            key: Bytes::copy_from_slice(keys.value(i)),
-            value: Bytes::copy_from_slice(values.value(i)),
-            headers: (0..h.len())
-                .map(|j| (hk.value(j).to_string(), Bytes::copy_from_slice(hv.value(j))))
-                .collect(),
-            producer,
-        });
+        if batch.num_columns() < BASE_COLUMNS {
+            return Err(FormatError::Invalid {
+                what: "parquet file",
+                reason: format!(
+                    "{} columns where a Cairn file has at least {BASE_COLUMNS}",
+                    batch.num_columns()
+                ),
+            });
+        }
+        let col = |i: usize| batch.column(i).as_ref();
+        let headers = col(4)
+            .as_list_opt::<i32>()
+            .ok_or_else(|| wrong("headers"))?;
+        let entries = headers
+            .values()
+            .as_struct_opt()
+            .ok_or_else(|| wrong("headers"))?;
+        if entries.num_columns() < 2 {
+            return Err(wrong("headers"));
+        }
+        let producers = match (
+            col(5).as_primitive_opt::<Int64Type>(),
+            col(5).as_primitive_opt::<UInt64Type>(),
+        ) {
+            (Some(a), _) => Producers::Signed(a),
+            (_, Some(a)) => Producers::Unsigned(a),
+            (None, None) => return Err(wrong("producer_id")),
+        };
+        let cols = Columns {
+            offsets: col(0)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| wrong("offset"))?,
+            timestamps: col(1)
+                .as_primitive_opt::<TimestampMillisecondType>()
+                .ok_or_else(|| wrong("timestamp"))?,
+            keys: col(2).as_binary_opt::<i32>().ok_or_else(|| wrong("key"))?,
+            values: col(3)
+                .as_binary_opt::<i32>()
+                .ok_or_else(|| wrong("value"))?,
+            header_offsets: headers.value_offsets(),
+            header_keys: entries
+                .column(0)
+                .as_string_opt::<i32>()
+                .ok_or_else(|| wrong("headers.key"))?,
+            header_values: entries
+                .column(1)
+                .as_binary_opt::<i32>()
+                .ok_or_else(|| wrong("headers.value"))?,
+            producers,
+            sequences: col(6)
+                .as_primitive_opt::<Int64Type>()
+                .ok_or_else(|| wrong("sequence"))?,
+        };
+        // Every header range must lie within the entries, so reading one cannot panic.
+        let n = cols.header_keys.len().min(cols.header_values.len());
+        let ok = cols.header_offsets.len() == batch.num_rows() + 1
+            && cols
+                .header_offsets
+                .windows(2)
+                .all(|w| 0 <= w[0] && w[0] <= w[1] && w[1] as usize <= n);
+        if !ok {
+            return Err(wrong("headers"));
+        }
+        Ok(cols)
     }
-    Ok(())
+
+    fn rows(&self) -> usize {
+        self.offsets.len()
+    }
+
+    fn offset(&self, i: usize) -> i64 {
+        self.offsets.value(i)
+    }
+
+    fn timestamp(&self, i: usize) -> i64 {
+        self.timestamps.value(i)
+    }
+
+    fn key(&self, i: usize) -> &'a [u8] {
+        self.keys.value(i)
+    }
+
+    fn value(&self, i: usize) -> &'a [u8] {
+        self.values.value(i)
+    }
+
+    fn headers(
+        &self,
+        i: usize,
+    ) -> impl ExactSizeIterator<Item = (&'a str, &'a [u8])> + Clone + use<'a> {
+        let (keys, values) = (self.header_keys, self.header_values);
+        let range = self.header_offsets[i] as usize..self.header_offsets[i + 1] as usize;
+        range.map(move |j| (keys.value(j), values.value(j)))
+    }
+
+    /// Bytes of keys, values and headers in `rows`, plus 16 per row: an encoder's capacity.
+    fn bytes(&self, rows: std::ops::Range<usize>) -> usize {
+        let span = |o: &[i32], r: &std::ops::Range<usize>| (o[r.end] - o[r.start]).max(0) as usize;
+        let h = self.header_offsets[rows.start] as usize..self.header_offsets[rows.end] as usize;
+        span(self.keys.value_offsets(), &rows)
+            + span(self.values.value_offsets(), &rows)
+            + span(self.header_keys.value_offsets(), &h)
+            + span(self.header_values.value_offsets(), &h)
+            + 16 * (rows.len() + h.len())
+    }
+
+    fn producer(&self, i: usize) -> Result<Option<(u64, i64)>, FormatError> {
+        let id = match self.producers {
+            Producers::Signed(a) if a.is_null(i) => return Ok(None),
+            Producers::Unsigned(a) if a.is_null(i) => return Ok(None),
+            Producers::Signed(a) => {
+                u64::try_from(a.value(i)).map_err(|_| FormatError::Invalid {
+                    what: "parquet column",
+                    reason: format!("producer_id {} is negative", a.value(i)),
+                })?
+            }
+            Producers::Unsigned(a) => a.value(i),
+        };
+        Ok(Some((id, self.sequences.value(i))))
+    }
+
+    /// Folds row `i` into a row group's CRC32C as [`record_digest`] does.
+    fn digest(&self, crc: u32, i: usize) -> Result<u32, FormatError> {
+        Ok(digest_parts(
+            crc,
+            self.offset(i),
+            self.timestamp(i),
+            self.key(i),
+            self.value(i),
+            self.headers(i),
+            self.producer(i)?,
+        ))
+    }
+
+    /// Row `i` as a record (keys, values and headers copied out).
+    fn record(&self, i: usize) -> Result<StoredRecord, FormatError> {
+        Ok(StoredRecord {
+            offset: self.offset(i),
+            timestamp_ms: self.timestamp(i),
+            key: Bytes::copy_from_slice(self.key(i)),
+            value: Bytes::copy_from_slice(self.value(i)),
+            headers: self
+                .headers(i)
+                .map(|(k, v)| (k.to_string(), Bytes::copy_from_slice(v)))
+                .collect(),
+            producer: self.producer(i)?,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -1014,6 +1302,71 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// A row group read as frames holds exactly the records [`read_row_group`] returns, in
+    /// frames of the asked size, and random values are packed as stored zstd blocks while
+    /// text is compressed.
+    #[tokio::test]
+    async fn row_groups_come_back_as_frames_packed_by_what_compresses() {
+        let store: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let cases = [
+            ("mixed", records(5_000), None),
+            ("random", workload(5_000, 1024, false), Some(Packing::Store)),
+            ("text", workload(5_000, 1024, true), Some(Packing::Compress)),
+        ];
+        for (i, (name, input, expected)) in cases.into_iter().enumerate() {
+            let file = write(store.clone(), name, 0, i as u64, &input, &[])
+                .await
+                .unwrap();
+            let opened = open(store.clone(), &file.path, file.size).await.unwrap();
+            let mut seen = Vec::new();
+            for group in 0..opened.row_groups.len() {
+                if let Some(expected) = expected {
+                    assert_eq!(packing(&opened, group), expected, "{name} group {group}");
+                }
+                let records = read_row_group(store.clone(), &file.path, file.size, &opened, group)
+                    .await
+                    .unwrap();
+                for codec in [Codec::Zstd, Codec::Lz4Frame, Codec::None] {
+                    let frames = read_row_group_frames(
+                        store.clone(),
+                        &file.path,
+                        file.size,
+                        &opened,
+                        group,
+                        codec,
+                        700,
+                    )
+                    .await
+                    .unwrap();
+                    let mut next = records.first().map_or(0, |r| r.offset);
+                    let mut opened_records = Vec::new();
+                    for f in frames {
+                        assert_eq!(f.base_offset, next, "{name}: frames are dense");
+                        let header = f.header.unwrap();
+                        assert!(header.record_count <= 700);
+                        next += i64::from(header.record_count);
+                        opened_records.extend(cairn_proto::open_frame(&header, f.payload).unwrap());
+                    }
+                    assert_eq!(opened_records.len(), records.len());
+                    for (r, o) in records.iter().zip(&opened_records) {
+                        assert_eq!(
+                            (r.timestamp_ms, &r.key, &r.value),
+                            (o.timestamp_ms, &o.key, &o.value)
+                        );
+                        let headers: Vec<_> = o
+                            .headers
+                            .iter()
+                            .map(|h| (h.key.clone(), h.value.clone()))
+                            .collect();
+                        assert_eq!(r.headers, headers);
+                    }
+                }
+                seen.extend(records);
+            }
+            assert_eq!(seen, input, "{name}");
+        }
     }
 
     /// Parquet of small records is no larger than their zstd-compressed frames (the

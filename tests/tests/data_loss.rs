@@ -189,6 +189,39 @@ async fn read_parquet(
     Ok(out)
 }
 
+/// Every record of a Parquet file as the agent serves it: the footer, then each row group
+/// read as zstd frames straight from its columns, each frame opened as a consumer opens it.
+async fn read_parquet_frames(
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    size: u64,
+) -> Result<Vec<(i64, Record)>, StorageError> {
+    let file = parquet_file::open(store.clone(), &key, size).await?;
+    let mut out = Vec::new();
+    for group in 0..file.row_groups.len() {
+        let frames = parquet_file::read_row_group_frames(
+            store.clone(),
+            &key,
+            size,
+            &file,
+            group,
+            Codec::Zstd,
+            64,
+        )
+        .await?;
+        for f in frames {
+            let header = f.header.unwrap_or_default();
+            // Frames built from verified rows always open: a failure here is a bug, and the
+            // tally counts it as a panic, not as caught data loss.
+            let records = open_frame(&header, f.payload).unwrap_or_else(|e| {
+                panic!("a frame built from verified rows does not open: {e}")
+            });
+            out.extend((f.base_offset..).zip(records));
+        }
+    }
+    Ok(out)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_flipped_byte_of_a_parquet_file_is_caught_or_harmless() -> anyhow::Result<()> {
     let dir = temp_dir()?;
@@ -240,12 +273,39 @@ async fn every_flipped_byte_of_a_parquet_file_is_caught_or_harmless() -> anyhow:
         assert!(r.producer.is_some(), "stamped records keep their producer");
     }
 
+    // What the agent serves from the intact file: the same records, in frames.
+    let served = read_parquet_frames(store.clone(), key.clone(), size).await?;
+    let expected: Vec<(i64, Record)> = records
+        .iter()
+        .map(|r| {
+            let headers = r.headers.iter().map(|(k, v)| RecordHeader {
+                key: k.clone(),
+                value: v.clone(),
+            });
+            let record = Record {
+                timestamp_ms: r.timestamp_ms,
+                key: r.key.clone(),
+                value: r.value.clone(),
+                headers: headers.collect(),
+            };
+            (r.offset, record)
+        })
+        .collect();
+    assert!(served == expected, "the frames hold the file's records");
+
     let started = std::time::Instant::now();
-    let mut tally = Tally::default();
+    let (mut tally, mut served_tally) = (Tally::default(), Tally::default());
     for at in 0..original.len() {
         put(store.as_ref(), &key, flipped(&original, at)).await?;
         tally
             .read(at, &records, read_parquet(store.clone(), key.clone(), size))
+            .await;
+        served_tally
+            .read(
+                at,
+                &expected,
+                read_parquet_frames(store.clone(), key.clone(), size),
+            )
             .await;
     }
     eprintln!("parquet flips read in {:?}", started.elapsed());
@@ -288,6 +348,7 @@ async fn every_flipped_byte_of_a_parquet_file_is_caught_or_harmless() -> anyhow:
 
     // Last, so the agent's answer above is checked even when this fails.
     tally.check(&format!("parquet file {key}"), original.len());
+    served_tally.check(&format!("parquet file {key} as frames"), original.len());
     Ok(())
 }
 
