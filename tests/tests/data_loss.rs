@@ -213,9 +213,8 @@ async fn read_parquet_frames(
             let header = f.header.unwrap_or_default();
             // Frames built from verified rows always open: a failure here is a bug, and the
             // tally counts it as a panic, not as caught data loss.
-            let records = open_frame(&header, f.payload).unwrap_or_else(|e| {
-                panic!("a frame built from verified rows does not open: {e}")
-            });
+            let records = open_frame(&header, f.payload)
+                .unwrap_or_else(|e| panic!("a frame built from verified rows does not open: {e}"));
             out.extend((f.base_offset..).zip(records));
         }
     }
