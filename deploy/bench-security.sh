@@ -13,7 +13,9 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=agent -
 printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' > agent.ext
 openssl x509 -req -in agent.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 90 -extfile agent.ext -out agent.crt 2>/dev/null
 P1=; P2=
-trap 'kill $P1 $P2 2>/dev/null; rm -rf "$W"' EXIT
+# `|| true`: under `set -e` a failing kill (the agents are already gone after the last
+# round) would end the trap before the rm, leaving ~10 GB per run in $TMPDIR.
+trap 'kill $P1 $P2 2>/dev/null || true; rm -rf "$W"' EXIT
 for round in $(seq 1 ${ROUNDS:-4}); do
   rm -rf plain secure
   CAIRN_LOG=warn $B agent --listen 127.0.0.1:7501 --metrics-listen 127.0.0.1:7502 --object-store plain/objects --metadata sqlite:plain/meta.sqlite > plain.out 2>plain.err &
