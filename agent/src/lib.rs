@@ -480,7 +480,9 @@ impl Agent {
             match (&self.auth.service_principal, &self.tls) {
                 (Some(p), Some(_)) => peer = peer.admitting(p.clone(), self.auth.cert_name),
                 (None, Some(t)) if t.peer_ca.is_none() => tracing::warn!(
-                    "the peer port admits every certificate of the client CA, clients' too, and                      serves stored bytes without ACLs: give --service-principal (the name in the                      agents' certificates) or a CA of agents only with --tls-peer-ca"
+                    "the peer port admits every certificate of the client CA, clients' too, and \
+                     serves stored bytes without ACLs: give --service-principal (the name in \
+                     the agents' certificates) or a CA of agents only with --tls-peer-ca"
                 ),
                 _ => {}
             }
