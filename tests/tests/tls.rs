@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cairn_client::{Admin, Cluster, ClusterConfig, ProducerConfig, Security};
+use cairn_client::{
+    Admin, Cluster, ClusterConfig, Producer, ProducerConfig, ProducerRecord, Security, TopicOptions,
+};
 use cairn_tests::pki::{Ca, Pair};
 use cairn_tests::{AgentProcess, cairn_bin, eventually, file_agent_args, temp_dir, verify_exact};
 
@@ -132,8 +134,47 @@ async fn tls_serves_rotates_and_refuses_each_mistake_clearly() -> anyhow::Result
     .await?;
     verify_exact(
         &sent,
-        &cairn_tests::read_all_through(cluster, "secure").await?,
+        &cairn_tests::read_all_through(cluster.clone(), "secure").await?,
     )?;
+
+    // Multi-MiB requests and responses: each crosses TLS in HTTP/2 frames of up to 1 MiB
+    // (both ends accept them), a frame spanning 64 TLS records.
+    Admin::new(cluster.clone())
+        .create_topic("large", 1, TopicOptions::default())
+        .await?;
+    let producer = Producer::new(cluster.clone(), ProducerConfig::default());
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let values: Vec<bytes::Bytes> = (0..24)
+        .map(|_| {
+            // xorshift: values zstd cannot shrink, so the frames stay large.
+            (0..(256 << 10) / 8)
+                .flat_map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    state.to_le_bytes()
+                })
+                .collect::<Vec<u8>>()
+                .into()
+        })
+        .collect();
+    let mut deliveries = Vec::new();
+    for v in &values {
+        deliveries.push(
+            producer
+                .send(ProducerRecord::new("large", v.clone()))
+                .await?,
+        );
+    }
+    for d in deliveries {
+        d.await?;
+    }
+    let read = cairn_tests::read_all_through(cluster, "large").await?;
+    assert_eq!(read.len(), values.len());
+    for (i, (r, v)) in read.iter().zip(&values).enumerate() {
+        assert_eq!(r.offset, i as i64);
+        assert!(r.value == *v, "record {i} came back different");
+    }
 
     // Plain text against the TLS port: the client is told, and the agent logs it.
     let plain = status(&format!("http://{hp}"), &Security::default())
