@@ -42,28 +42,7 @@ pub fn open_object_store(
         if bucket.is_empty() {
             return Err(bad(format!("object store URL `{url}` names no bucket")));
         }
-        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-        let mut http = std::env::var("AWS_ENDPOINT")
-            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-            .is_ok_and(|e| e.starts_with("http://"));
-        for (k, v) in options {
-            let key = k
-                .parse()
-                .map_err(|e| bad(format!("unknown S3 option `{k}`: {e}")))?;
-            http |= k.contains("endpoint") && v.starts_with("http://");
-            builder = builder.with_config(key, v);
-        }
-        if http {
-            builder = builder.with_allow_http(true);
-        }
-        // Fail fast enough that a producer hears UNAVAILABLE and retries elsewhere, rather
-        // than hanging for object_store's default three minutes.
-        builder = builder.with_retry(object_store::RetryConfig {
-            max_retries: 3,
-            retry_timeout: std::time::Duration::from_secs(15),
-            ..object_store::RetryConfig::default()
-        });
-        let s3 = builder
+        let s3 = s3_builder(bucket, options)?
             .build()
             .map_err(|e| bad(format!("cannot configure S3 for `{url}`: {e}")))?;
         return Ok(with_prefix(Arc::new(s3), prefix));
@@ -92,6 +71,48 @@ pub fn open_object_store(
     let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
         .map_err(|e| bad(format!("cannot open object directory {dir}: {e}")))?;
     Ok(Arc::new(local))
+}
+
+/// The S3 client's settings for `bucket`: the `AWS_*` environment, then `options`, plain
+/// HTTP when the endpoint is `http://`, short retries, and unsigned bodies by default.
+fn s3_builder(
+    bucket: &str,
+    options: &[(String, String)],
+) -> Result<object_store::aws::AmazonS3Builder, StorageError> {
+    let bad = StorageError::Config;
+    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    let mut http = std::env::var("AWS_ENDPOINT")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .is_ok_and(|e| e.starts_with("http://"));
+    for (k, v) in options {
+        let key = k
+            .parse()
+            .map_err(|e| bad(format!("unknown S3 option `{k}`: {e}")))?;
+        http |= k.contains("endpoint") && v.starts_with("http://");
+        builder = builder.with_config(key, v);
+    }
+    if http {
+        builder = builder.with_allow_http(true);
+    }
+    // SigV4 signs a PUT's body with its SHA-256 unless the request says
+    // UNSIGNED-PAYLOAD, and that hash was 37% of the agent's CPU while ingesting into
+    // LocalStack. It guards nothing Cairn relies on: every frame of a segment and every
+    // row group of a Parquet file carries a CRC32C that each read verifies (DATA_LOSS on
+    // a mismatch), and an https:// endpoint has TLS in transit. AWS_UNSIGNED_PAYLOAD=false
+    // (or the `aws_unsigned_payload` option) signs bodies again.
+    let unsigned_given = std::env::var_os("AWS_UNSIGNED_PAYLOAD").is_some()
+        || options.iter().any(|(k, _)| k.ends_with("unsigned_payload"));
+    if !unsigned_given {
+        builder = builder.with_unsigned_payload(true);
+    }
+    // Fail fast enough that a producer hears UNAVAILABLE and retries elsewhere, rather
+    // than hanging for object_store's default three minutes.
+    builder = builder.with_retry(object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(15),
+        ..object_store::RetryConfig::default()
+    });
+    Ok(builder)
 }
 
 /// Names ring as the process's TLS crypto provider, once. rustls picks one by itself only
@@ -950,6 +971,23 @@ mod tests {
         let url = format!("file://{}", dir.display());
         assert!(open_object_store(&url, &[]).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn s3_bodies_go_unsigned_unless_asked_otherwise() {
+        use object_store::aws::AmazonS3ConfigKey::UnsignedPayload;
+        if std::env::var_os("AWS_UNSIGNED_PAYLOAD").is_some() {
+            return;
+        }
+        let unsigned = |options: &[(String, String)]| {
+            s3_builder("b", options)
+                .map(|b| b.get_config_value(&UnsignedPayload))
+                .ok()
+                .flatten()
+        };
+        assert_eq!(unsigned(&[]).as_deref(), Some("true"));
+        let signed = [("aws_unsigned_payload".to_string(), "false".to_string())];
+        assert_eq!(unsigned(&signed).as_deref(), Some("false"));
     }
 
     #[test]
