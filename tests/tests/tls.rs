@@ -143,20 +143,9 @@ async fn tls_serves_rotates_and_refuses_each_mistake_clearly() -> anyhow::Result
         .create_topic("large", 1, TopicOptions::default())
         .await?;
     let producer = Producer::new(cluster.clone(), ProducerConfig::default());
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    // Values zstd cannot shrink, so the frames stay large.
     let values: Vec<bytes::Bytes> = (0..24)
-        .map(|_| {
-            // xorshift: values zstd cannot shrink, so the frames stay large.
-            (0..(256 << 10) / 8)
-                .flat_map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state.to_le_bytes()
-                })
-                .collect::<Vec<u8>>()
-                .into()
-        })
+        .map(|i| cairn_tests::incompressible(i, 256 << 10))
         .collect();
     let mut deliveries = Vec::new();
     for v in &values {
