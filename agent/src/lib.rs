@@ -61,10 +61,6 @@ use produce::ProducerService;
 pub use service::AgentGauges;
 use service::Shared;
 
-/// The largest HTTP/2 frame the gRPC listener accepts (SETTINGS_MAX_FRAME_SIZE; the
-/// protocol's default and floor is 16 KiB).
-const MAX_FRAME_SIZE: u32 = 1 << 20;
-
 /// Assembles an [`Agent`] from settings and injected components.
 #[derive(Debug)]
 pub struct AgentBuilder {
@@ -628,10 +624,8 @@ impl Agent {
         };
         let server = tonic::transport::Server::builder()
             .max_concurrent_streams(settings.max_streams_per_connection)
-            // Produce requests arrive in HTTP/2 frames of up to this size rather than
-            // 16 KiB: fewer frames and writes per MiB on the client, and over TLS no 9-byte
-            // record after each full one.
-            .max_frame_size(MAX_FRAME_SIZE)
+            // Produce requests arrive in frames of up to 1 MiB rather than 16 KiB.
+            .max_frame_size(cairn_proto::MAX_HTTP2_FRAME_SIZE)
             .layer(tower::util::MapResponseLayer::new(
                 oversized_is_resource_exhausted,
             ))

@@ -12,10 +12,6 @@ use crate::ClientError;
 
 pub(crate) use cairn_proto::AUTHORIZATION;
 
-/// The largest HTTP/2 frame this client accepts (SETTINGS_MAX_FRAME_SIZE; the protocol's
-/// default and floor is 16 KiB).
-const MAX_FRAME_SIZE: u32 = 1 << 20;
-
 /// A client's TLS settings and credentials. The default is plain text, no credentials:
 /// what an agent listening on loopback without security serves.
 #[derive(Clone, Default)]
@@ -155,11 +151,8 @@ impl Security {
             // their timeout.
             .http2_keep_alive_interval(crate::cluster::KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(crate::cluster::KEEP_ALIVE_TIMEOUT)
-            // Fetched frames arrive in HTTP/2 frames of up to this size rather than
-            // 16 KiB: fewer frames, writes and flushes per MiB on the agent, and over TLS
-            // no 9-byte record after each full one (a 16 KiB frame plus its header does
-            // not fit one TLS record).
-            .max_frame_size(MAX_FRAME_SIZE);
+            // Fetch responses arrive in frames of up to 1 MiB rather than 16 KiB.
+            .max_frame_size(cairn_proto::MAX_HTTP2_FRAME_SIZE);
         if url.starts_with("https://") {
             let tls = self
                 .tls

@@ -16,6 +16,12 @@ mod rendezvous;
 /// The gRPC metadata key a bearer token travels in (`Bearer cairn_<id>_<secret>`).
 pub const AUTHORIZATION: &str = "authorization";
 
+/// The largest HTTP/2 frame Cairn's clients and the agent's gRPC listener accept
+/// (SETTINGS_MAX_FRAME_SIZE; the protocol's default and floor is 16 KiB). h2 writes and
+/// flushes each frame on its own, and over TLS a 16 KiB frame plus its 9-byte header does
+/// not fit one record, so multi-MiB requests and responses go out in frames of this size.
+pub const MAX_HTTP2_FRAME_SIZE: u32 = 1 << 20;
+
 pub use error::FrameError;
 pub use frame::{
     BatchEncoder, FrameLimits, MAX_FRAME_RECORDS, MAX_UNCOMPRESSED_BYTES, Packing, build_frame,
